@@ -1,0 +1,273 @@
+//! The wire schema between `modelroute-controller` and the `modelroute` filter.
+//!
+//! The controller compiles Kthena `ModelRoute` / `ModelServer` resources and the pods they
+//! select into one [`FilterConfig`] and serialises it as JSON; Envoy hands that JSON to the
+//! filter as its plugin configuration. This crate owns only the types and their documented
+//! meaning: no I/O, no validation beyond what serde does. The filter turns it into indexed
+//! runtime tables; the controller is responsible for producing a config that makes sense.
+//!
+//! Compatibility: [`SCHEMA_VERSION`] changes only on a breaking change. Adding an optional
+//! field (with `#[serde(default)]`) is not breaking; unknown fields are ignored so an older
+//! filter accepts a newer controller's output within one version.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this schema. The filter rejects a config whose `version` differs.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default request header that carries the Envoy cluster chosen by the filter
+/// (the route uses `cluster_header` with this name).
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-modelroute-cluster";
+/// Default header read by Envoy's `override_host` load-balancing policy: `ip:port[,ip:port...]`.
+pub const DEFAULT_ENDPOINT_HEADER: &str = "x-gateway-destination-endpoint";
+/// Default limit of a buffered request body.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+/// Default number of fallback endpoints appended after the chosen one.
+pub const DEFAULT_ENDPOINT_FALLBACKS: u32 = 2;
+
+/// The whole plugin configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilterConfig {
+    /// Must equal [`SCHEMA_VERSION`].
+    pub version: u32,
+    #[serde(default)]
+    pub settings: Settings,
+    /// Routes in precedence order: for a given model name the filter tries them first to last
+    /// (the controller sorts by creationTimestamp, resourceVersion, namespace/name).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Every ModelServer, referenced from targets by `name`.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+/// Filter-wide knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Header the filter sets to the chosen ModelServer's Envoy cluster.
+    pub cluster_header: String,
+    /// Header the filter sets to the chosen pod (`ip:port`, then fallbacks, comma-separated).
+    pub endpoint_header: String,
+    /// Largest request body the filter buffers; larger requests get 413.
+    pub max_body_bytes: u64,
+    /// How many other ready pods follow the chosen one in the endpoint header (retry order).
+    pub endpoint_fallbacks: u32,
+    /// How a rule picks among weighted targets.
+    pub target_selection: TargetSelection,
+    /// Label used as `owned_by` in the `GET /v1/models` answer.
+    pub models_owned_by: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
+            endpoint_header: DEFAULT_ENDPOINT_HEADER.to_string(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            endpoint_fallbacks: DEFAULT_ENDPOINT_FALLBACKS,
+            target_selection: TargetSelection::default(),
+            models_owned_by: "kthena".to_string(),
+        }
+    }
+}
+
+/// Weighted target selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSelection {
+    /// Smooth weighted round-robin per worker: exact proportions over every weight-sum window.
+    #[default]
+    WeightedRoundRobin,
+    /// Independent weighted random draw per request (Kthena's behaviour).
+    WeightedRandom,
+}
+
+/// One ModelRoute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// `namespace/name` of the ModelRoute (for logs and metrics).
+    pub name: String,
+    /// Requests whose `model` equals this are base-model requests for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    /// Requests whose `model` is one of these are LoRA requests for this route
+    /// (only consulted when no route has a matching `model_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora_adapters: Vec<String>,
+    /// Ordered rules; the first whose match holds decides.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    /// All conditions are ANDed; an empty match matches every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Match::is_empty")]
+    pub matches: Match,
+    /// Weighted targets (at least one with weight > 0).
+    pub targets: Vec<Target>,
+}
+
+/// Request conditions of a rule.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Match {
+    /// Header conditions; `name` is lower-case. The first value is compared; a missing header
+    /// compares as the empty string.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Condition on the request path (without the query string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    /// Exact comparison with the request body's `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_model: Option<String>,
+}
+
+impl Match {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.uri.is_none() && self.body_model.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(flatten)]
+    pub value: StringMatch,
+}
+
+/// Kthena's StringMatch, already resolved to the one kind in force
+/// (exact > prefix > regex; none set = matches anything).
+/// Serialised as `{"exact": "..."}`, `{"prefix": "..."}`, `{"regex": "..."}` or `{"any": {}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// RE2-style, unanchored (a match anywhere in the value).
+    Regex(String),
+    Any {},
+}
+
+/// A weighted target of a rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// `namespace/name` of the ModelServer; must be present in `FilterConfig::servers`,
+    /// otherwise requests choosing this target get 404 (as Kthena answers).
+    pub server: String,
+    /// Relative weight (Kthena default 100).
+    pub weight: u32,
+}
+
+/// One ModelServer with its ready pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    /// `namespace/name` of the ModelServer.
+    pub name: String,
+    /// Envoy cluster that holds exactly these endpoints (override_host LB policy).
+    pub cluster: String,
+    /// `spec.model`: base-model requests are rewritten to this name when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub engine: Engine,
+    /// `trafficPolicy.timeout` in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `trafficPolicy.retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// `kvConnector.type`, lower-case (http | lmcache | nixl | mooncake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_connector: Option<String>,
+    /// Ready pods, in a stable order (by pod name).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Vllm,
+    Sglang,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retry {
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+}
+
+/// A ready pod of a ModelServer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `podIP:workloadPort` (IPv6 as `[addr]:port`), exactly as Envoy lists the host.
+    pub address: String,
+    /// `namespace/name` of the pod.
+    pub pod: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_match_wire_form_is_single_key_object() {
+        let m = HeaderMatch { name: "user-type".into(), value: StringMatch::Exact("premium".into()) };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"name":"user-type","exact":"premium"}"#);
+        let any: StringMatch = serde_json::from_str(r#"{"any":{}}"#).unwrap();
+        assert_eq!(any, StringMatch::Any {});
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c: FilterConfig = serde_json::from_str(r#"{"version":1}"#).unwrap();
+        assert_eq!(c.settings, Settings::default());
+        assert!(c.routes.is_empty() && c.servers.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let c: FilterConfig =
+            serde_json::from_str(r#"{"version":1,"future":true,"settings":{"new_knob":3}}"#).unwrap();
+        assert_eq!(c.version, 1);
+    }
+
+    #[test]
+    fn full_config_round_trips() {
+        let c = FilterConfig {
+            version: SCHEMA_VERSION,
+            settings: Settings::default(),
+            routes: vec![Route {
+                name: "default/r".into(),
+                model_name: Some("m".into()),
+                lora_adapters: vec!["a".into()],
+                rules: vec![Rule {
+                    name: "r0".into(),
+                    matches: Match {
+                        headers: vec![HeaderMatch { name: "h".into(), value: StringMatch::Regex("^x".into()) }],
+                        uri: Some(StringMatch::Prefix("/v1".into())),
+                        body_model: Some("m".into()),
+                    },
+                    targets: vec![Target { server: "default/s".into(), weight: 100 }],
+                }],
+            }],
+            servers: vec![Server {
+                name: "default/s".into(),
+                cluster: "modelserver|default|s".into(),
+                model: Some("real".into()),
+                engine: Engine::Vllm,
+                timeout_ms: Some(10_000),
+                retry: Some(Retry { attempts: 3, interval_ms: Some(100) }),
+                kv_connector: None,
+                endpoints: vec![Endpoint { address: "127.0.0.2:8000".into(), pod: "default/p".into() }],
+            }],
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        let back: FilterConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}
