@@ -1,1 +1,22 @@
-//! placeholder
+//! modelroute: Kthena-compatible LLM inference routing inside Envoy.
+//!
+//! Pure core (native-testable) first, the proxy-wasm glue last:
+//! - [`scan`]: single-pass JSON scanner for request bodies.
+//! - [`rewrite`]: byte-splicing rewrites of the scanned body.
+//! - [`router`]: the compiled configuration and routing decisions.
+//! - [`weights`]: weighted target choice.
+//! - [`errors`]: OpenAI-style local replies.
+//! - [`flow`]: the per-request state machine against the [`flow::Host`] trait.
+//! - [`rng`]: injected randomness.
+//! - `glue` (wasm32 only): adapts proxy-wasm's contexts to [`flow::Flow`]; nothing else calls
+//!   proxy-wasm.
+pub mod errors;
+pub mod flow;
+pub mod rewrite;
+pub mod rng;
+pub mod router;
+pub mod scan;
+pub mod weights;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

@@ -1,0 +1,152 @@
+//! The only module that touches proxy-wasm: adapts Envoy's root and HTTP contexts to the pure
+//! [`Flow`] and [`Router`]. No routing logic lives here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` with every `Result` handled, never through the
+//! SDK's convenience methods (they `unwrap`, and a panic aborts the worker's VM). Header values
+//! are read as bytes because the SDK's string getter panics on non-UTF-8 input.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType};
+
+use crate::flow::{Action, Flow, Host};
+use crate::router::Router;
+
+type Shared = Rc<RefCell<Option<Router>>>;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { router: Rc::new(RefCell::new(None)) }) });
+}}
+
+struct Root {
+    router: Shared,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let config = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+            Ok(Some(c)) => c,
+            _ => {
+                log::error!("modelroute: no plugin configuration");
+                return false;
+            }
+        };
+        let seed = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        match Router::from_json(&config, seed) {
+            Ok(router) => {
+                log::info!("modelroute: configuration accepted ({} bytes)", config.len());
+                match self.router.try_borrow_mut() {
+                    Ok(mut slot) => *slot = Some(router),
+                    Err(_) => return false,
+                }
+                true
+            }
+            Err(e) => {
+                log::error!("modelroute: {e}; keeping the previous configuration");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request { router: Rc::clone(&self.router), flow: Flow::new() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    router: Shared,
+    flow: Flow,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
+        let router = self.router.try_borrow().ok();
+        let action = self.flow.on_request_headers(router.as_ref().and_then(|r| r.as_ref()), &mut EnvoyHost, end_of_stream);
+        to_wasm(action)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
+        let mut router = self.router.try_borrow_mut().ok();
+        let action =
+            self.flow.on_request_body(router.as_mut().and_then(|r| r.as_mut()), &mut EnvoyHost, body_size, end_of_stream);
+        to_wasm(action)
+    }
+
+    fn on_log(&mut self) {
+        let o = &self.flow.outcome;
+        if !o.model.is_empty() || o.local_status.is_some() {
+            log::debug!(
+                "modelroute: model={} route={} server={} pod={} upstream_model={} local_status={:?}",
+                o.model,
+                o.route,
+                o.server,
+                o.endpoint,
+                o.upstream_model,
+                o.local_status
+            );
+        }
+    }
+}
+
+fn to_wasm(a: Action) -> WasmAction {
+    match a {
+        Action::Continue => WasmAction::Continue,
+        Action::Pause => WasmAction::Pause,
+    }
+}
+
+/// [`Host`] over the current HTTP context's host calls.
+struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn header(&self, name: &str) -> Option<String> {
+        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+            Ok(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
+            _ => None,
+        }
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+            log::warn!("modelroute: could not set header {name}");
+        }
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+            log::warn!("modelroute: could not remove header {name}");
+        }
+    }
+
+    fn body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, len).ok().flatten()
+    }
+
+    fn replace_body(&mut self, old_len: usize, body: &[u8]) {
+        if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_len, body).is_err() {
+            log::warn!("modelroute: could not replace the request body");
+        }
+    }
+
+    fn respond(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
+            log::warn!("modelroute: could not send a local reply");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Routing decisions: the compiled form of a [`FilterConfig`] and the one function that maps a
+//! request (model, path, headers) to a ModelServer and its pods.
+//!
+//! Semantics are Kthena's (see shared/KTHENA-BEHAVIOUR.md): routes whose `modelName` equals the
+//! request model are tried first, in precedence order; only when no route has that
+//! `modelName` are LoRA routes consulted. Within a route the first matching rule decides; a
+//! route none of whose rules match is skipped. Everything that can be computed from the config
+//! is computed once here (indexes, compiled regexes, the `/v1/models` answer), never per
+//! request. Owns: matching, target choice, pod choice. Must not touch the host.
+
+use std::collections::HashMap;
+
+use filter_config::{FilterConfig, Settings, StringMatch, SCHEMA_VERSION};
+
+use crate::rng::Rng;
+use crate::weights::Weighted;
+
+/// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig(pub String);
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid modelroute configuration: {}", self.0)
+    }
+}
+
+/// Why a request could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No route names this model (as `modelName` or LoRA adapter).
+    ModelNotFound,
+    /// Routes exist for the model but none of their rules match the request.
+    NoRuleMatched,
+    /// The chosen target names a ModelServer that does not exist.
+    ServerNotFound(String),
+    /// The chosen ModelServer has no ready pods.
+    NoReadyEndpoints(String),
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+impl Matcher {
+    fn compile(m: &StringMatch, what: &str) -> Result<Self, InvalidConfig> {
+        Ok(match m {
+            StringMatch::Any {} => Matcher::Any,
+            StringMatch::Exact(s) => Matcher::Exact(s.clone()),
+            StringMatch::Prefix(s) => Matcher::Prefix(s.clone()),
+            StringMatch::Regex(r) => Matcher::Regex(
+                regex_lite::Regex::new(r).map_err(|e| InvalidConfig(format!("{what}: invalid regex {r:?}: {e}")))?,
+            ),
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Any => true,
+            Matcher::Exact(s) => value == s,
+            Matcher::Prefix(s) => value.starts_with(s.as_str()),
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    headers: Vec<(String, Matcher)>,
+    uri: Option<Matcher>,
+    body_model: Option<String>,
+    /// Per target: index into `Router::servers`, or the missing server's name.
+    targets: Vec<Result<usize, String>>,
+    weights: Weighted,
+}
+
+#[derive(Debug)]
+struct Route {
+    name: String,
+    rules: Vec<Rule>,
+}
+
+/// A ModelServer as the filter uses it.
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    pub cluster: String,
+    pub model: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    endpoints: Vec<String>,
+    next: usize,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub route: usize,
+    pub rule: usize,
+    pub server: usize,
+    /// True when the request model matched a LoRA adapter (the model is then kept as is).
+    pub lora: bool,
+    /// `ip:port[,ip:port...]`: the chosen pod first, then fallbacks in retry order.
+    pub endpoints: String,
+}
+
+/// What the router needs to know about a request.
+pub struct Request<'a> {
+    pub model: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// First value of a request header (lower-case name), if present.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Compiled configuration plus the per-worker state decisions need (weights, round-robin
+/// positions, RNG).
+#[derive(Debug)]
+pub struct Router {
+    pub settings: Settings,
+    routes: Vec<Route>,
+    by_model: HashMap<String, Vec<usize>>,
+    by_lora: HashMap<String, Vec<usize>>,
+    servers: Vec<Server>,
+    models_body: String,
+    rng: Rng,
+}
+
+impl Router {
+    /// Parses and compiles the plugin configuration JSON.
+    pub fn from_json(json: &[u8], seed: u64) -> Result<Self, InvalidConfig> {
+        let cfg: FilterConfig = serde_json::from_slice(json).map_err(|e| InvalidConfig(e.to_string()))?;
+        Self::compile(cfg, seed)
+    }
+
+    pub fn compile(cfg: FilterConfig, seed: u64) -> Result<Self, InvalidConfig> {
+        if cfg.version != SCHEMA_VERSION {
+            return Err(InvalidConfig(format!(
+                "schema version {} is not supported (this filter speaks version {SCHEMA_VERSION})",
+                cfg.version
+            )));
+        }
+        check_header_name(&cfg.settings.cluster_header, "settings.cluster_header")?;
+        check_header_name(&cfg.settings.endpoint_header, "settings.endpoint_header")?;
+
+        let mut servers = Vec::with_capacity(cfg.servers.len());
+        let mut server_index = HashMap::with_capacity(cfg.servers.len());
+        for (i, s) in cfg.servers.into_iter().enumerate() {
+            if s.cluster.is_empty() {
+                return Err(InvalidConfig(format!("server {}: empty cluster", s.name)));
+            }
+            if server_index.insert(s.name.clone(), i).is_some() {
+                return Err(InvalidConfig(format!("server {} is listed twice", s.name)));
+            }
+            servers.push(Server {
+                name: s.name,
+                cluster: s.cluster,
+                model: s.model.filter(|m| !m.is_empty()),
+                timeout_ms: s.timeout_ms.filter(|t| *t > 0),
+                retry_attempts: s.retry.map(|r| r.attempts),
+                endpoints: s.endpoints.into_iter().map(|e| e.address).collect(),
+                next: 0,
+            });
+        }
+
+        let mut routes = Vec::with_capacity(cfg.routes.len());
+        let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_lora: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut listed: Vec<&str> = Vec::new();
+        for (ri, r) in cfg.routes.iter().enumerate() {
+            if r.model_name.as_deref().unwrap_or("").is_empty() && r.lora_adapters.is_empty() {
+                return Err(InvalidConfig(format!("route {}: neither model_name nor lora_adapters", r.name)));
+            }
+            let mut rules = Vec::with_capacity(r.rules.len());
+            for rule in &r.rules {
+                let what = format!("route {} rule {}", r.name, rule.name);
+                let headers = rule
+                    .matches
+                    .headers
+                    .iter()
+                    .map(|h| Ok((h.name.to_ascii_lowercase(), Matcher::compile(&h.value, &what)?)))
+                    .collect::<Result<Vec<_>, InvalidConfig>>()?;
+                let uri = rule.matches.uri.as_ref().map(|u| Matcher::compile(u, &what)).transpose()?;
+                let weights = Weighted::new(rule.targets.iter().map(|t| t.weight).collect())
+                    .ok_or_else(|| InvalidConfig(format!("{what}: no target with a positive weight")))?;
+                let targets = rule
+                    .targets
+                    .iter()
+                    .map(|t| server_index.get(&t.server).copied().ok_or_else(|| t.server.clone()))
+                    .collect();
+                rules.push(Rule {
+                    name: rule.name.clone(),
+                    headers,
+                    uri,
+                    body_model: rule.matches.body_model.clone(),
+                    targets,
+                    weights,
+                });
+            }
+            if let Some(m) = r.model_name.as_deref().filter(|m| !m.is_empty()) {
+                by_model.entry(m.to_string()).or_default().push(ri);
+                listed.push(m);
+            }
+            for a in &r.lora_adapters {
+                by_lora.entry(a.clone()).or_default().push(ri);
+                listed.push(a);
+            }
+            routes.push(Route { name: r.name.clone(), rules });
+        }
+        let models_body = models_list(&listed, &cfg.settings.models_owned_by);
+        Ok(Router { settings: cfg.settings, routes, by_model, by_lora, servers, models_body, rng: Rng::new(seed) })
+    }
+
+    /// The `GET /v1/models` answer (an OpenAI model list), computed at configure time.
+    pub fn models_body(&self) -> &str {
+        &self.models_body
+    }
+
+    pub fn server(&self, i: usize) -> Option<&Server> {
+        self.servers.get(i)
+    }
+
+    pub fn route_name(&self, i: usize) -> &str {
+        self.routes.get(i).map(|r| r.name.as_str()).unwrap_or("")
+    }
+
+    pub fn rule_name(&self, route: usize, rule: usize) -> &str {
+        self.routes.get(route).and_then(|r| r.rules.get(rule)).map(|r| r.name.as_str()).unwrap_or("")
+    }
+
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Routes one request: route -> rule -> weighted target -> ModelServer -> pods.
+    pub fn decide(&mut self, req: &Request<'_>) -> Result<Decision, RouteError> {
+        let (candidates, lora) = match self.by_model.get(req.model) {
+            Some(c) => (c, false),
+            None => (self.by_lora.get(req.model).ok_or(RouteError::ModelNotFound)?, true),
+        };
+        let mut found = None;
+        'routes: for &ri in candidates {
+            let Some(route) = self.routes.get(ri) else { continue };
+            for (qi, rule) in route.rules.iter().enumerate() {
+                if rule_matches(rule, req) {
+                    found = Some((ri, qi));
+                    break 'routes;
+                }
+            }
+        }
+        let (ri, qi) = found.ok_or(RouteError::NoRuleMatched)?;
+        let how = self.settings.target_selection;
+        let rule = self.routes.get_mut(ri).and_then(|r| r.rules.get_mut(qi)).ok_or(RouteError::NoRuleMatched)?;
+        let ti = rule.weights.pick(how, &mut self.rng);
+        let si = match rule.targets.get(ti) {
+            Some(Ok(si)) => *si,
+            Some(Err(missing)) => return Err(RouteError::ServerNotFound(missing.clone())),
+            None => return Err(RouteError::NoRuleMatched),
+        };
+        let fallbacks = self.settings.endpoint_fallbacks as usize;
+        let server = self.servers.get_mut(si).ok_or(RouteError::NoRuleMatched)?;
+        let endpoints = server.pick(fallbacks).ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?;
+        Ok(Decision { route: ri, rule: qi, server: si, lora, endpoints })
+    }
+}
+
+impl Server {
+    /// Round-robin over ready pods; the chosen pod is followed by up to `fallbacks` others.
+    fn pick(&mut self, fallbacks: usize) -> Option<String> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next % n;
+        self.next = (start + 1) % n;
+        let take = n.min(fallbacks + 1);
+        let mut out = String::with_capacity(take * 22);
+        for k in 0..take {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str(self.endpoints.get((start + k) % n).map(String::as_str).unwrap_or(""));
+        }
+        Some(out)
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+}
+
+fn rule_matches(rule: &Rule, req: &Request<'_>) -> bool {
+    if let Some(m) = &rule.body_model {
+        if m != req.model {
+            return false;
+        }
+    }
+    if let Some(u) = &rule.uri {
+        if !u.matches(req.path) {
+            return false;
+        }
+    }
+    rule.headers.iter().all(|(name, m)| m.matches((req.header)(name).as_deref().unwrap_or("")))
+}
+
+fn check_header_name(name: &str, what: &str) -> Result<(), InvalidConfig> {
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidConfig(format!("{what}: {name:?} is not a lower-case header name")))
+    }
+}
+
+fn models_list(names: &[&str], owned_by: &str) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .filter(|n| seen.insert(**n))
+        .map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": owned_by}))
+        .collect();
+    serde_json::json!({"object": "list", "data": data}).to_string()
+}
+
+#[cfg(test)]
+mod tests;
