@@ -14,8 +14,17 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(status: u32, code: &'static str, message: impl Into<String>) -> Self {
-        let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
-        ErrorReply { status, kind, code, message: message.into() }
+        let kind = if status >= 500 {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        ErrorReply {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn body(&self) -> String {
@@ -26,33 +35,57 @@ impl ErrorReply {
     }
 
     pub fn invalid_json(detail: impl std::fmt::Display) -> Self {
-        Self::new(400, "invalid_json", format!("request body is not valid JSON: {detail}"))
+        Self::new(
+            400,
+            "invalid_json",
+            format!("request body is not valid JSON: {detail}"),
+        )
     }
 
     pub fn model_missing() -> Self {
-        Self::new(404, "model_not_found", "the request body has no \"model\" string")
+        Self::new(
+            404,
+            "model_not_found",
+            "the request body has no \"model\" string",
+        )
     }
 
     pub fn too_large(limit: u64) -> Self {
-        Self::new(413, "request_too_large", format!("request body exceeds the limit of {limit} bytes"))
+        Self::new(
+            413,
+            "request_too_large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
     }
 
     pub fn not_configured() -> Self {
-        Self::new(503, "router_not_configured", "the model router has no valid configuration yet")
+        Self::new(
+            503,
+            "router_not_configured",
+            "the model router has no valid configuration yet",
+        )
     }
 
     pub fn from_route(err: &RouteError, model: &str) -> Self {
         match err {
-            RouteError::ModelNotFound => Self::new(404, "model_not_found", format!("model {model:?} not found")),
-            RouteError::NoRuleMatched => {
-                Self::new(404, "route_not_found", format!("no ModelRoute rule for model {model:?} matches this request"))
+            RouteError::ModelNotFound => {
+                Self::new(404, "model_not_found", format!("model {model:?} not found"))
             }
-            RouteError::ServerNotFound(s) => {
-                Self::new(404, "model_server_not_found", format!("ModelServer {s} for model {model:?} not found"))
-            }
-            RouteError::NoReadyEndpoints(s) => {
-                Self::new(503, "no_ready_endpoints", format!("ModelServer {s} has no ready pods"))
-            }
+            RouteError::NoRuleMatched => Self::new(
+                404,
+                "route_not_found",
+                format!("no ModelRoute rule for model {model:?} matches this request"),
+            ),
+            RouteError::ServerNotFound(s) => Self::new(
+                404,
+                "model_server_not_found",
+                format!("ModelServer {s} for model {model:?} not found"),
+            ),
+            RouteError::NoReadyEndpoints(s) => Self::new(
+                503,
+                "no_ready_endpoints",
+                format!("ModelServer {s} has no ready pods"),
+            ),
         }
     }
 }
@@ -79,6 +112,9 @@ mod tests {
         assert_eq!(ErrorReply::too_large(1).status, 413);
         let e = ErrorReply::from_route(&RouteError::NoReadyEndpoints("s".into()), "m");
         assert_eq!((e.status, e.kind), (503, "server_error"));
-        assert_eq!(ErrorReply::from_route(&RouteError::ServerNotFound("s".into()), "m").status, 404);
+        assert_eq!(
+            ErrorReply::from_route(&RouteError::ServerNotFound("s".into()), "m").status,
+            404
+        );
     }
 }

@@ -72,9 +72,17 @@ impl Flow {
         Flow::default()
     }
 
-    pub fn on_request_headers(&mut self, router: Option<&Router>, host: &mut dyn Host, end_of_stream: bool) -> Action {
+    pub fn on_request_headers(
+        &mut self,
+        router: Option<&Router>,
+        host: &mut dyn Host,
+        end_of_stream: bool,
+    ) -> Action {
         let (cluster_header, endpoint_header) = match router {
-            Some(r) => (r.settings.cluster_header.as_str(), r.settings.endpoint_header.as_str()),
+            Some(r) => (
+                r.settings.cluster_header.as_str(),
+                r.settings.endpoint_header.as_str(),
+            ),
             None => (DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER),
         };
         for h in [
@@ -96,7 +104,11 @@ impl Flow {
         if method == "GET" && path == "/v1/models" {
             return match router {
                 Some(r) => {
-                    host.respond(200, &[("content-type", "application/json")], r.models_body().as_bytes());
+                    host.respond(
+                        200,
+                        &[("content-type", "application/json")],
+                        r.models_body().as_bytes(),
+                    );
                     self.outcome.local_status = Some(200);
                     Action::Pause
                 }
@@ -110,7 +122,10 @@ impl Flow {
             return self.fail(host, &ErrorReply::not_configured());
         };
         let limit = router.settings.max_body_bytes;
-        if let Some(len) = host.header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+        if let Some(len) = host
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
             if len > limit {
                 return self.fail(host, &ErrorReply::too_large(limit));
             }
@@ -156,7 +171,11 @@ impl Flow {
         self.outcome.model = model.to_string();
 
         let header = |name: &str| host.header(name);
-        let decision = router.decide(&Request { model: &model, path: &self.path, header: &header });
+        let decision = router.decide(&Request {
+            model: &model,
+            path: &self.path,
+            header: &header,
+        });
         let decision = match decision {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
@@ -166,11 +185,19 @@ impl Flow {
         };
         self.outcome.route = router.route_name(decision.route).to_string();
         self.outcome.server = server.name.clone();
-        self.outcome.endpoint = decision.endpoints.split(',').next().unwrap_or("").to_string();
+        self.outcome.endpoint = decision
+            .endpoints
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .to_string();
 
         // Base-model requests carry the ModelServer's real model name upstream; LoRA requests
         // keep the adapter name, which the engine resolves.
-        let rewrite_to = server.model.as_deref().filter(|m| !decision.lora && *m != model.as_ref());
+        let rewrite_to = server
+            .model
+            .as_deref()
+            .filter(|m| !decision.lora && *m != model.as_ref());
         match rewrite_to {
             Some(real) => {
                 let new_body = splice_string(&body, span, real);
@@ -201,7 +228,11 @@ impl Flow {
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
         self.phase = Phase::Idle;
         self.outcome.local_status = Some(e.status);
-        host.respond(e.status, &[("content-type", "application/json")], e.body().as_bytes());
+        host.respond(
+            e.status,
+            &[("content-type", "application/json")],
+            e.body().as_bytes(),
+        );
         Action::Pause
     }
 }

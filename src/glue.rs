@@ -44,7 +44,10 @@ impl RootContext for Root {
             .unwrap_or(0);
         match Router::from_json(&config, seed) {
             Ok(router) => {
-                log::info!("modelroute: configuration accepted ({} bytes)", config.len());
+                log::info!(
+                    "modelroute: configuration accepted ({} bytes)",
+                    config.len()
+                );
                 match self.router.try_borrow_mut() {
                     Ok(mut slot) => *slot = Some(router),
                     Err(_) => return false,
@@ -59,7 +62,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { router: Rc::clone(&self.router), flow: Flow::new() }))
+        Some(Box::new(Request {
+            router: Rc::clone(&self.router),
+            flow: Flow::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -77,14 +83,22 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
         let router = self.router.try_borrow().ok();
-        let action = self.flow.on_request_headers(router.as_ref().and_then(|r| r.as_ref()), &mut EnvoyHost, end_of_stream);
+        let action = self.flow.on_request_headers(
+            router.as_ref().and_then(|r| r.as_ref()),
+            &mut EnvoyHost,
+            end_of_stream,
+        );
         to_wasm(action)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         let mut router = self.router.try_borrow_mut().ok();
-        let action =
-            self.flow.on_request_body(router.as_mut().and_then(|r| r.as_mut()), &mut EnvoyHost, body_size, end_of_stream);
+        let action = self.flow.on_request_body(
+            router.as_mut().and_then(|r| r.as_mut()),
+            &mut EnvoyHost,
+            body_size,
+            end_of_stream,
+        );
         to_wasm(action)
     }
 
@@ -135,7 +149,9 @@ impl Host for EnvoyHost {
     }
 
     fn body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, start, len).ok().flatten()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, len)
+            .ok()
+            .flatten()
     }
 
     fn replace_body(&mut self, old_len: usize, body: &[u8]) {

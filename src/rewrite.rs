@@ -24,7 +24,9 @@ pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
             '\n' => out.extend_from_slice(b"\\n"),
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -40,7 +42,9 @@ mod tests {
     use crate::scan::{scan, Model};
 
     fn rewrite(body: &str, to: &str) -> String {
-        let Some(Model::Str { span, .. }) = scan(body.as_bytes()).unwrap().model else { panic!() };
+        let Some(Model::Str { span, .. }) = scan(body.as_bytes()).unwrap().model else {
+            panic!()
+        };
         String::from_utf8(splice_string(body.as_bytes(), span, to)).unwrap()
     }
 
@@ -53,8 +57,17 @@ mod tests {
 
     #[test]
     fn property_rewritten_body_parses_to_the_same_document_with_new_model() {
-        let names = ["m", "a\"b", "back\\slash", "tab\tnew\nline", "\u{1}ctl", "ünï😀", ""];
-        let body = r#"{"model":"lora\u002dA","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let names = [
+            "m",
+            "a\"b",
+            "back\\slash",
+            "tab\tnew\nline",
+            "\u{1}ctl",
+            "ünï😀",
+            "",
+        ];
+        let body =
+            r#"{"model":"lora\u002dA","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
         for n in names {
             let out = rewrite(body, n);
             let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -53,7 +53,8 @@ impl Matcher {
             StringMatch::Exact(s) => Matcher::Exact(s.clone()),
             StringMatch::Prefix(s) => Matcher::Prefix(s.clone()),
             StringMatch::Regex(r) => Matcher::Regex(
-                regex_lite::Regex::new(r).map_err(|e| InvalidConfig(format!("{what}: invalid regex {r:?}: {e}")))?,
+                regex_lite::Regex::new(r)
+                    .map_err(|e| InvalidConfig(format!("{what}: invalid regex {r:?}: {e}")))?,
             ),
         })
     }
@@ -134,7 +135,8 @@ pub struct Router {
 impl Router {
     /// Parses and compiles the plugin configuration JSON.
     pub fn from_json(json: &[u8], seed: u64) -> Result<Self, InvalidConfig> {
-        let cfg: FilterConfig = serde_json::from_slice(json).map_err(|e| InvalidConfig(e.to_string()))?;
+        let cfg: FilterConfig =
+            serde_json::from_slice(json).map_err(|e| InvalidConfig(e.to_string()))?;
         Self::compile(cfg, seed)
     }
 
@@ -174,7 +176,10 @@ impl Router {
         let mut listed: Vec<&str> = Vec::new();
         for (ri, r) in cfg.routes.iter().enumerate() {
             if r.model_name.as_deref().unwrap_or("").is_empty() && r.lora_adapters.is_empty() {
-                return Err(InvalidConfig(format!("route {}: neither model_name nor lora_adapters", r.name)));
+                return Err(InvalidConfig(format!(
+                    "route {}: neither model_name nor lora_adapters",
+                    r.name
+                )));
             }
             let mut rules = Vec::with_capacity(r.rules.len());
             for rule in &r.rules {
@@ -183,15 +188,32 @@ impl Router {
                     .matches
                     .headers
                     .iter()
-                    .map(|h| Ok((h.name.to_ascii_lowercase(), Matcher::compile(&h.value, &what)?)))
+                    .map(|h| {
+                        Ok((
+                            h.name.to_ascii_lowercase(),
+                            Matcher::compile(&h.value, &what)?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, InvalidConfig>>()?;
-                let uri = rule.matches.uri.as_ref().map(|u| Matcher::compile(u, &what)).transpose()?;
+                let uri = rule
+                    .matches
+                    .uri
+                    .as_ref()
+                    .map(|u| Matcher::compile(u, &what))
+                    .transpose()?;
                 let weights = Weighted::new(rule.targets.iter().map(|t| t.weight).collect())
-                    .ok_or_else(|| InvalidConfig(format!("{what}: no target with a positive weight")))?;
+                    .ok_or_else(|| {
+                        InvalidConfig(format!("{what}: no target with a positive weight"))
+                    })?;
                 let targets = rule
                     .targets
                     .iter()
-                    .map(|t| server_index.get(&t.server).copied().ok_or_else(|| t.server.clone()))
+                    .map(|t| {
+                        server_index
+                            .get(&t.server)
+                            .copied()
+                            .ok_or_else(|| t.server.clone())
+                    })
                     .collect();
                 rules.push(Rule {
                     name: rule.name.clone(),
@@ -210,10 +232,21 @@ impl Router {
                 by_lora.entry(a.clone()).or_default().push(ri);
                 listed.push(a);
             }
-            routes.push(Route { name: r.name.clone(), rules });
+            routes.push(Route {
+                name: r.name.clone(),
+                rules,
+            });
         }
         let models_body = models_list(&listed, &cfg.settings.models_owned_by);
-        Ok(Router { settings: cfg.settings, routes, by_model, by_lora, servers, models_body, rng: Rng::new(seed) })
+        Ok(Router {
+            settings: cfg.settings,
+            routes,
+            by_model,
+            by_lora,
+            servers,
+            models_body,
+            rng: Rng::new(seed),
+        })
     }
 
     /// The `GET /v1/models` answer (an OpenAI model list), computed at configure time.
@@ -230,7 +263,11 @@ impl Router {
     }
 
     pub fn rule_name(&self, route: usize, rule: usize) -> &str {
-        self.routes.get(route).and_then(|r| r.rules.get(rule)).map(|r| r.name.as_str()).unwrap_or("")
+        self.routes
+            .get(route)
+            .and_then(|r| r.rules.get(rule))
+            .map(|r| r.name.as_str())
+            .unwrap_or("")
     }
 
     pub fn rng(&mut self) -> &mut Rng {
@@ -241,11 +278,18 @@ impl Router {
     pub fn decide(&mut self, req: &Request<'_>) -> Result<Decision, RouteError> {
         let (candidates, lora) = match self.by_model.get(req.model) {
             Some(c) => (c, false),
-            None => (self.by_lora.get(req.model).ok_or(RouteError::ModelNotFound)?, true),
+            None => (
+                self.by_lora
+                    .get(req.model)
+                    .ok_or(RouteError::ModelNotFound)?,
+                true,
+            ),
         };
         let mut found = None;
         'routes: for &ri in candidates {
-            let Some(route) = self.routes.get(ri) else { continue };
+            let Some(route) = self.routes.get(ri) else {
+                continue;
+            };
             for (qi, rule) in route.rules.iter().enumerate() {
                 if rule_matches(rule, req) {
                     found = Some((ri, qi));
@@ -255,7 +299,11 @@ impl Router {
         }
         let (ri, qi) = found.ok_or(RouteError::NoRuleMatched)?;
         let how = self.settings.target_selection;
-        let rule = self.routes.get_mut(ri).and_then(|r| r.rules.get_mut(qi)).ok_or(RouteError::NoRuleMatched)?;
+        let rule = self
+            .routes
+            .get_mut(ri)
+            .and_then(|r| r.rules.get_mut(qi))
+            .ok_or(RouteError::NoRuleMatched)?;
         let ti = rule.weights.pick(how, &mut self.rng);
         let si = match rule.targets.get(ti) {
             Some(Ok(si)) => *si,
@@ -264,8 +312,16 @@ impl Router {
         };
         let fallbacks = self.settings.endpoint_fallbacks as usize;
         let server = self.servers.get_mut(si).ok_or(RouteError::NoRuleMatched)?;
-        let endpoints = server.pick(fallbacks).ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?;
-        Ok(Decision { route: ri, rule: qi, server: si, lora, endpoints })
+        let endpoints = server
+            .pick(fallbacks)
+            .ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?;
+        Ok(Decision {
+            route: ri,
+            rule: qi,
+            server: si,
+            lora,
+            endpoints,
+        })
     }
 }
 
@@ -284,7 +340,12 @@ impl Server {
             if k > 0 {
                 out.push(',');
             }
-            out.push_str(self.endpoints.get((start + k) % n).map(String::as_str).unwrap_or(""));
+            out.push_str(
+                self.endpoints
+                    .get((start + k) % n)
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            );
         }
         Some(out)
     }
@@ -305,15 +366,22 @@ fn rule_matches(rule: &Rule, req: &Request<'_>) -> bool {
             return false;
         }
     }
-    rule.headers.iter().all(|(name, m)| m.matches((req.header)(name).as_deref().unwrap_or("")))
+    rule.headers
+        .iter()
+        .all(|(name, m)| m.matches((req.header)(name).as_deref().unwrap_or("")))
 }
 
 fn check_header_name(name: &str, what: &str) -> Result<(), InvalidConfig> {
-    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(InvalidConfig(format!("{what}: {name:?} is not a lower-case header name")))
+        Err(InvalidConfig(format!(
+            "{what}: {name:?} is not a lower-case header name"
+        )))
     }
 }
 
@@ -322,7 +390,9 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
     let data: Vec<serde_json::Value> = names
         .iter()
         .filter(|n| seen.insert(**n))
-        .map(|n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": owned_by}))
+        .map(
+            |n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": owned_by}),
+        )
         .collect();
     serde_json::json!({"object": "list", "data": data}).to_string()
 }

@@ -22,7 +22,10 @@ pub struct Scan<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Model<'a> {
     /// A string: its decoded value and the span of the whole string token (quotes included).
-    Str { value: Cow<'a, str>, span: Range<usize> },
+    Str {
+        value: Cow<'a, str>,
+        span: Range<usize>,
+    },
     /// Present but not a string.
     NotString,
 }
@@ -43,7 +46,10 @@ impl std::fmt::Display for ScanError {
 /// Scans `body`, which must hold exactly one JSON object (surrounding whitespace allowed).
 pub fn scan(body: &[u8]) -> Result<Scan<'_>, ScanError> {
     if let Err(e) = std::str::from_utf8(body) {
-        return Err(ScanError { offset: e.valid_up_to(), reason: "invalid UTF-8" });
+        return Err(ScanError {
+            offset: e.valid_up_to(),
+            reason: "invalid UTF-8",
+        });
     }
     let mut p = Parser { b: body, i: 0 };
     p.ws();
@@ -73,7 +79,10 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ScanError> {
                 if p.peek() == Some(b'"') {
                     let start = p.i;
                     let s = p.string()?;
-                    out.model = Some(Model::Str { value: s.decode(), span: start..p.i });
+                    out.model = Some(Model::Str {
+                        value: s.decode(),
+                        span: start..p.i,
+                    });
                 } else {
                     p.value()?;
                     out.model = Some(Model::NotString);
@@ -192,7 +201,10 @@ impl<'a> Parser<'a> {
     }
 
     fn err(&self, reason: &'static str) -> ScanError {
-        ScanError { offset: self.i, reason }
+        ScanError {
+            offset: self.i,
+            reason,
+        }
     }
 
     fn err_at(&self, offset: usize, reason: &'static str) -> ScanError {
@@ -261,7 +273,8 @@ impl<'a> Parser<'a> {
                     if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
                         return Err(self.err("lone leading surrogate in \\u escape"));
                     }
-                    let lo = hex4(self.b, self.i + 2).ok_or_else(|| self.err("invalid \\u escape"))?;
+                    let lo =
+                        hex4(self.b, self.i + 2).ok_or_else(|| self.err("invalid \\u escape"))?;
                     if !(0xDC00..0xE000).contains(&lo) {
                         return Err(self.err("invalid surrogate pair in \\u escape"));
                     }
@@ -376,7 +389,11 @@ impl<'a> Parser<'a> {
                     _ => {
                         return Err(self.err_at(
                             self.i.saturating_sub(1),
-                            if is_obj { "expected ',' or '}'" } else { "expected ',' or ']'" },
+                            if is_obj {
+                                "expected ',' or '}'"
+                            } else {
+                                "expected ',' or ']'"
+                            },
                         ))
                     }
                 }

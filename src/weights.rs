@@ -24,7 +24,11 @@ impl Weighted {
             return None;
         }
         let current = vec![0; weights.len()];
-        Some(Weighted { weights, total, current })
+        Some(Weighted {
+            weights,
+            total,
+            current,
+        })
     }
 
     pub fn pick(&mut self, how: TargetSelection, rng: &mut Rng) -> usize {
@@ -96,7 +100,10 @@ mod tests {
     #[test]
     fn weights_are_relative_not_percent() {
         // Kthena: 50:30 gives 62.5% / 37.5%.
-        assert_eq!(counts(&[50, 30], TargetSelection::WeightedRoundRobin, 80, 0), vec![50, 30]);
+        assert_eq!(
+            counts(&[50, 30], TargetSelection::WeightedRoundRobin, 80, 0),
+            vec![50, 30]
+        );
     }
 
     #[test]
@@ -119,7 +126,12 @@ mod tests {
                 continue;
             }
             let periods = 3;
-            let c = counts(&weights, TargetSelection::WeightedRoundRobin, (total * periods) as usize, 0);
+            let c = counts(
+                &weights,
+                TargetSelection::WeightedRoundRobin,
+                (total * periods) as usize,
+                0,
+            );
             for (got, w) in c.iter().zip(&weights) {
                 assert_eq!(*got as u64, u64::from(*w) * periods, "weights {weights:?}");
             }

