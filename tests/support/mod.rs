@@ -1,0 +1,411 @@
+//! End-to-end harness: real mock-llm pods, the real controller and a real Envoy with the built
+//! filter, all on loopback. Each [`Stack`] takes its own loopback /24 (127.a.b.0) and free
+//! ports, so tests run in parallel. Readiness is polled with deadlines, never slept for.
+//!
+//! Artifacts come from `./build.sh test` (MODELROUTE_WASM, MODELROUTE_BIN_DIR,
+//! MODELROUTE_ENVOY); without those variables the default build locations are used.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SEED_RESOURCES: &str = "examples/kthena";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn artifact(var: &str, default: PathBuf) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(p.exists(), "{} not found ({var}); run ./build.sh test, which builds it first", p.display());
+    p
+}
+
+pub fn wasm() -> PathBuf {
+    artifact("MODELROUTE_WASM", root().join("target/wasm32-wasip1/release/modelroute.wasm"))
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("MODELROUTE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/debug"));
+    artifact("MODELROUTE_BIN_DIR", dir.join(name))
+}
+
+pub fn envoy() -> PathBuf {
+    if let Some(p) = std::env::var_os("MODELROUTE_ENVOY") {
+        return artifact("MODELROUTE_ENVOY", PathBuf::from(p));
+    }
+    let lib = root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("site-packages/envoy/_bin/envoy"))));
+    artifact("MODELROUTE_ENVOY", found.unwrap_or(lib))
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks; we release it right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A loopback /24 of our own: 127.a.b.0, derived from the pid and a counter.
+fn loopback_net() -> (u8, u8) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let v = pid.wrapping_mul(97).wrapping_add(n.wrapping_mul(7919));
+    (((v % 200) + 50) as u8, ((v / 200) % 250 + 1) as u8)
+}
+
+/// A pod of the test's pod list.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub model: String,
+    pub aliases: Vec<String>,
+    pub lora: Vec<String>,
+    pub ready: bool,
+}
+
+impl Pod {
+    pub fn new(name: &str, labels: &[(&str, &str)], model: &str) -> Self {
+        Pod {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            model: model.into(),
+            aliases: vec![],
+            lora: vec![],
+            ready: true,
+        }
+    }
+    pub fn lora(mut self, adapters: &[&str]) -> Self {
+        self.lora = adapters.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn alias(mut self, name: &str) -> Self {
+        self.aliases.push(name.into());
+        self
+    }
+    pub fn not_ready(mut self) -> Self {
+        self.ready = false;
+        self
+    }
+}
+
+/// The seed's demo pods (as examples/pods.yaml, fewer replicas).
+pub fn seed_pods() -> Vec<Pod> {
+    let m15 = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
+    vec![
+        Pod::new("ds15-a", &[("app", "deepseek-r1-1-5b")], m15).lora(&["lora-A", "lora-B"]),
+        Pod::new("ds15-b", &[("app", "deepseek-r1-1-5b")], m15).lora(&["lora-A", "lora-B"]),
+        Pod::new("ds7-a", &[("app", "deepseek-r1-7b")], "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+        Pod::new("ds15-v1", &[("app", "deepseek-r1-1-5b"), ("version", "v1")], &format!("{m15}-v1"))
+            .alias(m15)
+            .lora(&["lora-A", "lora-B"]),
+        Pod::new("ds15-v2", &[("app", "deepseek-r1-1-5b"), ("version", "v2")], &format!("{m15}-v2"))
+            .alias(m15)
+            .lora(&["lora-A", "lora-B"]),
+    ]
+}
+
+/// A running mock pods + controller + Envoy stack.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin: u16,
+    pub pod_port: u16,
+    pub pods: Vec<(Pod, String)>,
+    children: Vec<(&'static str, Child)>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub controller_args: Vec<String>,
+}
+
+impl Stack {
+    /// Starts a stack serving the seed's Kthena YAML (examples/kthena) with `pods`.
+    pub fn seed(pods: Vec<Pod>) -> Stack {
+        Stack::start(&read_seed_resources(), pods, Options::default())
+    }
+
+    /// `resources` is Kthena YAML; `{PORT}` in it is replaced by the pods' port.
+    pub fn start(resources: &str, pods: Vec<Pod>, opts: Options) -> Stack {
+        let (a, b) = loopback_net();
+        let dir = std::env::temp_dir().join(format!("modelroute-e2e-{}-{a}-{b}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("resources")).expect("temp dir");
+        let pod_port = free_port();
+        let pods: Vec<(Pod, String)> =
+            pods.into_iter().enumerate().map(|(i, p)| (p, Ipv4Addr::new(127, a, b, (i + 2) as u8).to_string())).collect();
+        let mut s = Stack { dir: dir.clone(), port: free_port(), admin: free_port(), pod_port, pods, children: vec![] };
+        s.write_resources("routes.yaml", resources);
+        std::fs::write(dir.join("pods.yaml"), s.pods_yaml()).expect("pods.yaml");
+
+        // Mock engines, one process per pod.
+        let mock_log = dir.join("mock-llm.log");
+        let child = Command::new(bin("mock-llm"))
+            .args(["pods", "--file"])
+            .arg(dir.join("pods.yaml"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&mock_log).expect("log"))
+            .spawn()
+            .expect("spawn mock-llm");
+        s.children.push(("mock-llm", child));
+        let stdout = s.children.last_mut().and_then(|(_, c)| c.stdout.take()).expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("mock-llm pods ready") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("mock-llm pods did not start; see {}", mock_log.display()),
+            }
+            assert!(Instant::now() < deadline, "mock-llm pods not ready in time");
+        }
+        // Keep draining its stdout so the pipe never fills.
+        std::thread::spawn(move || for _ in lines {});
+
+        // Controller in watch mode.
+        let mut args: Vec<String> = vec!["watch".into(), "--resources".into()];
+        args.push(dir.join("resources").display().to_string());
+        args.extend(["--pods".into(), dir.join("pods.yaml").display().to_string()]);
+        args.extend(["--wasm".into(), wasm().display().to_string()]);
+        args.extend(["--out".into(), dir.join("config").display().to_string()]);
+        args.extend(["--interval-ms".into(), "100".into()]);
+        args.extend(opts.controller_args.iter().cloned());
+        let child = Command::new(bin("modelroute-controller"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("controller.log")).expect("log"))
+            .spawn()
+            .expect("spawn controller");
+        s.children.push(("controller", child));
+        wait_until(Duration::from_secs(20), "controller's first render", || dir.join("config/ecds/modelroute.json").exists());
+
+        // Envoy.
+        let yaml = render_bootstrap(s.port, s.admin, &dir.join("config"));
+        std::fs::write(dir.join("envoy.yaml"), yaml).expect("envoy.yaml");
+        let child = Command::new(envoy())
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "warning"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("envoy.log")).expect("log"))
+            .spawn()
+            .expect("spawn envoy");
+        s.children.push(("envoy", child));
+        wait_until(Duration::from_secs(30), "Envoy ready with the filter configured", || {
+            s.try_request("GET", "/v1/models", &[], b"").map(|r| r.status == 200).unwrap_or(false)
+        });
+        s
+    }
+
+    fn pods_yaml(&self) -> String {
+        let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");
+        for (p, ip) in &self.pods {
+            y += &format!("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {}\n    namespace: default\n    labels:\n", p.name);
+            for (k, v) in &p.labels {
+                y += &format!("      {k}: \"{v}\"\n");
+            }
+            y += "  spec:\n    containers:\n    - name: llm-engine\n      env:\n";
+            y += &format!("      - name: MODEL_NAME\n        value: \"{}\"\n", p.model);
+            if !p.aliases.is_empty() {
+                y += &format!("      - name: SERVED_MODEL_ALIASES\n        value: \"{}\"\n", p.aliases.join(","));
+            }
+            if !p.lora.is_empty() {
+                y += &format!("      - name: LORA_ADAPTERS\n        value: \"{}\"\n", p.lora.join(","));
+            }
+            y += &format!("      ports:\n      - containerPort: {}\n", self.pod_port);
+            y += &format!(
+                "  status:\n    phase: Running\n    podIP: {ip}\n    conditions:\n    - type: Ready\n      status: \"{}\"\n",
+                if p.ready { "True" } else { "False" }
+            );
+        }
+        y
+    }
+
+    /// Replaces a resources file atomically (temp + rename), as an editor or kubectl would.
+    pub fn write_resources(&self, name: &str, yaml: &str) {
+        let yaml = yaml.replace("port: 8000", &format!("port: {}", self.pod_port)).replace("{PORT}", &self.pod_port.to_string());
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write resources");
+        std::fs::rename(&tmp, self.dir.join("resources").join(name)).expect("rename resources");
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    pub fn pod_addr(&self, name: &str) -> String {
+        let ip = &self.pods.iter().find(|(p, _)| p.name == name).expect("pod").1;
+        format!("{ip}:{}", self.pod_port)
+    }
+
+    pub fn pod_name_of(&self, addr: &str) -> Option<String> {
+        self.pods.iter().find(|(_, ip)| format!("{ip}:{}", self.pod_port) == addr).map(|(p, _)| p.name.clone())
+    }
+
+    /// What one mock pod received (its `GET /mock/requests`).
+    pub fn pod_requests(&self, name: &str) -> Vec<serde_json::Value> {
+        let r = http(&self.pod_addr(name), "GET", "/mock/requests", &[], b"").expect("mock requests");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).expect("mock requests JSON")
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.try_request(method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+        http(&format!("127.0.0.1:{}", self.port), method, path, headers, body)
+    }
+
+    /// POST a JSON body to the router.
+    pub fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Response {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        self.request("POST", path, &h, body.as_bytes())
+    }
+
+    pub fn completion(&self, model: &str, headers: &[(&str, &str)]) -> Response {
+        let body = format!(r#"{{"model": "{model}", "prompt": "San Francisco is a", "temperature": 0}}"#);
+        self.post("/v1/completions", &body, headers)
+    }
+
+    /// A counter or gauge from Envoy's admin `/stats` (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        let r = http(&format!("127.0.0.1:{}", self.admin), "GET", &format!("/stats?filter=^{name}$"), &[], b"");
+        let Ok(r) = r else { return 0 };
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self, which: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, c) in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("e2e: kept {} for inspection", self.dir.display());
+        }
+    }
+}
+
+pub fn read_seed_resources() -> String {
+    let dir = root().join(SEED_RESOURCES);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("examples").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read_to_string(f).expect("read example")).collect::<Vec<_>>().join("\n---\n")
+}
+
+pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
+    std::fs::read_to_string(root().join("envoy/envoy.yaml"))
+        .expect("envoy/envoy.yaml")
+        .replace("@LISTEN_PORT@", &port.to_string())
+        .replace("@ADMIN_PORT@", &admin.to_string())
+        .replace("@CONFIG_DIR@", &config_dir.display().to_string())
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// `x-mock-pod` without the namespace.
+    pub fn pod(&self) -> String {
+        self.header("x-mock-pod").and_then(|p| p.rsplit('/').next()).unwrap_or("").to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection). A `transfer-encoding: chunked`
+/// request header makes it send the body as chunks.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    if !chunked && (method == "POST" || !body.is_empty()) {
+        req += &format!("content-length: {}\r\n", body.len());
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes())?;
+    if chunked {
+        for part in body.chunks(7) {
+            s.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+            s.write_all(part)?;
+            s.write_all(b"\r\n")?;
+        }
+        s.write_all(b"0\r\n\r\n")?;
+    } else {
+        s.write_all(body)?;
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+}
+
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(raw.get(..end)?).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .collect();
+    let mut body = raw.get(end + 4..)?.to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body)?;
+    }
+    Some(Response { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(b.get(..nl)?).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = b.get(nl + 2..)?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
