@@ -2,6 +2,13 @@
 //! header injection, a live edit under load and a rejected configuration. Mock engines report
 //! what they received; the assertions check what the router did, not what it claims.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +22,10 @@ const M7: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B";
 
 fn text_of(r: &Response) -> String {
     let v = r.json();
-    v["choices"][0]["text"].as_str().unwrap_or_default().to_string()
+    v["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -27,13 +37,22 @@ fn seed_scenarios_1_to_4_behave_as_the_seed_describes() {
     for _ in 0..4 {
         let r = s.completion("deepseek-simple", &[]);
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(text_of(&r), format!("This is simulated message from {M15}!"));
+        assert_eq!(
+            text_of(&r),
+            format!("This is simulated message from {M15}!")
+        );
         assert_eq!(r.json()["model"], M15);
-        assert!(members_15.contains(&r.pod().as_str()), "served by {}", r.pod());
+        assert!(
+            members_15.contains(&r.pod().as_str()),
+            "served by {}",
+            r.pod()
+        );
     }
     let seen: Vec<serde_json::Value> = members_15.iter().flat_map(|p| s.pod_requests(p)).collect();
     assert_eq!(seen.len(), 4);
-    assert!(seen.iter().all(|q| q["model"] == M15 && q["body"]["prompt"] == "San Francisco is a"));
+    assert!(seen
+        .iter()
+        .all(|q| q["model"] == M15 && q["body"]["prompt"] == "San Francisco is a"));
 
     // 2. LoRA: the adapter name reaches the engine unchanged.
     let r = s.completion("lora-A", &[]);
@@ -60,13 +79,27 @@ fn seed_scenarios_1_to_4_behave_as_the_seed_describes() {
     assert_eq!(r.pod(), "ds7-a");
     for h in [vec![], vec![("user-type", "basic")]] {
         let r = s.completion("deepseek-multi-models", &h);
-        assert_eq!(text_of(&r), format!("This is simulated message from {M15}!"));
+        assert_eq!(
+            text_of(&r),
+            format!("This is simulated message from {M15}!")
+        );
     }
 
     // GET /v1/models lists every route's modelName and adapters.
     let models = s.request("GET", "/v1/models", &[], b"").json();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    for want in ["deepseek-simple", "lora-A", "lora-B", "deepseek-subset", "deepseek-multi-models"] {
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for want in [
+        "deepseek-simple",
+        "lora-A",
+        "lora-B",
+        "deepseek-subset",
+        "deepseek-multi-models",
+    ] {
         assert!(ids.contains(&want), "{want} missing from {ids:?}");
     }
 }
@@ -74,18 +107,28 @@ fn seed_scenarios_1_to_4_behave_as_the_seed_describes() {
 #[test]
 fn chat_streaming_and_chunked_uploads_pass_through() {
     let s = Stack::seed(seed_pods());
-    let body = r#"{"model":"deepseek-simple","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body =
+        r#"{"model":"deepseek-simple","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let r = s.post("/v1/chat/completions", body, &[]);
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap_or("").starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
     let text = r.text();
-    assert!(text.contains("\"chat.completion.chunk\"") && text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(
+        text.contains("\"chat.completion.chunk\"") && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
 
     // A chunked request body (no content-length) is buffered, rewritten and forwarded whole.
     let r = s.request(
         "POST",
         "/v1/completions",
-        &[("content-type", "application/json"), ("transfer-encoding", "chunked")],
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ],
         br#"{"model": "deepseek-simple", "prompt": "a chunked prompt"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -98,25 +141,53 @@ fn errors_are_openai_json_with_the_right_status() {
         + "\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata:\n  name: empty\n  namespace: default\nspec:\n  workloadSelector:\n    matchLabels:\n      app: nobody\n  workloadPort:\n    port: 8000\n  model: x\n  inferenceEngine: vLLM\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: empty\n  namespace: default\nspec:\n  modelName: empty\n  rules:\n  - name: r\n    targetModels:\n    - modelServerName: empty\n";
     let mut pods = seed_pods();
     pods.push(Pod::new("nobody-0", &[("app", "nobody")], "x").not_ready());
-    let s = Stack::start(&resources, pods, Options { controller_args: vec!["--max-body-bytes".into(), "65536".into()] });
+    let s = Stack::start(
+        &resources,
+        pods,
+        Options {
+            controller_args: vec!["--max-body-bytes".into(), "65536".into()],
+        },
+    );
 
     let check = |r: Response, status: u16, code: &str| {
         assert_eq!(r.status, status, "{}", r.text());
         assert_eq!(r.header("content-type"), Some("application/json"));
         let v = r.json();
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
         assert!(v["error"]["type"].is_string());
     };
-    check(s.post("/v1/completions", r#"{"model": "deepseek-simple", "#, &[]), 400, "invalid_json");
+    check(
+        s.post("/v1/completions", r#"{"model": "deepseek-simple", "#, &[]),
+        400,
+        "invalid_json",
+    );
     check(s.post("/v1/completions", "[1,2]", &[]), 400, "invalid_json");
-    check(s.post("/v1/completions", r#"{"prompt": "no model"}"#, &[]), 404, "model_not_found");
+    check(
+        s.post("/v1/completions", r#"{"prompt": "no model"}"#, &[]),
+        404,
+        "model_not_found",
+    );
     check(s.completion("no-such-model", &[]), 404, "model_not_found");
     check(s.completion("empty", &[]), 503, "no_ready_endpoints");
-    let big = format!(r#"{{"model":"deepseek-simple","prompt":"{}"}}"#, "x".repeat(100_000));
-    check(s.post("/v1/completions", &big, &[]), 413, "request_too_large");
+    let big = format!(
+        r#"{{"model":"deepseek-simple","prompt":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    check(
+        s.post("/v1/completions", &big, &[]),
+        413,
+        "request_too_large",
+    );
     // Chunked (no content-length): the limit trips while buffering.
-    let r = s.request("POST", "/v1/completions", &[("transfer-encoding", "chunked")], big.as_bytes());
+    let r = s.request(
+        "POST",
+        "/v1/completions",
+        &[("transfer-encoding", "chunked")],
+        big.as_bytes(),
+    );
     check(r, 413, "request_too_large");
     // Requests the filter does not claim are left to Envoy's own routes.
     assert_eq!(s.request("GET", "/healthz", &[], b"").status, 200);
@@ -142,16 +213,29 @@ fn clients_cannot_choose_cluster_or_pod() {
         assert_ne!(r.pod(), "ds7-a");
         assert_eq!(r.json()["model"], M15);
     }
-    assert!(s.pod_requests("ds7-a").is_empty(), "a spoofed header reached the 7B pod");
+    assert!(
+        s.pod_requests("ds7-a").is_empty(),
+        "a spoofed header reached the 7B pod"
+    );
     // The pods saw the filter's own endpoint header, naming themselves first.
     for p in ["ds15-a", "ds15-b"] {
         for q in s.pod_requests(p) {
-            let ep = q["headers"]["x-gateway-destination-endpoint"].as_str().unwrap_or("");
-            assert!(ep.is_empty() || ep.starts_with(&s.pod_addr(p)), "{p} got {ep}");
+            let ep = q["headers"]["x-gateway-destination-endpoint"]
+                .as_str()
+                .unwrap_or("");
+            assert!(
+                ep.is_empty() || ep.starts_with(&s.pod_addr(p)),
+                "{p} got {ep}"
+            );
         }
     }
     // A pass-through request cannot use the cluster header to reach a ModelServer.
-    let r = s.request("POST", "/other", &[("x-modelroute-cluster", "modelserver|default|deepseek-r1-7b")], b"{}");
+    let r = s.request(
+        "POST",
+        "/other",
+        &[("x-modelroute-cluster", "modelserver|default|deepseek-r1-7b")],
+        b"{}",
+    );
     assert_eq!(r.status, 404);
     assert!(s.pod_requests("ds7-a").is_empty());
 }
@@ -164,7 +248,8 @@ fn live_weight_edit_applies_without_failing_a_request() {
     let sent = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..2)
         .map(|_| {
-            let (s, stop, failures, sent) = (s.clone(), stop.clone(), failures.clone(), sent.clone());
+            let (s, stop, failures, sent) =
+                (s.clone(), stop.clone(), failures.clone(), sent.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let ok = s.try_request(
@@ -181,27 +266,42 @@ fn live_weight_edit_applies_without_failing_a_request() {
             })
         })
         .collect();
-    wait_until(Duration::from_secs(10), "traffic", || sent.load(Ordering::Relaxed) > 20);
+    wait_until(Duration::from_secs(10), "traffic", || {
+        sent.load(Ordering::Relaxed) > 20
+    });
 
     let before = s.stat("extension_config_discovery.http_filter.modelroute.update_success");
-    let edited = read_seed_resources().replace("weight: 70", "weight: 0").replace("weight: 30", "weight: 100");
+    let edited = read_seed_resources()
+        .replace("weight: 70", "weight: 0")
+        .replace("weight: 30", "weight: 100");
     s.write_resources("routes.yaml", &edited);
-    wait_until(Duration::from_secs(15), "the new weights to reach Envoy", || {
-        s.stat("extension_config_discovery.http_filter.modelroute.update_success") > before
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the new weights to reach Envoy",
+        || s.stat("extension_config_discovery.http_filter.modelroute.update_success") > before,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mark = sent.load(Ordering::Relaxed);
-    wait_until(Duration::from_secs(10), "more traffic", || sent.load(Ordering::Relaxed) > mark + 20);
+    wait_until(Duration::from_secs(10), "more traffic", || {
+        sent.load(Ordering::Relaxed) > mark + 20
+    });
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.join().expect("load thread");
     }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the live edit");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the live edit"
+    );
 
     // After the edit every request goes to v2.
     for _ in 0..20 {
         let r = s.completion("deepseek-subset", &[]);
-        assert_eq!(text_of(&r), format!("This is simulated message from {M15}-v2!"));
+        assert_eq!(
+            text_of(&r),
+            format!("This is simulated message from {M15}-v2!")
+        );
     }
 }
 
@@ -214,8 +314,10 @@ fn a_rejected_configuration_leaves_the_previous_one_serving() {
     let mut doc: serde_json::Value = serde_json::from_str(&good).expect("ecds json");
     // A config the filter must refuse: an invalid regex in a header match.
     let cfg = &mut doc["resources"][0]["typed_config"]["config"]["configuration"]["value"];
-    let mut plugin: serde_json::Value = serde_json::from_str(cfg.as_str().expect("value")).expect("plugin json");
-    plugin["routes"][0]["rules"][0]["match"] = serde_json::json!({"headers": [{"name": "x", "regex": "("}]});
+    let mut plugin: serde_json::Value =
+        serde_json::from_str(cfg.as_str().expect("value")).expect("plugin json");
+    plugin["routes"][0]["rules"][0]["match"] =
+        serde_json::json!({"headers": [{"name": "x", "regex": "("}]});
     *cfg = serde_json::Value::String(plugin.to_string());
     doc["version_info"] = "bad".into();
 
@@ -223,9 +325,11 @@ fn a_rejected_configuration_leaves_the_previous_one_serving() {
     let tmp = s.config_dir().join("ecds/.bad.tmp");
     std::fs::write(&tmp, doc.to_string()).expect("write");
     std::fs::rename(&tmp, &ecds).expect("rename");
-    wait_until(Duration::from_secs(15), "Envoy to reject the configuration", || {
-        s.stat("extension_config_discovery.http_filter.modelroute.update_rejected") > rejected
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "Envoy to reject the configuration",
+        || s.stat("extension_config_discovery.http_filter.modelroute.update_rejected") > rejected,
+    );
     for _ in 0..10 {
         let r = s.completion("deepseek-simple", &[]);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -255,8 +359,12 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     std::fs::write(&boot, render_bootstrap(18080, 18081, &out)).expect("write");
     validate(&boot);
     // The controller's clusters and ECDS filter, loaded statically so validate checks them too.
-    let cds: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("cds/clusters.json")).unwrap()).unwrap();
-    let ecds: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("ecds/modelroute.json")).unwrap()).unwrap();
+    let cds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cds/clusters.json")).unwrap())
+            .unwrap();
+    let ecds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ecds/modelroute.json")).unwrap())
+            .unwrap();
     let clusters: Vec<serde_json::Value> = cds["resources"].as_array().unwrap().clone();
     assert!(!clusters.is_empty());
     let filter = &ecds["resources"][0];
@@ -289,7 +397,14 @@ fn support_root() -> std::path::PathBuf {
 
 fn validate(config: &std::path::Path) {
     let out = std::process::Command::new(envoy())
-        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "error",
+            "-c",
+        ])
         .arg(config)
         .output()
         .expect("envoy");

@@ -28,6 +28,15 @@ impl FakeHost {
         }
         h
     }
+    fn request(method: impl Into<String>, path: impl Into<String>) -> Self {
+        FakeHost {
+            headers: vec![
+                (":method".into(), method.into()),
+                (":path".into(), path.into()),
+            ],
+            ..Default::default()
+        }
+    }
     fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -209,11 +218,7 @@ fn client_cannot_choose_cluster_or_pod() {
     assert_eq!(h.get("x-envoy-original-dst-host"), None);
     assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("10000"));
     // Pass-through requests are stripped too.
-    let mut h = FakeHost::default();
-    h.headers = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/healthz".into()),
-    ];
+    let mut h = FakeHost::request("GET", "/healthz");
     h.headers
         .extend(spoof.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     assert_eq!(
@@ -321,8 +326,7 @@ fn empty_post_is_400_and_non_inference_traffic_passes() {
         ("POST", "/v1"),
         ("GET", "/metrics"),
     ] {
-        let mut h = FakeHost::default();
-        h.headers = vec![(":method".into(), m.into()), (":path".into(), p.into())];
+        let mut h = FakeHost::request(m, p);
         assert_eq!(
             Flow::new().on_request_headers(Some(&r), &mut h, false),
             Action::Continue,
@@ -335,11 +339,7 @@ fn empty_post_is_400_and_non_inference_traffic_passes() {
 #[test]
 fn models_endpoint_lists_routes() {
     let r = router();
-    let mut h = FakeHost::default();
-    h.headers = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/v1/models?x=1".into()),
-    ];
+    let mut h = FakeHost::request("GET", "/v1/models?x=1");
     assert_eq!(
         Flow::new().on_request_headers(Some(&r), &mut h, true),
         Action::Pause
@@ -358,11 +358,7 @@ fn unconfigured_filter_answers_503_for_inference_and_passes_the_rest() {
         Action::Pause
     );
     assert_eq!(h.reply_json().0, 503);
-    let mut h = FakeHost::default();
-    h.headers = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/".into()),
-    ];
+    let mut h = FakeHost::request("GET", "/");
     assert_eq!(
         Flow::new().on_request_headers(None, &mut h, true),
         Action::Continue

@@ -21,16 +21,25 @@ fn root() -> PathBuf {
 
 fn artifact(var: &str, default: PathBuf) -> PathBuf {
     let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    assert!(p.exists(), "{} not found ({var}); run ./build.sh test, which builds it first", p.display());
+    assert!(
+        p.exists(),
+        "{} not found ({var}); run ./build.sh test, which builds it first",
+        p.display()
+    );
     p
 }
 
 pub fn wasm() -> PathBuf {
-    artifact("MODELROUTE_WASM", root().join("target/wasm32-wasip1/release/modelroute.wasm"))
+    artifact(
+        "MODELROUTE_WASM",
+        root().join("target/wasm32-wasip1/release/modelroute.wasm"),
+    )
 }
 
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MODELROUTE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/debug"));
+    let dir = std::env::var_os("MODELROUTE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug"));
     artifact("MODELROUTE_BIN_DIR", dir.join(name))
 }
 
@@ -39,15 +48,21 @@ pub fn envoy() -> PathBuf {
         return artifact("MODELROUTE_ENVOY", PathBuf::from(p));
     }
     let lib = root().join(".venv/lib");
-    let found = std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("site-packages/envoy/_bin/envoy"))));
+    let found = std::fs::read_dir(&lib).ok().and_then(|mut d| {
+        d.find_map(|e| {
+            e.ok()
+                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        })
+    });
     artifact("MODELROUTE_ENVOY", found.unwrap_or(lib))
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks; we release it right away).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A loopback /24 of our own: 127.a.b.0, derived from the pid and a counter.
@@ -74,7 +89,10 @@ impl Pod {
     pub fn new(name: &str, labels: &[(&str, &str)], model: &str) -> Self {
         Pod {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             model: model.into(),
             aliases: vec![],
             lora: vec![],
@@ -101,13 +119,25 @@ pub fn seed_pods() -> Vec<Pod> {
     vec![
         Pod::new("ds15-a", &[("app", "deepseek-r1-1-5b")], m15).lora(&["lora-A", "lora-B"]),
         Pod::new("ds15-b", &[("app", "deepseek-r1-1-5b")], m15).lora(&["lora-A", "lora-B"]),
-        Pod::new("ds7-a", &[("app", "deepseek-r1-7b")], "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
-        Pod::new("ds15-v1", &[("app", "deepseek-r1-1-5b"), ("version", "v1")], &format!("{m15}-v1"))
-            .alias(m15)
-            .lora(&["lora-A", "lora-B"]),
-        Pod::new("ds15-v2", &[("app", "deepseek-r1-1-5b"), ("version", "v2")], &format!("{m15}-v2"))
-            .alias(m15)
-            .lora(&["lora-A", "lora-B"]),
+        Pod::new(
+            "ds7-a",
+            &[("app", "deepseek-r1-7b")],
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        ),
+        Pod::new(
+            "ds15-v1",
+            &[("app", "deepseek-r1-1-5b"), ("version", "v1")],
+            &format!("{m15}-v1"),
+        )
+        .alias(m15)
+        .lora(&["lora-A", "lora-B"]),
+        Pod::new(
+            "ds15-v2",
+            &[("app", "deepseek-r1-1-5b"), ("version", "v2")],
+            &format!("{m15}-v2"),
+        )
+        .alias(m15)
+        .lora(&["lora-A", "lora-B"]),
     ]
 }
 
@@ -135,13 +165,24 @@ impl Stack {
     /// `resources` is Kthena YAML; `{PORT}` in it is replaced by the pods' port.
     pub fn start(resources: &str, pods: Vec<Pod>, opts: Options) -> Stack {
         let (a, b) = loopback_net();
-        let dir = std::env::temp_dir().join(format!("modelroute-e2e-{}-{a}-{b}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("modelroute-e2e-{}-{a}-{b}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("resources")).expect("temp dir");
         let pod_port = free_port();
-        let pods: Vec<(Pod, String)> =
-            pods.into_iter().enumerate().map(|(i, p)| (p, Ipv4Addr::new(127, a, b, (i + 2) as u8).to_string())).collect();
-        let mut s = Stack { dir: dir.clone(), port: free_port(), admin: free_port(), pod_port, pods, children: vec![] };
+        let pods: Vec<(Pod, String)> = pods
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p, Ipv4Addr::new(127, a, b, (i + 2) as u8).to_string()))
+            .collect();
+        let mut s = Stack {
+            dir: dir.clone(),
+            port: free_port(),
+            admin: free_port(),
+            pod_port,
+            pods,
+            children: vec![],
+        };
         s.write_resources("routes.yaml", resources);
         std::fs::write(dir.join("pods.yaml"), s.pods_yaml()).expect("pods.yaml");
 
@@ -155,7 +196,11 @@ impl Stack {
             .spawn()
             .expect("spawn mock-llm");
         s.children.push(("mock-llm", child));
-        let stdout = s.children.last_mut().and_then(|(_, c)| c.stdout.take()).expect("stdout");
+        let stdout = s
+            .children
+            .last_mut()
+            .and_then(|(_, c)| c.stdout.take())
+            .expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -184,7 +229,9 @@ impl Stack {
             .spawn()
             .expect("spawn controller");
         s.children.push(("controller", child));
-        wait_until(Duration::from_secs(20), "controller's first render", || dir.join("config/ecds/modelroute.json").exists());
+        wait_until(Duration::from_secs(20), "controller's first render", || {
+            dir.join("config/ecds/modelroute.json").exists()
+        });
 
         // Envoy.
         let yaml = render_bootstrap(s.port, s.admin, &dir.join("config"));
@@ -192,15 +239,27 @@ impl Stack {
         let child = Command::new(envoy())
             .arg("-c")
             .arg(dir.join("envoy.yaml"))
-            .args(["--disable-hot-restart", "--concurrency", "2", "-l", "warning"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "-l",
+                "warning",
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("envoy.log")).expect("log"))
             .spawn()
             .expect("spawn envoy");
         s.children.push(("envoy", child));
-        wait_until(Duration::from_secs(30), "Envoy ready with the filter configured", || {
-            s.try_request("GET", "/v1/models", &[], b"").map(|r| r.status == 200).unwrap_or(false)
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "Envoy ready with the filter configured",
+            || {
+                s.try_request("GET", "/v1/models", &[], b"")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            },
+        );
         s
     }
 
@@ -214,10 +273,16 @@ impl Stack {
             y += "  spec:\n    containers:\n    - name: llm-engine\n      env:\n";
             y += &format!("      - name: MODEL_NAME\n        value: \"{}\"\n", p.model);
             if !p.aliases.is_empty() {
-                y += &format!("      - name: SERVED_MODEL_ALIASES\n        value: \"{}\"\n", p.aliases.join(","));
+                y += &format!(
+                    "      - name: SERVED_MODEL_ALIASES\n        value: \"{}\"\n",
+                    p.aliases.join(",")
+                );
             }
             if !p.lora.is_empty() {
-                y += &format!("      - name: LORA_ADAPTERS\n        value: \"{}\"\n", p.lora.join(","));
+                y += &format!(
+                    "      - name: LORA_ADAPTERS\n        value: \"{}\"\n",
+                    p.lora.join(",")
+                );
             }
             y += &format!("      ports:\n      - containerPort: {}\n", self.pod_port);
             y += &format!(
@@ -230,7 +295,9 @@ impl Stack {
 
     /// Replaces a resources file atomically (temp + rename), as an editor or kubectl would.
     pub fn write_resources(&self, name: &str, yaml: &str) {
-        let yaml = yaml.replace("port: 8000", &format!("port: {}", self.pod_port)).replace("{PORT}", &self.pod_port.to_string());
+        let yaml = yaml
+            .replace("port: 8000", &format!("port: {}", self.pod_port))
+            .replace("{PORT}", &self.pod_port.to_string());
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, yaml).expect("write resources");
         std::fs::rename(&tmp, self.dir.join("resources").join(name)).expect("rename resources");
@@ -241,26 +308,54 @@ impl Stack {
     }
 
     pub fn pod_addr(&self, name: &str) -> String {
-        let ip = &self.pods.iter().find(|(p, _)| p.name == name).expect("pod").1;
+        let ip = &self
+            .pods
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .expect("pod")
+            .1;
         format!("{ip}:{}", self.pod_port)
     }
 
     pub fn pod_name_of(&self, addr: &str) -> Option<String> {
-        self.pods.iter().find(|(_, ip)| format!("{ip}:{}", self.pod_port) == addr).map(|(p, _)| p.name.clone())
+        self.pods
+            .iter()
+            .find(|(_, ip)| format!("{ip}:{}", self.pod_port) == addr)
+            .map(|(p, _)| p.name.clone())
     }
 
     /// What one mock pod received (its `GET /mock/requests`).
     pub fn pod_requests(&self, name: &str) -> Vec<serde_json::Value> {
-        let r = http(&self.pod_addr(name), "GET", "/mock/requests", &[], b"").expect("mock requests");
+        let r =
+            http(&self.pod_addr(name), "GET", "/mock/requests", &[], b"").expect("mock requests");
         serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).expect("mock requests JSON")
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        self.try_request(method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
-        http(&format!("127.0.0.1:{}", self.port), method, path, headers, body)
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        http(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            path,
+            headers,
+            body,
+        )
     }
 
     /// POST a JSON body to the router.
@@ -271,17 +366,27 @@ impl Stack {
     }
 
     pub fn completion(&self, model: &str, headers: &[(&str, &str)]) -> Response {
-        let body = format!(r#"{{"model": "{model}", "prompt": "San Francisco is a", "temperature": 0}}"#);
+        let body =
+            format!(r#"{{"model": "{model}", "prompt": "San Francisco is a", "temperature": 0}}"#);
         self.post("/v1/completions", &body, headers)
     }
 
     /// A counter or gauge from Envoy's admin `/stats` (0 when absent).
     pub fn stat(&self, name: &str) -> u64 {
-        let r = http(&format!("127.0.0.1:{}", self.admin), "GET", &format!("/stats?filter=^{name}$"), &[], b"");
+        let r = http(
+            &format!("127.0.0.1:{}", self.admin),
+            "GET",
+            &format!("/stats?filter=^{name}$"),
+            &[],
+            b"",
+        );
         let Ok(r) = r else { return 0 };
         String::from_utf8_lossy(&r.body)
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}: "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 
@@ -306,9 +411,16 @@ impl Drop for Stack {
 
 pub fn read_seed_resources() -> String {
     let dir = root().join(SEED_RESOURCES);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("examples").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
-    files.iter().map(|f| std::fs::read_to_string(f).expect("read example")).collect::<Vec<_>>().join("\n---\n")
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read example"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
@@ -337,26 +449,41 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// `x-mock-pod` without the namespace.
     pub fn pod(&self) -> String {
-        self.header("x-mock-pod").and_then(|p| p.rsplit('/').next()).unwrap_or("").to_string()
+        self.header("x-mock-pod")
+            .and_then(|p| p.rsplit('/').next())
+            .unwrap_or("")
+            .to_string()
     }
 }
 
 /// A minimal HTTP/1.1 client (one request per connection). A `transfer-encoding: chunked`
 /// request header makes it send the body as chunks.
-pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
@@ -378,7 +505,9 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse_response(&raw).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+    })
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
@@ -387,20 +516,38 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
         .collect();
     let mut body = raw.get(end + 4..)?.to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         body = dechunk(&body)?;
     }
-    Some(Response { status, headers, body })
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(b.get(..nl)?).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(b.get(..nl)?)
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
         b = b.get(nl + 2..)?;
         if size == 0 {
             return Some(out);
