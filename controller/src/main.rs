@@ -1,1 +1,210 @@
-fn main() {}
+//! The `modelroute-controller` command line: `render` (once) and `watch` (poll and re-render).
+//! Argument handling only; everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use controller::diag::Diagnostics;
+use controller::watch::{self, WatchConfig, WatchError};
+use controller::{build, envoy_outputs, filter_config_json, summary, InputPaths};
+use filter_config::{Settings, TargetSelection};
+
+#[derive(Parser)]
+#[command(
+    name = "modelroute-controller",
+    version,
+    about = "Compile Kthena ModelRoute/ModelServer YAML and pods into the modelroute filter config and Envoy xDS files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate, compile and write the outputs once.
+    Render(RenderArgs),
+    /// Render, then poll the inputs and re-render on change.
+    Watch(WatchArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Kthena resources: files or directories (recursively *.yaml, *.yml, *.json).
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    resources: Vec<PathBuf>,
+    /// Pod files or directories (`kubectl get pods -o yaml`); pods may also sit in --resources.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pods: Vec<PathBuf>,
+    /// The filter's wasm module (written into the ECDS file as an absolute path).
+    #[arg(long, value_name = "PATH")]
+    wasm: Option<PathBuf>,
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Largest request body the filter buffers.
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<u64>,
+    /// Fallback endpoints after the chosen pod.
+    #[arg(long, value_name = "N")]
+    endpoint_fallbacks: Option<u32>,
+    /// How a rule picks among weighted targets.
+    #[arg(long, value_enum)]
+    target_selection: Option<Selection>,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print the filter config JSON to stdout instead of writing files.
+    #[arg(long)]
+    print: bool,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Poll interval.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    interval_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Selection {
+    WeightedRoundRobin,
+    WeightedRandom,
+}
+
+impl CommonArgs {
+    fn inputs(&self) -> InputPaths {
+        InputPaths {
+            resources: self.resources.clone(),
+            pods: self.pods.clone(),
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        if let Some(v) = self.max_body_bytes {
+            s.max_body_bytes = v;
+        }
+        if let Some(v) = self.endpoint_fallbacks {
+            s.endpoint_fallbacks = v;
+        }
+        if let Some(v) = self.target_selection {
+            s.target_selection = match v {
+                Selection::WeightedRoundRobin => TargetSelection::WeightedRoundRobin,
+                Selection::WeightedRandom => TargetSelection::WeightedRandom,
+            };
+        }
+        s
+    }
+
+    /// Absolute, canonical `--out` (created) and `--wasm`.
+    fn destinations(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (Some(out), Some(wasm)) = (&self.out, &self.wasm) else {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--out and --wasm are required (or use render --print)",
+                )
+                .exit();
+        };
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let out = out
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", out.display()))?;
+        Ok((out, absolute(wasm)?))
+    }
+}
+
+/// Canonical when the file exists; otherwise made absolute (Envoy may get the module later).
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Ok(c);
+    }
+    log::warn!("{}: does not exist (yet); using it as given", p.display());
+    Ok(std::path::absolute(p)?)
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let c = &args.common;
+    let mut diags = Diagnostics::default();
+    let sources = c.inputs().read(&mut diags);
+    let compiled = if diags.has_errors() {
+        None
+    } else {
+        build(&sources, c.settings(), &mut diags)
+    };
+    for w in &diags.warnings {
+        log::warn!("{w}");
+    }
+    let Some(compiled) = compiled else {
+        for e in &diags.errors {
+            log::error!("{e}");
+        }
+        log::error!(
+            "invalid input ({} errors); nothing written",
+            diags.errors.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.print {
+        print!("{}", filter_config_json(&compiled));
+        log::info!("{}", summary(&compiled));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (out, wasm) = c.destinations()?;
+    let set = envoy_outputs(&compiled, &out, &wasm);
+    let applied = controller::output::apply(&out, &set)
+        .with_context(|| format!("cannot write to {}", out.display()))?;
+    log::info!(
+        "{} -> {} ({} files written, {} removed)",
+        summary(&compiled),
+        out.display(),
+        applied.written.len(),
+        applied.removed.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let c = &args.common;
+    let (out_dir, wasm) = c.destinations()?;
+    let cfg = WatchConfig {
+        inputs: c.inputs(),
+        settings: c.settings(),
+        out_dir,
+        wasm,
+        interval: Duration::from_millis(args.interval_ms.max(10)),
+    };
+    // SIGINT/SIGTERM end the process by default; writes are atomic, so nothing to clean up.
+    let stop = AtomicBool::new(false);
+    match watch::run(&cfg, &stop) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ WatchError::InvalidFirstRender(_)) => {
+            log::error!("{e}; nothing written");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn main() -> ExitCode {
+    controller::logger::init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Render(a) => render(a),
+        Command::Watch(a) => watch(a),
+    };
+    result.unwrap_or_else(|e| {
+        log::error!("{e:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,1 +1,271 @@
-fn main() {}
+//! mock-llm: a small, deterministic mock of a vLLM / SGLang OpenAI-compatible engine for
+//! end-to-end tests and demos of the router. This file owns only the command line and process
+//! lifetime (signals, parent watch); it reports only what each pod itself received.
+//!
+//! - `engine` — request -> answer logic (pure)
+//! - `server` — HTTP/1.1 serving of one pod, request log, load counters
+//! - `pods`   — Kubernetes Pod list -> one `serve` child process per pod
+
+mod engine;
+mod pods;
+mod server;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use engine::{EngineKind, Served};
+
+const USAGE: &str = "\
+usage:
+  mock-llm serve --listen IP:PORT --model NAME [--alias NAME]... [--lora A,B]...
+                 [--pod NAMESPACE/NAME] [--engine vllm|sglang]
+  mock-llm pods --file PODS.yaml [--port PORT]";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Cli {
+    Serve {
+        listen: SocketAddr,
+        served: Served,
+        pod: Option<String>,
+    },
+    Pods {
+        file: String,
+        port: Option<u16>,
+    },
+    Help,
+}
+
+/// Split `--flag value` / `--flag=value` pairs.
+fn flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" {
+            out.push(("--help".to_string(), String::new()));
+            continue;
+        }
+        if !a.starts_with("--") {
+            return Err(format!("unexpected argument {a:?}"));
+        }
+        match a.split_once('=') {
+            Some((k, v)) => out.push((k.to_string(), v.to_string())),
+            None => {
+                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+                out.push((a.clone(), v.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn comma_list(v: &str) -> impl Iterator<Item = String> + '_ {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn parse_cli(args: &[String]) -> Result<Cli, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        return Err("missing command".to_string());
+    };
+    let flags = flags(rest)?;
+    if cmd == "-h" || cmd == "--help" || cmd == "help" || flags.iter().any(|(k, _)| k == "--help") {
+        return Ok(Cli::Help);
+    }
+    match cmd.as_str() {
+        "serve" => {
+            let mut listen = None;
+            let mut model = None;
+            let mut aliases = Vec::new();
+            let mut lora = Vec::new();
+            let mut pod = None;
+            let mut engine = EngineKind::Vllm;
+            for (k, v) in flags {
+                match k.as_str() {
+                    "--listen" => {
+                        listen = Some(
+                            v.parse::<SocketAddr>()
+                                .map_err(|e| format!("--listen {v:?}: {e}"))?,
+                        )
+                    }
+                    "--model" => model = Some(v),
+                    "--alias" => aliases.extend(comma_list(&v)),
+                    "--lora" => lora.extend(comma_list(&v)),
+                    "--pod" => pod = Some(v),
+                    "--engine" => {
+                        engine = EngineKind::parse(&v)
+                            .ok_or_else(|| format!("--engine {v:?}: expected vllm or sglang"))?
+                    }
+                    _ => return Err(format!("serve: unknown flag {k}")),
+                }
+            }
+            let model = model
+                .filter(|m| !m.is_empty())
+                .ok_or("serve: --model is required")?;
+            Ok(Cli::Serve {
+                listen: listen.ok_or("serve: --listen is required")?,
+                served: Served {
+                    model,
+                    aliases,
+                    lora,
+                    engine,
+                },
+                pod,
+            })
+        }
+        "pods" => {
+            let mut file = None;
+            let mut port = None;
+            for (k, v) in flags {
+                match k.as_str() {
+                    "--file" => file = Some(v),
+                    "--port" => {
+                        port = Some(v.parse::<u16>().map_err(|e| format!("--port {v:?}: {e}"))?)
+                    }
+                    _ => return Err(format!("pods: unknown flag {k}")),
+                }
+            }
+            Ok(Cli::Pods {
+                file: file.ok_or("pods: --file is required")?,
+                port,
+            })
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, or (when `watch_parent`) once the parent process is gone.
+/// The signal handlers are installed before this returns, so no early signal is lost.
+fn shutdown_signal(watch_parent: bool) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let parent = std::os::unix::process::parent_id();
+    Ok(async move {
+        let parent_gone = async {
+            if !watch_parent {
+                return std::future::pending::<()>().await;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if std::os::unix::process::parent_id() != parent {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = parent_gone => {}
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse_cli(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mock-llm: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mock-llm: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        match cli {
+            Cli::Help => {
+                println!("{USAGE}");
+                Ok(())
+            }
+            Cli::Serve {
+                listen,
+                served,
+                pod,
+            } => {
+                let shutdown = shutdown_signal(true).map_err(|e| e.to_string())?;
+                let config = server::PodConfig { served, pod };
+                server::serve(listen, config, shutdown)
+                    .await
+                    .map_err(|e| format!("serve on {listen}: {e}"))
+            }
+            Cli::Pods { file, port } => {
+                let shutdown = shutdown_signal(true).map_err(|e| e.to_string())?;
+                let yaml = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {file}: {e}"))?;
+                let plans = pods::parse_pods(&yaml, port).map_err(|e| format!("{file}: {e}"))?;
+                pods::run(plans, shutdown).await
+            }
+        }
+    });
+    // Don't wait for open keep-alive connections or in-flight streams on exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mock-llm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn serve_flags_parse_with_repeats_and_equals() {
+        let cli = parse_cli(&args(
+            "serve --listen 127.0.0.1:8000 --model m --alias a1 --alias=a2 --lora x,y \
+             --lora z --pod ns/p --engine SGLang",
+        ));
+        assert_eq!(
+            cli,
+            Ok(Cli::Serve {
+                listen: "127.0.0.1:8000".parse().unwrap_or_else(|_| unreachable!()),
+                served: Served {
+                    model: "m".into(),
+                    aliases: vec!["a1".into(), "a2".into()],
+                    lora: vec!["x".into(), "y".into(), "z".into()],
+                    engine: EngineKind::Sglang,
+                },
+                pod: Some("ns/p".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn missing_or_unknown_flags_are_errors() {
+        assert!(parse_cli(&args("serve --listen 127.0.0.1:1")).is_err());
+        assert!(parse_cli(&args("serve --model m")).is_err());
+        assert!(parse_cli(&args("serve --model m --listen nope")).is_err());
+        assert!(parse_cli(&args("serve --model m --listen 127.0.0.1:1 --bogus 1")).is_err());
+        assert!(parse_cli(&args("serve --model")).is_err());
+        assert!(parse_cli(&args("pods")).is_err());
+        assert!(parse_cli(&args("frobnicate")).is_err());
+        assert!(parse_cli(&[]).is_err());
+        assert_eq!(
+            parse_cli(&args("pods --file x.yaml --port 9000")),
+            Ok(Cli::Pods {
+                file: "x.yaml".into(),
+                port: Some(9000)
+            })
+        );
+    }
+}

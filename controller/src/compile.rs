@@ -1,0 +1,278 @@
+//! Compile: validated Kthena resources + pods -> the filter's [`FilterConfig`] plus the cluster
+//! facts an Envoy (or later Istio) renderer needs. Pure: no I/O, no Envoy JSON here.
+//! Assumes `validate` found no errors (it stays total on bad input, but the result is then
+//! meaningless). Non-fatal surprises become warnings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use filter_config::{
+    Endpoint, Engine, FilterConfig, HeaderMatch, Match, Retry, Route, Rule, Server, Settings,
+    Target, SCHEMA_VERSION,
+};
+
+use crate::diag::{object_line, Diagnostics};
+use crate::duration::parse_duration_ms;
+use crate::kthena::{self, ModelRouteSpec, ModelServerSpec, Object};
+use crate::load::Inputs;
+use crate::order::{parse_rfc3339, sort_routes};
+use crate::pods;
+
+/// One Envoy cluster: a ModelServer's ready pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `modelserver|<namespace>|<name>`.
+    pub name: String,
+    /// `workloadPort.protocol: https`: talk TLS to the pods.
+    pub tls: bool,
+    /// Ready pods as (IP, port), sorted by pod name.
+    pub endpoints: Vec<(IpAddr, u16)>,
+}
+
+/// The result of a compile: what the filter reads and what Envoy must know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub config: FilterConfig,
+    /// One per server, in the same order as `config.servers`.
+    pub clusters: Vec<Cluster>,
+}
+
+impl Compiled {
+    pub fn endpoint_count(&self) -> usize {
+        self.config.servers.iter().map(|s| s.endpoints.len()).sum()
+    }
+}
+
+/// The Envoy cluster of ModelServer `namespace/name`.
+pub fn cluster_name(namespace: &str, name: &str) -> String {
+    format!("modelserver|{namespace}|{name}")
+}
+
+/// Kthena's StringMatch resolved to the one condition in force: exact > prefix > regex; none = any.
+pub fn resolve_string_match(m: &kthena::StringMatch) -> filter_config::StringMatch {
+    use filter_config::StringMatch as S;
+    match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), _, _) => S::Exact(e.clone()),
+        (None, Some(p), _) => S::Prefix(p.clone()),
+        (None, None, Some(r)) => S::Regex(r.clone()),
+        (None, None, None) => S::Any {},
+    }
+}
+
+/// Builds the filter config. `diags` receives warnings only.
+pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> Compiled {
+    let server_keys: BTreeSet<String> = inputs.servers.iter().map(|s| s.meta.key()).collect();
+
+    let mut sorted: Vec<&Object<ModelRouteSpec>> = inputs.routes.iter().collect();
+    for r in &sorted {
+        if let Some(ts) = &r.meta.creation_timestamp {
+            if parse_rfc3339(ts).is_none() {
+                diags.warn(object_line(
+                    &r.file,
+                    "ModelRoute",
+                    &r.meta.key(),
+                    "metadata.creationTimestamp",
+                    &format!("{ts:?} is not RFC3339; ordered as if absent"),
+                ));
+            }
+        }
+    }
+    sort_routes(&mut sorted);
+    let routes = sorted
+        .into_iter()
+        .filter_map(|r| compile_route(r, &server_keys, diags))
+        .collect();
+
+    let mut servers: Vec<&Object<ModelServerSpec>> = inputs.servers.iter().collect();
+    servers.sort_by_key(|s| s.meta.key());
+    let (servers, clusters) = servers
+        .into_iter()
+        .map(|s| compile_server(s, &inputs.pods, diags))
+        .unzip();
+
+    Compiled {
+        config: FilterConfig {
+            version: SCHEMA_VERSION,
+            settings,
+            routes,
+            servers,
+        },
+        clusters,
+    }
+}
+
+fn compile_route(
+    r: &Object<ModelRouteSpec>,
+    server_keys: &BTreeSet<String>,
+    diags: &mut Diagnostics,
+) -> Option<Route> {
+    let key = r.meta.key();
+    let ns = r.meta.namespace();
+    let warn = |diags: &mut Diagnostics, path: &str, msg: &str| {
+        diags.warn(object_line(&r.file, "ModelRoute", &key, path, msg))
+    };
+    if r.spec.rate_limit.is_some() {
+        warn(diags, "spec.rateLimit", "accepted but not enforced yet");
+    }
+    let mut rules = Vec::new();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let mut targets = Vec::new();
+        for (j, t) in rule.target_models.iter().enumerate() {
+            let path = format!("spec.rules[{i}].targetModels[{j}]");
+            if let Some(p) = t
+                .external_model_provider_name
+                .as_deref()
+                .filter(|p| !p.is_empty())
+            {
+                warn(diags, &path, &format!("externalModelProviderName {p:?}: external providers are not supported yet; target dropped"));
+                continue;
+            }
+            let Some(server) = t.model_server_name.as_deref() else {
+                continue;
+            };
+            let server = format!("{ns}/{server}");
+            if !server_keys.contains(&server) {
+                warn(
+                    diags,
+                    &format!("{path}.modelServerName"),
+                    &format!(
+                        "ModelServer {server} not found; requests choosing this target get 404"
+                    ),
+                );
+            }
+            let weight = u32::try_from(t.weight().clamp(0, i64::from(u32::MAX))).unwrap_or(0);
+            targets.push(Target { server, weight });
+        }
+        if targets.iter().all(|t| t.weight == 0) {
+            warn(
+                diags,
+                &format!("spec.rules[{i}]"),
+                "no usable target left; rule dropped",
+            );
+            continue;
+        }
+        let matches = rule
+            .model_match
+            .as_ref()
+            .map(compile_match)
+            .unwrap_or_default();
+        rules.push(Rule {
+            name: rule.name.clone(),
+            matches,
+            targets,
+        });
+    }
+    if rules.is_empty() {
+        warn(diags, "spec.rules", "no usable rule left; route dropped");
+        return None;
+    }
+    Some(Route {
+        name: key.clone(),
+        model_name: r.spec.model_name.clone().filter(|m| !m.is_empty()),
+        lora_adapters: r.spec.lora_adapters.clone(),
+        rules,
+    })
+}
+
+fn compile_match(m: &kthena::ModelMatch) -> Match {
+    // Lower-cased names; a BTreeMap keeps the output stable.
+    let headers: BTreeMap<String, filter_config::StringMatch> = m
+        .headers
+        .iter()
+        .map(|(name, sm)| (name.to_ascii_lowercase(), resolve_string_match(sm)))
+        .collect();
+    Match {
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| HeaderMatch { name, value })
+            .collect(),
+        uri: m.uri.as_ref().map(resolve_string_match),
+        body_model: m.body.as_ref().and_then(|b| b.model.clone()),
+    }
+}
+
+fn compile_server(
+    s: &Object<ModelServerSpec>,
+    all_pods: &[pods::Pod],
+    diags: &mut Diagnostics,
+) -> (Server, Cluster) {
+    let ns = s.meta.namespace();
+    let key = s.meta.key();
+    let spec = &s.spec;
+    let cluster = cluster_name(ns, &s.meta.name);
+    let engine = match spec.inference_engine.as_deref() {
+        Some(e) if e.eq_ignore_ascii_case("sglang") => Engine::Sglang,
+        _ => Engine::Vllm,
+    };
+    let port = spec
+        .workload_port
+        .as_ref()
+        .and_then(|p| u16::try_from(p.port).ok())
+        .unwrap_or(0);
+    let tls = spec
+        .workload_port
+        .as_ref()
+        .is_some_and(kthena::WorkloadPort::is_https);
+    if tls {
+        diags.warn(object_line(
+            &s.file,
+            "ModelServer",
+            &key,
+            "spec.workloadPort.protocol",
+            "https: upstream TLS without verifying the server certificate",
+        ));
+    }
+    let policy = spec.traffic_policy.as_ref();
+    let timeout_ms = policy
+        .and_then(|p| p.timeout.as_deref())
+        .and_then(|t| parse_duration_ms(t).ok());
+    let retry = policy.and_then(|p| p.retry.as_ref()).map(|r| Retry {
+        attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+        interval_ms: r
+            .retry_interval
+            .as_deref()
+            .and_then(|i| parse_duration_ms(i).ok()),
+    });
+    let kv_connector = spec
+        .kv_connector
+        .as_ref()
+        .and_then(|k| k.kind.as_deref())
+        .map(str::to_ascii_lowercase);
+    let empty = BTreeMap::new();
+    let selector = spec
+        .workload_selector
+        .as_ref()
+        .map_or(&empty, |w| &w.match_labels);
+    let ready = pods::select(all_pods, ns, selector);
+    let mut endpoints = Vec::with_capacity(ready.len());
+    let mut addrs = Vec::with_capacity(ready.len());
+    for pod in ready {
+        let Some(ip) = pod.ip() else { continue };
+        endpoints.push(Endpoint {
+            address: pods::endpoint_address(ip, port),
+            pod: pod.metadata.key(),
+        });
+        addrs.push((ip, port));
+    }
+    let server = Server {
+        name: key,
+        cluster: cluster.clone(),
+        model: spec.model.clone().filter(|m| !m.is_empty()),
+        engine,
+        timeout_ms,
+        retry,
+        kv_connector,
+        endpoints,
+    };
+    (
+        server,
+        Cluster {
+            name: cluster,
+            tls,
+            endpoints: addrs,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Kthena resource types (`networking.serving.volcano.sh/v1alpha1` ModelRoute, ModelServer)
+//! and the slice of Kubernetes `ObjectMeta` we read.
+//!
+//! Plain serde types, tolerant of missing fields (validation reports what is required) and of
+//! unknown fields (the loader warns about those in `spec`). Numbers that users can get wrong in
+//! range (weights, ports, attempts) are `i64` so validation, not serde, reports them.
+//! No I/O and no validation here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// API group of Kthena's routing resources.
+pub const API_GROUP: &str = "networking.serving.volcano.sh";
+/// The one version we read.
+pub const API_VERSION: &str = "networking.serving.volcano.sh/v1alpha1";
+
+/// The parts of Kubernetes `metadata` we use; everything else is ignored silently.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub creation_timestamp: Option<String>,
+    pub resource_version: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub deletion_timestamp: Option<String>,
+}
+
+impl ObjectMeta {
+    /// Kubernetes' default namespace when none is given.
+    pub fn namespace(&self) -> &str {
+        match self.namespace.as_deref() {
+            Some(ns) if !ns.is_empty() => ns,
+            _ => "default",
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace(), self.name)
+    }
+}
+
+/// A Kthena object read from a file: where it came from, its metadata, its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<S> {
+    /// The file as the user named it (used in every message about the object).
+    pub file: String,
+    /// Position among all objects of all inputs (the tie-breaker of route order).
+    pub order: usize,
+    pub meta: ObjectMeta,
+    pub spec: S,
+}
+
+// ---------------------------------------------------------------- ModelRoute
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelRouteSpec {
+    pub model_name: Option<String>,
+    pub lora_adapters: Vec<String>,
+    /// Gateway API parent references: only meaningful in Kthena's Gateway mode; ignored.
+    pub parent_refs: Option<serde_json::Value>,
+    pub rules: Vec<RouteRule>,
+    /// Token rate limits: accepted, not enforced yet.
+    pub rate_limit: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteRule {
+    pub name: String,
+    pub model_match: Option<ModelMatch>,
+    pub target_models: Vec<TargetModel>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelMatch {
+    /// Header name -> condition. A `BTreeMap` so output order is stable.
+    pub headers: BTreeMap<String, StringMatch>,
+    pub uri: Option<StringMatch>,
+    pub body: Option<BodyMatch>,
+}
+
+/// Kthena's StringMatch: any subset of the three may be set (precedence is resolved in compile).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BodyMatch {
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TargetModel {
+    pub model_server_name: Option<String>,
+    pub external_model_provider_name: Option<String>,
+    /// Relative weight; absent means [`DEFAULT_WEIGHT`].
+    pub weight: Option<i64>,
+}
+
+/// Kthena's default target weight.
+pub const DEFAULT_WEIGHT: i64 = 100;
+
+impl TargetModel {
+    pub fn weight(&self) -> i64 {
+        self.weight.unwrap_or(DEFAULT_WEIGHT)
+    }
+}
+
+// ---------------------------------------------------------------- ModelServer
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelServerSpec {
+    pub model: Option<String>,
+    pub inference_engine: Option<String>,
+    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_port: Option<WorkloadPort>,
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub kv_connector: Option<KvConnector>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkloadSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub pd_group: Option<PdGroup>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PdGroup {
+    pub group_key: String,
+    pub prefill_labels: BTreeMap<String, String>,
+    pub decode_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct WorkloadPort {
+    pub port: i64,
+    pub protocol: Option<String>,
+}
+
+impl WorkloadPort {
+    /// `protocol: https` (case-insensitive); the default is http.
+    pub fn is_https(&self) -> bool {
+        self.protocol
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TrafficPolicy {
+    /// Go duration string (`10s`, `1m30s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub timeout: Option<String>,
+    pub retry: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryPolicy {
+    pub attempts: Option<i64>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub retry_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct KvConnector {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// Accepted `kvConnector.type` values (lower-case).
+pub const KV_CONNECTORS: [&str; 4] = ["http", "lmcache", "nixl", "mooncake"];
+
+/// A scalar read as text, so `timeout: 10` reaches validation (which says the unit is missing)
+/// instead of failing as a type error.
+fn scalar_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Ok(Some(v.to_string()))
+        }
+        Some(other) => Err(D::Error::custom(format!(
+            "expected a duration string, got {other}"
+        ))),
+    }
+}

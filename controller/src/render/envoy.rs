@@ -1,0 +1,232 @@
+//! Envoy file-based xDS: one EDS file per ModelServer cluster, one CDS file with every cluster
+//! (override_host LB policy, EDS from the watched directory), and the ECDS file carrying the wasm
+//! filter with the FilterConfig as its plugin configuration. Produces JSON text only; the
+//! output module writes it. Paths are taken as given: the caller passes absolute ones.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::content_hash;
+use crate::compile::{Cluster, Compiled};
+
+/// The filter's name, shared with the Envoy bootstrap (`config_discovery` of the HTTP filter).
+pub const FILTER_NAME: &str = "modelroute";
+/// Sub-directories of the output directory.
+pub const EDS_DIR: &str = "eds";
+pub const CDS_DIR: &str = "cds";
+pub const ECDS_DIR: &str = "ecds";
+pub const CDS_FILE: &str = "clusters.json";
+pub const ECDS_FILE: &str = "modelroute.json";
+/// Listener/cluster buffer limit raised for long prompts.
+pub const BUFFER_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The rendered Envoy files (JSON text, trailing newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyFiles {
+    /// `(file name inside eds/, content)`, one per cluster.
+    pub eds: Vec<(String, String)>,
+    pub cds: String,
+    pub ecds: String,
+}
+
+/// EDS file name of a cluster: every char outside `[A-Za-z0-9._-]` becomes `_`.
+pub fn eds_file_name(cluster: &str) -> String {
+    let safe: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.json")
+}
+
+/// A DiscoveryResponse-shaped document whose `version_info` is the hash of its resources.
+fn discovery_response(resources: Vec<Value>) -> String {
+    let resources = Value::Array(resources);
+    let version = format!("{:016x}", content_hash(resources.to_string().as_bytes()));
+    let doc = json!({ "version_info": version, "resources": resources });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn eds(cluster: &Cluster) -> String {
+    let lb_endpoints: Vec<Value> = cluster
+        .endpoints
+        .iter()
+        .map(|(ip, port)| {
+            json!({"endpoint": {"address": {"socket_address": {"address": ip.to_string(), "port_value": port}}}})
+        })
+        .collect();
+    let endpoints = if lb_endpoints.is_empty() {
+        json!([])
+    } else {
+        json!([{ "lb_endpoints": lb_endpoints }])
+    };
+    discovery_response(vec![json!({
+        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "cluster_name": cluster.name,
+        "endpoints": endpoints,
+    })])
+}
+
+fn cds_cluster(cluster: &Cluster, out_dir: &Path, endpoint_header: &str) -> Value {
+    let eds_dir = out_dir.join(EDS_DIR);
+    let eds_path = eds_dir.join(eds_file_name(&cluster.name));
+    let mut c = json!({
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": cluster.name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {
+            "service_name": cluster.name,
+            "eds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": eds_path.display().to_string(),
+                    "watched_directory": {"path": eds_dir.display().to_string()},
+                },
+            },
+        },
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
+        "load_balancing_policy": {"policies": [{"typed_extension_config": {
+            "name": "envoy.load_balancing_policies.override_host",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+                "override_host_sources": [{"header": endpoint_header}],
+                "fallback_policy": {"policies": [{"typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.round_robin",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"},
+                }}]},
+            },
+        }}]},
+    });
+    if cluster.tls {
+        if let Some(obj) = c.as_object_mut() {
+            // No validation context: the pod's certificate is not verified (warned at compile).
+            obj.insert(
+                "transport_socket".into(),
+                json!({
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    },
+                }),
+            );
+        }
+    }
+    c
+}
+
+fn ecds(config_json: &str, wasm: &Path) -> String {
+    discovery_response(vec![json!({
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": FILTER_NAME,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": FILTER_NAME,
+                "root_id": FILTER_NAME,
+                "vm_config": {
+                    "vm_id": FILTER_NAME,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config_json,
+                },
+                "allow_on_headers_stop_iteration": true,
+                "failure_policy": "FAIL_RELOAD",
+            },
+        },
+    })])
+}
+
+/// Renders every Envoy file. `out_dir` and `wasm` must be absolute (they are written into the
+/// files and Envoy resolves them from its own working directory).
+pub fn render(compiled: &Compiled, out_dir: &Path, wasm: &Path) -> EnvoyFiles {
+    let header = &compiled.config.settings.endpoint_header;
+    let eds_files = compiled
+        .clusters
+        .iter()
+        .map(|c| (eds_file_name(&c.name), eds(c)))
+        .collect();
+    let cds = discovery_response(
+        compiled
+            .clusters
+            .iter()
+            .map(|c| cds_cluster(c, out_dir, header))
+            .collect(),
+    );
+    let config_json = serde_json::to_string(&compiled.config).unwrap_or_default();
+    EnvoyFiles {
+        eds: eds_files,
+        cds,
+        ecds: ecds(&config_json, wasm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eds_file_names_are_sanitised() {
+        assert_eq!(
+            eds_file_name("modelserver|default|deepseek-r1.5b"),
+            "modelserver_default_deepseek-r1.5b.json"
+        );
+    }
+
+    #[test]
+    fn empty_cluster_has_empty_endpoints() {
+        let c = Cluster {
+            name: "modelserver|ns|s".into(),
+            tls: false,
+            endpoints: vec![],
+        };
+        let v: Value = serde_json::from_str(&eds(&c)).unwrap();
+        assert_eq!(v["resources"][0]["endpoints"], json!([]));
+        assert_eq!(v["resources"][0]["cluster_name"], "modelserver|ns|s");
+    }
+
+    #[test]
+    fn version_info_follows_content() {
+        let a = Cluster {
+            name: "c".into(),
+            tls: false,
+            endpoints: vec![("10.0.0.1".parse().unwrap(), 80)],
+        };
+        let b = Cluster {
+            endpoints: vec![("10.0.0.2".parse().unwrap(), 80)],
+            ..a.clone()
+        };
+        let va: Value = serde_json::from_str(&eds(&a)).unwrap();
+        let vb: Value = serde_json::from_str(&eds(&b)).unwrap();
+        assert_ne!(va["version_info"], vb["version_info"]);
+        assert_eq!(eds(&a), eds(&a.clone()));
+    }
+
+    #[test]
+    fn https_clusters_get_upstream_tls() {
+        let c = Cluster {
+            name: "c".into(),
+            tls: true,
+            endpoints: vec![],
+        };
+        let v = cds_cluster(&c, Path::new("/out"), "x-e");
+        assert_eq!(v["transport_socket"]["name"], "envoy.transport_sockets.tls");
+        assert_eq!(
+            v["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
+            "/out/eds/c.json"
+        );
+        let plain = cds_cluster(&Cluster { tls: false, ..c }, Path::new("/out"), "x-e");
+        assert!(plain.get("transport_socket").is_none());
+    }
+}

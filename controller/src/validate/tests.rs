@@ -1,0 +1,307 @@
+use super::*;
+
+fn route(yaml: &str) -> ModelRouteSpec {
+    let v: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+fn server(yaml: &str) -> ModelServerSpec {
+    let v: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+fn paths(f: &Findings) -> Vec<&str> {
+    f.iter().map(|(p, _)| p.as_str()).collect()
+}
+
+const GOOD_SERVER: &str = "
+inferenceEngine: vLLM
+workloadSelector: {matchLabels: {app: x}}
+workloadPort: {port: 8000}
+";
+
+#[test]
+fn valid_route_has_no_findings() {
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn model_name_or_lora_adapters_is_required() {
+    let f = validate_route(&route(
+        "rules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert_eq!(
+        f,
+        vec![(
+            "spec".to_string(),
+            "one of modelName or loraAdapters is required".to_string()
+        )]
+    );
+    let f = validate_route(&route(
+        "modelName: ''\nrules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert_eq!(paths(&f), vec!["spec"]);
+}
+
+#[test]
+fn lora_adapter_names_must_not_be_empty() {
+    let f = validate_route(&route(
+        "loraAdapters: [a, '']\nrules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert_eq!(paths(&f), vec!["spec.loraAdapters[1]"]);
+}
+
+#[test]
+fn at_most_ten_lora_adapters() {
+    let names: Vec<String> = (0..11).map(|i| format!("l{i}")).collect();
+    let yaml = format!(
+        "loraAdapters: [{}]\nrules: [{{name: a, targetModels: [{{modelServerName: s}}]}}]",
+        names.join(",")
+    );
+    assert_eq!(
+        paths(&validate_route(&route(&yaml))),
+        vec!["spec.loraAdapters"]
+    );
+}
+
+#[test]
+fn rules_are_required() {
+    assert_eq!(
+        paths(&validate_route(&route("modelName: m"))),
+        vec!["spec.rules"]
+    );
+}
+
+#[test]
+fn at_most_sixteen_rules() {
+    let rules: Vec<String> = (0..17)
+        .map(|i| format!("{{name: r{i}, targetModels: [{{modelServerName: s}}]}}"))
+        .collect();
+    let yaml = format!("modelName: m\nrules: [{}]", rules.join(","));
+    assert_eq!(paths(&validate_route(&route(&yaml))), vec!["spec.rules"]);
+}
+
+#[test]
+fn rule_needs_a_target() {
+    let f = validate_route(&route("modelName: m\nrules: [{name: a, targetModels: []}]"));
+    assert_eq!(paths(&f), vec!["spec.rules[0].targetModels"]);
+}
+
+#[test]
+fn at_most_sixteen_targets_per_rule() {
+    let t: Vec<String> = (0..17)
+        .map(|i| format!("{{modelServerName: s{i}}}"))
+        .collect();
+    let yaml = format!(
+        "modelName: m\nrules: [{{name: a, targetModels: [{}]}}]",
+        t.join(",")
+    );
+    assert_eq!(
+        paths(&validate_route(&route(&yaml))),
+        vec!["spec.rules[0].targetModels"]
+    );
+}
+
+#[test]
+fn target_needs_exactly_one_of_server_or_provider() {
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, targetModels: [{modelServerName: s, externalModelProviderName: p}, {weight: 5}]}]",
+    ));
+    assert_eq!(
+        paths(&f),
+        vec![
+            "spec.rules[0].targetModels[0]",
+            "spec.rules[0].targetModels[1]"
+        ]
+    );
+}
+
+#[test]
+fn provider_target_not_allowed_on_lora_route() {
+    let f = validate_route(&route(
+        "loraAdapters: [a]\nrules: [{name: a, targetModels: [{externalModelProviderName: p}]}]",
+    ));
+    assert_eq!(
+        paths(&f),
+        vec!["spec.rules[0].targetModels[0].externalModelProviderName"]
+    );
+}
+
+#[test]
+fn weight_must_be_between_0_and_100() {
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, targetModels: [{modelServerName: s, weight: 101}, {modelServerName: t, weight: -1}]}]",
+    ));
+    assert_eq!(
+        f,
+        vec![
+            (
+                "spec.rules[0].targetModels[0].weight".to_string(),
+                "must be between 0 and 100".to_string()
+            ),
+            (
+                "spec.rules[0].targetModels[1].weight".to_string(),
+                "must be between 0 and 100".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn total_weight_must_not_be_zero() {
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, targetModels: [{modelServerName: s, weight: 0}, {modelServerName: t, weight: 0}]}]",
+    ));
+    assert_eq!(paths(&f), vec!["spec.rules[0].targetModels"]);
+    // One zero weight next to a default weight is fine.
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, targetModels: [{modelServerName: s, weight: 0}, {modelServerName: t}]}]",
+    ));
+    assert!(f.is_empty());
+}
+
+#[test]
+fn header_and_uri_regex_must_compile() {
+    let f = validate_route(&route(
+        "modelName: m\nrules: [{name: a, modelMatch: {headers: {x-a: {regex: '(' }}, uri: {regex: '[z-a]'}}, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert_eq!(
+        paths(&f),
+        vec![
+            "spec.rules[0].modelMatch.headers.x-a.regex",
+            "spec.rules[0].modelMatch.uri.regex"
+        ]
+    );
+    assert!(f[0].1.starts_with("invalid regex \"(\""), "{f:?}");
+}
+
+#[test]
+fn valid_server_has_no_findings() {
+    assert!(validate_server(&server(GOOD_SERVER)).is_empty());
+    let f = validate_server(&server(
+        "inferenceEngine: sglang\nworkloadSelector: {matchLabels: {app: x}, pdGroup: {groupKey: g, prefillLabels: {r: p}, decodeLabels: {r: d}}}\nworkloadPort: {port: 65535, protocol: HTTPS}\ntrafficPolicy: {timeout: 1m30s, retry: {attempts: 3, retryInterval: 100ms}}\nkvConnector: {type: NIXL}",
+    ));
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn server_needs_match_labels() {
+    let f = validate_server(&server("inferenceEngine: vLLM\nworkloadPort: {port: 8000}"));
+    assert_eq!(paths(&f), vec!["spec.workloadSelector.matchLabels"]);
+    let f = validate_server(&server(
+        "inferenceEngine: vLLM\nworkloadSelector: {matchLabels: {}}\nworkloadPort: {port: 8000}",
+    ));
+    assert_eq!(paths(&f), vec!["spec.workloadSelector.matchLabels"]);
+}
+
+#[test]
+fn pd_group_needs_group_key_and_label_sets() {
+    let f = validate_server(&server(
+        "inferenceEngine: vLLM\nworkloadSelector: {matchLabels: {app: x}, pdGroup: {groupKey: ''}}\nworkloadPort: {port: 8000}",
+    ));
+    assert_eq!(
+        paths(&f),
+        vec![
+            "spec.workloadSelector.pdGroup.groupKey",
+            "spec.workloadSelector.pdGroup.prefillLabels",
+            "spec.workloadSelector.pdGroup.decodeLabels"
+        ]
+    );
+}
+
+#[test]
+fn port_must_be_between_1_and_65535() {
+    for port in ["0", "65536", "-1"] {
+        let f = validate_server(&server(&format!(
+            "inferenceEngine: vLLM\nworkloadSelector: {{matchLabels: {{app: x}}}}\nworkloadPort: {{port: {port}}}"
+        )));
+        assert_eq!(paths(&f), vec!["spec.workloadPort.port"], "port {port}");
+    }
+    let f = validate_server(&server(
+        "inferenceEngine: vLLM\nworkloadSelector: {matchLabels: {app: x}}",
+    ));
+    assert_eq!(paths(&f), vec!["spec.workloadPort.port"]);
+}
+
+#[test]
+fn protocol_must_be_http_or_https() {
+    let f = validate_server(&server("inferenceEngine: vLLM\nworkloadSelector: {matchLabels: {app: x}}\nworkloadPort: {port: 80, protocol: grpc}"));
+    assert_eq!(paths(&f), vec!["spec.workloadPort.protocol"]);
+}
+
+#[test]
+fn inference_engine_must_be_vllm_or_sglang() {
+    let f = validate_server(&server(
+        "inferenceEngine: TGI\nworkloadSelector: {matchLabels: {app: x}}\nworkloadPort: {port: 1}",
+    ));
+    assert_eq!(paths(&f), vec!["spec.inferenceEngine"]);
+    let f = validate_server(&server(
+        "workloadSelector: {matchLabels: {app: x}}\nworkloadPort: {port: 1}",
+    ));
+    assert_eq!(paths(&f), vec!["spec.inferenceEngine"]);
+}
+
+#[test]
+fn durations_must_parse() {
+    let f = validate_server(&server(&format!(
+        "{GOOD_SERVER}\ntrafficPolicy: {{timeout: 10 seconds, retry: {{attempts: -1, retryInterval: 5}}}}"
+    )));
+    assert_eq!(
+        paths(&f),
+        vec![
+            "spec.trafficPolicy.timeout",
+            "spec.trafficPolicy.retry.attempts",
+            "spec.trafficPolicy.retry.retryInterval"
+        ]
+    );
+}
+
+#[test]
+fn kv_connector_must_be_known() {
+    let f = validate_server(&server(&format!(
+        "{GOOD_SERVER}\nkvConnector: {{type: rdma}}"
+    )));
+    assert_eq!(paths(&f), vec!["spec.kvConnector.type"]);
+}
+
+#[test]
+fn model_is_at_most_256_characters() {
+    let f = validate_server(&server(&format!(
+        "{GOOD_SERVER}\nmodel: {}",
+        "m".repeat(257)
+    )));
+    assert_eq!(paths(&f), vec!["spec.model"]);
+}
+
+#[test]
+fn errors_name_file_object_and_field_and_all_are_collected() {
+    let mut diags = Diagnostics::default();
+    let src = crate::load::Source {
+        path: "examples/bad.yaml".into(),
+        content: br#"
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelRoute
+metadata: {name: foo}
+spec: {modelName: m, rules: [{name: a, targetModels: [{modelServerName: s}, {modelServerName: t, weight: 200}]}]}
+---
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelRoute
+metadata: {name: foo}
+spec: {rules: [{name: a, targetModels: [{modelServerName: s}]}]}
+"#
+        .to_vec(),
+    };
+    let inputs = crate::load::parse(&[src], &mut diags);
+    validate(&inputs, &mut diags);
+    assert_eq!(
+        diags.errors,
+        vec![
+            "examples/bad.yaml: ModelRoute default/foo: spec.rules[0].targetModels[1].weight: must be between 0 and 100",
+            "examples/bad.yaml: ModelRoute default/foo: spec: one of modelName or loraAdapters is required",
+            "examples/bad.yaml: ModelRoute default/foo: defined twice (also in examples/bad.yaml)",
+        ]
+    );
+}

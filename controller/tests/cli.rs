@@ -1,0 +1,268 @@
+//! The `modelroute-controller` binary end to end on files: `render` writes the four outputs and
+//! leaves them untouched when nothing changed; `render --print`; invalid input exits 1 and
+//! writes nothing; `watch` follows edits (rename and in-place) and keeps the last good outputs
+//! on invalid input. Readiness is polled with deadlines, never fixed sleeps.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelroute-controller");
+const SEED: &str = "tests/golden/seed-multi-models/input";
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("modelroute-cli-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of the seed inputs, so tests can edit them.
+fn inputs(dir: &Path) -> PathBuf {
+    let input = dir.join("input");
+    fs::create_dir_all(&input).unwrap();
+    for e in fs::read_dir(SEED).unwrap() {
+        let p = e.unwrap().path();
+        fs::copy(&p, input.join(p.file_name().unwrap())).unwrap();
+    }
+    input
+}
+
+fn outputs(out: &Path) -> Vec<PathBuf> {
+    let mut files = vec![
+        out.join("filter-config.json"),
+        out.join("cds/clusters.json"),
+        out.join("ecds/modelroute.json"),
+    ];
+    let mut eds: Vec<PathBuf> = fs::read_dir(out.join("eds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    eds.sort();
+    files.extend(eds);
+    files
+}
+
+/// (inode, mtime ns, content hash) of every output.
+fn snapshot(out: &Path) -> Vec<(PathBuf, u64, i64, u64)> {
+    outputs(out)
+        .into_iter()
+        .map(|p| {
+            let m = fs::metadata(&p).unwrap();
+            let mut h = DefaultHasher::new();
+            fs::read(&p).unwrap().hash(&mut h);
+            (
+                p,
+                m.ino(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                h.finish(),
+            )
+        })
+        .collect()
+}
+
+fn render(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["render", "--resources"])
+        .arg(input)
+        .arg("--wasm")
+        .arg(out.parent().unwrap().join("modelroute.wasm"))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn render_writes_outputs_and_leaves_them_alone_when_unchanged() {
+    let dir = temp_dir("render");
+    let input = inputs(&dir);
+    let out = dir.join("out");
+    let first = render(
+        &input,
+        &out,
+        &[
+            "--endpoint-fallbacks",
+            "1",
+            "--target-selection",
+            "weighted-random",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 routes, 2 servers, 3 ready endpoints -> "),
+        "{stderr}"
+    );
+    let files = outputs(&out);
+    assert_eq!(files.len(), 5, "{files:?}");
+    let config = fs::read_to_string(out.join("filter-config.json")).unwrap();
+    assert!(config.contains("\"target_selection\": \"weighted-random\""));
+    assert!(config.contains("\"endpoint_fallbacks\": 1"));
+    let cds = fs::read_to_string(out.join("cds/clusters.json")).unwrap();
+    let canonical = out.canonicalize().unwrap();
+    assert!(cds.contains(&format!(
+        "\"{}/eds/modelserver_default_deepseek-r1-7b.json\"",
+        canonical.display()
+    )));
+
+    let before = snapshot(&out);
+    let second = render(
+        &input,
+        &out,
+        &[
+            "--endpoint-fallbacks",
+            "1",
+            "--target-selection",
+            "weighted-random",
+        ],
+    );
+    assert!(second.status.success());
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "an identical render must not touch any file"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn render_print_writes_json_to_stdout() {
+    let dir = temp_dir("print");
+    let input = inputs(&dir);
+    let o = Command::new(BIN)
+        .args(["render", "--print", "--resources"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["routes"][0]["name"], "default/deepseek-multi-models");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn invalid_render_exits_1_with_every_error_and_writes_nothing() {
+    let dir = temp_dir("invalid");
+    let out = dir.join("out");
+    let o = render(Path::new("tests/golden/invalid/input"), &out, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let expected = fs::read_to_string("tests/golden/invalid/errors.txt").unwrap();
+    for line in expected.lines() {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    assert!(!out.join("filter-config.json").exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+struct Watch(Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn watch_follows_edits_and_keeps_last_good_outputs_on_invalid_input() {
+    let dir = temp_dir("watch");
+    let input = inputs(&dir);
+    let out = dir.join("out");
+    let log = dir.join("watch.log");
+    let child = Command::new(BIN)
+        .args(["watch", "--interval-ms", "50", "--resources"])
+        .arg(&input)
+        .arg("--wasm")
+        .arg(dir.join("modelroute.wasm"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut watch = Watch(child);
+    // The ECDS file is written last: once it shows a change, the whole render is on disk.
+    let config = out.join("ecds/modelroute.json");
+    wait_until("first render", || {
+        read(&config).contains("deepseek-multi-models")
+    });
+
+    // Edit 1: write a temp file and rename it over the route (what editors and kubectl do).
+    let route = input.join("ModelRouteMultiModels.yaml");
+    let original = read(&route);
+    let tmp = input.join(".route.tmp");
+    fs::write(
+        &tmp,
+        original.replace(
+            "modelName: \"deepseek-multi-models\"",
+            "modelName: \"renamed-model\"",
+        ),
+    )
+    .unwrap();
+    fs::rename(&tmp, &route).unwrap();
+    wait_until("rename edit", || read(&config).contains("renamed-model"));
+
+    // Edit 2: in-place write of the same file.
+    fs::write(
+        &route,
+        original.replace(
+            "modelName: \"deepseek-multi-models\"",
+            "modelName: \"in-place-model\"",
+        ),
+    )
+    .unwrap();
+    wait_until("in-place edit", || read(&config).contains("in-place-model"));
+
+    // Invalid input: outputs stay as they are, the process lives on.
+    let before = snapshot(&out);
+    fs::write(
+        &route,
+        original.replace("exact: premium", "regex: \"(premium\""),
+    )
+    .unwrap();
+    wait_until("invalid input logged", || {
+        read(&log).contains("keeping the last good outputs")
+    });
+    assert!(
+        read(&log).contains("spec.rules[0].modelMatch.headers.user-type.regex: invalid regex"),
+        "{}",
+        read(&log)
+    );
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "outputs must stay untouched on invalid input"
+    );
+    assert!(
+        watch.0.try_wait().unwrap().is_none(),
+        "watch must keep running"
+    );
+
+    // And it recovers once the input is valid again.
+    fs::write(&route, &original).unwrap();
+    wait_until("recovery", || {
+        read(&config).contains("model_name\\\":\\\"deepseek-multi-models")
+    });
+    assert!(watch.0.try_wait().unwrap().is_none());
+    drop(watch);
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,471 @@
+//! Server: the HTTP/1.1 side of one mock pod — accepting connections, routing paths, reading
+//! (possibly chunked) bodies, the test-steering headers (`x-mock-delay-ms`, `x-mock-status`,
+//! `x-mock-chunk-delay-ms`), the request log behind `/mock/requests`, the live load counters and
+//! the streaming response body. What to answer is decided in `engine.rs`; this file only moves
+//! bytes and records what it received. It never invents routing results.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+use crate::engine::{self, Api, Load, Reply, Served, Stamp};
+
+/// How many requests `/mock/requests` keeps.
+const LOG_CAPACITY: usize = 10_000;
+/// Bodies up to this size are kept (parsed) in the log.
+const LOG_BODY_MAX: usize = 64 * 1024;
+/// Larger request bodies are refused with 413.
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// One pod's identity and served models.
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    pub served: Served,
+    /// `namespace/name`; `None` = `default/<bound address>`.
+    pub pod: Option<String>,
+}
+
+/// One entry of `/mock/requests`.
+#[derive(Debug, Serialize)]
+struct Record {
+    seq: u64,
+    method: String,
+    path: String,
+    model: Option<String>,
+    stream: bool,
+    request_id: Option<String>,
+    headers: Map<String, Value>,
+    body: Option<Value>,
+    body_bytes: usize,
+    status: u16,
+}
+
+#[derive(Default)]
+struct Log {
+    next_seq: u64,
+    entries: VecDeque<Record>,
+}
+
+struct State {
+    served: Served,
+    pod: HeaderValue,
+    running: AtomicU64,
+    success: AtomicU64,
+    log: Mutex<Log>,
+    id_seed: std::collections::hash_map::RandomState,
+    id_counter: AtomicU64,
+}
+
+impl State {
+    fn stamp(&self) -> Stamp {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        let mut a = self.id_seed.build_hasher();
+        a.write_u64(n);
+        let mut b = self.id_seed.build_hasher();
+        b.write_u64(!n);
+        Stamp {
+            id_hex: format!("{:016x}{:016x}", a.finish(), b.finish()),
+            created: now_secs(),
+        }
+    }
+
+    fn record(&self, mut rec: Record) {
+        let mut log = match self.log.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        log.next_seq += 1;
+        rec.seq = log.next_seq;
+        if log.entries.len() >= LOG_CAPACITY {
+            log.entries.pop_front();
+        }
+        log.entries.push_back(rec);
+    }
+
+    fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
+        let mut log = match self.log.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut log)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Counts a request as running from creation until drop (i.e. until its body is fully sent or
+/// the client goes away).
+struct RunningGuard(Arc<State>);
+
+impl RunningGuard {
+    fn new(state: &Arc<State>) -> Self {
+        state.running.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(state.clone())
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Response body: a queue of chunks, optionally paced, sent frame by frame so SSE events leave
+/// as they are produced.
+pub struct MockBody {
+    chunks: VecDeque<Bytes>,
+    delay: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    streaming: bool,
+    _guard: Option<RunningGuard>,
+}
+
+impl MockBody {
+    fn empty() -> Self {
+        MockBody::full(Bytes::new())
+    }
+
+    fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        let mut chunks = VecDeque::new();
+        if !b.is_empty() {
+            chunks.push_back(b);
+        }
+        MockBody {
+            chunks,
+            delay: Duration::ZERO,
+            sleep: None,
+            streaming: false,
+            _guard: None,
+        }
+    }
+
+    fn stream(events: Vec<String>, delay: Duration) -> Self {
+        MockBody {
+            chunks: events.into_iter().map(Bytes::from).collect(),
+            delay,
+            sleep: None,
+            streaming: true,
+            _guard: None,
+        }
+    }
+
+    fn guarded(mut self, guard: RunningGuard) -> Self {
+        self._guard = Some(guard);
+        self
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        match self.chunks.pop_front() {
+            None => {
+                self._guard = None;
+                Poll::Ready(None)
+            }
+            Some(chunk) => {
+                if !self.chunks.is_empty() && !self.delay.is_zero() {
+                    let delay = self.delay;
+                    self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.sleep.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.streaming {
+            SizeHint::default()
+        } else {
+            SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+        }
+    }
+}
+
+/// Bind `listen`, print the readiness line, and serve until `shutdown` resolves.
+pub async fn serve(
+    listen: SocketAddr,
+    config: PodConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let pod = config
+        .pod
+        .clone()
+        .unwrap_or_else(|| format!("default/{local}"));
+    let pod_header = HeaderValue::from_str(&pod).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("pod name {pod:?} is not a valid header value: {e}"),
+        )
+    })?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "mock-llm listening on {local} pod={pod} model={}",
+            config.served.model
+        )?;
+        out.flush()?;
+    }
+    let state = Arc::new(State {
+        served: config.served,
+        pod: pod_header,
+        running: AtomicU64::new(0),
+        success: AtomicU64::new(0),
+        log: Mutex::new(Log::default()),
+        id_seed: std::collections::hash_map::RandomState::new(),
+        id_counter: AtomicU64::new(0),
+    });
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Transient (e.g. EMFILE, aborted handshakes): keep serving.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET, "/health") => plain(StatusCode::OK, None, MockBody::empty()),
+        (&Method::GET, "/metrics") => {
+            let load = Load {
+                running: state.running.load(Ordering::Relaxed),
+                success_total: state.success.load(Ordering::Relaxed),
+            };
+            plain(
+                StatusCode::OK,
+                Some("text/plain; version=0.0.4; charset=utf-8"),
+                MockBody::full(engine::metrics_text(&state.served, load)),
+            )
+        }
+        (&Method::GET, "/v1/models") => json_response(200, state.served.models_list(now_secs())),
+        (&Method::GET, "/mock/requests") => {
+            let body = state.with_log(|log| {
+                let entries: Vec<&Record> = log.entries.iter().collect();
+                serde_json::to_vec(&entries)
+            });
+            match body {
+                Ok(b) => plain(StatusCode::OK, Some("application/json"), MockBody::full(b)),
+                Err(e) => error_response(500, &format!("cannot serialize log: {e}")),
+            }
+        }
+        (&Method::DELETE, "/mock/requests") => {
+            state.with_log(|log| log.entries.clear());
+            plain(StatusCode::NO_CONTENT, None, MockBody::empty())
+        }
+        (&Method::POST, p) if p.starts_with("/v1/") => inference(&state, req).await,
+        _ => error_response(404, &format!("Not Found: {method} {path}")),
+    };
+    let mut resp = resp;
+    resp.headers_mut().insert("x-mock-pod", state.pod.clone());
+    Ok(resp)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(headers, name).and_then(|v| v.parse().ok())
+}
+
+async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
+    let guard = RunningGuard::new(state);
+    let (parts, incoming) = req.into_parts();
+    let path = parts.uri.path().to_string();
+
+    let mut headers = Map::new();
+    for name in parts.headers.keys() {
+        if let Some(v) = parts.headers.get(name) {
+            headers.insert(
+                name.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            );
+        }
+    }
+    let request_id = header_str(&parts.headers, "x-request-id").map(str::to_string);
+
+    let body = Limited::new(incoming, BODY_LIMIT).collect().await;
+
+    if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let (bytes, read_error) = match body {
+        Ok(c) => (c.to_bytes(), None),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            (Bytes::new(), Some((too_large, e.to_string())))
+        }
+    };
+    let parsed: Result<Value, String> = match &read_error {
+        Some((_, e)) => Err(e.clone()),
+        None => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+    };
+
+    let forced_status = header_u64(&parts.headers, "x-mock-status")
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| (200..=599).contains(s) && *s != 200);
+
+    let reply = match (&read_error, forced_status, Api::from_path(&path)) {
+        (Some((true, _)), _, _) => engine::error_reply(413, "Request body too large."),
+        (Some((false, e)), _, _) => {
+            engine::error_reply(400, &format!("Cannot read request body: {e}"))
+        }
+        (None, Some(status), _) => engine::error_reply(
+            status,
+            &format!("Mock error with status {status} requested by x-mock-status."),
+        ),
+        (None, None, None) => engine::error_reply(404, &format!("Not Found: POST {path}")),
+        (None, None, Some(api)) => {
+            let stamp = state.stamp();
+            engine::answer(
+                &state.served,
+                api,
+                parsed.as_ref().map_err(String::as_str),
+                &stamp,
+            )
+        }
+    };
+
+    let status = reply.status();
+    let body_json = parsed.ok();
+    state.record(Record {
+        seq: 0,
+        method: parts.method.to_string(),
+        path,
+        model: body_json
+            .as_ref()
+            .and_then(|b| b.get("model"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        stream: body_json
+            .as_ref()
+            .and_then(|b| b.get("stream"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        request_id,
+        headers,
+        body: if bytes.len() <= LOG_BODY_MAX {
+            body_json
+        } else {
+            None
+        },
+        body_bytes: bytes.len(),
+        status,
+    });
+    if (200..300).contains(&status) {
+        state.success.fetch_add(1, Ordering::Relaxed);
+    }
+
+    match reply {
+        Reply::Json { status, body } => json_response(status, body).map(|b| b.guarded(guard)),
+        Reply::Stream { events } => {
+            let delay = Duration::from_millis(
+                header_u64(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0),
+            );
+            let mut resp = plain(
+                StatusCode::OK,
+                Some("text/event-stream"),
+                MockBody::stream(events, delay).guarded(guard),
+            );
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-cache"));
+            resp
+        }
+    }
+}
+
+fn plain(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: MockBody,
+) -> Response<MockBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Some(ct) = content_type {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    resp
+}
+
+fn json_response(status: u16, body: String) -> Response<MockBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    plain(status, Some("application/json"), MockBody::full(body))
+}
+
+fn error_response(status: u16, message: &str) -> Response<MockBody> {
+    json_response(status, engine::error_body(status, message))
+}
