@@ -365,7 +365,16 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     let ecds: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("ecds/modelroute.json")).unwrap())
             .unwrap();
-    let clusters: Vec<serde_json::Value> = cds["resources"].as_array().unwrap().clone();
+    let clusters: Vec<serde_json::Value> = cds["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.as_object_mut().unwrap().remove("@type");
+            c
+        })
+        .collect();
     assert!(!clusters.is_empty());
     let filter = &ecds["resources"][0];
     let static_boot = serde_json::json!({

@@ -215,7 +215,10 @@ mod tests {
 
     #[test]
     fn string_match_wire_form_is_single_key_object() {
-        let m = HeaderMatch { name: "user-type".into(), value: StringMatch::Exact("premium".into()) };
+        let m = HeaderMatch {
+            name: "user-type".into(),
+            value: StringMatch::Exact("premium".into()),
+        };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(json, r#"{"name":"user-type","exact":"premium"}"#);
         let any: StringMatch = serde_json::from_str(r#"{"any":{}}"#).unwrap();
@@ -232,7 +235,8 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored_for_forward_compatibility() {
         let c: FilterConfig =
-            serde_json::from_str(r#"{"version":1,"future":true,"settings":{"new_knob":3}}"#).unwrap();
+            serde_json::from_str(r#"{"version":1,"future":true,"settings":{"new_knob":3}}"#)
+                .unwrap();
         assert_eq!(c.version, 1);
     }
 
@@ -248,11 +252,17 @@ mod tests {
                 rules: vec![Rule {
                     name: "r0".into(),
                     matches: Match {
-                        headers: vec![HeaderMatch { name: "h".into(), value: StringMatch::Regex("^x".into()) }],
+                        headers: vec![HeaderMatch {
+                            name: "h".into(),
+                            value: StringMatch::Regex("^x".into()),
+                        }],
                         uri: Some(StringMatch::Prefix("/v1".into())),
                         body_model: Some("m".into()),
                     },
-                    targets: vec![Target { server: "default/s".into(), weight: 100 }],
+                    targets: vec![Target {
+                        server: "default/s".into(),
+                        weight: 100,
+                    }],
                 }],
             }],
             servers: vec![Server {
@@ -261,9 +271,15 @@ mod tests {
                 model: Some("real".into()),
                 engine: Engine::Vllm,
                 timeout_ms: Some(10_000),
-                retry: Some(Retry { attempts: 3, interval_ms: Some(100) }),
+                retry: Some(Retry {
+                    attempts: 3,
+                    interval_ms: Some(100),
+                }),
                 kv_connector: None,
-                endpoints: vec![Endpoint { address: "127.0.0.2:8000".into(), pod: "default/p".into() }],
+                endpoints: vec![Endpoint {
+                    address: "127.0.0.2:8000".into(),
+                    pod: "default/p".into(),
+                }],
             }],
         };
         let json = serde_json::to_string(&c).unwrap();

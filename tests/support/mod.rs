@@ -21,6 +21,10 @@ fn root() -> PathBuf {
 
 fn artifact(var: &str, default: PathBuf) -> PathBuf {
     let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    exists(p, var)
+}
+
+fn exists(p: PathBuf, var: &str) -> PathBuf {
     assert!(
         p.exists(),
         "{} not found ({var}); run ./build.sh test, which builds it first",
@@ -40,12 +44,12 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("MODELROUTE_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/debug"));
-    artifact("MODELROUTE_BIN_DIR", dir.join(name))
+    exists(dir.join(name), "MODELROUTE_BIN_DIR")
 }
 
 pub fn envoy() -> PathBuf {
     if let Some(p) = std::env::var_os("MODELROUTE_ENVOY") {
-        return artifact("MODELROUTE_ENVOY", PathBuf::from(p));
+        return exists(PathBuf::from(p), "MODELROUTE_ENVOY");
     }
     let lib = root().join(".venv/lib");
     let found = std::fs::read_dir(&lib).ok().and_then(|mut d| {
@@ -493,18 +497,33 @@ pub fn http(
     }
     req += "\r\n";
     s.write_all(req.as_bytes())?;
-    if chunked {
-        for part in body.chunks(7) {
-            s.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
-            s.write_all(part)?;
-            s.write_all(b"\r\n")?;
+    // The body goes out from another thread while this one reads: a server may answer early
+    // (413) and close, and the answer must still be read.
+    let mut w = s.try_clone()?;
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        if chunked {
+            for part in body.chunks(7) {
+                w.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+                w.write_all(part)?;
+                w.write_all(b"\r\n")?;
+            }
+            w.write_all(b"0\r\n\r\n")
+        } else {
+            w.write_all(&body)
         }
-        s.write_all(b"0\r\n\r\n")?;
-    } else {
-        s.write_all(body)?;
-    }
+    });
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    let _ = writer.join();
     parse_response(&raw).ok_or_else(|| {
         std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
     })
