@@ -81,6 +81,11 @@ impl ErrorReply {
                 "model_server_not_found",
                 format!("ModelServer {s} for model {model:?} not found"),
             ),
+            RouteError::NoPdPair(s) => Self::new(
+                503,
+                "no_pd_pair",
+                format!("ModelServer {s} has no group with both a ready prefill and decode pod"),
+            ),
             RouteError::NoReadyEndpoints(s) => Self::new(
                 503,
                 "no_ready_endpoints",

@@ -7,8 +7,9 @@
 //! by splicing, set the cluster / endpoint / request-id / upstream-policy headers, continue.
 
 use crate::errors::ErrorReply;
+use crate::pd::{self, Bootstrap, Protocol};
 use crate::rewrite::splice_string;
-use crate::router::{Request, Router};
+use crate::router::{Pair, Request, Router};
 use crate::scan::{scan, Model};
 use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
@@ -17,6 +18,8 @@ pub const ENVOY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
 pub const ENVOY_MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 pub const ENVOY_ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Prefill legs of a ModelServer without `trafficPolicy.timeout` still end.
+pub const DEFAULT_PREFILL_TIMEOUT_MS: u64 = 60_000;
 
 /// What the host should do after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,67 @@ pub trait Host {
     fn replace_body(&mut self, old_len: usize, body: &[u8]);
     /// Answers the request locally.
     fn respond(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Sends a side request (a prefill leg) to `cluster`; the call's token, or None if the
+    /// host refused it.
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32>;
+    /// While a side call's answer is delivered: its `:status` (None on a transport failure).
+    fn call_status(&self) -> Option<u32>;
+    /// While a side call's answer is delivered: `len` bytes of its body.
+    fn call_body(&self, len: usize) -> Option<Vec<u8>>;
+    /// Lets a request paused in the body phase continue upstream.
+    fn resume(&mut self);
+    /// Milliseconds on the host's clock.
+    fn now_ms(&self) -> u64;
+    /// Increments a counter.
+    fn count(&mut self, counter: Counter);
+}
+
+/// Counters the flow reports (exposed by Envoy as `wasmcustom.<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    PrefillOk,
+    PrefillFailed,
+    PrefillUnreachable,
+    PrefillTimeout,
+    PdRetry,
+    PdExhausted,
+    KvParamsMissing,
+    DecodeOk,
+    DecodeFailed,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 9] = [
+        Counter::PrefillOk,
+        Counter::PrefillFailed,
+        Counter::PrefillUnreachable,
+        Counter::PrefillTimeout,
+        Counter::PdRetry,
+        Counter::PdExhausted,
+        Counter::KvParamsMissing,
+        Counter::DecodeOk,
+        Counter::DecodeFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::PrefillOk => "modelroute.pd.prefill_ok",
+            Counter::PrefillFailed => "modelroute.pd.prefill_failed",
+            Counter::PrefillUnreachable => "modelroute.pd.prefill_unreachable",
+            Counter::PrefillTimeout => "modelroute.pd.prefill_timeout",
+            Counter::PdRetry => "modelroute.pd.retry",
+            Counter::PdExhausted => "modelroute.pd.exhausted",
+            Counter::KvParamsMissing => "modelroute.pd.kv_params_missing",
+            Counter::DecodeOk => "modelroute.pd.decode_ok",
+            Counter::DecodeFailed => "modelroute.pd.decode_failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +110,29 @@ enum Phase {
     Idle,
     /// An inference request whose body we are buffering.
     AwaitBody,
+    /// A PD request held while its prefill leg runs (vLLM protocols).
+    AwaitPrefill,
+}
+
+/// What a PD request needs between its legs.
+#[derive(Debug)]
+struct PdState {
+    protocol: Protocol,
+    /// The client's body as buffered (the decode leg is built from it).
+    body: Vec<u8>,
+    model: String,
+    cluster: String,
+    full_path: String,
+    authority: String,
+    request_id: String,
+    authorization: Option<String>,
+    pairs: Vec<Pair>,
+    attempt: usize,
+    token: Option<u32>,
+    sent_ms: u64,
+    timeout_ms: u64,
+    decode_timeout_ms: Option<u64>,
+    bootstrap: Option<Bootstrap>,
 }
 
 /// What was decided for a request, for logs and metrics.
@@ -56,6 +143,8 @@ pub struct Outcome {
     pub server: String,
     pub endpoint: String,
     pub upstream_model: String,
+    /// PD: the prefill pod of the (last) attempt.
+    pub prefill: String,
     pub local_status: Option<u32>,
 }
 
@@ -64,6 +153,8 @@ pub struct Outcome {
 pub struct Flow {
     phase: Phase,
     path: String,
+    full_path: String,
+    pd: Option<PdState>,
     pub outcome: Outcome,
 }
 
@@ -134,6 +225,7 @@ impl Flow {
             return self.fail(host, &ErrorReply::invalid_json("the body is empty"));
         }
         self.path = path.to_string();
+        self.full_path = full_path.clone();
         self.phase = Phase::AwaitBody;
         Action::Pause
     }
@@ -165,10 +257,12 @@ impl Flow {
             Err(e) => return self.fail(host, &ErrorReply::invalid_json(e)),
         };
         let (model, span) = match scanned.model {
-            Some(Model::Str { value, span }) if !value.trim().is_empty() => (value, span),
+            Some(Model::Str { value, span }) if !value.trim().is_empty() => {
+                (value.into_owned(), span)
+            }
             _ => return self.fail(host, &ErrorReply::model_missing()),
         };
-        self.outcome.model = model.to_string();
+        self.outcome.model.clone_from(&model);
 
         let header = |name: &str| host.header(name);
         let decision = router.decide(&Request {
@@ -180,6 +274,10 @@ impl Flow {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
+        if host.header(REQUEST_ID_HEADER).is_none() {
+            let id = request_id(router.rng().next_u64(), router.rng().next_u64());
+            host.set_header(REQUEST_ID_HEADER, &id);
+        }
         let Some(server) = router.server(decision.server) else {
             return Action::Continue;
         };
@@ -192,12 +290,52 @@ impl Flow {
             .unwrap_or("")
             .to_string();
 
+        if let Some(pd) = &server.pd {
+            let upstream_model = match &server.model {
+                Some(m) if !decision.lora => m.clone(),
+                _ => model.to_string(),
+            };
+            self.outcome.upstream_model = upstream_model.clone();
+            let mut state = PdState {
+                protocol: pd.protocol,
+                body: Vec::new(),
+                model: upstream_model,
+                cluster: server.cluster.clone(),
+                full_path: self.full_path.clone(),
+                authority: host
+                    .header(":authority")
+                    .unwrap_or_else(|| "modelroute".into()),
+                request_id: host.header(REQUEST_ID_HEADER).unwrap_or_default(),
+                authorization: host.header("authorization"),
+                pairs: decision.pairs,
+                attempt: 0,
+                token: None,
+                sent_ms: 0,
+                timeout_ms: server.timeout_ms.unwrap_or(DEFAULT_PREFILL_TIMEOUT_MS),
+                decode_timeout_ms: server.timeout_ms,
+                bootstrap: None,
+            };
+            let bootstrap_port = pd.bootstrap_port;
+            state.body = body;
+            let cluster_header = router.settings.cluster_header.clone();
+            let endpoint_header = router.settings.endpoint_header.clone();
+            return self.start_pd(
+                state,
+                router,
+                host,
+                body_size,
+                &cluster_header,
+                &endpoint_header,
+                bootstrap_port,
+            );
+        }
+
         // Base-model requests carry the ModelServer's real model name upstream; LoRA requests
         // keep the adapter name, which the engine resolves.
         let rewrite_to = server
             .model
             .as_deref()
-            .filter(|m| !decision.lora && *m != model.as_ref());
+            .filter(|m| !decision.lora && *m != model.as_str());
         match rewrite_to {
             Some(real) => {
                 let new_body = splice_string(&body, span, real);
@@ -218,11 +356,254 @@ impl Flow {
         if let Some(n) = server.retry_attempts {
             host.set_header(ENVOY_MAX_RETRIES_HEADER, &n.to_string());
         }
-        if host.header(REQUEST_ID_HEADER).is_none() {
-            let id = request_id(router.rng().next_u64(), router.rng().next_u64());
-            host.set_header(REQUEST_ID_HEADER, &id);
-        }
         Action::Continue
+    }
+
+    /// First PD step. vLLM: send the prefill leg and hold the request. SGLang: send the
+    /// prefill leg and release the decode leg at once.
+    #[allow(clippy::too_many_arguments)]
+    fn start_pd(
+        &mut self,
+        mut st: PdState,
+        router: &mut Router,
+        host: &mut dyn Host,
+        body_size: usize,
+        cluster_header: &str,
+        endpoint_header: &str,
+        bootstrap_port: u16,
+    ) -> Action {
+        loop {
+            let Some(pair) = st.pairs.get(st.attempt).cloned() else {
+                host.count(Counter::PdExhausted);
+                return self.fail(
+                    host,
+                    &ErrorReply::new(
+                        503,
+                        "prefill_unavailable",
+                        "no prefill pod accepted the request",
+                    ),
+                );
+            };
+            if st.protocol == Protocol::Sglang {
+                st.bootstrap = Some(Bootstrap {
+                    host: address_host(&pair.prefill).to_string(),
+                    port: bootstrap_port,
+                    room: router.rng().next_u64() >> 1,
+                });
+            }
+            if self.send_prefill(&mut st, host, &pair) {
+                break;
+            }
+            host.count(Counter::PrefillUnreachable);
+            st.attempt += 1;
+        }
+        if st.protocol == Protocol::Sglang {
+            // Both legs at once: the decode engine waits for the prefill's KV by itself.
+            let pair = st.pairs.get(st.attempt).cloned();
+            let action = self.release_decode(
+                &st,
+                host,
+                body_size,
+                None,
+                pair.as_ref(),
+                cluster_header,
+                endpoint_header,
+            );
+            self.pd = Some(st);
+            return action;
+        }
+        self.phase = Phase::AwaitPrefill;
+        self.pd = Some(st);
+        Action::Pause
+    }
+
+    /// Dispatches the prefill leg of the current attempt; false if the host refused it.
+    fn send_prefill(&mut self, st: &mut PdState, host: &mut dyn Host, pair: &Pair) -> bool {
+        let Ok(scanned) = scan(&st.body) else {
+            return false;
+        };
+        let body = pd::prefill_body(
+            &st.body,
+            &scanned,
+            st.protocol,
+            &st.model,
+            st.bootstrap.as_ref(),
+        );
+        let len = body.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &st.full_path),
+            (":authority", &st.authority),
+            ("content-type", "application/json"),
+            ("content-length", &len),
+            (REQUEST_ID_HEADER, &st.request_id),
+            (DEFAULT_ENDPOINT_HEADER, &pair.prefill),
+        ];
+        if let Some(a) = &st.authorization {
+            headers.push(("authorization", a));
+        }
+        st.sent_ms = host.now_ms();
+        st.token = host.dispatch(&st.cluster, &headers, &body, st.timeout_ms);
+        self.outcome.prefill = pair.prefill.clone();
+        st.token.is_some()
+    }
+
+    /// Sets the decode leg's body and headers and lets the request go to the decode pod.
+    #[allow(clippy::too_many_arguments)]
+    fn release_decode(
+        &mut self,
+        st: &PdState,
+        host: &mut dyn Host,
+        body_size: usize,
+        kv_transfer_params: Option<&[u8]>,
+        pair: Option<&Pair>,
+        cluster_header: &str,
+        endpoint_header: &str,
+    ) -> Action {
+        let Some(pair) = pair else {
+            return Action::Continue;
+        };
+        let Ok(scanned) = scan(&st.body) else {
+            return Action::Continue;
+        };
+        let body = pd::decode_body(
+            &st.body,
+            &scanned,
+            &st.model,
+            kv_transfer_params,
+            st.bootstrap.as_ref(),
+        );
+        host.replace_body(body_size, &body);
+        if host.header("content-length").is_some() {
+            host.set_header("content-length", &body.len().to_string());
+        }
+        host.set_header(cluster_header, &st.cluster);
+        // The decode pod alone: after a prefill, a decode is not retried elsewhere blindly.
+        host.set_header(endpoint_header, &pair.decode);
+        host.set_header(ENVOY_MAX_RETRIES_HEADER, "0");
+        if let Some(ms) = st.decode_timeout_ms {
+            host.set_header(ENVOY_TIMEOUT_HEADER, &ms.to_string());
+        }
+        self.outcome.endpoint = pair.decode.clone();
+        self.outcome.prefill = pair.prefill.clone();
+        Action::Continue
+    }
+
+    /// A side call answered (or failed). vLLM: on 2xx build and release the decode leg, else
+    /// try the next pair or answer an error. SGLang: the prefill answer is only counted.
+    pub fn on_call_response(
+        &mut self,
+        router: Option<&Router>,
+        host: &mut dyn Host,
+        token: u32,
+        body_size: usize,
+    ) {
+        let Some(mut st) = self.pd.take() else { return };
+        if st.token != Some(token) {
+            self.pd = Some(st);
+            return;
+        }
+        let status = host.call_status();
+        let ok = matches!(status, Some(200..=299));
+        let elapsed = host.now_ms().saturating_sub(st.sent_ms);
+        let timed_out =
+            !ok && (status == Some(504) || status.is_none()) && elapsed + 50 >= st.timeout_ms;
+        host.count(match (ok, status, timed_out) {
+            (true, _, _) => Counter::PrefillOk,
+            (_, _, true) => Counter::PrefillTimeout,
+            (_, None, _) => Counter::PrefillUnreachable,
+            _ => Counter::PrefillFailed,
+        });
+        if st.protocol == Protocol::Sglang || self.phase != Phase::AwaitPrefill {
+            self.pd = Some(st);
+            return;
+        }
+        let (cluster_header, endpoint_header) = match router {
+            Some(r) => (
+                r.settings.cluster_header.clone(),
+                r.settings.endpoint_header.clone(),
+            ),
+            None => (
+                DEFAULT_CLUSTER_HEADER.to_string(),
+                DEFAULT_ENDPOINT_HEADER.to_string(),
+            ),
+        };
+        let answer_size = body_size;
+        let body_size = st.body.len();
+        if ok {
+            self.phase = Phase::Idle;
+            let answer = host.call_body(answer_size).unwrap_or_default();
+            let kv = if st.protocol == Protocol::VllmKvTransfer {
+                let kv = pd::kv_transfer_params(&answer).map(<[u8]>::to_vec);
+                if kv.is_none() {
+                    // The decode engine then computes the prefill itself: slower, not wrong.
+                    host.count(Counter::KvParamsMissing);
+                    log::warn!(
+                        "modelroute: prefill answer for {} carried no kv_transfer_params",
+                        st.request_id
+                    );
+                }
+                kv
+            } else {
+                None
+            };
+            let pair = st.pairs.get(st.attempt).cloned();
+            self.release_decode(
+                &st,
+                host,
+                body_size,
+                kv.as_deref(),
+                pair.as_ref(),
+                &cluster_header,
+                &endpoint_header,
+            );
+            self.pd = Some(st);
+            host.resume();
+            return;
+        }
+        // Try the next pair, if any.
+        while st.attempt + 1 < st.pairs.len() {
+            st.attempt += 1;
+            host.count(Counter::PdRetry);
+            let Some(pair) = st.pairs.get(st.attempt).cloned() else {
+                break;
+            };
+            if self.send_prefill(&mut st, host, &pair) {
+                self.pd = Some(st);
+                return;
+            }
+            host.count(Counter::PrefillUnreachable);
+        }
+        host.count(Counter::PdExhausted);
+        let e = match (status, timed_out) {
+            (_, true) => ErrorReply::new(
+                504,
+                "prefill_timeout",
+                format!("prefill did not answer within {} ms", st.timeout_ms),
+            ),
+            (None, _) => ErrorReply::new(
+                503,
+                "prefill_unavailable",
+                "no prefill pod could be reached",
+            ),
+            (Some(s), _) => ErrorReply::new(
+                502,
+                "prefill_failed",
+                format!("prefill pod answered status {s}"),
+            ),
+        };
+        self.fail(host, &e);
+    }
+
+    /// The upstream answer's status (PD decode outcome counters).
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>) {
+        if self.pd.is_some() && self.outcome.local_status.is_none() {
+            host.count(if matches!(status, Some(s) if s < 500) {
+                Counter::DecodeOk
+            } else {
+                Counter::DecodeFailed
+            });
+        }
     }
 
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
@@ -235,6 +616,12 @@ impl Flow {
         );
         Action::Pause
     }
+}
+
+/// The host part of `ip:port` / `[v6]:port` (SGLang's `bootstrap_host`).
+fn address_host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// A random (version 4) UUID from two random words.
@@ -251,5 +638,9 @@ pub fn request_id(a: u64, b: u64) -> String {
     )
 }
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod pd_tests;
 #[cfg(test)]
 mod tests;

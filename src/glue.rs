@@ -10,9 +10,11 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{
+    Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType,
+};
 
-use crate::flow::{Action, Flow, Host};
+use crate::flow::{Action, Counter, Flow, Host};
 use crate::router::Router;
 
 type Shared = Rc<RefCell<Option<Router>>>;
@@ -78,7 +80,23 @@ struct Request {
     flow: Flow,
 }
 
-impl Context for Request {}
+impl Context for Request {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let router = self.router.try_borrow().ok();
+        self.flow.on_call_response(
+            router.as_ref().and_then(|r| r.as_ref()),
+            &mut EnvoyHost,
+            token,
+            body_size,
+        );
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
@@ -102,15 +120,29 @@ impl HttpContext for Request {
         to_wasm(action)
     }
 
+    fn on_http_response_headers(
+        &mut self,
+        _num_headers: usize,
+        _end_of_stream: bool,
+    ) -> WasmAction {
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+        self.flow.on_response_headers(&mut EnvoyHost, status);
+        WasmAction::Continue
+    }
+
     fn on_log(&mut self) {
         let o = &self.flow.outcome;
         if !o.model.is_empty() || o.local_status.is_some() {
             log::debug!(
-                "modelroute: model={} route={} server={} pod={} upstream_model={} local_status={:?}",
+                "modelroute: model={} route={} server={} pod={} prefill={} upstream_model={} local_status={:?}",
                 o.model,
                 o.route,
                 o.server,
                 o.endpoint,
+                o.prefill,
                 o.upstream_model,
                 o.local_status
             );
@@ -165,4 +197,70 @@ impl Host for EnvoyHost {
             log::warn!("modelroute: could not send a local reply");
         }
     }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        let timeout = std::time::Duration::from_millis(timeout_ms);
+        match hostcalls::dispatch_http_call(cluster, headers.to_vec(), Some(body), vec![], timeout)
+        {
+            Ok(token) => Some(token),
+            Err(e) => {
+                log::warn!("modelroute: dispatch to {cluster} refused: {e:?}");
+                None
+            }
+        }
+    }
+
+    fn call_status(&self) -> Option<u32> {
+        let v =
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok()??;
+        std::str::from_utf8(&v).ok()?.parse().ok()
+    }
+
+    fn call_body(&self, len: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, len)
+            .ok()
+            .flatten()
+    }
+
+    fn resume(&mut self) {
+        if hostcalls::resume_http_request().is_err() {
+            log::warn!("modelroute: could not resume the request");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn count(&mut self, counter: Counter) {
+        COUNTERS.with(|ids| {
+            let mut ids = ids.borrow_mut();
+            let slot = Counter::ALL
+                .iter()
+                .position(|c| *c == counter)
+                .and_then(|i| ids.get_mut(i));
+            let Some(slot) = slot else { return };
+            if slot.is_none() {
+                *slot = hostcalls::define_metric(MetricType::Counter, counter.name()).ok();
+            }
+            if let Some(id) = *slot {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Metric ids, defined on first use in this VM (same name in every VM = one Envoy stat).
+    static COUNTERS: RefCell<[Option<u32>; Counter::ALL.len()]> = const { RefCell::new([None; Counter::ALL.len()]) };
 }

@@ -6,12 +6,14 @@
 //! - [`router`]: the compiled configuration and routing decisions.
 //! - [`weights`]: weighted target choice.
 //! - [`errors`]: OpenAI-style local replies.
+//! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`flow`]: the per-request state machine against the [`flow::Host`] trait.
 //! - [`rng`]: injected randomness.
 //! - `glue` (wasm32 only): adapts proxy-wasm's contexts to [`flow::Flow`]; nothing else calls
 //!   proxy-wasm.
 pub mod errors;
 pub mod flow;
+pub mod pd;
 pub mod rewrite;
 pub mod rng;
 pub mod router;

@@ -10,8 +10,11 @@
 
 use std::collections::HashMap;
 
-use filter_config::{FilterConfig, Settings, StringMatch, SCHEMA_VERSION};
+use filter_config::{
+    FilterConfig, Role, Settings, StringMatch, DEFAULT_SGLANG_BOOTSTRAP_PORT, SCHEMA_VERSION,
+};
 
+use crate::pd::Protocol;
 use crate::rng::Rng;
 use crate::weights::Weighted;
 
@@ -36,6 +39,8 @@ pub enum RouteError {
     ServerNotFound(String),
     /// The chosen ModelServer has no ready pods.
     NoReadyEndpoints(String),
+    /// The chosen PD ModelServer has no group with both a prefill and a decode pod.
+    NoPdPair(String),
 }
 
 #[derive(Debug)]
@@ -94,8 +99,36 @@ pub struct Server {
     pub model: Option<String>,
     pub timeout_ms: Option<u64>,
     pub retry_attempts: Option<u32>,
+    /// Present for PD-disaggregated servers.
+    pub pd: Option<PdServer>,
     endpoints: Vec<String>,
     next: usize,
+}
+
+/// A PD-disaggregated ModelServer: its protocol and its complete groups.
+#[derive(Debug)]
+pub struct PdServer {
+    pub protocol: Protocol,
+    pub bootstrap_port: u16,
+    groups: Vec<Group>,
+    next_group: usize,
+}
+
+/// One PD group (pods sharing the groupKey label value) with both roles present.
+#[derive(Debug)]
+struct Group {
+    name: String,
+    prefill: Vec<String>,
+    decode: Vec<String>,
+    next: usize,
+}
+
+/// A prefill pod and a decode pod of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub group: String,
+    pub prefill: String,
+    pub decode: String,
 }
 
 /// The outcome of routing one request.
@@ -107,7 +140,10 @@ pub struct Decision {
     /// True when the request model matched a LoRA adapter (the model is then kept as is).
     pub lora: bool,
     /// `ip:port[,ip:port...]`: the chosen pod first, then fallbacks in retry order.
+    /// For a PD server: the first pair's decode pod only (a decode is never retried blindly).
     pub endpoints: String,
+    /// PD servers: prefill/decode pairs in the order to try them (first = chosen).
+    pub pairs: Vec<Pair>,
 }
 
 /// What the router needs to know about a request.
@@ -159,12 +195,19 @@ impl Router {
             if server_index.insert(s.name.clone(), i).is_some() {
                 return Err(InvalidConfig(format!("server {} is listed twice", s.name)));
             }
+            let pd = s.pd.as_ref().map(|pd| PdServer {
+                protocol: Protocol::of(s.engine, s.kv_connector.as_deref()),
+                bootstrap_port: pd.bootstrap_port.unwrap_or(DEFAULT_SGLANG_BOOTSTRAP_PORT),
+                groups: pd_groups(&s.endpoints),
+                next_group: 0,
+            });
             servers.push(Server {
                 name: s.name,
                 cluster: s.cluster,
                 model: s.model.filter(|m| !m.is_empty()),
                 timeout_ms: s.timeout_ms.filter(|t| *t > 0),
                 retry_attempts: s.retry.map(|r| r.attempts),
+                pd,
                 endpoints: s.endpoints.into_iter().map(|e| e.address).collect(),
                 next: 0,
             });
@@ -312,6 +355,26 @@ impl Router {
         };
         let fallbacks = self.settings.endpoint_fallbacks as usize;
         let server = self.servers.get_mut(si).ok_or(RouteError::NoRuleMatched)?;
+        if server.endpoints.is_empty() {
+            return Err(RouteError::NoReadyEndpoints(server.name.clone()));
+        }
+        if let Some(pd) = server.pd.as_mut() {
+            // One pair per attempt: the first, then as many more as retries allow.
+            let tries = 1 + server.retry_attempts.unwrap_or(1) as usize;
+            let pairs = pd.pick_pairs(tries);
+            let first = pairs
+                .first()
+                .ok_or_else(|| RouteError::NoPdPair(server.name.clone()))?;
+            let endpoints = first.decode.clone();
+            return Ok(Decision {
+                route: ri,
+                rule: qi,
+                server: si,
+                lora,
+                endpoints,
+                pairs,
+            });
+        }
         let endpoints = server
             .pick(fallbacks)
             .ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?;
@@ -321,6 +384,7 @@ impl Router {
             server: si,
             lora,
             endpoints,
+            pairs: Vec::new(),
         })
     }
 }
@@ -353,6 +417,77 @@ impl Server {
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
     }
+}
+
+impl PdServer {
+    /// Up to `n` distinct pairs, spreading load: successive requests start at successive
+    /// groups, and within a group rotate through its prefill and decode pods. Retry pairs come
+    /// from the following groups first.
+    fn pick_pairs(&mut self, n: usize) -> Vec<Pair> {
+        let g = self.groups.len();
+        if g == 0 {
+            return Vec::new();
+        }
+        let capacity: usize = self
+            .groups
+            .iter()
+            .map(|x| x.prefill.len().max(x.decode.len()))
+            .sum();
+        let start = self.next_group % g;
+        self.next_group = (start + 1) % g;
+        let mut out = Vec::with_capacity(n.min(capacity));
+        for k in 0..n.min(capacity) {
+            let Some(grp) = self.groups.get((start + k) % g) else {
+                break;
+            };
+            let round = grp.next + k / g;
+            let (Some(p), Some(d)) = (
+                grp.prefill.get(round % grp.prefill.len().max(1)),
+                grp.decode.get(round % grp.decode.len().max(1)),
+            ) else {
+                break;
+            };
+            out.push(Pair {
+                group: grp.name.clone(),
+                prefill: p.clone(),
+                decode: d.clone(),
+            });
+        }
+        if let Some(grp) = self.groups.get_mut(start) {
+            grp.next = grp.next.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// Groups the endpoints by PD group; groups lacking either role take no part.
+fn pd_groups(endpoints: &[filter_config::Endpoint]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for e in endpoints {
+        let (Some(name), Some(role)) = (&e.group, e.role) else {
+            continue;
+        };
+        let idx = match groups.iter().position(|g| &g.name == name) {
+            Some(i) => i,
+            None => {
+                groups.push(Group {
+                    name: name.clone(),
+                    prefill: vec![],
+                    decode: vec![],
+                    next: 0,
+                });
+                groups.len() - 1
+            }
+        };
+        if let Some(g) = groups.get_mut(idx) {
+            match role {
+                Role::Prefill => g.prefill.push(e.address.clone()),
+                Role::Decode => g.decode.push(e.address.clone()),
+            }
+        }
+    }
+    groups.retain(|g| !g.prefill.is_empty() && !g.decode.is_empty());
+    groups
 }
 
 fn rule_matches(rule: &Rule, req: &Request<'_>) -> bool {

@@ -16,6 +16,28 @@ pub struct Scan<'a> {
     pub model: Option<Model<'a>>,
     /// Top-level `stream`, when it is a boolean.
     pub stream: Option<bool>,
+    /// Every top-level member in document order: what body edits (PD legs) splice by.
+    pub members: Vec<Member>,
+}
+
+/// One top-level `"key": value` member, as byte ranges into the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The key's bytes between the quotes (escapes not decoded).
+    pub key: Range<usize>,
+    /// The value token.
+    pub value: Range<usize>,
+}
+
+impl Scan<'_> {
+    /// The value span of the last top-level member spelled exactly `key`.
+    pub fn member(&self, body: &[u8], key: &str) -> Option<Range<usize>> {
+        self.members
+            .iter()
+            .rev()
+            .find(|m| body.get(m.key.clone()) == Some(key.as_bytes()))
+            .map(|m| m.value.clone())
+    }
 }
 
 /// The top-level `model` member.
@@ -64,10 +86,13 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ScanError> {
     } else {
         loop {
             p.ws();
+            let key_start = p.i + 1;
             let key = p.string()?;
+            let key_span = key_start..p.i.saturating_sub(1);
             p.ws();
             p.expect(b':')?;
             p.ws();
+            let value_start = p.i;
             let is = |name: &str| {
                 if key.escaped {
                     key.decode() == name
@@ -98,6 +123,10 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ScanError> {
             } else {
                 p.value()?;
             }
+            out.members.push(Member {
+                key: key_span,
+                value: value_start..p.i,
+            });
             p.ws();
             match p.next() {
                 Some(b',') => continue,

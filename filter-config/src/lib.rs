@@ -184,6 +184,33 @@ pub struct Server {
     /// Ready pods, in a stable order (by pod name).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Prefill/decode disaggregation (`workloadSelector.pdGroup`); absent for plain servers.
+    /// When present, requests are served by a prefill and a decode endpoint of one group and
+    /// endpoints without a `role` take no part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pd: Option<Pd>,
+}
+
+/// PD-disaggregation settings of a ModelServer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pd {
+    /// `pdGroup.groupKey`: the pod label whose value forms a group (for logs).
+    pub group_key: String,
+    /// SGLang: the prefill pods' bootstrap port sent as `bootstrap_port`
+    /// (default [`DEFAULT_SGLANG_BOOTSTRAP_PORT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_port: Option<u16>,
+}
+
+/// SGLang's default disaggregation bootstrap port.
+pub const DEFAULT_SGLANG_BOOTSTRAP_PORT: u16 = 8998;
+
+/// The part a pod plays in PD disaggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Prefill,
+    Decode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +234,12 @@ pub struct Endpoint {
     pub address: String,
     /// `namespace/name` of the pod.
     pub pod: String,
+    /// PD servers only: the pod's `groupKey` label value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// PD servers only: prefill or decode (decode wins when a pod matches both label sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 #[cfg(test)]
@@ -279,7 +312,13 @@ mod tests {
                 endpoints: vec![Endpoint {
                     address: "127.0.0.2:8000".into(),
                     pod: "default/p".into(),
+                    group: Some("g0".into()),
+                    role: Some(Role::Decode),
                 }],
+                pd: Some(Pd {
+                    group_key: "modelserving.volcano.sh/group-name".into(),
+                    bootstrap_port: Some(8998),
+                }),
             }],
         };
         let json = serde_json::to_string(&c).unwrap();

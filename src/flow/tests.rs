@@ -1,82 +1,9 @@
 //! Fake-host tests of the request flow: what a client sends in, what Envoy would see out.
+use super::fake::FakeHost;
 use super::*;
 use filter_config::{
     Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION,
 };
-
-/// A recording host: request headers and body in, mutations and local replies out.
-#[derive(Default, Debug)]
-struct FakeHost {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    reply: Option<(u32, String)>,
-    replaced: usize,
-}
-
-impl FakeHost {
-    fn post(path: &str, body: &str, extra: &[(&str, &str)]) -> Self {
-        let mut h = FakeHost {
-            body: body.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        h.headers.push((":method".into(), "POST".into()));
-        h.headers.push((":path".into(), path.into()));
-        h.headers
-            .push(("content-length".into(), body.len().to_string()));
-        for (k, v) in extra {
-            h.headers.push((k.to_string(), v.to_string()));
-        }
-        h
-    }
-    fn request(method: impl Into<String>, path: impl Into<String>) -> Self {
-        FakeHost {
-            headers: vec![
-                (":method".into(), method.into()),
-                (":path".into(), path.into()),
-            ],
-            ..Default::default()
-        }
-    }
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn reply_json(&self) -> (u32, serde_json::Value) {
-        let (s, b) = self.reply.clone().expect("no local reply");
-        (s, serde_json::from_str(&b).expect("reply is JSON"))
-    }
-}
-
-impl Host for FakeHost {
-    fn header(&self, name: &str) -> Option<String> {
-        self.get(name).map(str::to_string)
-    }
-    fn set_header(&mut self, name: &str, value: &str) {
-        self.remove_header(name);
-        self.headers.push((name.into(), value.into()));
-    }
-    fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name);
-    }
-    fn body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
-        self.body.get(start..start + len).map(<[u8]>::to_vec)
-    }
-    fn replace_body(&mut self, old_len: usize, body: &[u8]) {
-        assert_eq!(
-            old_len,
-            self.body.len(),
-            "must replace the whole buffered body"
-        );
-        self.body = body.to_vec();
-        self.replaced += 1;
-    }
-    fn respond(&mut self, status: u32, _headers: &[(&str, &str)], body: &[u8]) {
-        assert!(self.reply.is_none(), "answered twice");
-        self.reply = Some((status, String::from_utf8_lossy(body).into_owned()));
-    }
-}
 
 fn router() -> Router {
     let server = |name: &str, model: &str, eps: &[&str]| Server {
@@ -90,9 +17,12 @@ fn router() -> Router {
             interval_ms: None,
         }),
         kv_connector: None,
+        pd: None,
         endpoints: eps
             .iter()
             .map(|a| Endpoint {
+                group: None,
+                role: None,
                 address: a.to_string(),
                 pod: format!("default/{a}"),
             })

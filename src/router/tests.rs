@@ -12,10 +12,13 @@ fn server(name: &str, model: &str, pods: &[&str]) -> CServer {
         timeout_ms: Some(10_000),
         retry: None,
         kv_connector: None,
+        pd: None,
         endpoints: pods
             .iter()
             .enumerate()
             .map(|(i, a)| Endpoint {
+                group: None,
+                role: None,
                 address: a.to_string(),
                 pod: format!("default/{name}-{i}"),
             })

@@ -225,3 +225,17 @@ fn property_scanner_agrees_with_serde_json_on_validity_and_model() {
         }
     }
 }
+
+#[test]
+fn members_index_every_top_level_key_and_value() {
+    let body = br#"{ "model" : "m", "stream":true, "nested":{"a":[1,{"b":2}]}, "max_tokens": 7 }"#;
+    let s = scan(body).unwrap();
+    let keys: Vec<&[u8]> = s.members.iter().map(|m| &body[m.key.clone()]).collect();
+    assert_eq!(keys, [&b"model"[..], b"stream", b"nested", b"max_tokens"]);
+    assert_eq!(
+        &body[s.member(body, "nested").unwrap()],
+        br#"{"a":[1,{"b":2}]}"#
+    );
+    assert_eq!(&body[s.member(body, "max_tokens").unwrap()], b"7");
+    assert_eq!(s.member(body, "absent"), None);
+}

@@ -1,0 +1,137 @@
+//! A recording fake [`Host`] for the flow tests.
+use super::*;
+
+/// A recording host: request headers and body in, mutations and local replies out.
+#[derive(Default, Debug)]
+pub struct FakeHost {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub reply: Option<(u32, String)>,
+    pub replaced: usize,
+    /// Side calls sent: (token, cluster, headers, body, timeout ms).
+    pub calls: Vec<(u32, String, Vec<(String, String)>, Vec<u8>, u64)>,
+    /// The side call answer being delivered: (status, body).
+    pub call_answer: Option<(Option<u32>, Vec<u8>)>,
+    /// Refuse every dispatch (as a host without the cluster would).
+    pub refuse_dispatch: bool,
+    pub resumed: usize,
+    pub now: u64,
+    pub counters: Vec<Counter>,
+}
+
+impl FakeHost {
+    /// JSON body of side call `i`.
+    pub fn call_json(&self, i: usize) -> serde_json::Value {
+        serde_json::from_slice(&self.calls[i].3).expect("call body is JSON")
+    }
+    /// A header of side call `i`.
+    pub fn call_header(&self, i: usize, name: &str) -> Option<&str> {
+        self.calls[i]
+            .2
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn body_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    pub fn post(path: &str, body: &str, extra: &[(&str, &str)]) -> Self {
+        let mut h = FakeHost {
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        h.headers.push((":method".into(), "POST".into()));
+        h.headers.push((":path".into(), path.into()));
+        h.headers
+            .push(("content-length".into(), body.len().to_string()));
+        for (k, v) in extra {
+            h.headers.push((k.to_string(), v.to_string()));
+        }
+        h
+    }
+    pub fn request(method: impl Into<String>, path: impl Into<String>) -> Self {
+        FakeHost {
+            headers: vec![
+                (":method".into(), method.into()),
+                (":path".into(), path.into()),
+            ],
+            ..Default::default()
+        }
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn reply_json(&self) -> (u32, serde_json::Value) {
+        let (s, b) = self.reply.clone().expect("no local reply");
+        (s, serde_json::from_str(&b).expect("reply is JSON"))
+    }
+}
+
+impl Host for FakeHost {
+    fn header(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        self.remove_header(name);
+        self.headers.push((name.into(), value.into()));
+    }
+    fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+    }
+    fn body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
+        self.body.get(start..start + len).map(<[u8]>::to_vec)
+    }
+    fn replace_body(&mut self, old_len: usize, body: &[u8]) {
+        assert_eq!(
+            old_len,
+            self.body.len(),
+            "must replace the whole buffered body"
+        );
+        self.body = body.to_vec();
+        self.replaced += 1;
+    }
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        if self.refuse_dispatch {
+            return None;
+        }
+        let token = self.calls.len() as u32 + 100;
+        let h = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.calls
+            .push((token, cluster.into(), h, body.to_vec(), timeout_ms));
+        Some(token)
+    }
+    fn call_status(&self) -> Option<u32> {
+        self.call_answer.as_ref().and_then(|(s, _)| *s)
+    }
+    fn call_body(&self, len: usize) -> Option<Vec<u8>> {
+        self.call_answer
+            .as_ref()
+            .map(|(_, b)| b[..len.min(b.len())].to_vec())
+    }
+    fn resume(&mut self) {
+        self.resumed += 1;
+    }
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+    fn count(&mut self, counter: Counter) {
+        self.counters.push(counter);
+    }
+    fn respond(&mut self, status: u32, _headers: &[(&str, &str)], body: &[u8]) {
+        assert!(self.reply.is_none(), "answered twice");
+        self.reply = Some((status, String::from_utf8_lossy(body).into_owned()));
+    }
+}

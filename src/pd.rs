@@ -1,0 +1,167 @@
+//! Prefill/decode disaggregation: which wire protocol a ModelServer speaks and how each leg's
+//! body is built from the client's body. Pure byte work on the scanned top-level members; no
+//! host calls. Protocols (shared/KTHENA-BEHAVIOUR.md):
+//!
+//! - vLLM `http` / `lmcache` (and the vLLM default): prefill leg without `stream` /
+//!   `stream_options`, `max_tokens: 1` (and `max_completion_tokens: 1` if present); after a 2xx,
+//!   the decode leg is the client's body.
+//! - vLLM `nixl` / `mooncake`: as above, and the prefill leg asks for a remote decode with
+//!   `kv_transfer_params`; the prefill answer's `kv_transfer_params` go verbatim into the decode
+//!   leg.
+//! - SGLang: both legs carry `bootstrap_host` (prefill pod IP), `bootstrap_port`,
+//!   `bootstrap_room`; they are sent at the same time and the prefill answer is discarded.
+//!
+//! Both legs carry the rewritten model name.
+
+use std::ops::Range;
+
+use filter_config::Engine;
+
+use crate::rewrite::push_json_string;
+use crate::scan::{scan, Scan};
+
+/// How a PD ModelServer's two legs are coordinated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// vLLM http / lmcache: prefill first (1 token), then decode.
+    VllmSequential,
+    /// vLLM nixl / mooncake: prefill first, its `kv_transfer_params` go to decode.
+    VllmKvTransfer,
+    /// SGLang bootstrap: both legs at once, paired by `bootstrap_room`.
+    Sglang,
+}
+
+impl Protocol {
+    pub fn of(engine: Engine, kv_connector: Option<&str>) -> Self {
+        match (engine, kv_connector) {
+            (_, Some("nixl" | "mooncake")) => Protocol::VllmKvTransfer,
+            (Engine::Sglang, _) => Protocol::Sglang,
+            (Engine::Vllm, _) => Protocol::VllmSequential,
+        }
+    }
+}
+
+/// What the prefill leg asks of a NIXL/Mooncake connector.
+pub const KV_TRANSFER_REQUEST: &str = r#"{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}"#;
+
+/// SGLang's pairing fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// The prefill pod's IP (no port).
+    pub host: String,
+    pub port: u16,
+    /// 0..2^63-1, fresh per attempt.
+    pub room: u64,
+}
+
+impl Bootstrap {
+    fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut host = Vec::new();
+        push_json_string(&mut host, &self.host);
+        vec![
+            ("bootstrap_host", host),
+            ("bootstrap_port", self.port.to_string().into_bytes()),
+            ("bootstrap_room", self.room.to_string().into_bytes()),
+        ]
+    }
+}
+
+/// The prefill leg's body.
+pub fn prefill_body(
+    body: &[u8],
+    scan: &Scan<'_>,
+    protocol: Protocol,
+    model: &str,
+    bootstrap: Option<&Bootstrap>,
+) -> Vec<u8> {
+    let mut set: Vec<(&str, Vec<u8>)> = vec![("model", json_string(model))];
+    let mut remove: Vec<&str> = vec![];
+    match protocol {
+        Protocol::VllmSequential | Protocol::VllmKvTransfer => {
+            remove.extend(["stream", "stream_options"]);
+            set.push(("max_tokens", b"1".to_vec()));
+            if scan.member(body, "max_completion_tokens").is_some() {
+                set.push(("max_completion_tokens", b"1".to_vec()));
+            }
+            if protocol == Protocol::VllmKvTransfer {
+                set.push((
+                    "kv_transfer_params",
+                    KV_TRANSFER_REQUEST.as_bytes().to_vec(),
+                ));
+            }
+        }
+        Protocol::Sglang => set.extend(bootstrap.map(Bootstrap::fields).unwrap_or_default()),
+    }
+    edit_object(body, scan, &remove, &set)
+}
+
+/// The decode leg's body: the client's body with the model rewritten, plus the prefill's
+/// `kv_transfer_params` (raw JSON) or SGLang's bootstrap fields.
+pub fn decode_body(
+    body: &[u8],
+    scan: &Scan<'_>,
+    model: &str,
+    kv_transfer_params: Option<&[u8]>,
+    bootstrap: Option<&Bootstrap>,
+) -> Vec<u8> {
+    let mut set: Vec<(&str, Vec<u8>)> = vec![("model", json_string(model))];
+    if let Some(kv) = kv_transfer_params {
+        set.push(("kv_transfer_params", kv.to_vec()));
+    }
+    set.extend(bootstrap.map(Bootstrap::fields).unwrap_or_default());
+    edit_object(body, scan, &[], &set)
+}
+
+/// The raw top-level `kv_transfer_params` object of a prefill answer, if it has one.
+pub fn kv_transfer_params(answer: &[u8]) -> Option<&[u8]> {
+    let s = scan(answer).ok()?;
+    let span = s.member(answer, "kv_transfer_params")?;
+    let raw = answer.get(span)?;
+    raw.starts_with(b"{").then_some(raw)
+}
+
+fn json_string(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    push_json_string(&mut v, s);
+    v
+}
+
+/// Rebuilds a JSON object: members named in `remove` or `set` are dropped where they stand,
+/// every other member is copied byte for byte in order, then the `set` members are appended.
+pub fn edit_object(
+    body: &[u8],
+    scan: &Scan<'_>,
+    remove: &[&str],
+    set: &[(&str, Vec<u8>)],
+) -> Vec<u8> {
+    let named = |key: &Range<usize>| {
+        let k = body.get(key.clone()).unwrap_or_default();
+        remove.iter().any(|r| r.as_bytes() == k) || set.iter().any(|(s, _)| s.as_bytes() == k)
+    };
+    let extra: usize = set.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    out.push(b'{');
+    for m in scan.members.iter().filter(|m| !named(&m.key)) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // From the key's opening quote to the end of its value.
+        out.extend_from_slice(
+            body.get(m.key.start.saturating_sub(1)..m.value.end)
+                .unwrap_or_default(),
+        );
+    }
+    for (k, v) in set {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        push_json_string(&mut out, k);
+        out.push(b':');
+        out.extend_from_slice(v);
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests;
