@@ -2,6 +2,9 @@
 use super::*;
 
 /// A recording host: request headers and body in, mutations and local replies out.
+/// A side call: (token, cluster, headers, body, timeout ms).
+pub type Call = (u32, String, Vec<(String, String)>, Vec<u8>, u64);
+
 #[derive(Default, Debug)]
 pub struct FakeHost {
     pub headers: Vec<(String, String)>,
@@ -9,7 +12,7 @@ pub struct FakeHost {
     pub reply: Option<(u32, String)>,
     pub replaced: usize,
     /// Side calls sent: (token, cluster, headers, body, timeout ms).
-    pub calls: Vec<(u32, String, Vec<(String, String)>, Vec<u8>, u64)>,
+    pub calls: Vec<Call>,
     /// The side call answer being delivered: (status, body).
     pub call_answer: Option<(Option<u32>, Vec<u8>)>,
     /// Refuse every dispatch (as a host without the cluster would).

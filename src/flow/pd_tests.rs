@@ -337,11 +337,11 @@ fn property_pairs_are_always_within_one_group_and_spread_over_groups() {
 #[test]
 fn pd_server_without_a_complete_group_is_503() {
     // Only a lonely prefill pod and a role-less pod.
-    let mut cfg: FilterConfig = serde_json::from_str(&format!(
-        r#"{{"version":1,"routes":[{{"name":"r","model_name":"pd","rules":[{{"name":"d","targets":[{{"server":"s","weight":1}}]}}]}}],
-        "servers":[{{"name":"s","cluster":"c","engine":"vllm","pd":{{"group_key":"g"}},"endpoints":[
-        {{"address":"127.0.0.30:8000","pod":"p30","group":"g2","role":"prefill"}},{{"address":"127.0.0.40:8000","pod":"p40"}}]}}]}}"#
-    ))
+    let mut cfg: FilterConfig = serde_json::from_str(
+        r#"{"version":1,"routes":[{"name":"r","model_name":"pd","rules":[{"name":"d","targets":[{"server":"s","weight":1}]}]}],
+        "servers":[{"name":"s","cluster":"c","engine":"vllm","pd":{"group_key":"g"},"endpoints":[
+        {"address":"127.0.0.30:8000","pod":"p30","group":"g2","role":"prefill"},{"address":"127.0.0.40:8000","pod":"p40"}]}]}"#,
+    )
     .unwrap();
     cfg.settings = Settings::default();
     let mut r = Router::compile(cfg, 1).unwrap();
