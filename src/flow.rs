@@ -504,15 +504,27 @@ impl Flow {
             return;
         }
         let status = host.call_status();
-        let ok = matches!(status, Some(200..=299));
         let elapsed = host.now_ms().saturating_sub(st.sent_ms);
-        let timed_out =
-            !ok && (status == Some(504) || status.is_none()) && elapsed + 50 >= st.timeout_ms;
-        host.count(match (ok, status, timed_out) {
-            (true, _, _) => Counter::PrefillOk,
-            (_, _, true) => Counter::PrefillTimeout,
-            (_, None, _) => Counter::PrefillUnreachable,
-            _ => Counter::PrefillFailed,
+        let leg = match status {
+            Some(200..=299) => Leg::Ok,
+            Some(504) | None if elapsed + 50 >= st.timeout_ms => Leg::TimedOut,
+            None => Leg::Unreachable,
+            // Envoy's own answer when it could not reach the pod at all.
+            Some(503)
+                if envoy_local_unreachable(
+                    &host.call_body(body_size.min(128)).unwrap_or_default(),
+                ) =>
+            {
+                Leg::Unreachable
+            }
+            Some(s) => Leg::Failed(s),
+        };
+        let ok = leg == Leg::Ok;
+        host.count(match leg {
+            Leg::Ok => Counter::PrefillOk,
+            Leg::TimedOut => Counter::PrefillTimeout,
+            Leg::Unreachable => Counter::PrefillUnreachable,
+            Leg::Failed(_) => Counter::PrefillFailed,
         });
         if st.protocol == Protocol::Sglang || self.phase != Phase::AwaitPrefill {
             self.pd = Some(st);
@@ -575,21 +587,21 @@ impl Flow {
             host.count(Counter::PrefillUnreachable);
         }
         host.count(Counter::PdExhausted);
-        let e = match (status, timed_out) {
-            (_, true) => ErrorReply::new(
+        let e = match leg {
+            Leg::TimedOut => ErrorReply::new(
                 504,
                 "prefill_timeout",
                 format!("prefill did not answer within {} ms", st.timeout_ms),
             ),
-            (None, _) => ErrorReply::new(
-                503,
-                "prefill_unavailable",
-                "no prefill pod could be reached",
-            ),
-            (Some(s), _) => ErrorReply::new(
+            Leg::Failed(s) => ErrorReply::new(
                 502,
                 "prefill_failed",
                 format!("prefill pod answered status {s}"),
+            ),
+            Leg::Ok | Leg::Unreachable => ErrorReply::new(
+                503,
+                "prefill_unavailable",
+                "no prefill pod could be reached",
             ),
         };
         self.fail(host, &e);
@@ -616,6 +628,21 @@ impl Flow {
         );
         Action::Pause
     }
+}
+
+/// How a prefill leg ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Ok,
+    TimedOut,
+    Unreachable,
+    Failed(u32),
+}
+
+/// Envoy's local reply bodies for "could not reach the upstream" (connect failure, reset
+/// before headers, no host): a 503 that no engine sent.
+fn envoy_local_unreachable(body: &[u8]) -> bool {
+    body.starts_with(b"upstream connect error") || body.starts_with(b"no healthy upstream")
 }
 
 /// The host part of `ip:port` / `[v6]:port` (SGLang's `bootstrap_host`).

@@ -87,6 +87,11 @@ pub struct Pod {
     pub aliases: Vec<String>,
     pub lora: Vec<String>,
     pub ready: bool,
+    /// Extra container env (PD_ROLE, KV_CONNECTOR, INFERENCE_ENGINE, MOCK_DELAY_MS, ...).
+    /// `{BOOTSTRAP_PORT}` in a value becomes the stack's SGLang bootstrap port.
+    pub env: Vec<(String, String)>,
+    /// False: the pod is listed (Ready) but no engine runs at its address (a dead pod).
+    pub running: bool,
 }
 
 impl Pod {
@@ -101,7 +106,17 @@ impl Pod {
             aliases: vec![],
             lora: vec![],
             ready: true,
+            env: vec![],
+            running: true,
         }
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn dead(mut self) -> Self {
+        self.running = false;
+        self
     }
     pub fn lora(mut self, adapters: &[&str]) -> Self {
         self.lora = adapters.iter().map(|s| s.to_string()).collect();
@@ -151,6 +166,8 @@ pub struct Stack {
     pub port: u16,
     pub admin: u16,
     pub pod_port: u16,
+    /// SGLang prefill pods' bootstrap port (`{BOOTSTRAP_PORT}` in resources and env).
+    pub bootstrap_port: u16,
     pub pods: Vec<(Pod, String)>,
     children: Vec<(&'static str, Child)>,
 }
@@ -194,7 +211,7 @@ impl Stack {
         let mock_log = dir.join("mock-llm.log");
         let child = Command::new(bin("mock-llm"))
             .args(["pods", "--file"])
-            .arg(dir.join("pods.yaml"))
+            .arg(dir.join("running-pods.yaml"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&mock_log).expect("log"))
             .spawn()
@@ -267,9 +284,10 @@ impl Stack {
         s
     }
 
-    fn pods_yaml(&self) -> String {
+    /// The pod list; `running_only` leaves out dead pods (for the mock launcher).
+    fn pods_yaml(&self, running_only: bool) -> String {
         let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");
-        for (p, ip) in &self.pods {
+        for (p, ip) in self.pods.iter().filter(|(p, _)| p.running || !running_only) {
             y += &format!("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {}\n    namespace: default\n    labels:\n", p.name);
             for (k, v) in &p.labels {
                 y += &format!("      {k}: \"{v}\"\n");
@@ -288,6 +306,10 @@ impl Stack {
                     p.lora.join(",")
                 );
             }
+            for (k, v) in &p.env {
+                let v = v.replace("{BOOTSTRAP_PORT}", &self.bootstrap_port.to_string());
+                y += &format!("      - name: {k}\n        value: \"{v}\"\n");
+            }
             y += &format!("      ports:\n      - containerPort: {}\n", self.pod_port);
             y += &format!(
                 "  status:\n    phase: Running\n    podIP: {ip}\n    conditions:\n    - type: Ready\n      status: \"{}\"\n",
@@ -301,7 +323,8 @@ impl Stack {
     pub fn write_resources(&self, name: &str, yaml: &str) {
         let yaml = yaml
             .replace("port: 8000", &format!("port: {}", self.pod_port))
-            .replace("{PORT}", &self.pod_port.to_string());
+            .replace("{PORT}", &self.pod_port.to_string())
+            .replace("{BOOTSTRAP_PORT}", &self.bootstrap_port.to_string());
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, yaml).expect("write resources");
         std::fs::rename(&tmp, self.dir.join("resources").join(name)).expect("rename resources");
