@@ -201,11 +201,14 @@ impl Stack {
             port: free_port(),
             admin: free_port(),
             pod_port,
+            bootstrap_port: free_port(),
             pods,
             children: vec![],
         };
         s.write_resources("routes.yaml", resources);
-        std::fs::write(dir.join("pods.yaml"), s.pods_yaml()).expect("pods.yaml");
+        std::fs::write(dir.join("pods.yaml"), s.pods_yaml(false)).expect("pods.yaml");
+        std::fs::write(dir.join("running-pods.yaml"), s.pods_yaml(true))
+            .expect("running-pods.yaml");
 
         // Mock engines, one process per pod.
         let mock_log = dir.join("mock-llm.log");
