@@ -4,9 +4,12 @@
 //!
 //! - `engine` — request -> answer logic (pure)
 //! - `server` — HTTP/1.1 serving of one pod, request log, load counters
+//! - `pd`     — prefill/decode roles' I/O: KV blocks + `/mock/kv`, SGLang bootstrap server,
+//!   the decode side's KV pull / bootstrap wait
 //! - `pods`   — Kubernetes Pod list -> one `serve` child process per pod
 
 mod engine;
+mod pd;
 mod pods;
 mod server;
 
@@ -14,12 +17,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use engine::{EngineKind, Served};
+use engine::{EngineKind, KvConnector, PdSettings, Role, Served};
 
 const USAGE: &str = "\
 usage:
   mock-llm serve --listen IP:PORT --model NAME [--alias NAME]... [--lora A,B]...
                  [--pod NAMESPACE/NAME] [--engine vllm|sglang]
+                 [--role prefill|decode] [--kv-connector http|lmcache|nixl|mooncake]
+                 [--bootstrap-port N] [--bootstrap-timeout-ms N]
   mock-llm pods --file PODS.yaml [--port PORT]";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +33,8 @@ enum Cli {
         listen: SocketAddr,
         served: Served,
         pod: Option<String>,
+        pd: PdSettings,
+        steer: server::Steer,
     },
     Pods {
         file: String,
@@ -82,6 +89,8 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
             let mut lora = Vec::new();
             let mut pod = None;
             let mut engine = EngineKind::Vllm;
+            let mut pd = PdSettings::default();
+            let mut steer = server::Steer::default();
             for (k, v) in flags {
                 match k.as_str() {
                     "--listen" => {
@@ -98,6 +107,43 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
                         engine = EngineKind::parse(&v)
                             .ok_or_else(|| format!("--engine {v:?}: expected vllm or sglang"))?
                     }
+                    "--role" => {
+                        pd.role =
+                            Some(Role::parse(&v).ok_or_else(|| {
+                                format!("--role {v:?}: expected prefill or decode")
+                            })?)
+                    }
+                    "--kv-connector" => {
+                        pd.kv_connector = KvConnector::parse(&v).ok_or_else(|| {
+                            format!(
+                                "--kv-connector {v:?}: expected http, lmcache, nixl or mooncake"
+                            )
+                        })?
+                    }
+                    "--bootstrap-port" => {
+                        pd.bootstrap_port = v
+                            .parse::<u16>()
+                            .map_err(|e| format!("--bootstrap-port {v:?}: {e}"))?
+                    }
+                    "--bootstrap-timeout-ms" => {
+                        pd.bootstrap_timeout_ms = v
+                            .parse::<u64>()
+                            .map_err(|e| format!("--bootstrap-timeout-ms {v:?}: {e}"))?
+                    }
+                    "--delay-ms" => {
+                        steer.delay_ms = Some(
+                            v.parse::<u64>()
+                                .map_err(|e| format!("--delay-ms {v:?}: {e}"))?,
+                        )
+                    }
+                    "--status" => {
+                        steer.status = Some(
+                            v.parse::<u16>()
+                                .ok()
+                                .filter(|s| (201..=599).contains(s))
+                                .ok_or_else(|| format!("--status {v:?}: expected 201..599"))?,
+                        )
+                    }
                     _ => return Err(format!("serve: unknown flag {k}")),
                 }
             }
@@ -113,6 +159,8 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
                     engine,
                 },
                 pod,
+                pd,
+                steer,
             })
         }
         "pods" => {
@@ -194,9 +242,16 @@ fn main() -> ExitCode {
                 listen,
                 served,
                 pod,
+                pd,
+                steer,
             } => {
                 let shutdown = shutdown_signal(true).map_err(|e| e.to_string())?;
-                let config = server::PodConfig { served, pod };
+                let config = server::PodConfig {
+                    served,
+                    pod,
+                    pd,
+                    steer,
+                };
                 server::serve(listen, config, shutdown)
                     .await
                     .map_err(|e| format!("serve on {listen}: {e}"))
@@ -246,8 +301,39 @@ mod tests {
                     engine: EngineKind::Sglang,
                 },
                 pod: Some("ns/p".into()),
+                pd: PdSettings::default(),
+                steer: server::Steer::default(),
             })
         );
+    }
+
+    #[test]
+    fn pd_flags_parse() {
+        let cli = parse_cli(&args(
+            "serve --listen 127.0.0.1:8000 --model m --role Decode --kv-connector nixl \
+             --bootstrap-port 9000 --bootstrap-timeout-ms=300",
+        ));
+        let Ok(Cli::Serve { pd, .. }) = cli else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(
+            pd,
+            PdSettings {
+                role: Some(Role::Decode),
+                kv_connector: KvConnector::Nixl,
+                bootstrap_port: 9000,
+                bootstrap_timeout_ms: 300,
+            }
+        );
+        let base = "serve --listen 127.0.0.1:8000 --model m";
+        for bad in [
+            "--role both",
+            "--kv-connector p2p",
+            "--bootstrap-port 70000",
+            "--bootstrap-timeout-ms -1",
+        ] {
+            assert!(parse_cli(&args(&format!("{base} {bad}"))).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::engine::EngineKind;
+use crate::engine::{EngineKind, KvConnector, PdSettings, Role};
 
 /// Port used when neither `--port` nor a `containerPort` is given.
 pub const DEFAULT_PORT: u16 = 8000;
@@ -30,6 +30,11 @@ pub struct PodPlan {
     pub aliases: Vec<String>,
     pub lora: Vec<String>,
     pub engine: EngineKind,
+    /// From env `PD_ROLE`, `KV_CONNECTOR`, `SGLANG_BOOTSTRAP_PORT`,
+    /// `SGLANG_BOOTSTRAP_TIMEOUT_MS`.
+    pub pd: PdSettings,
+    /// From env `MOCK_DELAY_MS`, `MOCK_STATUS` (a slow or failing pod, for tests).
+    pub steer: crate::server::Steer,
 }
 
 impl PodPlan {
@@ -57,6 +62,32 @@ impl PodPlan {
             args.push("--lora".to_string());
             args.push(self.lora.join(","));
         }
+        // Only what differs from the defaults, so aggregated pods keep their old command line.
+        let default = PdSettings::default();
+        if let Some(role) = self.pd.role {
+            args.push("--role".to_string());
+            args.push(role.as_str().to_string());
+        }
+        if self.pd.kv_connector != default.kv_connector {
+            args.push("--kv-connector".to_string());
+            args.push(self.pd.kv_connector.as_str().to_string());
+        }
+        if self.pd.bootstrap_port != default.bootstrap_port {
+            args.push("--bootstrap-port".to_string());
+            args.push(self.pd.bootstrap_port.to_string());
+        }
+        if self.pd.bootstrap_timeout_ms != default.bootstrap_timeout_ms {
+            args.push("--bootstrap-timeout-ms".to_string());
+            args.push(self.pd.bootstrap_timeout_ms.to_string());
+        }
+        if let Some(ms) = self.steer.delay_ms {
+            args.push("--delay-ms".to_string());
+            args.push(ms.to_string());
+        }
+        if let Some(s) = self.steer.status {
+            args.push("--status".to_string());
+            args.push(s.to_string());
+        }
         args
     }
 }
@@ -65,9 +96,23 @@ impl PodPlan {
 #[derive(Debug)]
 pub enum InvalidPods {
     Yaml(String),
-    NoModel { pod: String },
-    BadIp { pod: String, ip: String },
-    BadEngine { pod: String, engine: String },
+    NoModel {
+        pod: String,
+    },
+    BadIp {
+        pod: String,
+        ip: String,
+    },
+    BadEngine {
+        pod: String,
+        engine: String,
+    },
+    BadEnv {
+        pod: String,
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl fmt::Display for InvalidPods {
@@ -85,6 +130,12 @@ impl fmt::Display for InvalidPods {
                 f,
                 "pod {pod}: env INFERENCE_ENGINE {engine:?} is not vllm or sglang"
             ),
+            InvalidPods::BadEnv {
+                pod,
+                name,
+                value,
+                expected,
+            } => write!(f, "pod {pod}: env {name} {value:?} is not {expected}"),
         }
     }
 }
@@ -187,6 +238,57 @@ fn list(v: Option<String>) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// An optional env value of a pod, parsed; a present but unparsable value is an error.
+fn get<T>(
+    p: &PodObj,
+    pod: &str,
+    name: &'static str,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, InvalidPods> {
+    match p.env(name).filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(v) => parse(v.trim()).map(Some).ok_or(InvalidPods::BadEnv {
+            pod: pod.to_string(),
+            name,
+            value: v,
+            expected,
+        }),
+    }
+}
+
+/// The PD settings from a pod's env; unset or empty variables keep the defaults.
+fn pd_settings(p: &PodObj, pod: &str) -> Result<PdSettings, InvalidPods> {
+    let mut pd = PdSettings {
+        role: get(p, pod, "PD_ROLE", "prefill or decode", Role::parse)?,
+        ..PdSettings::default()
+    };
+    if let Some(c) = get(
+        p,
+        pod,
+        "KV_CONNECTOR",
+        "http, lmcache, nixl or mooncake",
+        KvConnector::parse,
+    )? {
+        pd.kv_connector = c;
+    }
+    if let Some(port) = get(p, pod, "SGLANG_BOOTSTRAP_PORT", "a port number", |v| {
+        v.parse::<u16>().ok()
+    })? {
+        pd.bootstrap_port = port;
+    }
+    if let Some(ms) = get(
+        p,
+        pod,
+        "SGLANG_BOOTSTRAP_TIMEOUT_MS",
+        "a number of milliseconds",
+        |v| v.parse::<u64>().ok(),
+    )? {
+        pd.bootstrap_timeout_ms = ms;
+    }
+    Ok(pd)
+}
+
 /// Parse a pods file into one plan per pod that has `status.podIP`.
 pub fn parse_pods(yaml: &str, port: Option<u16>) -> Result<Vec<PodPlan>, InvalidPods> {
     let docs: Vec<Option<Doc>> =
@@ -231,6 +333,15 @@ pub fn parse_pods(yaml: &str, port: Option<u16>) -> Result<Vec<PodPlan>, Invalid
                 engine: e,
             })?,
         };
+        let pd = pd_settings(&p, &pod)?;
+        let steer = crate::server::Steer {
+            delay_ms: get(&p, &pod, "MOCK_DELAY_MS", "a number of milliseconds", |v| {
+                v.parse::<u64>().ok()
+            })?,
+            status: get(&p, &pod, "MOCK_STATUS", "a status 201..599", |v| {
+                v.parse::<u16>().ok().filter(|s| (201..=599).contains(s))
+            })?,
+        };
         let port = port.or_else(|| p.container_port()).unwrap_or(DEFAULT_PORT);
         plans.push(PodPlan {
             listen: SocketAddr::new(ip, port),
@@ -238,6 +349,8 @@ pub fn parse_pods(yaml: &str, port: Option<u16>) -> Result<Vec<PodPlan>, Invalid
             aliases: list(p.env("SERVED_MODEL_ALIASES")),
             lora: list(p.env("LORA_ADAPTERS")),
             engine,
+            pd,
+            steer,
             pod,
         });
     }

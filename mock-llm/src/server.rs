@@ -1,8 +1,9 @@
 //! Server: the HTTP/1.1 side of one mock pod — accepting connections, routing paths, reading
 //! (possibly chunked) bodies, the test-steering headers (`x-mock-delay-ms`, `x-mock-status`,
 //! `x-mock-chunk-delay-ms`), the request log behind `/mock/requests`, the live load counters and
-//! the streaming response body. What to answer is decided in `engine.rs`; this file only moves
-//! bytes and records what it received. It never invents routing results.
+//! the streaming response body, and the order of a request's steps (admission incl. the PD
+//! checks, delay, PD step from `pd.rs`, answer). What to answer is decided in `engine.rs`; this
+//! file only moves bytes and records what it received. It never invents routing results.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -28,7 +29,10 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
-use crate::engine::{self, Api, Load, Reply, Served, Stamp};
+use crate::engine::{
+    self, Api, EngineKind, KvTransferParams, Load, PdSettings, Reply, Role, Served, Stamp,
+};
+use crate::pd::{self, PdState};
 
 /// How many requests `/mock/requests` keeps.
 const LOG_CAPACITY: usize = 10_000;
@@ -43,6 +47,17 @@ pub struct PodConfig {
     pub served: Served,
     /// `namespace/name`; `None` = `default/<bound address>`.
     pub pod: Option<String>,
+    /// Prefill/decode role and its settings.
+    pub pd: PdSettings,
+    /// Pod-wide steering defaults (a slow or failing pod); request headers override them.
+    pub steer: Steer,
+}
+
+/// Pod-wide behaviour for tests: `--delay-ms` / `MOCK_DELAY_MS`, `--status` / `MOCK_STATUS`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Steer {
+    pub delay_ms: Option<u64>,
+    pub status: Option<u16>,
 }
 
 /// One entry of `/mock/requests`.
@@ -58,6 +73,24 @@ struct Record {
     body: Option<Value>,
     body_bytes: usize,
     status: u16,
+    /// `"prefill"`, `"decode"`, or null (aggregated).
+    role: Option<&'static str>,
+    #[serde(flatten)]
+    pd: PdNote,
+}
+
+/// What the PD steps of one request did (only the fields that apply are shown).
+#[derive(Debug, Default, Serialize)]
+struct PdNote {
+    /// vLLM decode without `kv_transfer_params`: the prefill was computed here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_prefill: Option<bool>,
+    /// vLLM decode: `host:port` the KV blocks were pulled from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_pulled_from: Option<String>,
+    /// SGLang decode: how long it waited for its prefill's bootstrap room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_waited_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -69,6 +102,10 @@ struct Log {
 struct State {
     served: Served,
     pod: HeaderValue,
+    listen: SocketAddr,
+    pd_settings: PdSettings,
+    steer: Steer,
+    pd: Arc<PdState>,
     running: AtomicU64,
     success: AtomicU64,
     log: Mutex<Log>,
@@ -240,12 +277,39 @@ pub async fn serve(
             format!("pod name {pod:?} is not a valid header value: {e}"),
         )
     })?;
+    let pd_state = Arc::new(PdState::new(&pod));
+    let role = config.pd.role;
+    let mut role_note = String::new();
+    if let Some(role) = role {
+        role_note = format!(" role={}", role.as_str());
+    }
+    let bootstrap = match (config.served.engine, role) {
+        (EngineKind::Sglang, Some(Role::Prefill)) => {
+            let addr = pd::bootstrap_addr(local, config.pd.bootstrap_port);
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("bootstrap server on {addr}: {e}"))
+            })?;
+            role_note.push_str(&format!(" bootstrap={}", l.local_addr()?));
+            Some(l)
+        }
+        (EngineKind::Vllm, Some(_)) => {
+            role_note.push_str(&format!(
+                " kv_connector={}",
+                config.pd.kv_connector.as_str()
+            ));
+            None
+        }
+        _ => None,
+    };
+    if let Some(l) = bootstrap {
+        tokio::spawn(pd::serve_bootstrap(l, pd_state.clone(), pod_header.clone()));
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "mock-llm listening on {local} pod={pod} model={}",
+            "mock-llm listening on {local} pod={pod} model={}{role_note}",
             config.served.model
         )?;
         out.flush()?;
@@ -253,6 +317,10 @@ pub async fn serve(
     let state = Arc::new(State {
         served: config.served,
         pod: pod_header,
+        listen: local,
+        pd_settings: config.pd,
+        steer: config.steer,
+        pd: pd_state,
         running: AtomicU64::new(0),
         success: AtomicU64::new(0),
         log: Mutex::new(Log::default()),
@@ -319,6 +387,7 @@ async fn handle(
             state.with_log(|log| log.entries.clear());
             plain(StatusCode::NO_CONTENT, None, MockBody::empty())
         }
+        (&Method::GET, "/mock/kv") => kv_blocks(&state, req.uri().query().unwrap_or("")),
         (&Method::POST, p) if p.starts_with("/v1/") => inference(&state, req).await,
         _ => error_response(404, &format!("Not Found: {method} {path}")),
     };
@@ -356,10 +425,6 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
 
     let body = Limited::new(incoming, BODY_LIMIT).collect().await;
 
-    if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms") {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-
     let (bytes, read_error) = match body {
         Ok(c) => (c.to_bytes(), None),
         Err(e) => {
@@ -376,27 +441,42 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
 
     let forced_status = header_u64(&parts.headers, "x-mock-status")
         .and_then(|s| u16::try_from(s).ok())
+        .or(state.steer.status)
         .filter(|s| (200..=599).contains(s) && *s != 200);
 
-    let reply = match (&read_error, forced_status, Api::from_path(&path)) {
-        (Some((true, _)), _, _) => engine::error_reply(413, "Request body too large."),
-        (Some((false, e)), _, _) => {
-            engine::error_reply(400, &format!("Cannot read request body: {e}"))
-        }
-        (None, Some(status), _) => engine::error_reply(
+    // Admission: what the engine checks before scheduling (body, model, PD fields). An SGLang
+    // prefill registers its bootstrap room here, as soon as the request has arrived.
+    let admitted = match (&read_error, forced_status, Api::from_path(&path)) {
+        (Some((true, _)), _, _) => Err(engine::error_reply(413, "Request body too large.")),
+        (Some((false, e)), _, _) => Err(engine::error_reply(
+            400,
+            &format!("Cannot read request body: {e}"),
+        )),
+        (None, Some(status), _) => Err(engine::error_reply(
             status,
             &format!("Mock error with status {status} requested by x-mock-status."),
-        ),
-        (None, None, None) => engine::error_reply(404, &format!("Not Found: POST {path}")),
+        )),
+        (None, None, None) => Err(engine::error_reply(404, &format!("Not Found: POST {path}"))),
         (None, None, Some(api)) => {
-            let stamp = state.stamp();
-            engine::answer(
-                &state.served,
-                api,
-                parsed.as_ref().map_err(String::as_str),
-                &stamp,
+            engine::prepare(&state.served, api, parsed.as_ref().map_err(String::as_str)).and_then(
+                |prepared| {
+                    let empty = Map::new();
+                    let obj = parsed.as_ref().ok().and_then(Value::as_object);
+                    admit_pd(state, obj.unwrap_or(&empty), prepared.is_stream())
+                        .map(|step| (prepared, step))
+                },
             )
         }
+    };
+
+    if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms").or(state.steer.delay_ms) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let mut note = PdNote::default();
+    let reply = match admitted {
+        Err(reply) => reply,
+        Ok((prepared, step)) => run_pd(state, &prepared, step, &mut note).await,
     };
 
     let status = reply.status();
@@ -424,6 +504,8 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
         },
         body_bytes: bytes.len(),
         status,
+        role: state.pd_settings.role.map(Role::as_str),
+        pd: note,
     });
     if (200..300).contains(&status) {
         state.success.fetch_add(1, Ordering::Relaxed);
@@ -444,6 +526,119 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
                 .insert("cache-control", HeaderValue::from_static("no-cache"));
             resp
         }
+    }
+}
+
+/// The PD work a request needs after admission.
+enum PdStep {
+    /// Aggregated, or a role that needs nothing extra.
+    Nothing,
+    /// vLLM prefill asked for a remote decode: hand out fresh KV blocks.
+    IssueKv,
+    /// vLLM decode without `kv_transfer_params`: prefill locally.
+    LocalPrefill,
+    /// vLLM decode: pull the KV blocks first.
+    PullKv(engine::RemoteKv),
+    /// SGLang decode: wait for the prefill's bootstrap room.
+    WaitRoom(engine::Bootstrap),
+}
+
+/// Check the PD fields the pod's role and engine require; `Err` is the 400 reply.
+fn admit_pd(state: &State, body: &Map<String, Value>, stream: bool) -> Result<PdStep, Reply> {
+    let bad = |msg: String| engine::error_reply(400, &msg);
+    let settings = &state.pd_settings;
+    let Some(role) = settings.role else {
+        return Ok(PdStep::Nothing);
+    };
+    match (state.served.engine, role) {
+        (EngineKind::Vllm, _) if !settings.kv_connector.transfers_kv() => Ok(PdStep::Nothing),
+        (EngineKind::Vllm, Role::Prefill) => {
+            // A streaming answer has nowhere to carry kv_transfer_params.
+            let remote_decode = engine::check_prefill_kv(body).map_err(bad)?;
+            Ok(if remote_decode && !stream {
+                PdStep::IssueKv
+            } else {
+                PdStep::Nothing
+            })
+        }
+        (EngineKind::Vllm, Role::Decode) => {
+            Ok(match engine::check_decode_kv(body).map_err(bad)? {
+                Some(remote) => PdStep::PullKv(remote),
+                None => PdStep::LocalPrefill,
+            })
+        }
+        (EngineKind::Sglang, Role::Prefill) => {
+            let b = engine::check_bootstrap(body).map_err(bad)?;
+            let ip = state.listen.ip();
+            if !ip.is_unspecified() && !engine::host_is(&b.host, ip) {
+                return Err(bad(format!(
+                    "bootstrap_host {:?} is not this prefill pod's IP {ip}",
+                    b.host
+                )));
+            }
+            state.pd.register_room(b.room);
+            Ok(PdStep::Nothing)
+        }
+        (EngineKind::Sglang, Role::Decode) => Ok(PdStep::WaitRoom(
+            engine::check_bootstrap(body).map_err(bad)?,
+        )),
+    }
+}
+
+/// Do the PD step (KV pull, bootstrap wait, block hand-out), then answer.
+async fn run_pd(
+    state: &State,
+    prepared: &engine::Prepared,
+    step: PdStep,
+    note: &mut PdNote,
+) -> Reply {
+    match step {
+        PdStep::Nothing => prepared.reply(&state.stamp(), None),
+        PdStep::IssueKv => {
+            let params = KvTransferParams::issued(
+                &state.pd.engine_id,
+                state.pd.allocate_blocks(),
+                &state.listen.ip().to_string(),
+                state.listen.port(),
+            );
+            prepared.reply(&state.stamp(), Some(&params))
+        }
+        PdStep::LocalPrefill => {
+            note.local_prefill = Some(true);
+            prepared.reply(&state.stamp(), None)
+        }
+        PdStep::PullKv(remote) => match pd::pull_kv(&remote).await {
+            Ok(()) => {
+                note.kv_pulled_from = Some(format!("{}:{}", remote.host, remote.port));
+                prepared.reply(&state.stamp(), None)
+            }
+            Err(msg) => engine::error_reply(500, &msg),
+        },
+        PdStep::WaitRoom(bootstrap) => {
+            let timeout = Duration::from_millis(state.pd_settings.bootstrap_timeout_ms);
+            match pd::wait_for_room(&bootstrap, timeout).await {
+                Ok(ms) => {
+                    note.bootstrap_waited_ms = Some(ms);
+                    prepared.reply(&state.stamp(), None)
+                }
+                Err(msg) => engine::error_reply(500, &msg),
+            }
+        }
+    }
+}
+
+/// `GET /mock/kv?engine=E&ids=1,2,3`: 200 only if this pod issued exactly those blocks.
+fn kv_blocks(state: &State, query: &str) -> Response<MockBody> {
+    match pd::parse_kv_query(query) {
+        Some((engine_id, ids)) if state.pd.holds(&engine_id, &ids) => json_response(
+            200,
+            serde_json::json!({"engine_id": engine_id, "block_ids": ids}).to_string(),
+        ),
+        Some((engine_id, ids)) => error_response(
+            404,
+            &format!("engine {engine_id:?} holds no KV blocks {ids:?}"),
+        ),
+        None => error_response(404, "expected /mock/kv?engine=ID&ids=1,2,3"),
     }
 }
 

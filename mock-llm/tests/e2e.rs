@@ -1,152 +1,14 @@
 //! End-to-end: run the real `mock-llm` binary and talk HTTP/1.1 to it over plain TCP.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mock-llm");
-
-/// Kills the child process when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_line = String::from_utf8_lossy(&raw[..eol]);
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&raw[start..start + size]);
-        raw = &raw[start + size + 2..];
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`). `chunked` sends the body chunked.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-    chunked: bool,
-) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    match (body, chunked) {
-        (Some(b), false) => req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )),
-        (Some(b), true) => {
-            req.push_str("Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-            let (a, c) = b.split_at(b.len() / 2);
-            for part in [a, c] {
-                req.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
-            }
-            req.push_str("0\r\n\r\n");
-        }
-        (None, _) => req.push_str("\r\n"),
-    }
-    s.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut resp = Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    };
-    if resp.header("transfer-encoding") == Some("chunked") {
-        resp.body = dechunk(&resp.body);
-    }
-    resp
-}
-
-fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &Value) -> Resp {
-    request(addr, "POST", path, headers, Some(&body.to_string()), false)
-}
-
-fn get(addr: SocketAddr, path: &str) -> Resp {
-    request(addr, "GET", path, &[], None, false)
-}
-
-fn wait_healthy(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            if s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} never became healthy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start_serve(port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -167,22 +29,6 @@ fn start_serve(port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
         format!("mock-llm listening on {addr} pod=ns/pod-1 model=llama")
     );
     (proc, addr)
-}
-
-/// The JSON payloads of an SSE body, and whether it ended with `[DONE]`.
-fn sse_payloads(body: &str) -> (Vec<Value>, bool) {
-    let events: Vec<&str> = body
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| e.strip_prefix("data: ").expect("data: prefix"))
-        .collect();
-    let done = events.last() == Some(&"[DONE]");
-    let payloads = events
-        .iter()
-        .filter(|e| **e != "[DONE]")
-        .map(|e| serde_json::from_str(e).expect("chunk JSON"))
-        .collect();
-    (payloads, done)
 }
 
 #[test]

@@ -349,3 +349,226 @@ fn fields_keep_vllm_wire_order() {
         r#"{"object":"error","message":"nope","type":"NotFoundError","param":null,"code":404}"#
     );
 }
+
+// --- Prefill/decode disaggregation -------------------------------------------------------
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[test]
+fn roles_and_connectors_parse() {
+    assert_eq!(Role::parse("Prefill"), Some(Role::Prefill));
+    assert_eq!(Role::parse("decode"), Some(Role::Decode));
+    assert_eq!(Role::parse("both"), None);
+    for (s, c, moves) in [
+        ("http", KvConnector::Http, false),
+        ("LMCache", KvConnector::Lmcache, false),
+        ("nixl", KvConnector::Nixl, true),
+        ("mooncake", KvConnector::Mooncake, true),
+    ] {
+        assert_eq!(KvConnector::parse(s), Some(c));
+        assert_eq!(c.transfers_kv(), moves);
+        assert_eq!(KvConnector::parse(c.as_str()), Some(c));
+    }
+    assert_eq!(KvConnector::parse("p2p"), None);
+    let d = PdSettings::default();
+    assert_eq!(
+        (
+            d.role,
+            d.kv_connector,
+            d.bootstrap_port,
+            d.bootstrap_timeout_ms
+        ),
+        (None, KvConnector::Http, 8998, 5000)
+    );
+}
+
+#[test]
+fn prefill_kv_params_must_ask_for_a_remote_decode() {
+    // What the router sends (Kthena's shape, nulls included).
+    let router = json!({"kv_transfer_params": {"do_remote_decode": true, "do_remote_prefill": false,
+        "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, "remote_port": null}});
+    assert_eq!(check_prefill_kv(&obj(router)), Ok(true));
+    assert_eq!(
+        check_prefill_kv(&obj(
+            json!({"kv_transfer_params": {"do_remote_decode": true}})
+        )),
+        Ok(true)
+    );
+    assert_eq!(check_prefill_kv(&obj(json!({"prompt": "x"}))), Ok(false));
+    assert_eq!(
+        check_prefill_kv(&obj(json!({"kv_transfer_params": null}))),
+        Ok(false)
+    );
+    for bad in [
+        json!({"kv_transfer_params": "yes"}),
+        json!({"kv_transfer_params": {}}),
+        json!({"kv_transfer_params": {"do_remote_decode": false}}),
+        json!({"kv_transfer_params": {"do_remote_decode": "true"}}),
+        json!({"kv_transfer_params": {"do_remote_decode": true, "do_remote_prefill": true}}),
+    ] {
+        let err = check_prefill_kv(&obj(bad.clone()))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("malformed kv_transfer_params"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+fn good_decode_params() -> Value {
+    json!({"do_remote_prefill": true, "do_remote_decode": false, "remote_engine_id": "p-0-ab",
+           "remote_block_ids": [5, 6, 7, 8], "remote_host": "10.0.0.7", "remote_port": 8000,
+           "tp_size": 1})
+}
+
+#[test]
+fn decode_kv_params_name_where_to_pull_from() {
+    assert_eq!(
+        check_decode_kv(&obj(json!({"kv_transfer_params": good_decode_params()}))),
+        Ok(Some(RemoteKv {
+            engine_id: "p-0-ab".into(),
+            block_ids: vec![5, 6, 7, 8],
+            host: "10.0.0.7".into(),
+            port: 8000,
+        }))
+    );
+    assert_eq!(check_decode_kv(&obj(json!({}))), Ok(None));
+    assert_eq!(
+        check_decode_kv(&obj(json!({"kv_transfer_params": null}))),
+        Ok(None)
+    );
+    let broken: [(&str, Value); 11] = [
+        ("do_remote_prefill", Value::Null),
+        ("do_remote_prefill", json!(false)),
+        ("do_remote_decode", json!(true)),
+        ("remote_engine_id", Value::Null),
+        ("remote_engine_id", json!(3)),
+        ("remote_block_ids", json!([])),
+        ("remote_block_ids", json!([1, "2"])),
+        ("remote_block_ids", json!([-1])),
+        ("remote_host", json!(["h"])),
+        ("remote_port", json!("8000")),
+        ("remote_port", json!(70000)),
+    ];
+    for (key, value) in broken {
+        let mut params = obj(good_decode_params());
+        params.insert(key.into(), value.clone());
+        let body = obj(json!({ "kv_transfer_params": params }));
+        let err = check_decode_kv(&body).err().unwrap_or_default();
+        assert!(
+            err.starts_with("malformed kv_transfer_params: "),
+            "{key}={value}: {err}"
+        );
+    }
+    for key in ["remote_block_ids", "remote_host", "remote_port"] {
+        let mut params = obj(good_decode_params());
+        params.remove(key);
+        let body = obj(json!({ "kv_transfer_params": params }));
+        let err = check_decode_kv(&body).err().unwrap_or_default();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    assert!(check_decode_kv(&obj(json!({"kv_transfer_params": [1]}))).is_err());
+}
+
+#[test]
+fn prefill_answer_carries_kv_transfer_params_last() {
+    let prepared = prepare(
+        &served(),
+        Api::Completions,
+        Ok(&json!({"model": "llama", "prompt": "hi", "max_tokens": 1})),
+    );
+    let Ok(prepared) = prepared else {
+        panic!("{prepared:?}");
+    };
+    assert!(!prepared.is_stream());
+    let params = KvTransferParams::issued("p-0-ab", vec![1, 2, 3, 4], "10.0.0.7", 8000);
+    let Reply::Json { status, body } = prepared.reply(&stamp(), Some(&params)) else {
+        panic!("expected JSON");
+    };
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        r#"{"id":"cmpl-abc123","object":"text_completion","created":1700000000,"model":"llama","choices":[{"index":0,"text":"This","logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"kv_transfer_params":{"do_remote_prefill":true,"do_remote_decode":false,"remote_engine_id":"p-0-ab","remote_block_ids":[1,2,3,4],"remote_host":"10.0.0.7","remote_port":8000,"tp_size":1}}"#
+    );
+    // The copied params are exactly what a decode accepts.
+    let (_, v) = json_of(prepared.reply(&stamp(), Some(&params)));
+    assert_eq!(
+        check_decode_kv(&obj(json!({"kv_transfer_params": v["kv_transfer_params"]}))),
+        Ok(Some(RemoteKv {
+            engine_id: "p-0-ab".into(),
+            block_ids: vec![1, 2, 3, 4],
+            host: "10.0.0.7".into(),
+            port: 8000,
+        }))
+    );
+    // Chat answers carry it too; without params nothing is added.
+    let chat = prepare(&served(), Api::Chat, Ok(&json!({}))).ok();
+    let (_, v) = json_of(chat.clone().map_or(Reply::Stream { events: vec![] }, |p| {
+        p.reply(&stamp(), Some(&params))
+    }));
+    assert_eq!(
+        v["kv_transfer_params"]["remote_block_ids"],
+        json!([1, 2, 3, 4])
+    );
+    let (_, v) = json_of(chat.map_or(Reply::Stream { events: vec![] }, |p| {
+        p.reply(&stamp(), None)
+    }));
+    assert!(v.get("kv_transfer_params").is_none());
+    // prepare() rejects what answer() rejects.
+    assert!(prepare(&served(), Api::Chat, Ok(&json!({"model": "nope"}))).is_err());
+}
+
+#[test]
+fn bootstrap_fields_are_required_and_typed() {
+    let ok = json!({"bootstrap_room": 9223372036854775807u64, "bootstrap_host": "10.0.0.7",
+                    "bootstrap_port": 8998});
+    assert_eq!(
+        check_bootstrap(&obj(ok.clone())),
+        Ok(Bootstrap {
+            room: i64::MAX as u64,
+            host: "10.0.0.7".into(),
+            port: 8998,
+        })
+    );
+    let broken: [(&str, Option<Value>); 9] = [
+        ("bootstrap_room", None),
+        ("bootstrap_room", Some(json!(-1))),
+        ("bootstrap_room", Some(json!(9223372036854775808u64))),
+        ("bootstrap_room", Some(json!("12"))),
+        ("bootstrap_host", None),
+        ("bootstrap_host", Some(json!(7))),
+        ("bootstrap_port", None),
+        ("bootstrap_port", Some(json!(65536))),
+        ("bootstrap_port", Some(json!(1.5))),
+    ];
+    for (key, value) in broken {
+        let mut body = obj(ok.clone());
+        match &value {
+            Some(v) => body.insert(key.into(), v.clone()),
+            None => body.remove(key),
+        };
+        let err = check_bootstrap(&body).err().unwrap_or_default();
+        assert!(
+            err.starts_with("missing bootstrap_* fields") && err.contains(key),
+            "{key}={value:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bootstrap_host_matches_the_pod_ip() {
+    let v4: std::net::IpAddr = [10, 0, 0, 7].into();
+    let v6: std::net::IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    assert!(host_is("10.0.0.7", v4));
+    assert!(!host_is("10.0.0.8", v4));
+    assert!(!host_is("pod-0.svc", v4));
+    assert!(host_is("::1", v6));
+    assert!(host_is("[::1]", v6));
+    assert!(!host_is("[::1]", v4));
+}

@@ -145,6 +145,8 @@ fn kubectl_list_gives_one_plan_per_pod_with_an_ip() {
                 aliases: vec!["llama".into(), "llama-8b".into()],
                 lora: vec!["lora-A".into(), "lora-B".into()],
                 engine: EngineKind::Vllm,
+                pd: PdSettings::default(),
+                steer: Default::default(),
             },
             PodPlan {
                 // Namespace defaults; the first containerPort of any container is used.
@@ -154,6 +156,8 @@ fn kubectl_list_gives_one_plan_per_pod_with_an_ip() {
                 aliases: vec![],
                 lora: vec![],
                 engine: EngineKind::Sglang,
+                pd: PdSettings::default(),
+                steer: Default::default(),
             },
         ]
     );
@@ -246,6 +250,8 @@ fn serve_args_round_trip_the_plan() {
         aliases: vec!["a".into()],
         lora: vec!["x".into(), "y".into()],
         engine: EngineKind::Sglang,
+        pd: PdSettings::default(),
+        steer: Default::default(),
     };
     assert_eq!(
         plan.serve_args(),
@@ -265,4 +271,110 @@ fn serve_args_round_trip_the_plan() {
             "x,y"
         ]
     );
+}
+
+#[test]
+fn pd_env_maps_to_serve_flags() {
+    let yaml = r#"apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: p-0, namespace: ns}
+  spec:
+    containers:
+    - env:
+      - {name: MODEL_NAME, value: m}
+      - {name: PD_ROLE, value: prefill}
+      - {name: KV_CONNECTOR, value: nixl}
+  status: {podIP: 10.0.0.2}
+- kind: Pod
+  metadata: {name: d-0, namespace: ns}
+  spec:
+    containers:
+    - env:
+      - {name: MODEL_NAME, value: m}
+      - {name: INFERENCE_ENGINE, value: sglang}
+      - {name: PD_ROLE, value: decode}
+      - {name: SGLANG_BOOTSTRAP_PORT, value: 9000}
+      - {name: SGLANG_BOOTSTRAP_TIMEOUT_MS, value: "300"}
+  status: {podIP: 10.0.0.3}
+- kind: Pod
+  metadata: {name: agg, namespace: ns}
+  spec:
+    containers:
+    - env:
+      - {name: MODEL_NAME, value: m}
+      - {name: PD_ROLE, value: ""}
+  status: {podIP: 10.0.0.4}
+"#;
+    let plans = match parse_pods(yaml, Some(8000)) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    let args: Vec<Vec<String>> = plans.iter().map(|p| p.serve_args()[9..].to_vec()).collect();
+    assert_eq!(
+        args,
+        vec![
+            vec!["--role", "prefill", "--kv-connector", "nixl"],
+            vec![
+                "--role",
+                "decode",
+                "--bootstrap-port",
+                "9000",
+                "--bootstrap-timeout-ms",
+                "300"
+            ],
+            vec![],
+        ]
+    );
+    assert_eq!(plans[2].pd, PdSettings::default());
+
+    for (name, value) in [
+        ("PD_ROLE", "both"),
+        ("KV_CONNECTOR", "p2p"),
+        ("SGLANG_BOOTSTRAP_PORT", "99999"),
+        ("SGLANG_BOOTSTRAP_TIMEOUT_MS", "soon"),
+    ] {
+        let yaml = format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - env: \
+             [{{name: MODEL_NAME, value: m}}, {{name: {name}, value: \"{value}\"}}]\n\
+             status: {{podIP: 10.0.0.3}}\n"
+        );
+        match parse_pods(&yaml, None) {
+            Err(e @ InvalidPods::BadEnv { .. }) => {
+                assert!(e.to_string().contains(name), "{e}")
+            }
+            other => panic!("{name}: expected BadEnv, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn mock_delay_and_status_env_make_a_slow_or_failing_pod() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\nspec:\n  containers:\n  - name: e\n    env:\n    - name: MODEL_NAME\n      value: m\n    - name: MOCK_DELAY_MS\n      value: \"250\"\n    - name: MOCK_STATUS\n      value: \"500\"\nstatus:\n  podIP: 127.0.0.9\n";
+    let plans = parse_pods(yaml, None).unwrap();
+    assert_eq!(
+        plans[0].steer,
+        crate::server::Steer {
+            delay_ms: Some(250),
+            status: Some(500)
+        }
+    );
+    let args = plans[0].serve_args();
+    assert!(
+        args.windows(2).any(|w| w == ["--delay-ms", "250"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--status", "500"]),
+        "{args:?}"
+    );
+    let bad = yaml.replace("\"500\"", "\"99\"");
+    assert!(matches!(
+        parse_pods(&bad, None),
+        Err(InvalidPods::BadEnv {
+            name: "MOCK_STATUS",
+            ..
+        })
+    ));
 }
