@@ -359,12 +359,21 @@ fn envoys_own_503_for_an_unreachable_pod_counts_as_unreachable_not_failed() {
     start_with(&mut f, &mut r, &mut h);
     let body = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
     answer(&mut f, &r, &mut h, Some(503), body);
-    assert_eq!(h.counters, vec![Counter::PrefillUnreachable, Counter::PdExhausted]);
+    assert_eq!(
+        h.counters,
+        vec![Counter::PrefillUnreachable, Counter::PdExhausted]
+    );
     assert_eq!(h.reply_json().0, 503);
     // An engine's own 503 is a failed prefill (502 to the client).
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    answer(&mut f, &r, &mut h, Some(503), r#"{"object":"error","message":"overloaded"}"#);
+    answer(
+        &mut f,
+        &r,
+        &mut h,
+        Some(503),
+        r#"{"object":"error","message":"overloaded"}"#,
+    );
     assert_eq!(h.reply_json().0, 502);
 }
