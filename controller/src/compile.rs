@@ -1,5 +1,6 @@
 //! Compile: validated Kthena resources + pods -> the filter's [`FilterConfig`] plus the cluster
-//! facts an Envoy (or later Istio) renderer needs. Pure: no I/O, no Envoy JSON here.
+//! facts an Envoy (or later Istio) renderer needs. Pure: no I/O (beyond one debug log line
+//! summarising the pods a PD server leaves out), no Envoy JSON here.
 //! Assumes `validate` found no errors (it stays total on bad input, but the result is then
 //! meaningless). Non-fatal surprises become warnings.
 
@@ -7,13 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use filter_config::{
-    Endpoint, Engine, FilterConfig, HeaderMatch, Match, Retry, Route, Rule, Server, Settings,
-    Target, SCHEMA_VERSION,
+    Endpoint, Engine, FilterConfig, HeaderMatch, Match, Pd, Retry, Role, Route, Rule, Server,
+    Settings, Target, SCHEMA_VERSION,
 };
 
 use crate::diag::{object_line, Diagnostics};
 use crate::duration::parse_duration_ms;
-use crate::kthena::{self, ModelRouteSpec, ModelServerSpec, Object};
+use crate::kthena::{
+    self, annotation_path, parse_port_annotation, ModelRouteSpec, ModelServerSpec, Object, PdGroup,
+    SGLANG_BOOTSTRAP_PORT_ANNOTATION,
+};
 use crate::load::Inputs;
 use crate::order::{parse_rfc3339, sort_routes};
 use crate::pods;
@@ -85,10 +89,21 @@ pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> 
 
     let mut servers: Vec<&Object<ModelServerSpec>> = inputs.servers.iter().collect();
     servers.sort_by_key(|s| s.meta.key());
+    let mut excluded = Vec::new();
     let (servers, clusters) = servers
         .into_iter()
-        .map(|s| compile_server(s, &inputs.pods, diags))
+        .map(|s| compile_server(s, &inputs.pods, &mut excluded, diags))
         .unzip();
+    if !excluded.is_empty() {
+        log::debug!(
+            "ready pods left out of PD servers: {}",
+            excluded
+                .iter()
+                .map(|e: &PdExcluded| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
 
     Compiled {
         config: FilterConfig {
@@ -191,9 +206,95 @@ fn compile_match(m: &kthena::ModelMatch) -> Match {
     }
 }
 
+/// Why a ready pod selected by `matchLabels` takes no part in a PD server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdExclusion {
+    /// The pod lacks the `groupKey` label (or its value is empty, which Kthena treats alike).
+    NoGroup,
+    /// The pod has a group but matches neither `decodeLabels` nor `prefillLabels`.
+    NoRole,
+}
+
+/// A pod's place in a PD server: its group (the `groupKey` label value) and its role. Decode is
+/// checked first, so a pod matching both label sets decodes (as in Kthena).
+pub fn pd_membership(pod: &pods::Pod, pd: &PdGroup) -> Result<(String, Role), PdExclusion> {
+    let group = pod
+        .metadata
+        .labels
+        .get(&pd.group_key)
+        .filter(|g| !g.is_empty())
+        .ok_or(PdExclusion::NoGroup)?;
+    let role = if pod.matches_labels(&pd.decode_labels) {
+        Role::Decode
+    } else if pod.matches_labels(&pd.prefill_labels) {
+        Role::Prefill
+    } else {
+        return Err(PdExclusion::NoRole);
+    };
+    Ok((group.clone(), role))
+}
+
+/// How many ready pods of one PD server were left out, by reason (for one summary log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PdExcluded {
+    server: String,
+    group_key: String,
+    no_group: usize,
+    no_role: usize,
+}
+
+impl std::fmt::Display for PdExcluded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} without label {}, {} in a group but neither prefill nor decode",
+            self.server, self.no_group, self.group_key, self.no_role
+        )
+    }
+}
+
+/// `Server.pd` of a ModelServer with `pdGroup`, warning about a bootstrap-port annotation
+/// that has no effect. Validation has already rejected a malformed annotation value.
+fn compile_pd(
+    s: &Object<ModelServerSpec>,
+    pd_group: Option<&PdGroup>,
+    engine: Engine,
+    diags: &mut Diagnostics,
+) -> Option<Pd> {
+    let annotation = s.meta.annotations.get(SGLANG_BOOTSTRAP_PORT_ANNOTATION);
+    let ignored = |diags: &mut Diagnostics, why: &str| {
+        diags.warn(object_line(
+            &s.file,
+            "ModelServer",
+            &s.meta.key(),
+            &annotation_path(SGLANG_BOOTSTRAP_PORT_ANNOTATION),
+            &format!("{why}; ignored"),
+        ));
+    };
+    let Some(pd) = pd_group else {
+        if annotation.is_some() {
+            ignored(diags, "only used with spec.workloadSelector.pdGroup");
+        }
+        return None;
+    };
+    let bootstrap_port = match (annotation, engine) {
+        (None, _) => None,
+        (Some(_), Engine::Vllm) => {
+            ignored(diags, "only used by SGLang, not vLLM");
+            None
+        }
+        (Some(v), Engine::Sglang) => parse_port_annotation(v),
+    };
+    Some(Pd {
+        group_key: pd.group_key.clone(),
+        bootstrap_port,
+    })
+}
+
 fn compile_server(
     s: &Object<ModelServerSpec>,
     all_pods: &[pods::Pod],
+    excluded: &mut Vec<PdExcluded>,
     diags: &mut Diagnostics,
 ) -> (Server, Cluster) {
     let ns = s.meta.namespace();
@@ -243,16 +344,44 @@ fn compile_server(
         .workload_selector
         .as_ref()
         .map_or(&empty, |w| &w.match_labels);
+    let pd_group = spec
+        .workload_selector
+        .as_ref()
+        .and_then(|w| w.pd_group.as_ref());
+    let pd = compile_pd(s, pd_group, engine, diags);
     let ready = pods::select(all_pods, ns, selector);
     let mut endpoints = Vec::with_capacity(ready.len());
     let mut addrs = Vec::with_capacity(ready.len());
+    let mut left_out = (0, 0);
     for pod in ready {
         let Some(ip) = pod.ip() else { continue };
+        let (group, role) = match pd_group.map(|g| pd_membership(pod, g)) {
+            None => (None, None),
+            Some(Ok((group, role))) => (Some(group), Some(role)),
+            Some(Err(PdExclusion::NoGroup)) => {
+                left_out.0 += 1;
+                continue;
+            }
+            Some(Err(PdExclusion::NoRole)) => {
+                left_out.1 += 1;
+                continue;
+            }
+        };
         endpoints.push(Endpoint {
             address: pods::endpoint_address(ip, port),
             pod: pod.metadata.key(),
+            group,
+            role,
         });
         addrs.push((ip, port));
+    }
+    if let Some(g) = pd_group.filter(|_| left_out != (0, 0)) {
+        excluded.push(PdExcluded {
+            server: key.clone(),
+            group_key: g.group_key.clone(),
+            no_group: left_out.0,
+            no_role: left_out.1,
+        });
     }
     let server = Server {
         name: key,
@@ -263,6 +392,7 @@ fn compile_server(
         retry,
         kv_connector,
         endpoints,
+        pd,
     };
     (
         server,

@@ -24,6 +24,9 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<String>,
     pub resource_version: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Values read as text, so an unquoted `8998` still reaches validation.
+    #[serde(deserialize_with = "annotation_map")]
+    pub annotations: BTreeMap<String, String>,
     pub deletion_timestamp: Option<String>,
 }
 
@@ -40,6 +43,23 @@ impl ObjectMeta {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace(), self.name)
     }
+}
+
+/// ModelServer annotation: the SGLang prefill pods' disaggregation bootstrap port (decimal
+/// 1..65535), sent to both legs as `bootstrap_port`. Absent: the filter's default (8998).
+pub const SGLANG_BOOTSTRAP_PORT_ANNOTATION: &str = "modelroute.io/sglang-bootstrap-port";
+
+/// The field path of annotation `key` in messages: `metadata.annotations[key]`.
+pub fn annotation_path(key: &str) -> String {
+    format!("metadata.annotations[{key}]")
+}
+
+/// A port annotation value: plain decimal digits, 1..65535; anything else is `None`.
+pub fn parse_port_annotation(value: &str) -> Option<u16> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
 /// A Kthena object read from a file: where it came from, its metadata, its spec.
@@ -201,5 +221,63 @@ fn scalar_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
         Some(other) => Err(D::Error::custom(format!(
             "expected a duration string, got {other}"
         ))),
+    }
+}
+
+/// `metadata.annotations` with every value taken as text (Kubernetes requires strings, but a
+/// hand-written `port: 8998` should reach validation, not make the metadata unreadable).
+fn annotation_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            serde_json::Value::Null => (k, String::new()),
+            other => (k, other.to_string()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_annotation_is_plain_decimal_1_to_65535() {
+        assert_eq!(parse_port_annotation("8998"), Some(8998));
+        assert_eq!(parse_port_annotation("1"), Some(1));
+        assert_eq!(parse_port_annotation("65535"), Some(65535));
+        for bad in [
+            "",
+            "0",
+            "65536",
+            "-1",
+            "+8998",
+            " 8998",
+            "8998 ",
+            "0x1f",
+            "8998.0",
+            "abc",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_port_annotation(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn annotation_scalars_are_read_as_text() {
+        let meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "s",
+            "annotations": {"a": "x", "modelroute.io/sglang-bootstrap-port": 8998, "b": true}
+        }))
+        .unwrap();
+        assert_eq!(
+            meta.annotations["modelroute.io/sglang-bootstrap-port"],
+            "8998"
+        );
+        assert_eq!(meta.annotations["b"], "true");
+        assert_eq!(meta.annotations["a"], "x");
     }
 }

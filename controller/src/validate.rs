@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use crate::diag::{object_line, Diagnostics};
 use crate::duration::parse_duration_ms;
-use crate::kthena::{ModelRouteSpec, ModelServerSpec, Object, StringMatch, KV_CONNECTORS};
+use crate::kthena::{
+    annotation_path, parse_port_annotation, ModelRouteSpec, ModelServerSpec, Object, ObjectMeta,
+    StringMatch, KV_CONNECTORS, SGLANG_BOOTSTRAP_PORT_ANNOTATION,
+};
 use crate::load::Inputs;
 
 pub const MAX_RULES: usize = 16;
@@ -25,7 +28,9 @@ pub fn validate(inputs: &Inputs, diags: &mut Diagnostics) {
         report(r, "ModelRoute", validate_route(&r.spec), diags);
     }
     for s in &inputs.servers {
-        report(s, "ModelServer", validate_server(&s.spec), diags);
+        let mut findings = validate_server_annotations(&s.meta);
+        findings.extend(validate_server(&s.spec));
+        report(s, "ModelServer", findings, diags);
     }
     duplicates(
         inputs.routes.iter().map(|o| (&o.file, &o.meta)),
@@ -49,7 +54,7 @@ fn report<S>(obj: &Object<S>, kind: &str, mut findings: Findings, diags: &mut Di
 }
 
 fn duplicates<'a>(
-    objs: impl Iterator<Item = (&'a String, &'a crate::kthena::ObjectMeta)>,
+    objs: impl Iterator<Item = (&'a String, &'a ObjectMeta)>,
     kind: &str,
     diags: &mut Diagnostics,
 ) {
@@ -301,6 +306,20 @@ pub fn validate_server(spec: &ModelServerSpec) -> Findings {
             f.push((
                 "spec.kvConnector.type".into(),
                 format!("{kind:?} is not one of {}", KV_CONNECTORS.join(", ")),
+            ));
+        }
+    }
+    f
+}
+
+/// Our own ModelServer annotations (Kthena YAML without them stays valid).
+pub fn validate_server_annotations(meta: &ObjectMeta) -> Findings {
+    let mut f = Findings::new();
+    if let Some(v) = meta.annotations.get(SGLANG_BOOTSTRAP_PORT_ANNOTATION) {
+        if parse_port_annotation(v).is_none() {
+            f.push((
+                annotation_path(SGLANG_BOOTSTRAP_PORT_ANNOTATION),
+                format!("{v:?} is not a port number (decimal 1..65535)"),
             ));
         }
     }

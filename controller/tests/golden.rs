@@ -109,7 +109,7 @@ fn golden_cases() {
         .filter(|p| p.join("input").is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 7, "golden cases missing: {cases:?}");
+    assert!(cases.len() >= 9, "golden cases missing: {cases:?}");
     let failures: Vec<String> = cases.iter().flat_map(|c| run_case(c)).collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }

@@ -158,3 +158,197 @@ fn rate_limit_and_https_warn() {
     assert_eq!(diags.warnings.len(), 2, "{:?}", diags.warnings);
     assert!(diags.warnings[0].contains("spec.rateLimit: accepted but not enforced yet"));
 }
+
+// ---------------------------------------------------------------- PD disaggregation
+
+fn pd_group() -> PdGroup {
+    PdGroup {
+        group_key: "group".into(),
+        prefill_labels: [("role".to_string(), "P".to_string())].into(),
+        decode_labels: [("role".to_string(), "D".to_string())].into(),
+    }
+}
+
+fn labelled(labels: &[(&str, &str)]) -> pods::Pod {
+    pods::Pod {
+        metadata: kthena::ObjectMeta {
+            name: "p".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pd_roles_come_from_prefill_and_decode_labels() {
+    let g = pd_group();
+    assert_eq!(
+        pd_membership(&labelled(&[("group", "g0"), ("role", "P")]), &g),
+        Ok(("g0".to_string(), Role::Prefill))
+    );
+    assert_eq!(
+        pd_membership(&labelled(&[("group", "g1"), ("role", "D")]), &g),
+        Ok(("g1".to_string(), Role::Decode))
+    );
+}
+
+#[test]
+fn pd_decode_wins_when_a_pod_matches_both_label_sets() {
+    let g = PdGroup {
+        group_key: "group".into(),
+        prefill_labels: [("prefill".to_string(), "yes".to_string())].into(),
+        decode_labels: [("decode".to_string(), "yes".to_string())].into(),
+    };
+    let pod = labelled(&[("group", "g0"), ("prefill", "yes"), ("decode", "yes")]);
+    assert_eq!(
+        pd_membership(&pod, &g),
+        Ok(("g0".to_string(), Role::Decode))
+    );
+}
+
+#[test]
+fn pd_role_needs_all_labels_of_a_set() {
+    let mut g = pd_group();
+    g.decode_labels.insert("tier".into(), "gpu".into());
+    // Only part of decodeLabels: not decode; not prefill either.
+    let pod = labelled(&[("group", "g0"), ("role", "D")]);
+    assert_eq!(pd_membership(&pod, &g), Err(PdExclusion::NoRole));
+}
+
+#[test]
+fn pd_pods_without_the_group_label_are_excluded() {
+    let g = pd_group();
+    assert_eq!(
+        pd_membership(&labelled(&[("role", "D")]), &g),
+        Err(PdExclusion::NoGroup)
+    );
+    // An empty value is no group (Kthena skips it too).
+    assert_eq!(
+        pd_membership(&labelled(&[("group", ""), ("role", "D")]), &g),
+        Err(PdExclusion::NoGroup)
+    );
+}
+
+#[test]
+fn pd_pods_with_a_group_but_no_role_are_excluded() {
+    let g = pd_group();
+    assert_eq!(
+        pd_membership(&labelled(&[("group", "g0")]), &g),
+        Err(PdExclusion::NoRole)
+    );
+    assert_eq!(
+        pd_membership(&labelled(&[("group", "g0"), ("role", "X")]), &g),
+        Err(PdExclusion::NoRole)
+    );
+}
+
+fn pd_pod(ns: &str, name: &str, ip: &str, labels: &str) -> String {
+    format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: x, {labels}}}}}\nstatus: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n")
+}
+
+fn pd_server_yaml(engine: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata: {{name: s, namespace: team{annotations}}}\nspec: {{inferenceEngine: {engine}, workloadSelector: {{matchLabels: {{app: x}}, pdGroup: {{groupKey: group, prefillLabels: {{role: P}}, decodeLabels: {{role: D}}}}}}, workloadPort: {{port: 8000}}}}\n"
+    )
+}
+
+#[test]
+fn pd_server_endpoints_carry_group_and_role_in_its_namespace_only() {
+    let mut yaml = pd_server_yaml("vLLM", "");
+    yaml += &pd_pod("team", "d0", "10.0.0.2", "group: g0, role: D");
+    yaml += &pd_pod("team", "p0", "10.0.0.1", "group: g0, role: P");
+    yaml += &pd_pod("team", "plain", "10.0.0.3", "role: D");
+    yaml += &pd_pod("team", "roleless", "10.0.0.4", "group: g0");
+    // Same labels, other namespace: not a member.
+    yaml += &pd_pod("other", "a-d9", "10.0.0.9", "group: g0, role: D");
+    let (c, diags) = compile_yaml(&yaml);
+    assert!(diags.warnings.is_empty(), "{:?}", diags.warnings);
+    let s = &c.config.servers[0];
+    assert_eq!(
+        s.pd,
+        Some(Pd {
+            group_key: "group".into(),
+            bootstrap_port: None
+        })
+    );
+    let got: Vec<(&str, Option<&str>, Option<Role>)> = s
+        .endpoints
+        .iter()
+        .map(|e| (e.pod.as_str(), e.group.as_deref(), e.role))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("team/d0", Some("g0"), Some(Role::Decode)),
+            ("team/p0", Some("g0"), Some(Role::Prefill)),
+        ]
+    );
+    let addrs: Vec<String> = c.clusters[0]
+        .endpoints
+        .iter()
+        .map(|(ip, port)| pods::endpoint_address(*ip, *port))
+        .collect();
+    assert_eq!(addrs, vec!["10.0.0.2:8000", "10.0.0.1:8000"]);
+}
+
+#[test]
+fn non_pd_servers_have_no_pd_group_or_role() {
+    let (c, _) = compile_yaml(SERVER);
+    let s = &c.config.servers[0];
+    assert_eq!(s.pd, None);
+    assert!(s
+        .endpoints
+        .iter()
+        .all(|e| e.group.is_none() && e.role.is_none()));
+    let json = serde_json::to_string(s).unwrap();
+    assert!(
+        !json.contains("\"pd\"") && !json.contains("\"group\"") && !json.contains("\"role\""),
+        "{json}"
+    );
+}
+
+const PORT_ANNOTATION: &str = ", annotations: {modelroute.io/sglang-bootstrap-port: '9000'}";
+
+#[test]
+fn sglang_pd_takes_the_bootstrap_port_annotation() {
+    let (c, diags) = compile_yaml(&pd_server_yaml("SGLang", PORT_ANNOTATION));
+    assert!(diags.warnings.is_empty(), "{:?}", diags.warnings);
+    assert_eq!(
+        c.config.servers[0].pd.as_ref().unwrap().bootstrap_port,
+        Some(9000)
+    );
+    let (c, _) = compile_yaml(&pd_server_yaml("SGLang", ""));
+    assert_eq!(
+        c.config.servers[0].pd.as_ref().unwrap().bootstrap_port,
+        None
+    );
+}
+
+#[test]
+fn bootstrap_port_annotation_is_ignored_with_a_warning_for_vllm() {
+    let (c, diags) = compile_yaml(&pd_server_yaml("vLLM", PORT_ANNOTATION));
+    assert_eq!(
+        c.config.servers[0].pd.as_ref().unwrap().bootstrap_port,
+        None
+    );
+    assert_eq!(
+        diags.warnings,
+        vec!["t.yaml: ModelServer team/s: metadata.annotations[modelroute.io/sglang-bootstrap-port]: only used by SGLang, not vLLM; ignored"]
+    );
+}
+
+#[test]
+fn bootstrap_port_annotation_is_ignored_with_a_warning_without_pd_group() {
+    let (c, diags) = compile_yaml(
+        "apiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata: {name: s, annotations: {modelroute.io/sglang-bootstrap-port: '9000'}}\nspec: {inferenceEngine: SGLang, workloadSelector: {matchLabels: {app: x}}, workloadPort: {port: 8000}}",
+    );
+    assert_eq!(c.config.servers[0].pd, None);
+    assert_eq!(
+        diags.warnings,
+        vec!["t.yaml: ModelServer default/s: metadata.annotations[modelroute.io/sglang-bootstrap-port]: only used with spec.workloadSelector.pdGroup; ignored"]
+    );
+}

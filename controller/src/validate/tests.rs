@@ -197,17 +197,127 @@ fn server_needs_match_labels() {
     assert_eq!(paths(&f), vec!["spec.workloadSelector.matchLabels"]);
 }
 
+const PD_SERVER: &str = "inferenceEngine: vLLM\nworkloadPort: {port: 8000}\nworkloadSelector: {matchLabels: {app: x}, pdGroup: ";
+
+fn pd_server(pd_group: &str) -> Findings {
+    validate_server(&server(&format!("{PD_SERVER}{pd_group}}}")))
+}
+
 #[test]
-fn pd_group_needs_group_key_and_label_sets() {
-    let f = validate_server(&server(
-        "inferenceEngine: vLLM\nworkloadSelector: {matchLabels: {app: x}, pdGroup: {groupKey: ''}}\nworkloadPort: {port: 8000}",
-    ));
+fn pd_group_needs_group_key() {
+    for key in ["groupKey: ''", "groupKey: '  '"] {
+        let f = pd_server(&format!(
+            "{{{key}, prefillLabels: {{r: p}}, decodeLabels: {{r: d}}}}"
+        ));
+        assert_eq!(
+            paths(&f),
+            vec!["spec.workloadSelector.pdGroup.groupKey"],
+            "{key}"
+        );
+    }
+    let f = pd_server("{prefillLabels: {r: p}, decodeLabels: {r: d}}");
+    assert_eq!(paths(&f), vec!["spec.workloadSelector.pdGroup.groupKey"]);
+    assert_eq!(f[0].1, "must not be empty");
+}
+
+#[test]
+fn pd_group_needs_prefill_labels() {
+    for labels in ["prefillLabels: {}, ", ""] {
+        let f = pd_server(&format!("{{groupKey: g, {labels}decodeLabels: {{r: d}}}}"));
+        assert_eq!(
+            paths(&f),
+            vec!["spec.workloadSelector.pdGroup.prefillLabels"],
+            "{labels}"
+        );
+        assert_eq!(f[0].1, "at least one label is required");
+    }
+}
+
+#[test]
+fn pd_group_needs_decode_labels() {
+    for labels in [", decodeLabels: {}", ""] {
+        let f = pd_server(&format!("{{groupKey: g, prefillLabels: {{r: p}}{labels}}}"));
+        assert_eq!(
+            paths(&f),
+            vec!["spec.workloadSelector.pdGroup.decodeLabels"],
+            "{labels}"
+        );
+    }
+}
+
+#[test]
+fn pd_group_problems_are_all_reported() {
+    let f = pd_server("{groupKey: ''}");
     assert_eq!(
         paths(&f),
         vec![
             "spec.workloadSelector.pdGroup.groupKey",
             "spec.workloadSelector.pdGroup.prefillLabels",
             "spec.workloadSelector.pdGroup.decodeLabels"
+        ]
+    );
+}
+
+fn meta_with(annotations: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: "s".into(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sglang_bootstrap_port_annotation_is_optional() {
+    assert!(validate_server_annotations(&meta_with(&[])).is_empty());
+    assert!(validate_server_annotations(&meta_with(&[("other.io/x", "y")])).is_empty());
+    for ok in ["1", "8998", "65535"] {
+        let f = validate_server_annotations(&meta_with(&[(SGLANG_BOOTSTRAP_PORT_ANNOTATION, ok)]));
+        assert!(f.is_empty(), "{ok}: {f:?}");
+    }
+}
+
+#[test]
+fn sglang_bootstrap_port_annotation_must_be_a_decimal_port() {
+    for bad in ["", "0", "65536", "-1", "8998 ", "0x2326", "port"] {
+        let f = validate_server_annotations(&meta_with(&[(SGLANG_BOOTSTRAP_PORT_ANNOTATION, bad)]));
+        assert_eq!(
+            f,
+            vec![(
+                "metadata.annotations[modelroute.io/sglang-bootstrap-port]".to_string(),
+                format!("{bad:?} is not a port number (decimal 1..65535)")
+            )],
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_sglang_bootstrap_port_annotation_is_an_error_naming_it() {
+    let mut diags = Diagnostics::default();
+    let src = crate::load::Source {
+        path: "ms.yaml".into(),
+        content: br#"
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelServer
+metadata:
+  name: s
+  annotations: {modelroute.io/sglang-bootstrap-port: 99999}
+spec:
+  inferenceEngine: SGLang
+  workloadSelector: {matchLabels: {app: x}, pdGroup: {groupKey: g, prefillLabels: {r: p}, decodeLabels: {r: d}}}
+  workloadPort: {port: 8000}
+"#
+        .to_vec(),
+    };
+    let inputs = crate::load::parse(&[src], &mut diags);
+    validate(&inputs, &mut diags);
+    assert_eq!(
+        diags.errors,
+        vec![
+            r#"ms.yaml: ModelServer default/s: metadata.annotations[modelroute.io/sglang-bootstrap-port]: "99999" is not a port number (decimal 1..65535)"#
         ]
     );
 }
