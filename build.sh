@@ -113,6 +113,36 @@ completion() { # completion MODEL [extra curl args...]
     -d "{\"model\": \"$model\", \"prompt\": \"San Francisco is a\", \"temperature\": 0}"
 }
 
+# pd_request MODEL STREAM POD_IP...: one request, then which pods saw its x-request-id and how.
+pd_request() {
+  local model=$1 stream=$2; shift 2
+  local rid="demo-$model-$stream-$RANDOM$RANDOM" out
+  out=$(curl -sS "http://$ROUTER/v1/chat/completions" -H "Content-Type: application/json" -H "x-request-id: $rid" \
+    -d "{\"model\": \"$model\", \"stream\": $stream, \"messages\": [{\"role\": \"user\", \"content\": \"San Francisco is a\"}]}")
+  if [ "$stream" = true ]; then
+    printf '%s\n' "$out" | head -n 2; echo "... ($(printf '%s\n' "$out" | grep -c '^data:') SSE events)"
+  else
+    echo "$out"
+  fi
+  "$VENV/bin/python" - "$rid" "$@" <<'PY'
+import json, sys, urllib.request
+rid, ips = sys.argv[1], sys.argv[2:]
+for ip in ips:
+    recs = json.load(urllib.request.urlopen(f"http://{ip}:8000/mock/requests", timeout=5))
+    for r in recs:
+        if r.get("request_id") != rid:
+            continue
+        b = r.get("body") or {}
+        what = {k: b[k] for k in ("max_tokens", "stream", "bootstrap_room") if k in b}
+        if "kv_transfer_params" in b:
+            kv = b["kv_transfer_params"] or {}
+            what["kv_transfer_params"] = {k: kv.get(k) for k in ("do_remote_decode", "do_remote_prefill", "remote_block_ids")}
+        if r.get("kv_pulled_from"):
+            what["kv_pulled_from"] = r["kv_pulled_from"]
+        print(f"  {r.get('role') or 'pod':8} {ip}:8000 <- {r['path']} {json.dumps(what)}")
+PY
+}
+
 show() { printf '\n\033[1;36m%s\033[0m\n' "$*"; }
 
 demo() {
@@ -143,6 +173,13 @@ demo() {
   show "4. Header-based routing: user-type: premium -> 7B, otherwise -> 1.5B"
   completion deepseek-multi-models -H "user-type: premium"; echo
   completion deepseek-multi-models; echo
+
+  show "5. PD-disaggregated routing: prefill on a P-instance, decode on a D-instance of the same group"
+  pd_request deepseek-r1-1-5b-pd-disaggregation false 127.0.0.41 127.0.0.42 127.0.0.43 127.0.0.44
+  pd_request deepseek-r1-1-5b-pd-disaggregation true 127.0.0.41 127.0.0.42 127.0.0.43 127.0.0.44
+  show "5b. PD with vLLM NIXL (kv_transfer_params from prefill to decode) and SGLang (bootstrap room)"
+  pd_request llama-nixl-pd false 127.0.0.61 127.0.0.62 127.0.0.63 127.0.0.64
+  pd_request qwen-sglang-pd true 127.0.0.51 127.0.0.52 127.0.0.53 127.0.0.54
 
   show "Which pods served: a request's x-mock-pod response header"
   curl -sS -o /dev/null -D - "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \

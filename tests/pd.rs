@@ -109,6 +109,13 @@ fn by_request_id(s: &Stack, pod: &str) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Each of Envoy's two workers alternates over the groups on its own, so the split is even
+/// within one request per worker.
+fn assert_spread(per_group: &HashMap<String, usize>) {
+    let (a, b) = (per_group["g0"], per_group["g1"]);
+    assert!(a.abs_diff(b) <= 2, "groups unevenly used: {per_group:?}");
+}
+
 fn completion(s: &Stack, stream: bool) -> Response {
     let body = format!(
         r#"{{"model":"pd","prompt":"San Francisco is a","max_tokens":16,"stream":{stream}}}"#
@@ -195,8 +202,7 @@ fn vllm_default_connector_prefills_one_token_then_decodes_in_the_same_group() {
         served.push(r.pod());
     }
     let (per_group, decodes, prefills) = check_pairing(&s, &served);
-    assert_eq!(per_group["g0"], 6, "{per_group:?}");
-    assert_eq!(per_group["g1"], 6, "{per_group:?}");
+    assert_spread(&per_group);
     for p in &prefills {
         assert_eq!(p["body"]["max_tokens"], 1, "{p}");
         assert!(
@@ -271,7 +277,7 @@ fn sglang_legs_run_concurrently_and_meet_at_the_bootstrap_room() {
         served.push(r.pod());
     }
     let (per_group, decodes, prefills) = check_pairing(&s, &served);
-    assert_eq!((per_group["g0"], per_group["g1"]), (4, 4));
+    assert_spread(&per_group);
     let rooms: Vec<&Value> = prefills
         .iter()
         .map(|p| &p["body"]["bootstrap_room"])
