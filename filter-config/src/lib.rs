@@ -57,6 +57,78 @@ pub struct Settings {
     pub target_selection: TargetSelection,
     /// Label used as `owned_by` in the `GET /v1/models` answer.
     pub models_owned_by: String,
+    /// Pod picking (Kthena's scheduler plugins).
+    pub scheduler: Scheduler,
+}
+
+/// Kthena's router scheduler configuration, resolved: which plugins filter and score pods,
+/// with what weights and arguments. Defaults are Kthena's Helm defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Scheduler {
+    /// Filter plugins in order (`least-request`, `lora-affinity`).
+    pub filters: Vec<Plugin>,
+    /// Score plugins with weights; scores 0..100 are summed by weight.
+    pub scores: Vec<WeightedPlugin>,
+    /// least-request filter: pods reporting this many waiting requests or more are dropped.
+    pub max_waiting_requests: u32,
+    /// least-latency: weight of TTFT against TPOT, 0..1 (`TTFTTPOTWeightFactor`).
+    pub ttft_tpot_weight_factor: f64,
+    /// prefix-cache: prompt bytes per hashed block (`blockSizeToHash`).
+    pub prefix_block_size: u32,
+    /// prefix-cache: blocks hashed at most per prompt (`maxBlocksToMatch`).
+    pub prefix_max_blocks: u32,
+    /// prefix-cache: block hashes remembered per pod, LRU (`maxHashCacheSize`).
+    pub prefix_max_hashes: u32,
+    /// prefix-cache: pods considered per lookup (`topKMatches`).
+    pub prefix_top_k: u32,
+    /// How often engine metrics (`/metrics`, `/v1/models`) are collected from every pod.
+    pub metrics_interval_ms: u64,
+    /// Metrics older than this are ignored and the pod counts as unreachable.
+    pub metrics_stale_ms: u64,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Scheduler {
+            filters: vec![Plugin::LeastRequest],
+            scores: [
+                Plugin::LeastRequest,
+                Plugin::GpuUsage,
+                Plugin::LeastLatency,
+                Plugin::PrefixCache,
+            ]
+            .into_iter()
+            .map(|name| WeightedPlugin { name, weight: 1 })
+            .collect(),
+            max_waiting_requests: 10,
+            ttft_tpot_weight_factor: 0.5,
+            prefix_block_size: 64,
+            prefix_max_blocks: 128,
+            prefix_max_hashes: 50_000,
+            prefix_top_k: 5,
+            metrics_interval_ms: 1000,
+            metrics_stale_ms: 5000,
+        }
+    }
+}
+
+/// A scheduler plugin, by Kthena's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plugin {
+    LeastRequest,
+    GpuUsage,
+    LeastLatency,
+    PrefixCache,
+    LoraAffinity,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightedPlugin {
+    pub name: Plugin,
+    pub weight: u32,
 }
 
 impl Default for Settings {
@@ -68,6 +140,7 @@ impl Default for Settings {
             endpoint_fallbacks: DEFAULT_ENDPOINT_FALLBACKS,
             target_selection: TargetSelection::default(),
             models_owned_by: "kthena".to_string(),
+            scheduler: Scheduler::default(),
         }
     }
 }
@@ -256,6 +329,36 @@ mod tests {
         assert_eq!(json, r#"{"name":"user-type","exact":"premium"}"#);
         let any: StringMatch = serde_json::from_str(r#"{"any":{}}"#).unwrap();
         assert_eq!(any, StringMatch::Any {});
+    }
+
+    #[test]
+    fn scheduler_defaults_are_kthenas_helm_defaults() {
+        let s = Scheduler::default();
+        assert_eq!(s.filters, vec![Plugin::LeastRequest]);
+        let names: Vec<Plugin> = s.scores.iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            [
+                Plugin::LeastRequest,
+                Plugin::GpuUsage,
+                Plugin::LeastLatency,
+                Plugin::PrefixCache
+            ]
+        );
+        assert!(s.scores.iter().all(|p| p.weight == 1));
+        assert_eq!(
+            (
+                s.max_waiting_requests,
+                s.prefix_block_size,
+                s.prefix_max_hashes
+            ),
+            (10, 64, 50_000)
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#"{"name":"gpu-usage","weight":1}"#),
+            "{json}"
+        );
     }
 
     #[test]
