@@ -13,11 +13,14 @@
 //!   proxy-wasm.
 pub mod errors;
 pub mod flow;
+pub mod metrics;
 pub mod pd;
+pub mod prefix;
 pub mod rewrite;
 pub mod rng;
 pub mod router;
 pub mod scan;
+pub mod scheduler;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,210 @@
+//! prefix-cache scoring: the prompt is cut into fixed-size byte blocks, each block's hash is
+//! chained to the previous one (starting from the model name), and an index remembers which
+//! pods recently served which block hashes. A pod's score is the share of the prompt's leading
+//! blocks it has seen: a proxy for its engine's KV prefix cache (Kthena's algorithm).
+//!
+//! Memory is bounded: at most `capacity` block hashes per index (one index per ModelServer, per
+//! Envoy worker), each remembering at most [`PODS_PER_BLOCK`] pods; when full, the least
+//! recently used eighth is dropped at once (amortised O(1) per insert). At the default 50,000
+//! hashes that is about 50,000 x ([`ENTRY_BYTES`]) = ~2.4 MB per ModelServer per worker.
+
+use std::collections::HashMap;
+
+/// Pods remembered per block hash (most recent first).
+pub const PODS_PER_BLOCK: usize = 4;
+/// Upper bound of the bytes one index entry takes (key, value and hash-table overhead).
+pub const ENTRY_BYTES: usize = 48;
+
+/// 64-bit FNV-1a over `bytes`, continuing from `seed` (chained block hashes).
+pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Chained hashes of the prompt's blocks: at most `max_blocks` of `block_size` bytes.
+pub fn block_hashes(model: &str, prompt: &[u8], block_size: usize, max_blocks: usize) -> Vec<u64> {
+    let block_size = block_size.max(1);
+    let mut prev = hash(0, model.as_bytes());
+    prompt
+        .chunks(block_size)
+        .take(max_blocks)
+        .map(|block| {
+            prev = hash(prev, block);
+            prev
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Pod ids, most recent first.
+    pods: [u32; PODS_PER_BLOCK],
+    len: u8,
+    last_use: u64,
+}
+
+/// Block hash -> pods that recently served a prompt with that prefix.
+#[derive(Debug, Clone)]
+pub struct PrefixIndex {
+    entries: HashMap<u64, Entry>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl PrefixIndex {
+    pub fn new(capacity: usize) -> Self {
+        PrefixIndex {
+            entries: HashMap::new(),
+            capacity: capacity.max(8),
+            clock: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// For each pod id in `pods`, how many leading blocks of `hashes` it has served.
+    pub fn matches(&self, hashes: &[u64], pods: &[u32]) -> Vec<usize> {
+        let mut matched = vec![0usize; pods.len()];
+        for (i, h) in hashes.iter().enumerate() {
+            let Some(e) = self.entries.get(h) else { break };
+            let mut any = false;
+            for (slot, pod) in matched.iter_mut().zip(pods) {
+                if *slot == i
+                    && e.pods
+                        .get(..e.len as usize)
+                        .is_some_and(|p| p.contains(pod))
+                {
+                    *slot = i + 1;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        matched
+    }
+
+    /// Records that `pod` served a prompt with these block hashes.
+    pub fn insert(&mut self, hashes: &[u64], pod: u32) {
+        self.clock += 1;
+        for h in hashes {
+            let clock = self.clock;
+            let e = self.entries.entry(*h).or_insert(Entry {
+                pods: [0; PODS_PER_BLOCK],
+                len: 0,
+                last_use: clock,
+            });
+            e.last_use = clock;
+            let len = e.len as usize;
+            let pos = e
+                .pods
+                .get(..len)
+                .and_then(|p| p.iter().position(|x| *x == pod));
+            // Move (or put) the pod to the front, dropping the oldest when full.
+            let end = match pos {
+                Some(p) => p,
+                None => len.min(PODS_PER_BLOCK - 1),
+            };
+            if let Some(window) = e.pods.get_mut(..=end) {
+                window.rotate_right(1);
+                window[0] = pod;
+            }
+            if pos.is_none() && len < PODS_PER_BLOCK {
+                e.len += 1;
+            }
+        }
+        if self.entries.len() > self.capacity {
+            self.evict();
+        }
+    }
+
+    /// Drops the least recently used eighth of the entries (at least down to capacity).
+    fn evict(&mut self) {
+        let target = self.capacity - self.capacity / 8;
+        let drop_n = self.entries.len().saturating_sub(target);
+        let mut ages: Vec<u64> = self.entries.values().map(|e| e.last_use).collect();
+        ages.sort_unstable();
+        let cutoff = ages.get(drop_n.saturating_sub(1)).copied().unwrap_or(0);
+        let mut dropped = 0;
+        self.entries.retain(|_, e| {
+            if dropped < drop_n && e.last_use <= cutoff {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_chain_from_the_model_so_models_never_share_blocks() {
+        let p = b"x".repeat(200);
+        let a = block_hashes("m1", &p, 64, 128);
+        let b = block_hashes("m2", &p, 64, 128);
+        assert_eq!(a.len(), 4);
+        assert!(a.iter().all(|h| !b.contains(h)));
+        assert_eq!(block_hashes("m1", &p, 64, 2).len(), 2);
+        assert!(block_hashes("m1", b"", 64, 128).is_empty());
+    }
+
+    #[test]
+    fn a_shared_prefix_matches_only_its_leading_blocks() {
+        let base = "You are a helpful assistant. ".repeat(10);
+        let a = format!("{base}Question one?");
+        let b = format!("{base}A different question");
+        let ha = block_hashes("m", a.as_bytes(), 64, 128);
+        let hb = block_hashes("m", b.as_bytes(), 64, 128);
+        let mut idx = PrefixIndex::new(1000);
+        idx.insert(&ha, 7);
+        let m = idx.matches(&hb, &[7, 8]);
+        assert_eq!(m[1], 0);
+        assert_eq!(
+            m[0],
+            base.len() / 64,
+            "the blocks fully inside the shared prefix"
+        );
+        assert_eq!(idx.matches(&ha, &[7])[0], ha.len());
+    }
+
+    #[test]
+    fn recent_pods_are_kept_per_block() {
+        let h = block_hashes("m", b"abc", 64, 128);
+        let mut idx = PrefixIndex::new(100);
+        for pod in 0..6 {
+            idx.insert(&h, pod);
+        }
+        assert_eq!(idx.matches(&h, &[5, 4, 3, 2, 1, 0]), [1, 1, 1, 1, 0, 0]);
+        idx.insert(&h, 3);
+        assert_eq!(idx.matches(&h, &[3])[0], 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_capacity() {
+        let mut idx = PrefixIndex::new(1000);
+        for i in 0..50_000u32 {
+            let prompt = format!("prompt number {i} with its own text");
+            idx.insert(&block_hashes("m", prompt.as_bytes(), 8, 128), i % 16);
+            assert!(idx.len() <= 1000, "len {} at {i}", idx.len());
+        }
+        assert!(idx.len() >= 1000 - 1000 / 8 - 8);
+        // The most recent prompt survives eviction.
+        let last = block_hashes("m", b"prompt number 49999 with its own text", 8, 128);
+        assert_eq!(idx.matches(&last, &[49_999 % 16])[0], last.len());
+    }
+}

@@ -1,0 +1,378 @@
+use super::*;
+use crate::prefix::block_hashes;
+use filter_config::WeightedPlugin;
+
+fn only(scores: &[(Plugin, u32)], filters: &[Plugin]) -> Scheduler {
+    Scheduler {
+        filters: filters.to_vec(),
+        scores: scores
+            .iter()
+            .map(|(name, weight)| WeightedPlugin {
+                name: *name,
+                weight: *weight,
+            })
+            .collect(),
+        ..Scheduler::default()
+    }
+}
+
+fn stats(running: f64, waiting: f64, kv: f64, ttft: f64, tpot: f64) -> PodStats {
+    PodStats {
+        up: true,
+        running,
+        waiting,
+        kv,
+        ttft,
+        tpot,
+        ..Default::default()
+    }
+}
+
+const NO_ASK: Ask<'static> = Ask {
+    lora: None,
+    hashes: &[],
+};
+
+fn first(cfg: &Scheduler, c: &[Candidate<'_>], ask: &Ask<'_>, prefix: Option<&PrefixIndex>) -> u32 {
+    rank(cfg, c, ask, prefix, &mut Rng::new(1), 5).unwrap()[0]
+}
+
+#[test]
+fn least_request_filter_drops_pods_with_long_queues() {
+    let (busy, idle) = (
+        stats(0.0, 12.0, 0.0, 0.0, 0.0),
+        stats(0.0, 0.0, 0.0, 0.0, 0.0),
+    );
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&busy),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&idle),
+            in_flight: 0,
+        },
+    ];
+    let cfg = only(&[(Plugin::Random, 1)], &[Plugin::LeastRequest]);
+    for seed in 0..50 {
+        assert_eq!(
+            rank(&cfg, &c, &NO_ASK, None, &mut Rng::new(seed), 5).unwrap(),
+            vec![1]
+        );
+    }
+    let all_busy = [Candidate {
+        id: 0,
+        stats: Some(&busy),
+        in_flight: 0,
+    }];
+    assert_eq!(
+        rank(&cfg, &all_busy, &NO_ASK, None, &mut Rng::new(0), 5),
+        Err(Unschedulable::Filtered(Plugin::LeastRequest))
+    );
+}
+
+#[test]
+fn least_request_score_prefers_fewer_in_flight_and_penalises_queueing() {
+    let s = stats(2.0, 0.0, 0.0, 0.0, 0.0);
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&s),
+            in_flight: 4,
+        }, // 2 queued at the engine
+        Candidate {
+            id: 1,
+            stats: Some(&s),
+            in_flight: 2,
+        },
+    ];
+    let cfg = only(&[(Plugin::LeastRequest, 1)], &[]);
+    assert_eq!(first(&cfg, &c, &NO_ASK, None), 1);
+}
+
+#[test]
+fn gpu_usage_avoids_a_full_kv_cache() {
+    let (full, free) = (
+        stats(0.0, 0.0, 0.95, 0.0, 0.0),
+        stats(0.0, 0.0, 0.10, 0.0, 0.0),
+    );
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&full),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&free),
+            in_flight: 0,
+        },
+    ];
+    assert_eq!(
+        first(&only(&[(Plugin::GpuUsage, 1)], &[]), &c, &NO_ASK, None),
+        1
+    );
+}
+
+#[test]
+fn least_latency_avoids_a_slow_pod_and_is_neutral_before_measurements() {
+    let (slow, fast, unknown) = (
+        stats(0.0, 0.0, 0.0, 2.0, 0.2),
+        stats(0.0, 0.0, 0.0, 0.1, 0.01),
+        PodStats {
+            up: true,
+            ..Default::default()
+        },
+    );
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&slow),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&fast),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 2,
+            stats: Some(&unknown),
+            in_flight: 0,
+        },
+    ];
+    let cfg = only(&[(Plugin::LeastLatency, 1)], &[]);
+    assert_eq!(
+        rank(&cfg, &c, &NO_ASK, None, &mut Rng::new(3), 3).unwrap(),
+        vec![1, 2, 0]
+    );
+}
+
+#[test]
+fn prefix_cache_prefers_the_pod_that_served_the_prefix() {
+    let mut idx = PrefixIndex::new(1000);
+    let system = "You are a helpful assistant that answers about cities. ".repeat(8);
+    idx.insert(
+        &block_hashes("m", format!("{system}Paris?").as_bytes(), 64, 128),
+        1,
+    );
+    let hashes = block_hashes("m", format!("{system}Rome?").as_bytes(), 64, 128);
+    let c: Vec<Candidate<'_>> = (0..3)
+        .map(|id| Candidate {
+            id,
+            stats: None,
+            in_flight: 0,
+        })
+        .collect();
+    let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
+    assert_eq!(
+        first(
+            &cfg,
+            &c,
+            &Ask {
+                lora: None,
+                hashes: &hashes
+            },
+            Some(&idx)
+        ),
+        1
+    );
+}
+
+#[test]
+fn lora_affinity_keeps_only_pods_serving_the_adapter() {
+    let with = PodStats {
+        up: true,
+        models: Some(vec!["base".into(), "lora-A".into()]),
+        ..Default::default()
+    };
+    let without = PodStats {
+        up: true,
+        models: Some(vec!["base".into()]),
+        ..Default::default()
+    };
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&without),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&with),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 2,
+            stats: None,
+            in_flight: 0,
+        },
+    ];
+    let cfg = only(&[(Plugin::Random, 1)], &[Plugin::LoraAffinity]);
+    for seed in 0..30 {
+        let r = rank(
+            &cfg,
+            &c,
+            &Ask {
+                lora: Some("lora-A"),
+                hashes: &[],
+            },
+            None,
+            &mut Rng::new(seed),
+            5,
+        )
+        .unwrap();
+        assert_eq!(r, vec![1]);
+    }
+    // A base-model request is not filtered.
+    assert_eq!(
+        rank(&cfg, &c, &NO_ASK, None, &mut Rng::new(0), 5)
+            .unwrap()
+            .len(),
+        3
+    );
+    let cfg = only(&[(Plugin::Random, 1)], &[Plugin::LoraAffinity]);
+    let none = [Candidate {
+        id: 0,
+        stats: Some(&without),
+        in_flight: 0,
+    }];
+    assert!(rank(
+        &cfg,
+        &none,
+        &Ask {
+            lora: Some("lora-A"),
+            hashes: &[]
+        },
+        None,
+        &mut Rng::new(0),
+        5
+    )
+    .is_err());
+}
+
+#[test]
+fn down_pods_are_skipped_unless_all_are_down() {
+    let down = PodStats {
+        up: false,
+        ..Default::default()
+    };
+    let up = stats(0.0, 0.0, 0.0, 0.0, 0.0);
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&down),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&up),
+            in_flight: 0,
+        },
+    ];
+    let cfg = only(&[(Plugin::Random, 1)], &[]);
+    assert_eq!(
+        rank(&cfg, &c, &NO_ASK, None, &mut Rng::new(0), 5).unwrap(),
+        vec![1]
+    );
+    let all_down = [Candidate {
+        id: 0,
+        stats: Some(&down),
+        in_flight: 0,
+    }];
+    assert_eq!(
+        rank(&cfg, &all_down, &NO_ASK, None, &mut Rng::new(0), 5).unwrap(),
+        vec![0]
+    );
+}
+
+#[test]
+fn weights_combine_scores_and_ranking_lists_every_pod_once() {
+    // Pod 0: full KV but fast; pod 1: free KV but slow. gpu-usage weight 3 wins.
+    let (a, b) = (
+        stats(0.0, 0.0, 0.9, 0.1, 0.01),
+        stats(0.0, 0.0, 0.1, 1.0, 0.1),
+    );
+    let c = [
+        Candidate {
+            id: 0,
+            stats: Some(&a),
+            in_flight: 0,
+        },
+        Candidate {
+            id: 1,
+            stats: Some(&b),
+            in_flight: 0,
+        },
+    ];
+    assert_eq!(
+        first(
+            &only(&[(Plugin::GpuUsage, 3), (Plugin::LeastLatency, 1)], &[]),
+            &c,
+            &NO_ASK,
+            None
+        ),
+        1
+    );
+    assert_eq!(
+        first(
+            &only(&[(Plugin::GpuUsage, 1), (Plugin::LeastLatency, 3)], &[]),
+            &c,
+            &NO_ASK,
+            None
+        ),
+        0
+    );
+    let r = rank(
+        &Scheduler::default(),
+        &c,
+        &NO_ASK,
+        None,
+        &mut Rng::new(0),
+        5,
+    )
+    .unwrap();
+    let mut sorted = r.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1]);
+}
+
+#[test]
+fn property_random_spreads_near_uniformly() {
+    let c: Vec<Candidate<'_>> = (0..4)
+        .map(|id| Candidate {
+            id,
+            stats: None,
+            in_flight: 0,
+        })
+        .collect();
+    let cfg = only(&[(Plugin::Random, 1)], &[]);
+    let mut rng = Rng::new(9);
+    let mut counts = [0usize; 4];
+    for _ in 0..8000 {
+        counts[rank(&cfg, &c, &NO_ASK, None, &mut rng, 1).unwrap()[0] as usize] += 1;
+    }
+    for n in counts {
+        assert!((1800..2200).contains(&n), "{counts:?}");
+    }
+}
+
+#[test]
+fn equal_pods_share_the_load() {
+    let c: Vec<Candidate<'_>> = (0..2)
+        .map(|id| Candidate {
+            id,
+            stats: None,
+            in_flight: 0,
+        })
+        .collect();
+    let mut rng = Rng::new(4);
+    let mut counts = [0usize; 2];
+    for _ in 0..1000 {
+        counts[rank(&Scheduler::default(), &c, &NO_ASK, None, &mut rng, 1).unwrap()[0] as usize] +=
+            1;
+    }
+    assert!(counts.iter().all(|n| *n > 400), "{counts:?}");
+}
