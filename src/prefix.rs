@@ -118,7 +118,9 @@ impl PrefixIndex {
             };
             if let Some(window) = e.pods.get_mut(..=end) {
                 window.rotate_right(1);
-                window[0] = pod;
+                if let Some(front) = window.first_mut() {
+                    *front = pod;
+                }
             }
             if pos.is_none() && len < PODS_PER_BLOCK {
                 e.len += 1;
