@@ -3,7 +3,8 @@
 //!
 //! Pipeline: [`load`] (files -> objects) -> [`validate`] (Kthena's webhook rules) ->
 //! [`compile`] (-> `FilterConfig` + clusters) -> [`render`] (Envoy JSON) -> [`output`]
-//! (atomic, only-when-changed writes). [`watch`] re-runs it when inputs change.
+//! (atomic, only-when-changed writes). [`watch`] re-runs it when inputs change. [`scheduler`]
+//! reads Kthena's router scheduler configuration into `Settings.scheduler` on the way.
 
 pub mod compile;
 pub mod diag;
@@ -15,6 +16,7 @@ pub mod order;
 pub mod output;
 pub mod pods;
 pub mod render;
+pub mod scheduler;
 pub mod validate;
 pub mod watch;
 
@@ -34,27 +36,67 @@ use crate::render::envoy;
 pub struct InputPaths {
     pub resources: Vec<PathBuf>,
     pub pods: Vec<PathBuf>,
+    /// Kthena's router configuration (`kthena-router-config` ConfigMap or the bare
+    /// routerConfiguration YAML); `None` keeps `Settings.scheduler` as given.
+    pub scheduler: Option<PathBuf>,
+}
+
+/// Everything one render reads from disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadInputs {
+    /// Resource and pod files, in [`InputPaths::files`] order.
+    pub resources: Vec<Source>,
+    /// The scheduler configuration file, when one is named (and readable).
+    pub scheduler: Option<Source>,
 }
 
 impl InputPaths {
-    /// Every input file, resources first, each argument expanded and sorted.
+    /// Every input file (what watch mode polls): resources, then pods, each argument expanded
+    /// and sorted, then the scheduler configuration.
     pub fn files(&self, diags: &mut Diagnostics) -> Vec<PathBuf> {
+        let mut files = self.resource_files(diags);
+        files.extend(self.scheduler.iter().cloned());
+        files
+    }
+
+    fn resource_files(&self, diags: &mut Diagnostics) -> Vec<PathBuf> {
         let mut files = load::expand(&self.resources, diags);
         files.extend(load::expand(&self.pods, diags));
         files
     }
 
     /// Reads every input file.
-    pub fn read(&self, diags: &mut Diagnostics) -> Vec<Source> {
-        let files = self.files(diags);
-        load::read(&files, diags)
+    pub fn read(&self, diags: &mut Diagnostics) -> ReadInputs {
+        let files = self.resource_files(diags);
+        let resources = load::read(&files, diags);
+        let scheduler = self.scheduler.as_ref().and_then(|p| {
+            if p.is_dir() {
+                diags.error(format!(
+                    "{}: is a directory; --scheduler-config needs a file",
+                    p.display()
+                ));
+                return None;
+            }
+            load::read(std::slice::from_ref(p), diags).pop()
+        });
+        ReadInputs {
+            resources,
+            scheduler,
+        }
     }
 }
 
-/// Parses, validates and compiles `sources`. `None` when anything is invalid: every error is
-/// then in `diags.errors`. Warnings land in `diags.warnings` either way.
-pub fn build(sources: &[Source], settings: Settings, diags: &mut Diagnostics) -> Option<Compiled> {
-    let inputs = load::parse(sources, diags);
+/// Parses, validates and compiles what was read; a scheduler configuration replaces
+/// `settings.scheduler` (keeping its metrics timing). `None` when anything is invalid: every
+/// error is then in `diags.errors`. Warnings land in `diags.warnings` either way.
+pub fn build(read: &ReadInputs, settings: Settings, diags: &mut Diagnostics) -> Option<Compiled> {
+    let mut settings = settings;
+    if let Some(source) = &read.scheduler {
+        if let Some(s) = scheduler::from_source(source, &settings.scheduler, diags) {
+            settings.scheduler = s;
+        }
+    }
+    let inputs = load::parse(&read.resources, diags);
     validate::validate(&inputs, diags);
     if diags.has_errors() {
         return None;

@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use controller::diag::Diagnostics;
 use controller::watch::{self, WatchConfig, WatchError};
 use controller::{build, envoy_outputs, filter_config_json, summary, InputPaths};
-use filter_config::{Settings, TargetSelection};
+use filter_config::{Scheduler, Settings, TargetSelection};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +55,19 @@ struct CommonArgs {
     /// How a rule picks among weighted targets.
     #[arg(long, value_enum)]
     target_selection: Option<Selection>,
+    /// Kthena's scheduler configuration: the `kthena-router-config` ConfigMap or its bare
+    /// `routerConfiguration` YAML (top-level `scheduler:`). Default: Kthena's Helm defaults.
+    /// Watched for changes in watch mode.
+    #[arg(long, value_name = "FILE")]
+    scheduler_config: Option<PathBuf>,
+    /// How often the filter collects engine metrics (`/metrics`, `/v1/models`) from every pod.
+    #[arg(long, value_name = "MS", default_value_t = Scheduler::default().metrics_interval_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_interval_ms: u64,
+    /// Metrics older than this are ignored and the pod counts as unreachable.
+    #[arg(long, value_name = "MS", default_value_t = Scheduler::default().metrics_stale_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_stale_ms: u64,
 }
 
 #[derive(Args)]
@@ -86,6 +99,7 @@ impl CommonArgs {
         InputPaths {
             resources: self.resources.clone(),
             pods: self.pods.clone(),
+            scheduler: self.scheduler_config.clone(),
         }
     }
 
@@ -102,6 +116,16 @@ impl CommonArgs {
                 Selection::WeightedRoundRobin => TargetSelection::WeightedRoundRobin,
                 Selection::WeightedRandom => TargetSelection::WeightedRandom,
             };
+        }
+        s.scheduler.metrics_interval_ms = self.metrics_interval_ms;
+        s.scheduler.metrics_stale_ms = self.metrics_stale_ms;
+        if let Err(msg) = controller::scheduler::check_metrics(&s.scheduler) {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--metrics-stale-ms / --metrics-interval-ms: {msg}"),
+                )
+                .exit();
         }
         s
     }

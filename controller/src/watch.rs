@@ -1,7 +1,8 @@
 //! Watch mode: render once, then poll the inputs and re-render on change. A poll only stats
 //! the files (list + mtime + size); bytes are re-read and hashed when that changes, and every
 //! few polls anyway (an in-place edit may keep size and mtime granule). An invalid new input is
-//! logged and the last good outputs stay untouched. No threads, no inotify: cheap and portable.
+//! logged and the last good outputs stay untouched. The scheduler configuration file
+//! (`--scheduler-config`) is polled like the resources. No threads, no inotify: cheap and portable.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +12,8 @@ use filter_config::Settings;
 use thiserror::Error;
 
 use crate::diag::Diagnostics;
-use crate::load::Source;
 use crate::render::content_hash;
-use crate::{build, envoy_outputs, summary, InputPaths};
+use crate::{build, envoy_outputs, summary, InputPaths, ReadInputs};
 
 /// Re-read and hash the inputs every this many polls even if no stat changed.
 const FULL_CHECK_EVERY: u64 = 10;
@@ -53,9 +53,17 @@ fn fingerprint(inputs: &InputPaths) -> Fingerprint {
         .collect()
 }
 
-fn sources_hash(sources: &[Source], read_errors: &[String]) -> u64 {
+fn sources_hash(read: &ReadInputs, read_errors: &[String]) -> u64 {
     let mut buf = Vec::new();
-    for s in sources {
+    // The scheduler file is hashed under a marker so it can never alias a resource file.
+    let scheduler = read.scheduler.iter().map(|s| (b"scheduler:" as &[u8], s));
+    for (tag, s) in read
+        .resources
+        .iter()
+        .map(|s| (b"" as &[u8], s))
+        .chain(scheduler)
+    {
+        buf.extend_from_slice(tag);
         buf.extend_from_slice(s.path.as_os_str().as_encoded_bytes());
         buf.push(0);
         buf.extend_from_slice(&(s.content.len() as u64).to_le_bytes());
@@ -75,7 +83,7 @@ enum Attempt {
 
 fn attempt(
     cfg: &WatchConfig,
-    sources: &[Source],
+    sources: &ReadInputs,
     read_diags: Diagnostics,
     first: bool,
 ) -> Result<Attempt, WatchError> {

@@ -1,7 +1,7 @@
 //! The `modelroute-controller` binary end to end on files: `render` writes the four outputs and
 //! leaves them untouched when nothing changed; `render --print`; invalid input exits 1 and
 //! writes nothing; `watch` follows edits (rename and in-place) and keeps the last good outputs
-//! on invalid input. Readiness is polled with deadlines, never fixed sleeps.
+//! on invalid input (resources and `--scheduler-config` alike). Readiness is polled with deadlines, never fixed sleeps.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelroute-controller");
 const SEED: &str = "tests/golden/seed-multi-models/input";
+const HELM_SCHEDULER: &str = "../examples/scheduler/kthena-router-config.yaml";
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("modelroute-cli-{tag}-{}", std::process::id()));
@@ -161,6 +162,69 @@ fn invalid_render_exits_1_with_every_error_and_writes_nothing() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn render_reads_the_scheduler_config_and_rejects_a_bad_one() {
+    let dir = temp_dir("scheduler");
+    let input = inputs(&dir);
+    let out = dir.join("out");
+    let o = render(
+        &input,
+        &out,
+        &[
+            "--scheduler-config",
+            HELM_SCHEDULER,
+            "--metrics-interval-ms",
+            "200",
+            "--metrics-stale-ms",
+            "900",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&read(&out.join("filter-config.json"))).unwrap();
+    let s = &config["settings"]["scheduler"];
+    assert_eq!(s["filters"], serde_json::json!(["least-request"]));
+    assert_eq!(s["scores"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        (
+            s["metrics_interval_ms"].as_u64(),
+            s["metrics_stale_ms"].as_u64()
+        ),
+        (Some(200), Some(900))
+    );
+
+    let bad = dir.join("sched.yaml");
+    fs::write(
+        &bad,
+        "scheduler:\n  plugins:\n    Score:\n      enabled:\n      - {name: foo, weight: 1}\n",
+    )
+    .unwrap();
+    let out2 = dir.join("out2");
+    let o = render(
+        &input,
+        &out2,
+        &["--scheduler-config", bad.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(
+            "sched.yaml: scheduler.plugins.Score.enabled[0].name: unknown plugin \"foo\""
+        ),
+        "{stderr}"
+    );
+    assert!(!out2.join("filter-config.json").exists());
+
+    // Metrics that go stale before the next scrape are a usage error.
+    let o = render(
+        &input,
+        &out2,
+        &["--metrics-interval-ms", "1000", "--metrics-stale-ms", "500"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 struct Watch(Child);
 
 impl Drop for Watch {
@@ -188,9 +252,13 @@ fn watch_follows_edits_and_keeps_last_good_outputs_on_invalid_input() {
     let input = inputs(&dir);
     let out = dir.join("out");
     let log = dir.join("watch.log");
+    let sched = dir.join("kthena-router-config.yaml");
+    fs::copy(HELM_SCHEDULER, &sched).unwrap();
     let child = Command::new(BIN)
         .args(["watch", "--interval-ms", "50", "--resources"])
         .arg(&input)
+        .arg("--scheduler-config")
+        .arg(&sched)
         .arg("--wasm")
         .arg(dir.join("modelroute.wasm"))
         .arg("--out")
@@ -204,6 +272,32 @@ fn watch_follows_edits_and_keeps_last_good_outputs_on_invalid_input() {
     let config = out.join("ecds/modelroute.json");
     wait_until("first render", || {
         read(&config).contains("deepseek-multi-models")
+    });
+    let filter_config = out.join("filter-config.json");
+    let scheduler = || -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&read(&filter_config))
+            .map(|v| v["settings"]["scheduler"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(scheduler()["max_waiting_requests"], 10);
+
+    // Edit 0: the scheduler config, replaced by rename.
+    let helm = read(&sched);
+    let tmp = dir.join(".sched.tmp");
+    fs::write(
+        &tmp,
+        helm.replace("maxWaitingRequests: 10", "maxWaitingRequests: 4")
+            .replace("TTFTTPOTWeightFactor: 0.5", "TTFTTPOTWeightFactor: 0.25"),
+    )
+    .unwrap();
+    fs::rename(&tmp, &sched).unwrap();
+    wait_until("scheduler edit", || {
+        let s = scheduler();
+        s["max_waiting_requests"] == 4 && s["ttft_tpot_weight_factor"] == 0.25
+    });
+    // The ECDS file follows (it embeds the filter config).
+    wait_until("scheduler edit in ECDS", || {
+        read(&config).contains("\\\"max_waiting_requests\\\":4")
     });
 
     // Edit 1: write a temp file and rename it over the route (what editors and kubectl do).

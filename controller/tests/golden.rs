@@ -1,7 +1,8 @@
 //! Golden tests: each `tests/golden/<case>/input/` (Kthena YAML + pods) compiles to
 //! `tests/golden/<case>/filter-config.json`, or, for invalid cases, fails with exactly the
 //! lines of `errors.txt`. A case with an `envoy/` directory also pins the EDS/CDS/ECDS files,
-//! rendered for the placeholder output directory `/@OUT@`.
+//! rendered for the placeholder output directory `/@OUT@`. A case with a `scheduler.yaml` reads
+//! it as `--scheduler-config`.
 //! `UPDATE_GOLDEN=1 cargo test -p controller --test golden` rewrites the expected files.
 
 use std::fs;
@@ -57,6 +58,7 @@ fn run_case(case: &Path) -> Vec<String> {
     let inputs = InputPaths {
         resources: vec![case.join("input")],
         pods: vec![],
+        scheduler: Some(case.join("scheduler.yaml")).filter(|p| p.exists()),
     };
     let mut diags = Diagnostics::default();
     let sources = inputs.read(&mut diags);
