@@ -1,7 +1,8 @@
 //! Engine: turns one parsed inference request into the answer a vLLM / SGLang OpenAI-compatible
-//! server would give (JSON body or the sequence of SSE events), plus the `/v1/models` list,
-//! error bodies and the Prometheus text. Pure: no I/O, no clock, no randomness — ids and
-//! timestamps are passed in, so every answer here is deterministic and unit-tested.
+//! server would give (JSON body or the sequence of SSE events), plus the `/v1/models` list and
+//! error bodies (the Prometheus text lives in `metrics.rs`). Pure: no I/O, no clock, no
+//! randomness — ids and timestamps are passed in, so every answer here is deterministic and
+//! unit-tested.
 //! It must not know about sockets, headers or the request log (see `server.rs`).
 
 use std::net::IpAddr;
@@ -859,93 +860,27 @@ pub fn host_is(host: &str, ip: IpAddr) -> bool {
     bare.parse::<IpAddr>().is_ok_and(|h| h == ip)
 }
 
-/// Live load numbers reported on `/metrics`.
+/// Live load numbers reported on `/metrics` (the gauges a fresh pod derives from them).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load {
     pub running: u64,
     pub success_total: u64,
 }
 
-/// Prometheus text for `/metrics`, in the engine's own metric names.
+/// Prometheus text for `/metrics`, in the engine's own metric names, of a pod with this load,
+/// nothing held and no answers observed yet. The server renders through
+/// [`crate::metrics::Metrics::scrape`], which adds waiting, holds and latency histograms.
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn metrics_text(served: &Served, load: Load) -> String {
-    let label = format!("model_name=\"{}\"", prom_escape(&served.model));
-    let kv = (load.running as f64 / 64.0).min(1.0);
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{label}}} {value}\n"
-        ));
-    };
-    match served.engine {
-        EngineKind::Vllm => {
-            gauge(
-                "vllm:num_requests_running",
-                "Number of requests in model execution batches.",
-                "gauge",
-                load.running.to_string(),
-            );
-            gauge(
-                "vllm:num_requests_waiting",
-                "Number of requests waiting to be processed.",
-                "gauge",
-                "0".into(),
-            );
-            gauge(
-                "vllm:kv_cache_usage_perc",
-                "KV-cache usage. 1 means 100 percent usage.",
-                "gauge",
-                format_float(kv),
-            );
-            gauge(
-                "vllm:gpu_cache_usage_perc",
-                "GPU KV-cache usage. 1 means 100 percent usage.",
-                "gauge",
-                format_float(kv),
-            );
-            gauge(
-                "vllm:request_success_total",
-                "Count of successfully processed requests.",
-                "counter",
-                load.success_total.to_string(),
-            );
-        }
-        EngineKind::Sglang => {
-            gauge(
-                "sglang:num_running_reqs",
-                "The number of running requests.",
-                "gauge",
-                load.running.to_string(),
-            );
-            gauge(
-                "sglang:num_queue_reqs",
-                "The number of requests in the waiting queue.",
-                "gauge",
-                "0".into(),
-            );
-            gauge(
-                "sglang:token_usage",
-                "The token usage.",
-                "gauge",
-                format_float(kv),
-            );
-        }
-    }
-    out
-}
-
-fn format_float(v: f64) -> String {
-    // Prometheus accepts plain decimals; keep "0.0"-style output like Python's client.
-    if v.fract() == 0.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v}")
-    }
-}
-
-fn prom_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    crate::metrics::render_derived(
+        served,
+        crate::metrics::Live {
+            running: load.running,
+            waiting: 0,
+            success_total: load.success_total,
+        },
+    )
 }
 
 #[cfg(test)]

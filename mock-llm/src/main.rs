@@ -3,12 +3,14 @@
 //! lifetime (signals, parent watch); it reports only what each pod itself received.
 //!
 //! - `engine` — request -> answer logic (pure)
-//! - `server` — HTTP/1.1 serving of one pod, request log, load counters
+//! - `server` — HTTP/1.1 serving of one pod, request log, load counters, run slots
+//! - `metrics` — `/metrics` text (gauges, TTFT/TPOT histograms) and `/mock/metrics` holds
 //! - `pd`     — prefill/decode roles' I/O: KV blocks + `/mock/kv`, SGLang bootstrap server,
 //!   the decode side's KV pull / bootstrap wait
 //! - `pods`   — Kubernetes Pod list -> one `serve` child process per pod
 
 mod engine;
+mod metrics;
 mod pd;
 mod pods;
 mod server;
@@ -25,6 +27,7 @@ usage:
                  [--pod NAMESPACE/NAME] [--engine vllm|sglang]
                  [--role prefill|decode] [--kv-connector http|lmcache|nixl|mooncake]
                  [--bootstrap-port N] [--bootstrap-timeout-ms N]
+                 [--delay-ms N] [--status CODE] [--max-running N]
   mock-llm pods --file PODS.yaml [--port PORT]";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -134,6 +137,14 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
                         steer.delay_ms = Some(
                             v.parse::<u64>()
                                 .map_err(|e| format!("--delay-ms {v:?}: {e}"))?,
+                        )
+                    }
+                    "--max-running" => {
+                        steer.max_running = Some(
+                            v.parse::<u64>()
+                                .ok()
+                                .filter(|n| *n >= 1)
+                                .ok_or_else(|| format!("--max-running {v:?}: expected >= 1"))?,
                         )
                     }
                     "--status" => {
@@ -332,6 +343,29 @@ mod tests {
             "--bootstrap-port 70000",
             "--bootstrap-timeout-ms -1",
         ] {
+            assert!(parse_cli(&args(&format!("{base} {bad}"))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn steer_flags_parse() {
+        let cli = parse_cli(&args(
+            "serve --listen 127.0.0.1:8000 --model m --delay-ms 200 --status 503 \
+             --max-running=4",
+        ));
+        let Ok(Cli::Serve { steer, .. }) = cli else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(
+            steer,
+            server::Steer {
+                delay_ms: Some(200),
+                status: Some(503),
+                max_running: Some(4),
+            }
+        );
+        let base = "serve --listen 127.0.0.1:8000 --model m";
+        for bad in ["--max-running 0", "--max-running -1", "--max-running x"] {
             assert!(parse_cli(&args(&format!("{base} {bad}"))).is_err(), "{bad}");
         }
     }

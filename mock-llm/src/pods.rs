@@ -33,7 +33,8 @@ pub struct PodPlan {
     /// From env `PD_ROLE`, `KV_CONNECTOR`, `SGLANG_BOOTSTRAP_PORT`,
     /// `SGLANG_BOOTSTRAP_TIMEOUT_MS`.
     pub pd: PdSettings,
-    /// From env `MOCK_DELAY_MS`, `MOCK_STATUS` (a slow or failing pod, for tests).
+    /// From env `MOCK_DELAY_MS`, `MOCK_STATUS`, `MAX_RUNNING` (a slow, failing or queueing
+    /// pod, for tests).
     pub steer: crate::server::Steer,
 }
 
@@ -87,6 +88,10 @@ impl PodPlan {
         if let Some(s) = self.steer.status {
             args.push("--status".to_string());
             args.push(s.to_string());
+        }
+        if let Some(n) = self.steer.max_running {
+            args.push("--max-running".to_string());
+            args.push(n.to_string());
         }
         args
     }
@@ -340,6 +345,9 @@ pub fn parse_pods(yaml: &str, port: Option<u16>) -> Result<Vec<PodPlan>, Invalid
             })?,
             status: get(&p, &pod, "MOCK_STATUS", "a status 201..599", |v| {
                 v.parse::<u16>().ok().filter(|s| (201..=599).contains(s))
+            })?,
+            max_running: get(&p, &pod, "MAX_RUNNING", "an integer >= 1", |v| {
+                v.parse::<u64>().ok().filter(|n| *n >= 1)
             })?,
         };
         let port = port.or_else(|| p.container_port()).unwrap_or(DEFAULT_PORT);

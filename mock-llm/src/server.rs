@@ -1,8 +1,10 @@
 //! Server: the HTTP/1.1 side of one mock pod — accepting connections, routing paths, reading
 //! (possibly chunked) bodies, the test-steering headers (`x-mock-delay-ms`, `x-mock-status`,
-//! `x-mock-chunk-delay-ms`), the request log behind `/mock/requests`, the live load counters and
-//! the streaming response body, and the order of a request's steps (admission incl. the PD
-//! checks, delay, PD step from `pd.rs`, answer). What to answer is decided in `engine.rs`; this
+//! `x-mock-chunk-delay-ms`), the request log behind `/mock/requests`, the live load counters
+//! (run slots of `--max-running`, the waiting queue), the latency measurements and holds behind
+//! `/metrics` and `/mock/metrics` (rendered by `metrics.rs`), the streaming response body, and
+//! the order of a request's steps (admission incl. the PD checks, run slot, delay, PD step from
+//! `pd.rs`, answer). What to answer is decided in `engine.rs`; this
 //! file only moves bytes and records what it received. It never invents routing results.
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -27,11 +29,13 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::engine::{
-    self, Api, EngineKind, KvTransferParams, Load, PdSettings, Reply, Role, Served, Stamp,
+    self, Api, EngineKind, KvTransferParams, PdSettings, Reply, Role, Served, Stamp,
 };
+use crate::metrics::{self, Live, Metrics};
 use crate::pd::{self, PdState};
 
 /// How many requests `/mock/requests` keeps.
@@ -40,6 +44,8 @@ const LOG_CAPACITY: usize = 10_000;
 const LOG_BODY_MAX: usize = 64 * 1024;
 /// Larger request bodies are refused with 413.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest `POST /mock/metrics` body.
+const CONTROL_BODY_LIMIT: usize = 64 * 1024;
 
 /// One pod's identity and served models.
 #[derive(Debug, Clone)]
@@ -53,11 +59,15 @@ pub struct PodConfig {
     pub steer: Steer,
 }
 
-/// Pod-wide behaviour for tests: `--delay-ms` / `MOCK_DELAY_MS`, `--status` / `MOCK_STATUS`.
+/// Pod-wide behaviour for tests: `--delay-ms` / `MOCK_DELAY_MS`, `--status` / `MOCK_STATUS`,
+/// `--max-running` / `MAX_RUNNING`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Steer {
     pub delay_ms: Option<u64>,
     pub status: Option<u16>,
+    /// At most this many inference requests are answered at once; the others queue (and count
+    /// as waiting). `None` = unlimited.
+    pub max_running: Option<u64>,
 }
 
 /// One entry of `/mock/requests`.
@@ -107,7 +117,11 @@ struct State {
     steer: Steer,
     pd: Arc<PdState>,
     running: AtomicU64,
+    waiting: AtomicU64,
+    /// Run slots (`--max-running`); `None` = unlimited.
+    slots: Option<Arc<Semaphore>>,
     success: AtomicU64,
+    metrics: Mutex<Metrics>,
     log: Mutex<Log>,
     id_seed: std::collections::hash_map::RandomState,
     id_counter: AtomicU64,
@@ -146,6 +160,115 @@ impl State {
         };
         f(&mut log)
     }
+
+    fn with_metrics<T>(&self, f: impl FnOnce(&mut Metrics) -> T) -> T {
+        let mut m = match self.metrics.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut m)
+    }
+
+    fn live(&self) -> Live {
+        Live {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            success_total: self.success.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queue for a run slot (counted as waiting meanwhile, also if the client goes away), then
+    /// count as running until the returned slot is dropped.
+    async fn run_slot(self: &Arc<Self>) -> Slot {
+        let permit = match &self.slots {
+            None => None,
+            Some(sem) => {
+                let _waiting = Counted::new(&self.waiting);
+                // The semaphore is never closed, so this only fails in theory; then run anyway.
+                sem.clone().acquire_owned().await.ok()
+            }
+        };
+        Slot {
+            _running: RunningGuard::new(self),
+            _permit: permit,
+        }
+    }
+}
+
+/// Counts one unit in an atomic from creation until drop.
+struct Counted<'a>(&'a AtomicU64);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request's run slot: counted as running, holding a `--max-running` permit if limited.
+/// Fields drop in order: `running` falls before the permit lets the next request in.
+struct Slot {
+    _running: RunningGuard,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Measures one successful answer as its body leaves: TTFT = request arrival to the first
+/// frame; TPOT = mean gap between SSE events (0 for a non-streaming answer). Recorded into the
+/// pod's metrics on the first frame (TTFT) and when the body ends or is dropped (TPOT).
+struct Observer {
+    state: Arc<State>,
+    arrived: Instant,
+    streaming: bool,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    frames: u64,
+}
+
+impl Observer {
+    fn new(state: &Arc<State>, arrived: Instant) -> Self {
+        Observer {
+            state: state.clone(),
+            arrived,
+            streaming: false,
+            first: None,
+            last: None,
+            frames: 0,
+        }
+    }
+
+    fn frame(&mut self) {
+        let now = Instant::now();
+        if self.first.is_none() {
+            self.first = Some(now);
+            let ttft = now.duration_since(self.arrived).as_secs_f64();
+            self.state.with_metrics(|m| m.observe_ttft(ttft));
+        }
+        self.last = Some(now);
+        self.frames += 1;
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return;
+        };
+        let tpot = if !self.streaming {
+            0.0
+        } else if self.frames >= 2 {
+            last.duration_since(first).as_secs_f64() / (self.frames - 1) as f64
+        } else {
+            // The client left after the first event: no gap was measured.
+            return;
+        };
+        self.state.with_metrics(|m| m.observe_tpot(tpot));
+    }
 }
 
 fn now_secs() -> u64 {
@@ -178,7 +301,8 @@ pub struct MockBody {
     delay: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     streaming: bool,
-    _guard: Option<RunningGuard>,
+    observer: Option<Observer>,
+    _slot: Option<Slot>,
 }
 
 impl MockBody {
@@ -197,7 +321,8 @@ impl MockBody {
             delay: Duration::ZERO,
             sleep: None,
             streaming: false,
-            _guard: None,
+            observer: None,
+            _slot: None,
         }
     }
 
@@ -207,12 +332,21 @@ impl MockBody {
             delay,
             sleep: None,
             streaming: true,
-            _guard: None,
+            observer: None,
+            _slot: None,
         }
     }
 
-    fn guarded(mut self, guard: RunningGuard) -> Self {
-        self._guard = Some(guard);
+    /// Keep the request's run slot until the body has been sent (or the client goes away).
+    fn slotted(mut self, slot: Slot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// Measure this (successful) answer's TTFT / TPOT as it is sent.
+    fn observed(mut self, mut observer: Observer) -> Self {
+        observer.streaming = self.streaming;
+        self.observer = Some(observer);
         self
     }
 }
@@ -233,10 +367,14 @@ impl Body for MockBody {
         }
         match self.chunks.pop_front() {
             None => {
-                self._guard = None;
+                self.observer = None;
+                self._slot = None;
                 Poll::Ready(None)
             }
             Some(chunk) => {
+                if let Some(o) = self.observer.as_mut() {
+                    o.frame();
+                }
                 if !self.chunks.is_empty() && !self.delay.is_zero() {
                     let delay = self.delay;
                     self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
@@ -314,6 +452,7 @@ pub async fn serve(
         )?;
         out.flush()?;
     }
+    let metrics = Metrics::new(config.served.engine, config.steer.max_running);
     let state = Arc::new(State {
         served: config.served,
         pod: pod_header,
@@ -322,7 +461,16 @@ pub async fn serve(
         steer: config.steer,
         pd: pd_state,
         running: AtomicU64::new(0),
+        waiting: AtomicU64::new(0),
+        slots: config.steer.max_running.map(|n| {
+            Arc::new(Semaphore::new(
+                usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            ))
+        }),
         success: AtomicU64::new(0),
+        metrics: Mutex::new(metrics),
         log: Mutex::new(Log::default()),
         id_seed: std::collections::hash_map::RandomState::new(),
         id_counter: AtomicU64::new(0),
@@ -362,15 +510,19 @@ async fn handle(
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/health") => plain(StatusCode::OK, None, MockBody::empty()),
         (&Method::GET, "/metrics") => {
-            let load = Load {
-                running: state.running.load(Ordering::Relaxed),
-                success_total: state.success.load(Ordering::Relaxed),
-            };
+            let live = state.live();
+            let text = state.with_metrics(|m| m.scrape(&state.served, live));
             plain(
                 StatusCode::OK,
                 Some("text/plain; version=0.0.4; charset=utf-8"),
-                MockBody::full(engine::metrics_text(&state.served, load)),
+                MockBody::full(text),
             )
+        }
+        (&Method::GET, "/mock/metrics") => mock_metrics_status(&state),
+        (&Method::POST, "/mock/metrics") => hold_metrics(&state, req).await,
+        (&Method::DELETE, "/mock/metrics") => {
+            state.with_metrics(Metrics::release_all);
+            plain(StatusCode::NO_CONTENT, None, MockBody::empty())
         }
         (&Method::GET, "/v1/models") => json_response(200, state.served.models_list(now_secs())),
         (&Method::GET, "/mock/requests") => {
@@ -407,8 +559,36 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     header_str(headers, name).and_then(|v| v.parse().ok())
 }
 
+/// `GET /mock/metrics`: the values `/metrics` reports now (held or derived), as JSON.
+fn mock_metrics_status(state: &State) -> Response<MockBody> {
+    let live = state.live();
+    let effective = state.with_metrics(|m| m.effective(live));
+    match serde_json::to_string(&effective) {
+        Ok(b) => json_response(200, b),
+        Err(e) => error_response(500, &format!("cannot serialize metrics: {e}")),
+    }
+}
+
+/// `POST /mock/metrics`: hold (value) or release (null) gauges and latencies; 204, or 400.
+async fn hold_metrics(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let bytes = match Limited::new(req.into_body(), CONTROL_BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return error_response(400, &format!("Cannot read request body: {e}")),
+    };
+    match metrics::parse_update(&bytes) {
+        Ok(update) => {
+            state.with_metrics(|m| m.apply(update));
+            plain(StatusCode::NO_CONTENT, None, MockBody::empty())
+        }
+        Err(msg) => error_response(400, &msg),
+    }
+}
+
 async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
-    let guard = RunningGuard::new(state);
+    let arrived = Instant::now();
     let (parts, incoming) = req.into_parts();
     let path = parts.uri.path().to_string();
 
@@ -469,6 +649,10 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
         }
     };
 
+    // Every inference request queues for a run slot (`--max-running`), errors included: the
+    // delay below is work done while running, and counts in TTFT.
+    let slot = state.run_slot().await;
+
     if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms").or(state.steer.delay_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -511,8 +695,17 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
         state.success.fetch_add(1, Ordering::Relaxed);
     }
 
+    let ok = (200..300).contains(&status);
+    let finish = |body: MockBody| {
+        let body = body.slotted(slot);
+        if ok {
+            body.observed(Observer::new(state, arrived))
+        } else {
+            body
+        }
+    };
     match reply {
-        Reply::Json { status, body } => json_response(status, body).map(|b| b.guarded(guard)),
+        Reply::Json { status, body } => json_response(status, body).map(finish),
         Reply::Stream { events } => {
             let delay = Duration::from_millis(
                 header_u64(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0),
@@ -520,7 +713,7 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
             let mut resp = plain(
                 StatusCode::OK,
                 Some("text/event-stream"),
-                MockBody::stream(events, delay).guarded(guard),
+                finish(MockBody::stream(events, delay)),
             );
             resp.headers_mut()
                 .insert("cache-control", HeaderValue::from_static("no-cache"));

@@ -357,7 +357,8 @@ fn mock_delay_and_status_env_make_a_slow_or_failing_pod() {
         plans[0].steer,
         crate::server::Steer {
             delay_ms: Some(250),
-            status: Some(500)
+            status: Some(500),
+            max_running: None,
         }
     );
     let args = plans[0].serve_args();
@@ -377,4 +378,34 @@ fn mock_delay_and_status_env_make_a_slow_or_failing_pod() {
             ..
         })
     ));
+}
+
+#[test]
+fn max_running_env_makes_a_queueing_pod() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: q\nspec:\n  containers:\n  - name: e\n    env:\n    - name: MODEL_NAME\n      value: m\n    - name: MAX_RUNNING\n      value: \"2\"\nstatus:\n  podIP: 127.0.0.9\n";
+    let plans = parse_pods(yaml, None).unwrap();
+    assert_eq!(plans[0].steer.max_running, Some(2));
+    let args = plans[0].serve_args();
+    assert!(
+        args.windows(2).any(|w| w == ["--max-running", "2"]),
+        "{args:?}"
+    );
+    for bad in ["\"0\"", "\"many\""] {
+        let yaml = yaml.replace("\"2\"", bad);
+        assert!(
+            matches!(
+                parse_pods(&yaml, None),
+                Err(InvalidPods::BadEnv {
+                    name: "MAX_RUNNING",
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
+    // Unset: unlimited, and no flag on the command line.
+    let plain = yaml.replace("    - name: MAX_RUNNING\n      value: \"2\"\n", "");
+    let plans = parse_pods(&plain, None).unwrap();
+    assert_eq!(plans[0].steer.max_running, None);
+    assert!(!plans[0].serve_args().contains(&"--max-running".to_string()));
 }
