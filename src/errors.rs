@@ -81,6 +81,11 @@ impl ErrorReply {
                 "model_server_not_found",
                 format!("ModelServer {s} for model {model:?} not found"),
             ),
+            RouteError::AllFiltered(s, p) => Self::new(
+                503,
+                "all_pods_filtered",
+                format!("every ready pod of ModelServer {s} was filtered out by the {p:?} scheduler plugin"),
+            ),
             RouteError::NoPdPair(s) => Self::new(
                 503,
                 "no_pd_pair",

@@ -7,10 +7,14 @@
 //! by splicing, set the cluster / endpoint / request-id / upstream-policy headers, continue.
 
 use crate::errors::ErrorReply;
+use std::borrow::Cow;
+
 use crate::pd::{self, Bootstrap, Protocol};
+use crate::prompt::prompt_text;
 use crate::rewrite::splice_string;
 use crate::router::{Pair, Request, Router};
 use crate::scan::{scan, Model};
+use crate::shared;
 use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
@@ -59,6 +63,10 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Increments a counter.
     fn count(&mut self, counter: Counter);
+    /// Shared data (all workers): the value under `key` and its CAS token.
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` under `key` if its CAS token is still `cas`; false on a lost race.
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
 /// Counters the flow reports (exposed by Envoy as `wasmcustom.<name>`).
@@ -155,6 +163,8 @@ pub struct Flow {
     path: String,
     full_path: String,
     pd: Option<PdState>,
+    /// The pod counted in flight for this request: (key, pods, index).
+    in_flight: Option<(String, usize, usize)>,
     pub outcome: Outcome,
 }
 
@@ -256,20 +266,31 @@ impl Flow {
             Ok(s) => s,
             Err(e) => return self.fail(host, &ErrorReply::invalid_json(e)),
         };
-        let (model, span) = match scanned.model {
+        let (model, span) = match &scanned.model {
             Some(Model::Str { value, span }) if !value.trim().is_empty() => {
-                (value.into_owned(), span)
+                (value.to_string(), span.clone())
             }
             _ => return self.fail(host, &ErrorReply::model_missing()),
         };
         self.outcome.model.clone_from(&model);
 
+        let prompt = if router.scheduling() {
+            prompt_text(&body, &scanned)
+        } else {
+            Cow::Borrowed(&[][..])
+        };
+        let now_ms = host.now_ms();
         let header = |name: &str| host.header(name);
+        let in_flight = |key: &str, n: usize| shared::read_counts(&*host, key, n);
         let decision = router.decide(&Request {
             model: &model,
             path: &self.path,
             header: &header,
+            prompt: &prompt,
+            in_flight: &in_flight,
+            now_ms,
         });
+        drop(prompt);
         let decision = match decision {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
@@ -281,6 +302,12 @@ impl Flow {
         let Some(server) = router.server(decision.server) else {
             return Action::Continue;
         };
+        if let Some(idx) = decision.pod_index {
+            let n = server.endpoint_count();
+            if shared::add(host, &server.in_flight_key, n, idx, 1) {
+                self.in_flight = Some((server.in_flight_key.clone(), n, idx));
+            }
+        }
         self.outcome.route = router.route_name(decision.route).to_string();
         self.outcome.server = server.name.clone();
         self.outcome.endpoint = decision
@@ -605,6 +632,13 @@ impl Flow {
             ),
         };
         self.fail(host, &e);
+    }
+
+    /// The request is over (completed or reset): release its in-flight count.
+    pub fn on_done(&mut self, host: &mut dyn Host) {
+        if let Some((key, n, idx)) = self.in_flight.take() {
+            shared::add(host, &key, n, idx, -1);
+        }
     }
 
     /// The upstream answer's status (PD decode outcome counters).

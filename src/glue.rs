@@ -14,6 +14,10 @@ use proxy_wasm::types::{
     Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType,
 };
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::collector::{self, Collector, Kind};
 use crate::flow::{Action, Counter, Flow, Host};
 use crate::router::Router;
 
@@ -21,14 +25,95 @@ type Shared = Rc<RefCell<Option<Router>>>;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { router: Rc::new(RefCell::new(None)) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { router: Rc::new(RefCell::new(None)), me: 0, collector: None, calls: HashMap::new(), interval_ms: 1000, snapshot_cas: None })
+    });
 }}
 
 struct Root {
     router: Shared,
+    /// This root context's identity for the collector lease.
+    me: u64,
+    /// Present while the scheduler needs engine metrics.
+    collector: Option<Collector>,
+    /// Scrape calls in flight: token -> (target, what).
+    calls: HashMap<u32, (usize, Kind)>,
+    interval_ms: u64,
+    /// CAS of the last snapshot read, to decode it only when it changed.
+    snapshot_cas: Option<u32>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((target, kind)) = self.calls.remove(&token) else {
+            return;
+        };
+        let status = EnvoyHost.call_status();
+        let body = EnvoyHost.call_body(body_size).unwrap_or_default();
+        let now = EnvoyHost.now_ms();
+        if let Some(c) = self.collector.as_mut() {
+            c.on_answer(target, kind, status, &body, now);
+        }
+    }
+}
+
+impl Root {
+    /// One collection round, if this VM holds the lease: publish, then scrape every pod.
+    fn collect(&mut self, now: u64) {
+        let Some(c) = self.collector.as_ref() else {
+            return;
+        };
+        let (current, cas) = EnvoyHost.shared_get(collector::LEASE_KEY);
+        let Some(lease) =
+            collector::take_lease(current.as_deref(), self.me, now, 3 * self.interval_ms)
+        else {
+            return;
+        };
+        if !EnvoyHost.shared_set(collector::LEASE_KEY, &lease, cas) {
+            return;
+        }
+        let snapshot = crate::metrics::encode(&c.snapshot());
+        EnvoyHost.shared_set(collector::SNAPSHOT_KEY, &snapshot, None);
+        self.calls.clear();
+        let timeout = self.interval_ms.max(100);
+        for (i, t) in c.targets.iter().enumerate() {
+            for (kind, path) in [(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")] {
+                let headers = [
+                    (":method", "GET"),
+                    (":path", path),
+                    (":authority", "modelroute-collector"),
+                    (filter_config::DEFAULT_ENDPOINT_HEADER, t.address.as_str()),
+                ];
+                if let Some(token) = EnvoyHost.dispatch(&t.cluster, &headers, b"", timeout) {
+                    self.calls.insert(token, (i, kind));
+                }
+            }
+        }
+    }
+
+    /// Every VM: take the latest snapshot into the router when it changed.
+    fn refresh(&mut self) {
+        let (bytes, cas) = EnvoyHost.shared_get(collector::SNAPSHOT_KEY);
+        if cas.is_none() || cas == self.snapshot_cas {
+            return;
+        }
+        self.snapshot_cas = cas;
+        let Some(snapshot) = bytes.as_deref().and_then(crate::metrics::decode) else {
+            return;
+        };
+        if let Ok(mut slot) = self.router.try_borrow_mut() {
+            if let Some(r) = slot.as_mut() {
+                r.set_stats(snapshot);
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -50,6 +135,20 @@ impl RootContext for Root {
                     "modelroute: configuration accepted ({} bytes)",
                     config.len()
                 );
+                self.me = seed | 1;
+                self.collector = router
+                    .scheduling()
+                    .then(|| Collector::new(router.scrape_targets()));
+                self.interval_ms = router.settings.scheduler.metrics_interval_ms.max(100);
+                self.snapshot_cas = None;
+                let period = if self.collector.is_some() {
+                    Duration::from_millis(self.interval_ms)
+                } else {
+                    Duration::ZERO
+                };
+                if hostcalls::set_tick_period(period).is_err() {
+                    log::warn!("modelroute: could not set the tick period");
+                }
                 match self.router.try_borrow_mut() {
                     Ok(mut slot) => *slot = Some(router),
                     Err(_) => return false,
@@ -61,6 +160,12 @@ impl RootContext for Root {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        let now = EnvoyHost.now_ms();
+        self.collect(now);
+        self.refresh();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -134,6 +239,7 @@ impl HttpContext for Request {
     }
 
     fn on_log(&mut self) {
+        self.flow.on_done(&mut EnvoyHost);
         let o = &self.flow.outcome;
         if !o.model.is_empty() || o.local_status.is_some() {
             log::debug!(
@@ -240,6 +346,14 @@ impl Host for EnvoyHost {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
 
     fn count(&mut self, counter: Counter) {

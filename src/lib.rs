@@ -11,16 +11,19 @@
 //! - [`rng`]: injected randomness.
 //! - `glue` (wasm32 only): adapts proxy-wasm's contexts to [`flow::Flow`]; nothing else calls
 //!   proxy-wasm.
+pub mod collector;
 pub mod errors;
 pub mod flow;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;
+pub mod prompt;
 pub mod rewrite;
 pub mod rng;
 pub mod router;
 pub mod scan;
 pub mod scheduler;
+pub mod shared;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

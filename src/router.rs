@@ -14,8 +14,11 @@ use filter_config::{
     FilterConfig, Role, Settings, StringMatch, DEFAULT_SGLANG_BOOTSTRAP_PORT, SCHEMA_VERSION,
 };
 
+use crate::metrics::{PodStats, Snapshot};
 use crate::pd::Protocol;
+use crate::prefix::{block_hashes, PrefixIndex};
 use crate::rng::Rng;
+use crate::scheduler::{self, Ask, Candidate, Unschedulable};
 use crate::weights::Weighted;
 
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
@@ -41,6 +44,8 @@ pub enum RouteError {
     NoReadyEndpoints(String),
     /// The chosen PD ModelServer has no group with both a prefill and a decode pod.
     NoPdPair(String),
+    /// Every ready pod of the ModelServer was dropped by a scheduler filter.
+    AllFiltered(String, filter_config::Plugin),
 }
 
 #[derive(Debug)]
@@ -99,10 +104,14 @@ pub struct Server {
     pub model: Option<String>,
     pub timeout_ms: Option<u64>,
     pub retry_attempts: Option<u32>,
+    pub engine: filter_config::Engine,
     /// Present for PD-disaggregated servers.
     pub pd: Option<PdServer>,
     endpoints: Vec<String>,
     next: usize,
+    /// Shared-data key of this server's in-flight counts (changes with the pod list).
+    pub in_flight_key: String,
+    prefix: Option<PrefixIndex>,
 }
 
 /// A PD-disaggregated ModelServer: its protocol and its complete groups.
@@ -144,6 +153,8 @@ pub struct Decision {
     pub endpoints: String,
     /// PD servers: prefill/decode pairs in the order to try them (first = chosen).
     pub pairs: Vec<Pair>,
+    /// When the scheduler picked: the chosen pod's index in the server's endpoints.
+    pub pod_index: Option<usize>,
 }
 
 /// What the router needs to know about a request.
@@ -153,6 +164,17 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// First value of a request header (lower-case name), if present.
     pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The prompt text to hash for prefix-cache scoring (empty: none).
+    pub prompt: &'a [u8],
+    /// Requests in flight per pod of a ModelServer, from all workers (by in-flight key).
+    pub in_flight: &'a dyn Fn(&str, usize) -> Vec<u32>,
+    /// Host clock, for metrics freshness.
+    pub now_ms: u64,
+}
+
+/// A no-op in-flight source (tests, or no shared state).
+pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
+    vec![0; n]
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin
@@ -166,6 +188,9 @@ pub struct Router {
     servers: Vec<Server>,
     models_body: String,
     rng: Rng,
+    /// Engine stats of every pod, as last collected (shared snapshot).
+    stats: Snapshot,
+    scheduling: bool,
 }
 
 impl Router {
@@ -186,6 +211,12 @@ impl Router {
         check_header_name(&cfg.settings.cluster_header, "settings.cluster_header")?;
         check_header_name(&cfg.settings.endpoint_header, "settings.endpoint_header")?;
 
+        let uses_prefix = cfg
+            .settings
+            .scheduler
+            .scores
+            .iter()
+            .any(|p| p.name == filter_config::Plugin::PrefixCache && p.weight > 0);
         let mut servers = Vec::with_capacity(cfg.servers.len());
         let mut server_index = HashMap::with_capacity(cfg.servers.len());
         for (i, s) in cfg.servers.into_iter().enumerate() {
@@ -201,13 +232,18 @@ impl Router {
                 groups: pd_groups(&s.endpoints),
                 next_group: 0,
             });
+            let key = in_flight_key(&s.cluster, &s.endpoints);
             servers.push(Server {
                 name: s.name,
                 cluster: s.cluster,
                 model: s.model.filter(|m| !m.is_empty()),
                 timeout_ms: s.timeout_ms.filter(|t| *t > 0),
                 retry_attempts: s.retry.map(|r| r.attempts),
+                engine: s.engine,
                 pd,
+                in_flight_key: key,
+                prefix: uses_prefix
+                    .then(|| PrefixIndex::new(cfg.settings.scheduler.prefix_max_hashes as usize)),
                 endpoints: s.endpoints.into_iter().map(|e| e.address).collect(),
                 next: 0,
             });
@@ -280,6 +316,7 @@ impl Router {
                 rules,
             });
         }
+        let settings_scheduler = cfg.settings.scheduler.clone();
         let models_body = models_list(&listed, &cfg.settings.models_owned_by);
         Ok(Router {
             settings: cfg.settings,
@@ -289,6 +326,8 @@ impl Router {
             servers,
             models_body,
             rng: Rng::new(seed),
+            stats: Snapshot::new(),
+            scheduling: scheduler::is_active(&settings_scheduler),
         })
     }
 
@@ -373,11 +412,71 @@ impl Router {
                 lora,
                 endpoints,
                 pairs,
+                pod_index: None,
             });
         }
-        let endpoints = server
-            .pick(fallbacks)
-            .ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?;
+        let mut pod_index = None;
+        let endpoints = if self.scheduling {
+            let cfg = &self.settings.scheduler;
+            let fresh = |s: &&PodStats| req.now_ms.saturating_sub(s.at_ms) <= cfg.metrics_stale_ms;
+            let counts = (req.in_flight)(&server.in_flight_key, server.endpoints.len());
+            let candidates: Vec<Candidate<'_>> = server
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| Candidate {
+                    id: i as u32,
+                    stats: self.stats.get(addr).filter(fresh),
+                    in_flight: counts.get(i).copied().unwrap_or(0),
+                })
+                .collect();
+            let hashes = match &server.prefix {
+                Some(_) if !req.prompt.is_empty() => block_hashes(
+                    req.model,
+                    req.prompt,
+                    cfg.prefix_block_size as usize,
+                    cfg.prefix_max_blocks as usize,
+                ),
+                _ => Vec::new(),
+            };
+            let ask = Ask {
+                lora: lora.then_some(req.model),
+                hashes: &hashes,
+            };
+            let ranked = scheduler::rank(
+                cfg,
+                &candidates,
+                &ask,
+                server.prefix.as_ref(),
+                &mut self.rng,
+                fallbacks + 1,
+            )
+            .map_err(|Unschedulable::Filtered(p)| {
+                RouteError::AllFiltered(server.name.clone(), p)
+            })?;
+            if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
+                idx.insert(&hashes, *best);
+            }
+            pod_index = ranked.first().map(|i| *i as usize);
+            let mut out = String::with_capacity(ranked.len() * 22);
+            for (k, id) in ranked.iter().enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                out.push_str(
+                    server
+                        .endpoints
+                        .get(*id as usize)
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                );
+            }
+            out
+        } else {
+            server
+                .pick(fallbacks)
+                .ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?
+        };
         Ok(Decision {
             route: ri,
             rule: qi,
@@ -385,8 +484,49 @@ impl Router {
             lora,
             endpoints,
             pairs: Vec::new(),
+            pod_index,
         })
     }
+}
+
+impl Router {
+    /// Replaces the engine stats (the shared snapshot, read once per tick).
+    pub fn set_stats(&mut self, stats: Snapshot) {
+        self.stats = stats;
+    }
+
+    /// Whether pods are picked by the scheduler (and metrics must be collected).
+    pub fn scheduling(&self) -> bool {
+        self.scheduling
+    }
+
+    /// Every pod to scrape, once per address.
+    pub fn scrape_targets(&self) -> Vec<crate::collector::Target> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for s in &self.servers {
+            for a in &s.endpoints {
+                if seen.insert(a.clone()) {
+                    out.push(crate::collector::Target {
+                        cluster: s.cluster.clone(),
+                        address: a.clone(),
+                        engine: s.engine,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The shared-data key of a server's in-flight counts: its cluster and pod list, so counts
+/// indexed by position never mix two pod lists.
+fn in_flight_key(cluster: &str, endpoints: &[filter_config::Endpoint]) -> String {
+    let mut h = crate::prefix::hash(0, cluster.as_bytes());
+    for e in endpoints {
+        h = crate::prefix::hash(h, e.address.as_bytes());
+    }
+    format!("modelroute.inflight.{h:016x}")
 }
 
 impl Server {

@@ -20,6 +20,8 @@ pub struct FakeHost {
     pub resumed: usize,
     pub now: u64,
     pub counters: Vec<Counter>,
+    /// Shared data: key -> (value, cas).
+    pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
 }
 
 impl FakeHost {
@@ -129,6 +131,21 @@ impl Host for FakeHost {
     }
     fn now_ms(&self) -> u64 {
         self.now
+    }
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let current = self.shared.get(key).map(|(_, c)| *c);
+        if cas.is_some() && cas != current {
+            return false;
+        }
+        let next = current.unwrap_or(0) + 1;
+        self.shared.insert(key.to_string(), (value.to_vec(), next));
+        true
     }
     fn count(&mut self, counter: Counter) {
         self.counters.push(counter);

@@ -6,6 +6,10 @@ use filter_config::{
 };
 
 fn router() -> Router {
+    Router::compile(router_config(), 42).unwrap()
+}
+
+fn router_config() -> FilterConfig {
     let server = |name: &str, model: &str, eps: &[&str]| Server {
         name: format!("default/{name}"),
         cluster: format!("modelserver|default|{name}"),
@@ -38,8 +42,14 @@ fn router() -> Router {
     };
     let cfg = FilterConfig {
         version: SCHEMA_VERSION,
+        // Round-robin picking (no scheduler plugins): these tests pin the pod order.
         settings: Settings {
             max_body_bytes: 1024,
+            scheduler: filter_config::Scheduler {
+                filters: vec![],
+                scores: vec![],
+                ..Default::default()
+            },
             ..Settings::default()
         },
         routes: vec![
@@ -71,7 +81,7 @@ fn router() -> Router {
             server("none", "x", &[]),
         ],
     };
-    Router::compile(cfg, 42).unwrap()
+    cfg
 }
 
 /// Runs headers then the whole body in one chunk; returns the two actions.
@@ -301,4 +311,52 @@ fn request_ids_are_uuid_v4_shaped() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4");
     assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+}
+
+#[test]
+fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
+    // Default scheduler (least-request among others): two hosts share one store, as two
+    // Envoy workers share data; the second request avoids the pod the first one holds.
+    let mut cfg = router_config();
+    cfg.settings.scheduler = filter_config::Scheduler::default();
+    let mut r = Router::compile(cfg, 1).unwrap();
+    let mut f1 = Flow::new();
+    let mut h1 = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &[]);
+    f1.on_request_headers(Some(&r), &mut h1, false);
+    let n = h1.body.len();
+    f1.on_request_body(Some(&mut r), &mut h1, n, true);
+    let first = h1
+        .get("x-gateway-destination-endpoint")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut h2 = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &[]);
+    h2.shared = h1.shared.clone();
+    let mut f2 = Flow::new();
+    f2.on_request_headers(Some(&r), &mut h2, false);
+    f2.on_request_body(Some(&mut r), &mut h2, n, true);
+    let second = h2
+        .get("x-gateway-destination-endpoint")
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, second, "the busy pod is avoided");
+    assert_eq!(
+        crate::shared::read_counts(&h2, &r.server(0).unwrap().in_flight_key, 2)
+            .iter()
+            .sum::<u32>(),
+        2
+    );
+    f2.on_done(&mut h2);
+    f2.on_done(&mut h2);
+    assert_eq!(
+        crate::shared::read_counts(&h2, &r.server(0).unwrap().in_flight_key, 2)
+            .iter()
+            .sum::<u32>(),
+        1
+    );
 }

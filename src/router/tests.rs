@@ -53,7 +53,11 @@ fn route(name: &str, model: Option<&str>, lora: &[&str], rules: Vec<CRule>) -> C
 fn seed() -> FilterConfig {
     FilterConfig {
         version: SCHEMA_VERSION,
-        settings: Settings::default(),
+        // Round-robin picking (no scheduler plugins): these tests pin routing and rotation.
+        settings: Settings {
+            scheduler: round_robin(),
+            ..Settings::default()
+        },
         routes: vec![
             route(
                 "deepseek-simple",
@@ -130,6 +134,14 @@ fn seed() -> FilterConfig {
     }
 }
 
+pub(crate) fn round_robin() -> filter_config::Scheduler {
+    filter_config::Scheduler {
+        filters: vec![],
+        scores: vec![],
+        ..Default::default()
+    }
+}
+
 fn no_headers(_: &str) -> Option<String> {
     None
 }
@@ -143,6 +155,9 @@ fn decide(
         model,
         path: "/v1/completions",
         header: headers,
+        prompt: b"",
+        in_flight: &no_in_flight,
+        now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
 }
@@ -294,6 +309,9 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         model: "deepseek-simple",
         path: "/v1/chat/completions",
         header: &team,
+        prompt: b"",
+        in_flight: &no_in_flight,
+        now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
     assert_eq!(r.server(d.server).unwrap().name, "default/deepseek-r1-7b");
@@ -301,6 +319,9 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         model: "deepseek-simple",
         path: "/v1/completions",
         header: &team,
+        prompt: b"",
+        in_flight: &no_in_flight,
+        now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();
     assert_eq!(r.server(d.server).unwrap().name, "default/deepseek-r1-1-5b");
