@@ -40,7 +40,7 @@ fn router_config() -> FilterConfig {
             weight: 100,
         }],
     };
-    let cfg = FilterConfig {
+    FilterConfig {
         version: SCHEMA_VERSION,
         // Round-robin picking (no scheduler plugins): these tests pin the pod order.
         settings: Settings {
@@ -80,8 +80,7 @@ fn router_config() -> FilterConfig {
             ),
             server("none", "x", &[]),
         ],
-    };
-    cfg
+    }
 }
 
 /// Runs headers then the whole body in one chunk; returns the two actions.
