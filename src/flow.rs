@@ -81,10 +81,13 @@ pub enum Counter {
     KvParamsMissing,
     DecodeOk,
     DecodeFailed,
+    /// Engine-metrics scrapes (collector VM) that answered 2xx / did not.
+    ScrapeOk,
+    ScrapeFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 11] = [
         Counter::PrefillOk,
         Counter::PrefillFailed,
         Counter::PrefillUnreachable,
@@ -94,6 +97,8 @@ impl Counter {
         Counter::KvParamsMissing,
         Counter::DecodeOk,
         Counter::DecodeFailed,
+        Counter::ScrapeOk,
+        Counter::ScrapeFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +112,8 @@ impl Counter {
             Counter::KvParamsMissing => "modelroute.pd.kv_params_missing",
             Counter::DecodeOk => "modelroute.pd.decode_ok",
             Counter::DecodeFailed => "modelroute.pd.decode_failed",
+            Counter::ScrapeOk => "modelroute.metrics.scrape_ok",
+            Counter::ScrapeFailed => "modelroute.metrics.scrape_failed",
         }
     }
 }

@@ -57,6 +57,12 @@ impl Context for Root {
         let status = EnvoyHost.call_status();
         let body = EnvoyHost.call_body(body_size).unwrap_or_default();
         let now = EnvoyHost.now_ms();
+        let ok = matches!(status, Some(200..=299));
+        EnvoyHost.count(if ok {
+            Counter::ScrapeOk
+        } else {
+            Counter::ScrapeFailed
+        });
         if let Some(c) = self.collector.as_mut() {
             c.on_answer(target, kind, status, &body, now);
         }

@@ -92,11 +92,24 @@ pub fn rank(
             *t += w * v;
         }
     }
-    // Best first; ties broken at random so equal pods share the load.
+    // Best first. Ties: with prefix-cache on, by rendezvous hashing of the prompt's first
+    // block, so every Envoy worker (each with its own index) sends a new prefix to the same
+    // pod; otherwise at random, so equal pods share the load.
+    let prefix_on = cfg
+        .scores
+        .iter()
+        .any(|s| s.name == Plugin::PrefixCache && s.weight > 0);
+    let affinity = ask.hashes.first().filter(|_| prefix_on).copied();
     let mut order: Vec<(f64, u64, u32)> = pods
         .iter()
         .zip(&total)
-        .map(|(c, t)| (*t, rng.next_u64(), c.id))
+        .map(|(c, t)| {
+            let tie = match affinity {
+                Some(h) => crate::prefix::hash(h, &c.id.to_le_bytes()),
+                None => rng.next_u64(),
+            };
+            (*t, tie, c.id)
+        })
         .collect();
     order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     Ok(order

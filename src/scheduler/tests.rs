@@ -376,3 +376,72 @@ fn equal_pods_share_the_load() {
     }
     assert!(counts.iter().all(|n| *n > 400), "{counts:?}");
 }
+
+#[test]
+fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
+    // Two workers with empty indexes agree on the pod for a prefix neither has seen.
+    let c: Vec<Candidate<'_>> = (0..8)
+        .map(|id| Candidate {
+            id,
+            stats: None,
+            in_flight: 0,
+        })
+        .collect();
+    let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
+    let mut picks = std::collections::HashSet::new();
+    for seed in 0..20 {
+        let h = block_hashes(
+            "m",
+            b"a long shared system prompt, then a question",
+            16,
+            128,
+        );
+        let (a, b) = (PrefixIndex::new(100), PrefixIndex::new(100));
+        let pa = rank(
+            &cfg,
+            &c,
+            &Ask {
+                lora: None,
+                hashes: &h,
+            },
+            Some(&a),
+            &mut Rng::new(seed),
+            1,
+        )
+        .unwrap();
+        let pb = rank(
+            &cfg,
+            &c,
+            &Ask {
+                lora: None,
+                hashes: &h,
+            },
+            Some(&b),
+            &mut Rng::new(seed + 100),
+            1,
+        )
+        .unwrap();
+        assert_eq!(pa, pb);
+        picks.insert(pa[0]);
+    }
+    assert_eq!(picks.len(), 1);
+    // Different prefixes spread over the pods.
+    let spread: std::collections::HashSet<u32> = (0..64)
+        .map(|i| {
+            let h = block_hashes("m", format!("prompt {i}").as_bytes(), 16, 128);
+            rank(
+                &cfg,
+                &c,
+                &Ask {
+                    lora: None,
+                    hashes: &h,
+                },
+                Some(&PrefixIndex::new(10)),
+                &mut Rng::new(0),
+                1,
+            )
+            .unwrap()[0]
+        })
+        .collect();
+    assert!(spread.len() >= 6, "{spread:?}");
+}

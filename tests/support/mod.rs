@@ -175,6 +175,8 @@ pub struct Stack {
 #[derive(Default)]
 pub struct Options {
     pub controller_args: Vec<String>,
+    /// Kthena router configuration (scheduler) YAML, passed as `--scheduler-config`.
+    pub scheduler: Option<String>,
 }
 
 impl Stack {
@@ -246,6 +248,13 @@ impl Stack {
         args.extend(["--out".into(), dir.join("config").display().to_string()]);
         args.extend(["--interval-ms".into(), "100".into()]);
         args.extend(opts.controller_args.iter().cloned());
+        if let Some(sched) = &opts.scheduler {
+            std::fs::write(dir.join("scheduler.yaml"), sched).expect("scheduler.yaml");
+            args.extend([
+                "--scheduler-config".into(),
+                dir.join("scheduler.yaml").display().to_string(),
+            ]);
+        }
         let child = Command::new(bin("modelroute-controller"))
             .args(&args)
             .stdout(Stdio::null())
@@ -418,6 +427,45 @@ impl Stack {
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// Holds engine gauges on a mock pod (`POST /mock/metrics`).
+    pub fn hold_metrics(&self, pod: &str, json: &str) {
+        let r = http(
+            &self.pod_addr(pod),
+            "POST",
+            "/mock/metrics",
+            &[("content-type", "application/json")],
+            json.as_bytes(),
+        )
+        .expect("hold metrics");
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+
+    /// Waits until the filter's collector has completed `rounds` more scrape rounds of every
+    /// pod (so held metrics have been collected, published and read by every worker).
+    pub fn wait_for_scrapes(&self, rounds: u64) {
+        let per_round = 2 * self.pods.iter().filter(|(p, _)| p.running).count() as u64;
+        let start = self.stat("wasmcustom.modelroute.metrics.scrape_ok");
+        wait_until(Duration::from_secs(20), "metrics scrapes", || {
+            self.stat("wasmcustom.modelroute.metrics.scrape_ok") >= start + rounds * per_round
+        });
+    }
+
+    /// Kills the mock engine of one pod (the pod stays listed as Ready).
+    pub fn kill_pod(&self, name: &str) {
+        let needle = format!("--listen\0{}\0", self.pod_addr(name));
+        for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let pid = e.file_name().to_string_lossy().to_string();
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+                return;
+            }
+        }
+        panic!("no mock process for {name}");
     }
 
     pub fn log(&self, which: &str) -> String {

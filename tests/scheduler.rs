@@ -1,0 +1,254 @@
+//! Load- and cache-aware pod picking end to end in a real Envoy (two workers), mirroring
+//! Kthena's scheduler plugin e2e: each test configures the plugin under test with Kthena's
+//! router configuration YAML, steers the mock engines' metrics, and counts where requests
+//! land. Metrics reach the filter through its own collector (scrapes every 200 ms).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const MODEL: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
+
+fn resources() -> String {
+    format!(
+        r#"apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelServer
+metadata:
+  name: pool
+  namespace: default
+spec:
+  workloadSelector:
+    matchLabels:
+      app: pool
+  workloadPort:
+    port: 8000
+  model: "{MODEL}"
+  inferenceEngine: vLLM
+---
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelRoute
+metadata:
+  name: pool
+  namespace: default
+spec:
+  modelName: "pool"
+  loraAdapters: ["lora-A"]
+  rules:
+  - name: default
+    targetModels:
+    - modelServerName: pool
+"#
+    )
+}
+
+/// Kthena router configuration with the given filter and score plugins.
+fn scheduler(filters: &[&str], scores: &[(&str, u32)]) -> String {
+    let mut y = String::from("scheduler:\n  pluginConfig:\n  - name: least-request\n    args:\n      maxWaitingRequests: 10\n  plugins:\n    Filter:\n      enabled:\n");
+    for f in filters {
+        y += &format!("        - {f}\n");
+    }
+    y += "    Score:\n      enabled:\n";
+    for (s, w) in scores {
+        y += &format!("        - name: {s}\n          weight: {w}\n");
+    }
+    y
+}
+
+fn pods(n: usize) -> Vec<Pod> {
+    (0..n)
+        .map(|i| Pod::new(&format!("pod-{i}"), &[("app", "pool")], MODEL))
+        .collect()
+}
+
+fn start(pods: Vec<Pod>, sched: String) -> Stack {
+    let opts = Options {
+        controller_args: ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
+            .map(String::from)
+            .to_vec(),
+        scheduler: Some(sched),
+    };
+    Stack::start(&resources(), pods, opts)
+}
+
+/// Sends `n` requests for `model` with `prompt` and counts the serving pods.
+fn spread(
+    s: &Stack,
+    n: usize,
+    model: &str,
+    prompt: impl Fn(usize) -> String,
+) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for i in 0..n {
+        let body =
+            serde_json::json!({"model": model, "prompt": prompt(i), "max_tokens": 4}).to_string();
+        let r = s.post("/v1/completions", &body, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        *out.entry(r.pod()).or_insert(0) += 1;
+    }
+    out
+}
+
+fn share(counts: &HashMap<String, usize>, pod: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    *counts.get(pod).unwrap_or(&0) as f64 / total as f64
+}
+
+#[test]
+fn requests_sharing_a_long_prefix_go_to_one_pod() {
+    let s = start(
+        pods(3),
+        scheduler(&["least-request"], &[("prefix-cache", 1)]),
+    );
+    let system =
+        "You are a meticulous assistant for a travel company. Answer with facts only. ".repeat(30);
+    let counts = spread(&s, 40, "pool", |i| {
+        format!("{system}Question {i}: what is the capital of country {i}?")
+    });
+    let top = counts.values().max().copied().unwrap_or(0);
+    assert!(top as f64 >= 0.9 * 40.0, "{counts:?}");
+    // Unrelated prompts still spread over the pods.
+    let other = spread(&s, 30, "pool", |i| {
+        format!("unrelated prompt number {i} {}", "x".repeat(i * 7))
+    });
+    assert!(other.len() >= 2, "{other:?}");
+}
+
+#[test]
+fn a_pod_with_a_long_queue_is_filtered_out() {
+    let s = start(
+        pods(2),
+        scheduler(
+            &["least-request"],
+            &[("least-request", 1), ("gpu-usage", 1)],
+        ),
+    );
+    s.hold_metrics("pod-0", r#"{"waiting": 20}"#);
+    s.wait_for_scrapes(3);
+    let counts = spread(&s, 40, "pool", |i| format!("hello {i}"));
+    assert!(share(&counts, "pod-1") >= 0.9, "{counts:?}");
+}
+
+#[test]
+fn gpu_usage_avoids_the_pod_with_a_full_kv_cache() {
+    let s = start(pods(2), scheduler(&[], &[("gpu-usage", 1)]));
+    s.hold_metrics("pod-1", r#"{"kv_cache_usage": 0.95}"#);
+    s.hold_metrics("pod-0", r#"{"kv_cache_usage": 0.05}"#);
+    s.wait_for_scrapes(3);
+    let counts = spread(&s, 40, "pool", |i| format!("hello {i}"));
+    assert!(share(&counts, "pod-0") >= 0.9, "{counts:?}");
+}
+
+#[test]
+fn least_latency_avoids_the_slow_pod() {
+    let s = start(pods(2), scheduler(&[], &[("least-latency", 1)]));
+    s.hold_metrics("pod-0", r#"{"ttft_seconds": 2.5, "tpot_seconds": 0.2}"#);
+    s.hold_metrics("pod-1", r#"{"ttft_seconds": 0.05, "tpot_seconds": 0.01}"#);
+    s.wait_for_scrapes(3);
+    let counts = spread(&s, 40, "pool", |i| format!("hello {i}"));
+    assert!(share(&counts, "pod-1") >= 0.9, "{counts:?}");
+}
+
+#[test]
+fn no_lora_request_reaches_a_pod_without_the_adapter() {
+    let mut p = pods(3);
+    p[1] = p[1].clone().lora(&["lora-A"]);
+    let s = start(p, scheduler(&["lora-affinity"], &[("random", 1)]));
+    s.wait_for_scrapes(2);
+    let counts = spread(&s, 30, "lora-A", |i| format!("hello {i}"));
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["pod-1"],
+        "{counts:?}"
+    );
+    // Base-model requests are not restricted.
+    let base = spread(&s, 30, "pool", |i| format!("hello {i}"));
+    assert!(base.len() >= 2, "{base:?}");
+}
+
+#[test]
+fn random_spreads_near_uniformly() {
+    let s = start(pods(4), scheduler(&[], &[("random", 1)]));
+    let counts = spread(&s, 200, "pool", |i| format!("hello {i}"));
+    for i in 0..4 {
+        let n = counts.get(&format!("pod-{i}")).copied().unwrap_or(0);
+        assert!((25..=75).contains(&n), "{counts:?}");
+    }
+}
+
+#[test]
+fn a_pod_killed_under_load_is_skipped_without_client_errors() {
+    let s = Arc::new(start(
+        pods(3),
+        scheduler(&["least-request"], &[("least-request", 1), ("random", 1)]),
+    ));
+    s.wait_for_scrapes(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    // (start time, ok) of every request.
+    let log: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, stop, sent, log) = (s.clone(), stop.clone(), sent.clone(), log.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = s.try_request(
+                        "POST",
+                        "/v1/completions",
+                        &[("content-type", "application/json")],
+                        br#"{"model":"pool","prompt":"hi","max_tokens":2}"#,
+                    );
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    log.lock()
+                        .unwrap()
+                        .push((t, matches!(r, Ok(ref r) if r.status == 200)));
+                }
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "traffic", || {
+        sent.load(Ordering::Relaxed) > 30
+    });
+    s.kill_pod("pod-2");
+    let killed = Instant::now();
+    let mark = sent.load(Ordering::Relaxed);
+    // Long enough for the collector to notice (scrapes every 200 ms) and for many requests.
+    wait_until(Duration::from_secs(15), "traffic after the kill", || {
+        killed.elapsed() > Duration::from_millis(1500) && sent.load(Ordering::Relaxed) > mark + 150
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let log = log.lock().unwrap();
+    // Requests already running on the pod when it died may fail (an engine had them; they
+    // are not retried blindly): at most one per client thread. Every later request succeeds.
+    let grace = killed + Duration::from_millis(100);
+    let late_failures = log.iter().filter(|(t, ok)| *t > grace && !ok).count();
+    let early_failures = log.iter().filter(|(t, ok)| *t <= grace && !ok).count();
+    assert_eq!(
+        late_failures, 0,
+        "requests started after the pod died failed"
+    );
+    assert!(
+        early_failures <= 3,
+        "{early_failures} in-flight requests failed"
+    );
+    assert!(log.iter().filter(|(t, _)| *t > grace).count() >= 100);
+    assert!(
+        s.stat("wasmcustom.modelroute.metrics.scrape_failed") > 0,
+        "the dead pod was noticed"
+    );
+}
