@@ -146,6 +146,7 @@ fn errors_are_openai_json_with_the_right_status() {
         pods,
         Options {
             controller_args: vec!["--max-body-bytes".into(), "65536".into()],
+            ..Options::default()
         },
     );
 
