@@ -2,10 +2,15 @@
 //! pod picking at 8/64/512 pods, prefix hashing of 1 KB / 100 KB prompts, chat prompt
 //! rendering, body scanning and the full routing decision. Results: bench/MICRO.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use filter_config::{Endpoint, Engine, FilterConfig, Route, Rule, Scheduler, Server, Settings, Target, SCHEMA_VERSION};
+use filter_config::{
+    Endpoint, Engine, FilterConfig, Route, Rule, Scheduler, Server, Settings, Target,
+    SCHEMA_VERSION,
+};
 use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rng::Rng;
@@ -26,7 +31,11 @@ fn stats(i: usize) -> PodStats {
 }
 
 fn prompt(len: usize) -> Vec<u8> {
-    "You are a helpful assistant. Answer the question about the document below. ".bytes().cycle().take(len).collect()
+    "You are a helpful assistant. Answer the question about the document below. "
+        .bytes()
+        .cycle()
+        .take(len)
+        .collect()
 }
 
 fn pick(c: &mut Criterion) {
@@ -34,17 +43,39 @@ fn pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     for n in [8usize, 64, 512] {
         let all: Vec<PodStats> = (0..n).map(stats).collect();
-        let candidates: Vec<Candidate<'_>> =
-            all.iter().enumerate().map(|(i, s)| Candidate { id: i as u32, stats: Some(s), in_flight: (i % 4) as u32 }).collect();
+        let candidates: Vec<Candidate<'_>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Candidate {
+                id: i as u32,
+                stats: Some(s),
+                in_flight: (i % 4) as u32,
+            })
+            .collect();
         let hashes = block_hashes("m", &prompt(4096), 64, 128);
         let mut idx = PrefixIndex::new(50_000);
         for i in 0..n as u32 {
-            idx.insert(&block_hashes("m", format!("warm {i}").as_bytes(), 64, 128), i);
+            idx.insert(
+                &block_hashes("m", format!("warm {i}").as_bytes(), 64, 128),
+                i,
+            );
         }
         idx.insert(&hashes, 3);
         let mut rng = Rng::new(1);
         g.bench_with_input(BenchmarkId::new("default-plugins", n), &n, |b, _| {
-            b.iter(|| rank(&cfg, black_box(&candidates), &Ask { lora: None, hashes: &hashes }, Some(&idx), &mut rng, 3))
+            b.iter(|| {
+                rank(
+                    &cfg,
+                    black_box(&candidates),
+                    &Ask {
+                        lora: None,
+                        hashes: &hashes,
+                    },
+                    Some(&idx),
+                    &mut rng,
+                    3,
+                )
+            })
         });
     }
     g.finish();
@@ -52,10 +83,23 @@ fn pick(c: &mut Criterion) {
 
 fn prefix_hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("prefix-hash");
-    for (name, len, max_blocks) in [("1KB", 1024usize, 128usize), ("100KB-default-128-blocks", 100 * 1024, 128), ("100KB-all-blocks", 100 * 1024, 1 << 20)] {
+    for (name, len, max_blocks) in [
+        ("1KB", 1024usize, 128usize),
+        ("100KB-default-128-blocks", 100 * 1024, 128),
+        ("100KB-all-blocks", 100 * 1024, 1 << 20),
+    ] {
         let p = prompt(len);
         g.throughput(Throughput::Bytes(len.min(max_blocks * 64) as u64));
-        g.bench_function(name, |b| b.iter(|| block_hashes("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", black_box(&p), 64, max_blocks)));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                block_hashes(
+                    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                    black_box(&p),
+                    64,
+                    max_blocks,
+                )
+            })
+        });
     }
     g.finish();
 }
@@ -80,7 +124,9 @@ fn scanning(c: &mut Criterion) {
         let content = String::from_utf8(prompt(len)).unwrap();
         let body = serde_json::json!({"model": "deepseek-simple", "messages": [{"role": "user", "content": content}], "stream": true}).to_string();
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(len), &body, |b, body| b.iter(|| scan(black_box(body.as_bytes())).map(|s| s.members.len())));
+        g.bench_with_input(BenchmarkId::from_parameter(len), &body, |b, body| {
+            b.iter(|| scan(black_box(body.as_bytes())).map(|s| s.members.len()))
+        });
     }
     g.finish();
 }
@@ -94,7 +140,14 @@ fn decide(c: &mut Criterion) {
             name: "default/r".into(),
             model_name: Some("m".into()),
             lora_adapters: vec![],
-            rules: vec![Rule { name: "r".into(), matches: Default::default(), targets: vec![Target { server: "default/s".into(), weight: 1 }] }],
+            rules: vec![Rule {
+                name: "r".into(),
+                matches: Default::default(),
+                targets: vec![Target {
+                    server: "default/s".into(),
+                    weight: 1,
+                }],
+            }],
         }],
         servers: vec![Server {
             name: "default/s".into(),
@@ -104,19 +157,35 @@ fn decide(c: &mut Criterion) {
             timeout_ms: None,
             retry: None,
             kv_connector: None,
-            endpoints: (0..n).map(|i| Endpoint { address: format!("10.0.{}.{}:8000", i / 250, i % 250), pod: format!("p{i}"), group: None, role: None }).collect(),
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    address: format!("10.0.{}.{}:8000", i / 250, i % 250),
+                    pod: format!("p{i}"),
+                    group: None,
+                    role: None,
+                })
+                .collect(),
             pd: None,
         }],
     };
     let mut router = Router::compile(cfg, 1).unwrap();
-    let snap: Snapshot = (0..n).map(|i| (format!("10.0.{}.{}:8000", i / 250, i % 250), stats(i))).collect();
+    let snap: Snapshot = (0..n)
+        .map(|i| (format!("10.0.{}.{}:8000", i / 250, i % 250), stats(i)))
+        .collect();
     router.set_stats(snap);
     let p = prompt(2048);
     let header = |_: &str| None;
     c.bench_function("decide/512-pods-default-plugins", |b| {
         b.iter(|| {
             router
-                .decide(&Request { model: "m", path: "/v1/completions", header: &header, prompt: &p, in_flight: &no_in_flight, now_ms: 0 })
+                .decide(&Request {
+                    model: "m",
+                    path: "/v1/completions",
+                    header: &header,
+                    prompt: &p,
+                    in_flight: &no_in_flight,
+                    now_ms: 0,
+                })
                 .map(|d| d.endpoints.len())
         })
     });

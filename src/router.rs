@@ -127,8 +127,9 @@ pub struct PdServer {
 #[derive(Debug)]
 struct Group {
     name: String,
-    prefill: Vec<String>,
-    decode: Vec<String>,
+    /// Indices into the server's endpoints.
+    prefill: Vec<usize>,
+    decode: Vec<usize>,
     next: usize,
 }
 
@@ -400,7 +401,108 @@ impl Router {
         if let Some(pd) = server.pd.as_mut() {
             // One pair per attempt: the first, then as many more as retries allow.
             let tries = 1 + server.retry_attempts.unwrap_or(1) as usize;
-            let pairs = pd.pick_pairs(tries);
+            let mut pod_index = None;
+            let pairs = if self.scheduling {
+                // Decode pods ranked by the scheduler, each paired with the best-ranked
+                // prefill pod of its own group.
+                let cfg = &self.settings.scheduler;
+                let fresh =
+                    |s: &&PodStats| req.now_ms.saturating_sub(s.at_ms) <= cfg.metrics_stale_ms;
+                let counts = (req.in_flight)(&server.in_flight_key, server.endpoints.len());
+                let stats = &self.stats;
+                let candidate = |i: usize| Candidate {
+                    id: i as u32,
+                    stats: server
+                        .endpoints
+                        .get(i)
+                        .and_then(|a| stats.get(a))
+                        .filter(fresh),
+                    in_flight: counts.get(i).copied().unwrap_or(0),
+                };
+                let decodes: Vec<Candidate<'_>> = pd
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.decode.iter().copied())
+                    .map(candidate)
+                    .collect();
+                if decodes.is_empty() {
+                    return Err(RouteError::NoPdPair(server.name.clone()));
+                }
+                // Skip decode pods whose group has no prefill pod left up (while others remain).
+                let prefill_up = |g: &Group| {
+                    g.prefill
+                        .iter()
+                        .any(|i| candidate(*i).stats.is_none_or(|s| s.up))
+                };
+                let usable: Vec<Candidate<'_>> = decodes
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        pd.groups
+                            .iter()
+                            .any(|g| g.decode.contains(&(c.id as usize)) && prefill_up(g))
+                    })
+                    .collect();
+                let decodes = if usable.is_empty() { decodes } else { usable };
+                let hashes = match &server.prefix {
+                    Some(_) if !req.prompt.is_empty() => block_hashes(
+                        req.model,
+                        req.prompt,
+                        cfg.prefix_block_size as usize,
+                        cfg.prefix_max_blocks as usize,
+                    ),
+                    _ => Vec::new(),
+                };
+                let ask = Ask {
+                    lora: lora.then_some(req.model),
+                    hashes: &hashes,
+                };
+                let ranked = scheduler::rank(
+                    cfg,
+                    &decodes,
+                    &ask,
+                    server.prefix.as_ref(),
+                    &mut self.rng,
+                    tries,
+                )
+                .map_err(|Unschedulable::Filtered(p)| {
+                    RouteError::AllFiltered(server.name.clone(), p)
+                })?;
+                let mut pairs = Vec::with_capacity(ranked.len());
+                for d in &ranked {
+                    let Some(g) = pd.groups.iter().find(|g| g.decode.contains(&(*d as usize)))
+                    else {
+                        continue;
+                    };
+                    let prefills: Vec<Candidate<'_>> =
+                        g.prefill.iter().copied().map(candidate).collect();
+                    let Ok(best) = scheduler::rank(
+                        cfg,
+                        &prefills,
+                        &ask,
+                        server.prefix.as_ref(),
+                        &mut self.rng,
+                        1,
+                    ) else {
+                        continue;
+                    };
+                    let addr = |i: usize| server.endpoints.get(i).cloned().unwrap_or_default();
+                    if let Some(p) = best.first() {
+                        pairs.push(Pair {
+                            group: g.name.clone(),
+                            prefill: addr(*p as usize),
+                            decode: addr(*d as usize),
+                        });
+                    }
+                }
+                if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
+                    idx.insert(&hashes, *best);
+                }
+                pod_index = ranked.first().map(|i| *i as usize);
+                pairs
+            } else {
+                pd.pick_pairs(tries, &server.endpoints)
+            };
             let first = pairs
                 .first()
                 .ok_or_else(|| RouteError::NoPdPair(server.name.clone()))?;
@@ -412,7 +514,7 @@ impl Router {
                 lora,
                 endpoints,
                 pairs,
-                pod_index: None,
+                pod_index,
             });
         }
         let mut pod_index = None;
@@ -563,7 +665,7 @@ impl PdServer {
     /// Up to `n` distinct pairs, spreading load: successive requests start at successive
     /// groups, and within a group rotate through its prefill and decode pods. Retry pairs come
     /// from the following groups first.
-    fn pick_pairs(&mut self, n: usize) -> Vec<Pair> {
+    fn pick_pairs(&mut self, n: usize, endpoints: &[String]) -> Vec<Pair> {
         let g = self.groups.len();
         if g == 0 {
             return Vec::new();
@@ -587,10 +689,11 @@ impl PdServer {
             ) else {
                 break;
             };
+            let addr = |i: &usize| endpoints.get(*i).cloned().unwrap_or_default();
             out.push(Pair {
                 group: grp.name.clone(),
-                prefill: p.clone(),
-                decode: d.clone(),
+                prefill: addr(p),
+                decode: addr(d),
             });
         }
         if let Some(grp) = self.groups.get_mut(start) {
@@ -603,7 +706,7 @@ impl PdServer {
 /// Groups the endpoints by PD group; groups lacking either role take no part.
 fn pd_groups(endpoints: &[filter_config::Endpoint]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for e in endpoints {
+    for (i, e) in endpoints.iter().enumerate() {
         let (Some(name), Some(role)) = (&e.group, e.role) else {
             continue;
         };
@@ -621,8 +724,8 @@ fn pd_groups(endpoints: &[filter_config::Endpoint]) -> Vec<Group> {
         };
         if let Some(g) = groups.get_mut(idx) {
             match role {
-                Role::Prefill => g.prefill.push(e.address.clone()),
-                Role::Decode => g.decode.push(e.address.clone()),
+                Role::Prefill => g.prefill.push(i),
+                Role::Decode => g.decode.push(i),
             }
         }
     }

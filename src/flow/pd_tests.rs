@@ -20,7 +20,15 @@ fn router(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Router
     };
     let cfg = FilterConfig {
         version: SCHEMA_VERSION,
-        settings: Settings::default(),
+        // Round-robin pairing (no scheduler plugins): these tests pin the leg sequences.
+        settings: Settings {
+            scheduler: filter_config::Scheduler {
+                filters: vec![],
+                scores: vec![],
+                ..Default::default()
+            },
+            ..Settings::default()
+        },
         routes: vec![Route {
             name: "default/pd".into(),
             model_name: Some("pd".into()),
@@ -376,4 +384,57 @@ fn envoys_own_503_for_an_unreachable_pod_counts_as_unreachable_not_failed() {
         r#"{"object":"error","message":"overloaded"}"#,
     );
     assert_eq!(h.reply_json().0, 502);
+}
+
+#[test]
+fn scheduled_pd_pairs_the_best_decode_with_a_prefill_of_its_group() {
+    // The default scheduler; decode 127.0.0.11 (group g0) reports a full KV cache.
+    let mut cfg: FilterConfig = serde_json::from_str(&format!(
+        r#"{{"version":1,"routes":[{{"name":"r","model_name":"pd","rules":[{{"name":"d","targets":[{{"server":"s","weight":1}}]}}]}}],
+        "servers":[{{"name":"s","cluster":"c","engine":"vllm","model":"{MODEL}","retry":{{"attempts":1}},"pd":{{"group_key":"g"}},"endpoints":[
+        {{"address":"127.0.0.10:8000","pod":"p10","group":"g0","role":"prefill"}},{{"address":"127.0.0.11:8000","pod":"p11","group":"g0","role":"decode"}},
+        {{"address":"127.0.0.20:8000","pod":"p20","group":"g1","role":"prefill"}},{{"address":"127.0.0.21:8000","pod":"p21","group":"g1","role":"decode"}}]}}]}}"#
+    ))
+    .unwrap();
+    cfg.settings = Settings::default();
+    let mut r = Router::compile(cfg, 3).unwrap();
+    let full = crate::metrics::PodStats {
+        up: true,
+        kv: 0.99,
+        ..Default::default()
+    };
+    let empty = crate::metrics::PodStats {
+        up: true,
+        kv: 0.0,
+        ..Default::default()
+    };
+    r.set_stats(
+        [
+            ("127.0.0.11:8000".to_string(), full),
+            ("127.0.0.21:8000".to_string(), empty),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    for _ in 0..10 {
+        let mut h = FakeHost::post("/v1/completions", BODY, &[]);
+        let mut f = Flow::new();
+        start_with(&mut f, &mut r, &mut h);
+        assert_eq!(
+            h.call_header(0, "x-gateway-destination-endpoint"),
+            Some("127.0.0.20:8000")
+        );
+        answer(&mut f, &r, &mut h, Some(500), "");
+        // The retry pair is the other decode with its own group's prefill.
+        assert_eq!(
+            h.call_header(1, "x-gateway-destination-endpoint"),
+            Some("127.0.0.10:8000")
+        );
+        answer(&mut f, &r, &mut h, Some(200), "{}");
+        assert_eq!(
+            h.get("x-gateway-destination-endpoint"),
+            Some("127.0.0.11:8000")
+        );
+        f.on_done(&mut h);
+    }
 }
