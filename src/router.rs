@@ -444,30 +444,20 @@ impl Router {
                     })
                     .collect();
                 let decodes = if usable.is_empty() { decodes } else { usable };
-                let hashes = match &server.prefix {
-                    Some(_) if !req.prompt.is_empty() => block_hashes(
-                        req.model,
-                        req.prompt,
-                        cfg.prefix_block_size as usize,
-                        cfg.prefix_max_blocks as usize,
-                    ),
-                    _ => Vec::new(),
-                };
+                let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
                 let ask = Ask {
                     lora: lora.then_some(req.model),
                     hashes: &hashes,
                 };
-                let ranked = scheduler::rank(
+                let ranked = rank_pods(
+                    &server.name,
+                    server.prefix.as_ref(),
                     cfg,
                     &decodes,
                     &ask,
-                    server.prefix.as_ref(),
                     &mut self.rng,
                     tries,
-                )
-                .map_err(|Unschedulable::Filtered(p)| {
-                    RouteError::AllFiltered(server.name.clone(), p)
-                })?;
+                )?;
                 let mut pairs = Vec::with_capacity(ranked.len());
                 for d in &ranked {
                     let Some(g) = pd.groups.iter().find(|g| g.decode.contains(&(*d as usize)))
@@ -532,30 +522,20 @@ impl Router {
                     in_flight: counts.get(i).copied().unwrap_or(0),
                 })
                 .collect();
-            let hashes = match &server.prefix {
-                Some(_) if !req.prompt.is_empty() => block_hashes(
-                    req.model,
-                    req.prompt,
-                    cfg.prefix_block_size as usize,
-                    cfg.prefix_max_blocks as usize,
-                ),
-                _ => Vec::new(),
-            };
+            let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
             let ask = Ask {
                 lora: lora.then_some(req.model),
                 hashes: &hashes,
             };
-            let ranked = scheduler::rank(
+            let ranked = rank_pods(
+                &server.name,
+                server.prefix.as_ref(),
                 cfg,
                 &candidates,
                 &ask,
-                server.prefix.as_ref(),
                 &mut self.rng,
                 fallbacks + 1,
-            )
-            .map_err(|Unschedulable::Filtered(p)| {
-                RouteError::AllFiltered(server.name.clone(), p)
-            })?;
+            )?;
             if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
                 idx.insert(&hashes, *best);
             }
@@ -701,6 +681,37 @@ impl PdServer {
         }
         out
     }
+}
+
+/// Chained block hashes of the request's prompt, when the server scores prefixes.
+fn prompt_hashes(
+    prefix: Option<&PrefixIndex>,
+    req: &Request<'_>,
+    cfg: &filter_config::Scheduler,
+) -> Vec<u64> {
+    match prefix {
+        Some(_) if !req.prompt.is_empty() => block_hashes(
+            req.model,
+            req.prompt,
+            cfg.prefix_block_size as usize,
+            cfg.prefix_max_blocks as usize,
+        ),
+        _ => Vec::new(),
+    }
+}
+
+/// Ranks `candidates` of ModelServer `server` with the scheduler (best first, at most `take`).
+fn rank_pods(
+    server: &str,
+    prefix: Option<&PrefixIndex>,
+    cfg: &filter_config::Scheduler,
+    candidates: &[Candidate<'_>],
+    ask: &Ask<'_>,
+    rng: &mut Rng,
+    take: usize,
+) -> Result<Vec<u32>, RouteError> {
+    scheduler::rank(cfg, candidates, ask, prefix, rng, take)
+        .map_err(|Unschedulable::Filtered(p)| RouteError::AllFiltered(server.to_string(), p))
 }
 
 /// Groups the endpoints by PD group; groups lacking either role take no part.
