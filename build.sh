@@ -5,6 +5,7 @@
 #   ./build.sh demo    build, start mock pods + controller + Envoy, run the seed's scenarios, stop
 #   ./build.sh up      same stack, stays in the foreground until Ctrl-C (router on 127.0.0.1:8080)
 #   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy
+#   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
 # MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena),
@@ -210,10 +211,27 @@ test_all() {
   MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
 }
 
+bench() {
+  build
+  if ! command -v wrk >/dev/null; then
+    log "installing wrk"
+    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+  fi
+  log "installing the peer routers (sglang-router, vllm-router) into .venv"
+  "$VENV/bin/pip" install -q --disable-pip-version-check sglang-router==0.3.2 vllm-router==0.1.17
+  log "building release mock-llm/controller and the do-nothing wasm filter"
+  cargo build -q --release -p mock-llm -p controller
+  CARGO_TARGET_DIR="$ROOT/target" cargo build -q --release --target wasm32-wasip1 \
+    --manifest-path bench/noop-filter/Cargo.toml
+  log "criterion micro-benchmarks of the core are separate: cargo bench --bench core (bench/MICRO.md)"
+  MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/load.py "$@"
+}
+
 case "${1:-}" in
   build) build ;;
   demo) demo ;;
   up) up ;;
   test) test_all ;;
-  *) echo "usage: $0 build|demo|up|test" >&2; exit 2 ;;
+  bench) shift; bench "$@" ;;
+  *) echo "usage: $0 build|demo|up|test|bench [--quick]" >&2; exit 2 ;;
 esac

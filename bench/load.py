@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Load benchmark: modelroute.wasm in Envoy against plain Envoy, a do-nothing wasm filter and
+the peer routers users would deploy instead (SGLang's router, vllm-router), all in front of the
+same mock-llm pods, driven by wrk. Standard library only.
+
+    python3 bench/load.py [--quick] [--rounds N] [--duration S] [--out bench]
+
+Writes bench/RESULTS.md (table, machine, versions, exact commands), bench/results.json and
+bench/results.svg. Run through `./build.sh bench [--quick]`, which installs and builds what
+this needs. Every process binds 127.0.0.1 only and every run is bounded in time.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, ".venv")
+# Release builds of mock-llm and the controller (./build.sh bench builds them): a debug mock
+# would be the bottleneck for large bodies.
+BIN = os.environ.get("MODELROUTE_BIN_DIR", os.path.join(ROOT, "target", "release"))
+WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "modelroute.wasm")
+NOOP_WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "noop_filter.wasm")
+MODEL = "bench-model"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, deadline_s=30, ok=lambda status: status < 500, data=None, headers=None):
+    end = time.time() + deadline_s
+    last = None
+    while time.time() < end:
+        try:
+            req = urllib.request.Request(url, data=data, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if ok(r.status):
+                    return
+        except Exception as e:  # noqa: BLE001 - anything means "not yet"
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready: {last}")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process and its live descendants (Python launchers fork servers)."""
+    total = 0
+    for p in [pid] + descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
+
+
+def descendants(pid):
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        frontier += kids
+    return out
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log, env=None):
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        self.procs = []
+
+
+def envoy_bin():
+    import glob
+
+    c = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages", "envoy", "_bin", "envoy"))
+    if not c:
+        sys.exit("Envoy not installed in .venv: run ./build.sh build first")
+    return c[0]
+
+
+def plain_bootstrap(port, admin, pods, wasm=None):
+    wasm_filter = ""
+    if wasm:
+        wasm_filter = f"""
+          - name: noop
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: noop
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}"""
+    endpoints = "\n".join(
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: {a.split(':')[0]}, port_value: {a.split(':')[1]} }} }} }}"
+        for a in pods
+    )
+    return f"""
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    per_connection_buffer_limit_bytes: 67108864
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: / }}, route: {{ cluster: pods, timeout: 0s }} }}]
+          http_filters:{wasm_filter}
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: pods
+    type: STATIC
+    connect_timeout: 1s
+    per_connection_buffer_limit_bytes: 67108864
+    load_assignment:
+      cluster_name: pods
+      endpoints:
+      - lb_endpoints:
+{endpoints}
+"""
+
+
+def modelroute_resources(pod_port):
+    return f"""apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelServer
+metadata: {{ name: bench, namespace: default }}
+spec:
+  workloadSelector: {{ matchLabels: {{ app: bench }} }}
+  workloadPort: {{ port: {pod_port} }}
+  model: {MODEL}
+  inferenceEngine: vLLM
+---
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelRoute
+metadata: {{ name: bench, namespace: default }}
+spec:
+  modelName: {MODEL}
+  rules:
+  - name: default
+    targetModels: [{{ modelServerName: bench }}]
+"""
+
+
+def pods_yaml(ips, pod_port):
+    items = []
+    for i, ip in enumerate(ips):
+        items.append(
+            f"""- apiVersion: v1
+  kind: Pod
+  metadata: {{ name: bench-{i}, namespace: default, labels: {{ app: bench }} }}
+  spec: {{ containers: [{{ name: e, env: [{{ name: MODEL_NAME, value: {MODEL} }}], ports: [{{ containerPort: {pod_port} }}] }}] }}
+  status: {{ phase: Running, podIP: {ip}, conditions: [{{ type: Ready, status: "True" }}] }}"""
+        )
+    return "apiVersion: v1\nkind: List\nitems:\n" + "\n".join(items) + "\n"
+
+
+def chat_body(size):
+    filler = "The quick brown fox jumps over the lazy dog. "
+    content = (filler * (size // len(filler) + 1))[: max(size - 120, 10)]
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8})
+
+
+WRK_LUA = """
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+local body = f:read("*a")
+f:close()
+local req
+init = function(args)
+  req = wrk.format("POST", "/v1/chat/completions", {["Host"] = "bench", ["Content-Type"] = "application/json"}, body)
+end
+request = function() return req end
+"""
+
+
+def run_wrk(port, conns, duration, body_file, lua_file):
+    threads = 1 if conns == 1 else 2
+    env = dict(os.environ, BENCH_BODY=body_file)
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua_file, f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 30).stdout
+    res = {"rps": 0.0, "p50_ms": None, "p99_ms": None, "requests": 0, "errors": 0}
+    for line in out.splitlines():
+        s = line.split()
+        if line.startswith("Requests/sec:"):
+            res["rps"] = float(s[1])
+        elif len(s) == 2 and s[0] in ("50%", "99%"):
+            res["p50_ms" if s[0] == "50%" else "p99_ms"] = to_ms(s[1])
+        elif "requests in" in line:
+            res["requests"] = int(s[0])
+        elif line.strip().startswith("Non-2xx") or line.strip().startswith("Socket errors"):
+            res["errors"] += sum(int(x.strip(",")) for x in s if x.strip(",").isdigit())
+    return res
+
+
+def to_ms(v):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 KB and 200 KB, 64 connections, 1 round (< 2 min)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--duration", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument("--targets", default="envoy,noop-wasm,modelroute,vllm-router,sglang-router")
+    args = ap.parse_args()
+    sizes = [1024, 200 * 1024] if args.quick else [1024, 16 * 1024, 200 * 1024, 1024 * 1024]
+    conns = [64] if args.quick else [1, 64, 150]
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (3 if args.quick else 5)
+    targets = args.targets.split(",")
+
+    work = tempfile.mkdtemp(prefix="modelroute-bench-")
+    procs = Procs()
+    results = []
+    try:
+        # Two mock engines, the same pods for every target: distinct loopback addresses and
+        # one port, as a Kthena ModelServer's pods are.
+        pod_port = free_port()
+        ips = ["127.0.0.91", "127.0.0.92"]
+        pods = [f"{ip}:{pod_port}" for ip in ips]
+        logs = open(os.path.join(work, "mocks.log"), "w")
+        for i, addr in enumerate(pods):
+            procs.start([os.path.join(BIN, "mock-llm"), "serve", "--listen", addr, "--model", MODEL, "--pod", f"default/bench-{i}"], logs)
+        for addr in pods:
+            wait_http(f"http://{addr}/health")
+
+        live = {}  # target -> (port, pid)
+        envoy = envoy_bin()
+        for name in targets:
+            port, admin = free_port(), free_port()
+            log = open(os.path.join(work, f"{name}.log"), "w")
+            if name in ("envoy", "noop-wasm"):
+                cfg = os.path.join(work, f"{name}.yaml")
+                with open(cfg, "w") as f:
+                    f.write(plain_bootstrap(port, admin, pods, NOOP_WASM if name == "noop-wasm" else None))
+                p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
+            elif name == "modelroute":
+                res_dir, conf = os.path.join(work, "resources"), os.path.join(work, "config")
+                os.makedirs(res_dir, exist_ok=True)
+                with open(os.path.join(res_dir, "bench.yaml"), "w") as f:
+                    f.write(modelroute_resources(pod_port))
+                with open(os.path.join(work, "pods.yaml"), "w") as f:
+                    f.write(pods_yaml(ips, pod_port))
+                subprocess.run(
+                    [os.path.join(BIN, "modelroute-controller"), "render", "--resources", res_dir, "--pods", os.path.join(work, "pods.yaml"), "--wasm", WASM, "--out", conf],
+                    check=True, capture_output=True,
+                )
+                with open(os.path.join(ROOT, "envoy", "envoy.yaml")) as f:
+                    boot = f.read().replace("@LISTEN_PORT@", str(port)).replace("@ADMIN_PORT@", str(admin)).replace("@CONFIG_DIR@", conf)
+                cfg = os.path.join(work, "modelroute.yaml")
+                with open(cfg, "w") as f:
+                    f.write(boot)
+                p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
+            else:
+                env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+                urls = [f"http://{addr}" for addr in pods]
+                metrics = free_port()
+                if name == "vllm-router":
+                    cmd = [os.path.join(VENV, "bin", "vllm-router"), "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics), "--policy", "round_robin", "--worker-urls", *urls]
+                else:
+                    exe = shutil.which("smg", path=os.path.join(VENV, "bin")) or os.path.join(VENV, "bin", "smg")
+                    cmd = [exe, "launch", "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics), "--policy", "round_robin", "--worker-urls", *urls]
+                if not os.path.exists(cmd[0]):
+                    print(f"skipping {name}: {cmd[0]} not installed", file=sys.stderr)
+                    continue
+                p = procs.start(cmd, log, env=env)
+            body = chat_body(1024).encode()
+            try:
+                wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200, data=body, headers={"Content-Type": "application/json"})
+            except RuntimeError as e:
+                print(f"skipping {name}: {e}", file=sys.stderr)
+                continue
+            live[name] = (port, p.pid)
+
+        lua = os.path.join(work, "post.lua")
+        with open(lua, "w") as f:
+            f.write(WRK_LUA)
+        for size in sizes:
+            body_file = os.path.join(work, f"body-{size}.json")
+            with open(body_file, "w") as f:
+                f.write(chat_body(size))
+            for c in conns:
+                for rnd in range(rounds):
+                    for name, (port, pid) in live.items():  # interleaved: A B C A B C ...
+                        before = cpu_ticks(pid)
+                        r = run_wrk(port, c, duration, body_file, lua)
+                        used = (cpu_ticks(pid) - before) / TICK
+                        r.update(target=name, size=size, conns=c, round=rnd, cpu_us_per_req=(used * 1e6 / r["requests"]) if r["requests"] else None)
+                        results.append(r)
+                        print(json.dumps(r), flush=True)
+    finally:
+        procs.stop_all()
+    write_report(args, results, sizes, conns, rounds, duration, targets)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def median_of(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(results):
+    table = {}
+    for r in results:
+        table.setdefault((r["size"], r["conns"], r["target"]), []).append(r)
+    out = {}
+    for k, rows in table.items():
+        out[k] = {m: median_of(rows, m) for m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+        out[k]["errors"] = sum(r["errors"] for r in rows)
+    return out
+
+
+def human(size):
+    return f"{size // 1024} KB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MB"
+
+
+def write_report(args, results, sizes, conns, rounds, duration, targets):
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    s = summarize(results)
+    names = [t for t in targets if any(k[2] == t for k in s)]
+    lines = [
+        "# Load benchmark: modelroute.wasm vs plain Envoy and peer routers",
+        "",
+        f"`{' '.join(['python3', 'bench/load.py'] + sys.argv[1:])}` (via `./build.sh bench{' --quick' if args.quick else ''}`),"
+        f" {rounds} interleaved round(s) of {duration} s per cell, medians; wrk POSTs an OpenAI chat body of the given size.",
+        "",
+        f"Machine: {os.cpu_count()} vCPU ({platform.processor() or platform.machine()}), Linux {platform.release()}; load generator,"
+        " routers and the two mock-llm pods share these cores, so absolute numbers are low and noisy (+/-30 %): compare ratios.",
+        f"Versions: {version_line()}.",
+        "",
+        "Targets: `envoy` = plain Envoy round-robin to the pods (the limit); `noop-wasm` = the same plus a do-nothing wasm"
+        " filter (the VM floor); `modelroute` = Envoy + modelroute.wasm with the default Kthena scheduler, via ECDS/CDS/EDS"
+        " from the controller; `vllm-router` / `sglang-router` = the peers, round_robin. Envoy runs 2 workers.",
+        "",
+        "| body | conns | target | req/s | x plain Envoy | p50 ms | p99 ms | router CPU us/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        for c in conns:
+            base = s.get((size, c, "envoy"), {}).get("rps")
+            for t in names:
+                m = s.get((size, c, t))
+                if not m:
+                    continue
+                ratio = f"{m['rps'] / base:.2f}" if base and m["rps"] else "-"
+                fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+                lines.append(f"| {human(size)} | {c} | {t} | {fmt(m['rps'], 0)} | {ratio} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} | {fmt(m['cpu_us_per_req'], 0)} | {m['errors']} |")
+    lines += ["", "![requests per second](results.svg)", ""]
+    with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines))
+    write_svg(os.path.join(args.out, "results.svg"), s, sizes, names, 64 if 64 in conns else conns[0])
+
+
+def version_line():
+    parts = []
+    try:
+        out = subprocess.run([envoy_bin(), "--version"], capture_output=True, text=True).stdout
+        parts.append("Envoy " + out.strip().split("/")[1])
+    except Exception:  # noqa: BLE001
+        pass
+    for pkg in ("sglang-router", "vllm-router"):
+        out = subprocess.run([os.path.join(VENV, "bin", "pip"), "show", pkg], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Version:"):
+                parts.append(f"{pkg} {line.split()[1]}")
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    parts.append((out.stdout or out.stderr).splitlines()[0].split(" [")[0] if (out.stdout or out.stderr) else "wrk")
+    parts.append(f"modelroute.wasm {os.path.getsize(WASM)} bytes")
+    return ", ".join(parts)
+
+
+def write_svg(path, s, sizes, names, conns):
+    colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "modelroute": "#1f77b4", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
+    w, h, pad, bar = 760, 360, 50, 22
+    vals = [s.get((sz, conns, t), {}).get("rps") or 0 for sz in sizes for t in names]
+    top = max(vals + [1])
+    group = len(names) * bar + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">requests/s at {conns} connections (higher is better)</text>']
+    for gi, sz in enumerate(sizes):
+        x0 = pad + gi * group
+        for ti, t in enumerate(names):
+            v = s.get((sz, conns, t), {}).get("rps") or 0
+            bh = (h - 2 * pad) * v / top
+            x = x0 + ti * bar
+            out.append(f'<rect x="{x}" y="{h - pad - bh:.1f}" width="{bar - 3}" height="{bh:.1f}" fill="{colors.get(t, "#444")}"><title>{t}: {v:.0f}</title></rect>')
+        out.append(f'<text x="{x0 + len(names) * bar / 2}" y="{h - pad + 16}" text-anchor="middle">{human(sz)}</text>')
+    for ti, t in enumerate(names):
+        out.append(f'<rect x="{w - 150}" y="{40 + ti * 18}" width="12" height="12" fill="{colors.get(t, "#444")}"/><text x="{w - 132}" y="{50 + ti * 18}">{t}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
