@@ -112,7 +112,7 @@ fn chat_prompt(c: &mut Criterion) {
     g.bench_function("render-chat-100KB", |b| {
         b.iter(|| {
             let s = scan(body.as_bytes()).unwrap();
-            modelroute::prompt::prompt_text(black_box(body.as_bytes()), &s).len()
+            modelroute::prompt::prompt_text(black_box(body.as_bytes()), &s, 128 * 64).len()
         })
     });
     g.finish();

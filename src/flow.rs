@@ -282,7 +282,7 @@ impl Flow {
         self.outcome.model.clone_from(&model);
 
         let prompt = if router.scheduling() {
-            prompt_text(&body, &scanned)
+            prompt_text(&body, &scanned, router.prompt_cap())
         } else {
             Cow::Borrowed(&[][..])
         };

@@ -10,9 +10,11 @@ use serde::Deserialize;
 
 use crate::scan::Scan;
 
-pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>) -> Cow<'a, [u8]> {
+/// The prompt text, at most about `cap` bytes (prefix hashing never reads further, so long
+/// chat bodies are not rendered past it).
+pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>, cap: usize) -> Cow<'a, [u8]> {
     if let Some(span) = scan.member(body, "messages") {
-        return Cow::Owned(render_messages(body.get(span).unwrap_or_default()));
+        return Cow::Owned(render_messages(body.get(span).unwrap_or_default(), cap));
     }
     for key in ["prompt", "input"] {
         if let Some(span) = scan.member(body, key) {
@@ -22,7 +24,7 @@ pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>) -> Cow<'a, [u8]> {
                 .strip_prefix(b"\"")
                 .and_then(|r| r.strip_suffix(b"\""))
                 .unwrap_or(raw);
-            return Cow::Borrowed(inner);
+            return Cow::Borrowed(inner.get(..cap.min(inner.len())).unwrap_or(inner));
         }
     }
     Cow::Borrowed(&[])
@@ -52,25 +54,49 @@ struct Part<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-fn render_messages(raw: &[u8]) -> Vec<u8> {
-    let Ok(messages) = serde_json::from_slice::<Vec<Message<'_>>>(raw) else {
-        return raw.to_vec();
-    };
-    let mut out = Vec::with_capacity(raw.len());
-    for m in messages {
-        out.extend_from_slice(m.role.as_bytes());
-        out.push(b'\n');
-        match m.content {
-            Content::Text(t) => out.extend_from_slice(t.as_bytes()),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .for_each(|t| out.extend_from_slice(t.as_bytes())),
-            Content::None => {}
-        }
-        out.push(b'\n');
+fn render_messages(raw: &[u8], cap: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len().min(cap.saturating_add(256)));
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    // Stops with an error once `cap` bytes are rendered: what came before is kept.
+    if serde::Deserializer::deserialize_seq(&mut de, Render { out: &mut out, cap }).is_err()
+        && out.is_empty()
+    {
+        return raw.get(..cap.min(raw.len())).unwrap_or_default().to_vec();
     }
     out
+}
+
+struct Render<'o> {
+    out: &'o mut Vec<u8>,
+    cap: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for Render<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of chat messages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(m) = seq.next_element::<Message<'de>>()? {
+            self.out.extend_from_slice(m.role.as_bytes());
+            self.out.push(b'\n');
+            match m.content {
+                Content::Text(t) => self.out.extend_from_slice(t.as_bytes()),
+                Content::Parts(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.text.as_deref())
+                    .for_each(|t| self.out.extend_from_slice(t.as_bytes())),
+                Content::None => {}
+            }
+            self.out.push(b'\n');
+            if self.out.len() >= self.cap {
+                return Err(serde::de::Error::custom("enough prompt"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -80,7 +106,7 @@ mod tests {
 
     fn text(body: &str) -> String {
         let s = scan(body.as_bytes()).unwrap();
-        String::from_utf8(prompt_text(body.as_bytes(), &s).into_owned()).unwrap()
+        String::from_utf8(prompt_text(body.as_bytes(), &s, usize::MAX).into_owned()).unwrap()
     }
 
     #[test]
@@ -101,5 +127,22 @@ mod tests {
         let b = text("{\"messages\" : [ {\"content\": \"Be brief.\", \"role\": \"system\"},\n {\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}]} ], \"model\":\"m\"}");
         assert_eq!(a, "system\nBe brief.\nuser\nHi\n");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rendering_stops_near_the_cap() {
+        let long = "x".repeat(1000);
+        let body = format!(
+            r#"{{"messages":[{{"role":"user","content":"{long}"}},{{"role":"user","content":"tail"}}],"model":"m"}}"#
+        );
+        let s = scan(body.as_bytes()).unwrap();
+        let capped = prompt_text(body.as_bytes(), &s, 100);
+        assert!(capped.starts_with(b"user\nxxx"));
+        assert!(!String::from_utf8_lossy(&capped).contains("tail"));
+        let prompt = r#"{"prompt":"abcdef","model":"m"}"#;
+        assert_eq!(
+            &*prompt_text(prompt.as_bytes(), &scan(prompt.as_bytes()).unwrap(), 3),
+            b"abc"
+        );
     }
 }

@@ -577,6 +577,12 @@ impl Router {
         self.stats = stats;
     }
 
+    /// Prompt bytes prefix hashing can use: `maxBlocksToMatch` x `blockSizeToHash`.
+    pub fn prompt_cap(&self) -> usize {
+        let s = &self.settings.scheduler;
+        (s.prefix_max_blocks as usize).saturating_mul(s.prefix_block_size.max(1) as usize)
+    }
+
     /// Whether pods are picked by the scheduler (and metrics must be collected).
     pub fn scheduling(&self) -> bool {
         self.scheduling
