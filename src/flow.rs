@@ -200,9 +200,8 @@ impl Flow {
             ENVOY_TIMEOUT_HEADER,
             ENVOY_MAX_RETRIES_HEADER,
         ] {
-            if host.header(h).is_some() {
-                host.remove_header(h);
-            }
+            // Removing an absent header is a no-op: one host call instead of a lookup first.
+            host.remove_header(h);
         }
 
         let method = host.header(":method").unwrap_or_default();
@@ -646,6 +645,12 @@ impl Flow {
         if let Some((key, n, idx)) = self.in_flight.take() {
             shared::add(host, &key, n, idx, -1);
         }
+    }
+
+    /// Whether the upstream answer's status matters (PD decode counters); other requests
+    /// skip reading it.
+    pub fn wants_response_status(&self) -> bool {
+        self.pd.is_some()
     }
 
     /// The upstream answer's status (PD decode outcome counters).

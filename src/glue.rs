@@ -236,6 +236,9 @@ impl HttpContext for Request {
         _num_headers: usize,
         _end_of_stream: bool,
     ) -> WasmAction {
+        if !self.flow.wants_response_status() {
+            return WasmAction::Continue;
+        }
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
