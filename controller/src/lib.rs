@@ -10,6 +10,7 @@ pub mod compile;
 pub mod diag;
 pub mod duration;
 pub mod kthena;
+pub mod kube;
 pub mod load;
 pub mod logger;
 pub mod order;

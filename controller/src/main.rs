@@ -30,6 +30,8 @@ enum Command {
     Render(RenderArgs),
     /// Render, then poll the inputs and re-render on change.
     Watch(WatchArgs),
+    /// Watch ModelRoutes, ModelServers and Pods in Kubernetes and server-side apply the config.
+    Kube(controller::kube::cli::KubeArgs),
 }
 
 #[derive(Args)]
@@ -226,6 +228,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Render(a) => render(a),
         Command::Watch(a) => watch(a),
+        Command::Kube(a) => controller::kube::cli::main(a),
     };
     result.unwrap_or_else(|e| {
         log::error!("{e:#}");

@@ -1,0 +1,141 @@
+//! `modelroute-controller kube`: flags, the tokio runtime, the client from the environment
+//! (in-cluster or KUBECONFIG) and signal handling. Argument handling only; the controller is
+//! [`super::run`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use super::{crd, Options, OutputKind, Target};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    /// A ConfigMap with filter-config.json, ecds.json, cds.json and eds-*.json.
+    Configmap,
+    /// An Istio EnvoyFilter.
+    Istio,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// What to apply.
+    #[arg(long, value_enum, default_value = "configmap")]
+    pub output: OutputArg,
+    /// Namespace of the applied object and of the leader-election Lease.
+    #[arg(long, default_value = "modelroute-system")]
+    pub namespace: String,
+    /// Name of the applied object.
+    #[arg(long, default_value = "modelroute")]
+    pub name: String,
+    /// The wasm module as Envoy sees it: a path in the proxy container, or an http(s) URL (istio).
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        default_value = "/etc/modelroute-wasm/modelroute.wasm"
+    )]
+    pub wasm: String,
+    /// Where the proxy mounts the ConfigMap (CDS names the EDS files under it).
+    #[arg(long, value_name = "DIR", default_value = "/etc/modelroute")]
+    pub mount_path: String,
+    /// Largest request body the filter buffers.
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Fallback endpoints after the chosen pod.
+    #[arg(long, value_name = "N")]
+    pub endpoint_fallbacks: Option<u32>,
+    /// Only watch ModelRoutes, ModelServers and Pods in this namespace (default: all).
+    #[arg(long, value_name = "NS")]
+    pub watch_namespace: Option<String>,
+    /// Server-side apply field manager (and Event reporter).
+    #[arg(long, default_value = "modelroute-controller")]
+    pub field_manager: String,
+    /// Leader-election Lease name (in --namespace).
+    #[arg(long, default_value = "modelroute-controller")]
+    pub lease_name: String,
+    /// Identity in the Lease (default: $POD_NAME, else $HOSTNAME).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Quiet time after a change before re-rendering.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub debounce_ms: u64,
+    /// Print the ModelRoute and ModelServer CRDs (YAML) and exit; no cluster needed.
+    #[arg(long)]
+    pub print_crds: bool,
+}
+
+impl KubeArgs {
+    pub fn options(&self) -> Options {
+        let mut o = Options::new(Target {
+            output: match self.output {
+                OutputArg::Configmap => OutputKind::ConfigMap,
+                OutputArg::Istio => OutputKind::Istio,
+            },
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            wasm: self.wasm.clone(),
+            mount_path: self.mount_path.clone(),
+        });
+        if let Some(v) = self.max_body_bytes {
+            o.settings.max_body_bytes = v;
+        }
+        if let Some(v) = self.endpoint_fallbacks {
+            o.settings.endpoint_fallbacks = v;
+        }
+        o.watch_namespace = self.watch_namespace.clone();
+        o.field_manager = self.field_manager.clone();
+        o.lease_name = self.lease_name.clone();
+        if let Some(id) = &self.identity {
+            o.identity = id.clone();
+        }
+        o.debounce = Duration::from_millis(self.debounce_ms);
+        o
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `kube` subcommand entry point.
+pub fn main(args: &KubeArgs) -> anyhow::Result<ExitCode> {
+    if args.print_crds {
+        for (file, yaml) in crd::manifests() {
+            println!("---\n# {file}");
+            print!("{yaml}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = args.options();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+        log::info!(
+            "kube mode: {:?} {}/{}, identity {}",
+            opts.target.output,
+            opts.target.namespace,
+            opts.target.name,
+            opts.identity
+        );
+        super::run(client, opts, signalled()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
