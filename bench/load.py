@@ -29,6 +29,8 @@ VENV = os.path.join(ROOT, ".venv")
 # Release builds of mock-llm and the controller (./build.sh bench builds them): a debug mock
 # would be the bottleneck for large bodies.
 BIN = os.environ.get("MODELROUTE_BIN_DIR", os.path.join(ROOT, "target", "release"))
+# The controller only renders the config once; its debug build is fine.
+CONTROLLER = os.path.join(ROOT, "target", "debug", "modelroute-controller")
 WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "modelroute.wasm")
 NOOP_WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "noop_filter.wasm")
 MODEL = "bench-model"
@@ -290,7 +292,7 @@ def main():
                 with open(os.path.join(work, "pods.yaml"), "w") as f:
                     f.write(pods_yaml(ips, pod_port))
                 subprocess.run(
-                    [os.path.join(BIN, "modelroute-controller"), "render", "--resources", res_dir, "--pods", os.path.join(work, "pods.yaml"), "--wasm", WASM, "--out", conf],
+                    [CONTROLLER, "render", "--resources", res_dir, "--pods", os.path.join(work, "pods.yaml"), "--wasm", WASM, "--out", conf],
                     check=True, capture_output=True,
                 )
                 with open(os.path.join(ROOT, "envoy", "envoy.yaml")) as f:

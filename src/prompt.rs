@@ -71,6 +71,15 @@ struct Render<'o> {
     cap: usize,
 }
 
+impl Render<'_> {
+    /// Appends at most what is left below the cap.
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.out.len());
+        self.out
+            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+    }
+}
+
 impl<'de> serde::de::Visitor<'de> for Render<'_> {
     type Value = ();
 
@@ -78,19 +87,19 @@ impl<'de> serde::de::Visitor<'de> for Render<'_> {
         f.write_str("an array of chat messages")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         while let Some(m) = seq.next_element::<Message<'de>>()? {
-            self.out.extend_from_slice(m.role.as_bytes());
-            self.out.push(b'\n');
+            self.push(m.role.as_bytes());
+            self.push(b"\n");
             match m.content {
-                Content::Text(t) => self.out.extend_from_slice(t.as_bytes()),
+                Content::Text(t) => self.push(t.as_bytes()),
                 Content::Parts(parts) => parts
                     .iter()
                     .filter_map(|p| p.text.as_deref())
-                    .for_each(|t| self.out.extend_from_slice(t.as_bytes())),
+                    .for_each(|t| self.push(t.as_bytes())),
                 Content::None => {}
             }
-            self.out.push(b'\n');
+            self.push(b"\n");
             if self.out.len() >= self.cap {
                 return Err(serde::de::Error::custom("enough prompt"));
             }
