@@ -252,12 +252,21 @@ def main():
     ap.add_argument("--duration", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
     ap.add_argument("--targets", default="envoy,noop-wasm,modelroute,vllm-router,sglang-router")
+    ap.add_argument("--report-from", help="only rewrite the report from a results.json")
     args = ap.parse_args()
     sizes = [1024, 200 * 1024] if args.quick else [1024, 16 * 1024, 200 * 1024, 1024 * 1024]
     conns = [64] if args.quick else [1, 64, 150]
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3 if args.quick else 5)
     targets = args.targets.split(",")
+    if args.report_from:
+        with open(args.report_from) as f:
+            results = json.load(f)
+        sizes = sorted({r["size"] for r in results})
+        conns = sorted({r["conns"] for r in results})
+        rounds = 1 + max(r["round"] for r in results)
+        write_report(args, results, sizes, conns, rounds, duration, targets)
+        return
 
     work = tempfile.mkdtemp(prefix="modelroute-bench-")
     procs = Procs()
@@ -373,7 +382,7 @@ def write_report(args, results, sizes, conns, rounds, duration, targets):
     lines = [
         "# Load benchmark: modelroute.wasm vs plain Envoy and peer routers",
         "",
-        f"`{' '.join(['python3', 'bench/load.py'] + sys.argv[1:])}` (via `./build.sh bench{' --quick' if args.quick else ''}`),"
+        f"`python3 bench/load.py{' --quick' if args.quick else ''}` (via `./build.sh bench{' --quick' if args.quick else ''}`),"
         f" {rounds} interleaved round(s) of {duration} s per cell, medians; wrk POSTs an OpenAI chat body of the given size.",
         "",
         f"Machine: {os.cpu_count()} vCPU ({platform.processor() or platform.machine()}), Linux {platform.release()}; load generator,"
@@ -424,18 +433,24 @@ def version_line():
 def write_svg(path, s, sizes, names, conns):
     colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "modelroute": "#1f77b4", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
     w, h, pad, bar = 760, 360, 50, 22
-    vals = [s.get((sz, conns, t), {}).get("rps") or 0 for sz in sizes for t in names]
-    top = max(vals + [1])
+    def ratio(sz, t):
+        base = s.get((sz, conns, "envoy"), {}).get("rps")
+        v = s.get((sz, conns, t), {}).get("rps") or 0
+        return v / base if base else 0
+
+    top = max([ratio(sz, t) for sz in sizes for t in names] + [1.0])
     group = len(names) * bar + 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">requests/s at {conns} connections (higher is better)</text>']
+           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">requests/s relative to plain Envoy, {conns} connections (higher is better)</text>',
+           f'<line x1="{pad - 5}" x2="{w - 170}" y1="{h - pad - (h - 2 * pad) / top:.1f}" y2="{h - pad - (h - 2 * pad) / top:.1f}" stroke="#999" stroke-dasharray="4"/>',
+           f'<text x="{pad - 8}" y="{h - pad - (h - 2 * pad) / top + 4:.1f}" text-anchor="end">1.0</text>']
     for gi, sz in enumerate(sizes):
         x0 = pad + gi * group
         for ti, t in enumerate(names):
-            v = s.get((sz, conns, t), {}).get("rps") or 0
+            v = ratio(sz, t)
             bh = (h - 2 * pad) * v / top
             x = x0 + ti * bar
-            out.append(f'<rect x="{x}" y="{h - pad - bh:.1f}" width="{bar - 3}" height="{bh:.1f}" fill="{colors.get(t, "#444")}"><title>{t}: {v:.0f}</title></rect>')
+            out.append(f'<rect x="{x}" y="{h - pad - bh:.1f}" width="{bar - 3}" height="{bh:.1f}" fill="{colors.get(t, "#444")}"><title>{t}: {v:.2f}x</title></rect>')
         out.append(f'<text x="{x0 + len(names) * bar / 2}" y="{h - pad + 16}" text-anchor="middle">{human(sz)}</text>')
     for ti, t in enumerate(names):
         out.append(f'<rect x="{w - 150}" y="{40 + ti * 18}" width="12" height="12" fill="{colors.get(t, "#444")}"/><text x="{w - 132}" y="{50 + ti * 18}">{t}</text>')
