@@ -6,6 +6,7 @@
 #   ./build.sh up      same stack, stays in the foreground until Ctrl-C (router on 127.0.0.1:8080)
 #   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy
 #   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md
+#   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
 # MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena),
@@ -227,11 +228,19 @@ bench() {
   MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/load.py "$@"
 }
 
+package() {
+  build
+  log "packaging modelroute.wasm as an OCI image layout (target/oci/modelroute)"
+  python3 scripts/oci_wasm.py --wasm "$WASM" --out "$ROOT/target/oci/modelroute" \
+    --tag "${1:-$(cargo pkgid -p modelroute | sed 's/.*[#@]//')}"
+}
+
 case "${1:-}" in
   build) build ;;
   demo) demo ;;
   up) up ;;
   test) test_all ;;
   bench) shift; bench "$@" ;;
-  *) echo "usage: $0 build|demo|up|test|bench [--quick]" >&2; exit 2 ;;
+  package) shift; package "$@" ;;
+  *) echo "usage: $0 build|demo|up|test|bench [--quick]|package [TAG]" >&2; exit 2 ;;
 esac
