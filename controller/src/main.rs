@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use controller::diag::Diagnostics;
+use controller::render::Manifests;
 use controller::watch::{self, WatchConfig, WatchError};
 use controller::{build, envoy_outputs, filter_config_json, summary, InputPaths};
 use filter_config::{Scheduler, Settings, TargetSelection};
@@ -42,7 +43,8 @@ struct CommonArgs {
     /// Pod files or directories (`kubectl get pods -o yaml`); pods may also sit in --resources.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pods: Vec<PathBuf>,
-    /// The filter's wasm module (written into the ECDS file as an absolute path).
+    /// The filter's wasm module (written into the ECDS file as an absolute path). render
+    /// --target configmap/istio: its absolute path inside the proxy container.
     #[arg(long, value_name = "PATH")]
     wasm: Option<PathBuf>,
     /// Output directory (created).
@@ -76,9 +78,59 @@ struct CommonArgs {
 struct RenderArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Print the filter config JSON to stdout instead of writing files.
+    /// Print to stdout instead of writing files: the filter config JSON (envoy target) or the
+    /// target's manifests as YAML (istio, configmap; also the default without --out).
     #[arg(long)]
     print: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// `render --target`: what to produce and the Kubernetes-side knobs of the manifest targets.
+#[derive(Args)]
+struct TargetArgs {
+    /// envoy: ECDS/CDS/EDS files under --out; istio: an EnvoyFilter (--out DIR writes
+    /// DIR/istio.yaml); configmap: one ConfigMap holding the Envoy files (DIR/configmap.yaml).
+    #[arg(long, value_enum, default_value = "envoy")]
+    target: RenderTarget,
+    /// Namespace of the ConfigMap / EnvoyFilter [default: modelroute-system for configmap,
+    /// istio-system for istio].
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Name of the ConfigMap / EnvoyFilter.
+    #[arg(long, value_name = "NAME", default_value = "modelroute")]
+    name: String,
+    /// istio: EnvoyFilter workloadSelector label, repeatable [default: istio=ingressgateway].
+    #[arg(long, value_name = "KEY=VALUE")]
+    workload_selector: Vec<String>,
+    /// istio: patch context: gateway (GATEWAY) or sidecar (SIDECAR_INBOUND).
+    #[arg(long, value_enum, default_value = "gateway")]
+    context: IstioContext,
+    /// istio: the module, oci://..., https://... (with --wasm-sha256) or file:///path in the
+    /// proxy container. Without it, --wasm PATH means file://PATH.
+    #[arg(long, value_name = "URL")]
+    wasm_url: Option<String>,
+    /// istio: sha256 of the module (https://, file://) or of the OCI image manifest (oci://);
+    /// required for oci:// and https://.
+    #[arg(long, value_name = "HEX")]
+    wasm_sha256: Option<String>,
+    /// configmap: where the Envoy container mounts the ConfigMap (cds.json and ecds.json
+    /// name the files under it).
+    #[arg(long, value_name = "DIR", default_value = controller::render::configmap::DEFAULT_MOUNT_DIR)]
+    mount_dir: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RenderTarget {
+    Envoy,
+    Istio,
+    Configmap,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IstioContext {
+    Gateway,
+    Sidecar,
 }
 
 #[derive(Args)]
@@ -159,8 +211,90 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(p)?)
 }
 
+/// Exits with a usage error.
+fn usage(msg: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
+}
+
+/// The manifest target of `render --target istio|configmap` (None: envoy).
+fn manifests(args: &RenderArgs) -> Option<Manifests> {
+    use controller::render::{configmap, istio};
+    let t = &args.target;
+    let wasm_path = || {
+        args.common.wasm.as_ref().map(|p| {
+            if !p.is_absolute() {
+                usage(format!(
+                    "--wasm {}: must be the absolute path inside the proxy container",
+                    p.display()
+                ));
+            }
+            p.display().to_string()
+        })
+    };
+    match t.target {
+        RenderTarget::Envoy => {
+            if t.wasm_url.is_some() || t.wasm_sha256.is_some() {
+                usage("--wasm-url / --wasm-sha256 are for --target istio; use --wasm".into());
+            }
+            None
+        }
+        RenderTarget::Configmap => {
+            if t.wasm_url.is_some() || t.wasm_sha256.is_some() {
+                usage("--wasm-url / --wasm-sha256 are for --target istio; use --wasm".into());
+            }
+            if !t.mount_dir.starts_with('/') {
+                usage(format!("--mount-dir {}: must be absolute", t.mount_dir));
+            }
+            Some(Manifests::ConfigMap(configmap::ConfigMapTarget {
+                namespace: t
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| configmap::DEFAULT_NAMESPACE.into()),
+                name: t.name.clone(),
+                mount_dir: t.mount_dir.trim_end_matches('/').to_string(),
+                wasm: wasm_path().unwrap_or_else(|| configmap::DEFAULT_WASM.into()),
+            }))
+        }
+        RenderTarget::Istio => {
+            let url = match (&t.wasm_url, wasm_path()) {
+                (Some(u), _) => u.clone(),
+                (None, Some(p)) => format!("file://{p}"),
+                (None, None) => usage(
+                    "--target istio needs --wasm-url (oci://, https:// or file:///) or --wasm PATH"
+                        .into(),
+                ),
+            };
+            let wasm = istio::WasmSource::parse(&url, t.wasm_sha256.as_deref())
+                .unwrap_or_else(|e| usage(e));
+            let mut target = istio::IstioTarget::new(wasm);
+            if let Some(ns) = &t.namespace {
+                target.namespace = ns.clone();
+            }
+            target.name = t.name.clone();
+            if !t.workload_selector.is_empty() {
+                target.selector = t
+                    .workload_selector
+                    .iter()
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
+                        _ => usage(format!("--workload-selector {kv:?}: expected key=value")),
+                    })
+                    .collect();
+            }
+            target.context = match t.context {
+                IstioContext::Gateway => istio::PatchContext::Gateway,
+                IstioContext::Sidecar => istio::PatchContext::SidecarInbound,
+            };
+            Some(Manifests::Istio(target))
+        }
+    }
+}
+
 fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let c = &args.common;
+    let manifests = manifests(args);
     let mut diags = Diagnostics::default();
     let sources = c.inputs().read(&mut diags);
     let compiled = if diags.has_errors() {
@@ -181,6 +315,34 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     };
+    if let Some(m) = manifests {
+        let yaml = m
+            .yaml(&compiled)
+            .context("cannot serialise the manifests")?;
+        let Some(out) = c.out.as_ref().filter(|_| !args.print) else {
+            print!("{yaml}");
+            log::info!("{}", summary(&compiled));
+            return Ok(ExitCode::SUCCESS);
+        };
+        let set = controller::output::OutputSet {
+            files: vec![(PathBuf::from(m.file_name()), yaml.into_bytes())],
+            prune: vec![],
+        };
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let applied = controller::output::apply(out, &set)
+            .with_context(|| format!("cannot write to {}", out.display()))?;
+        let state = if applied.written.is_empty() {
+            "unchanged"
+        } else {
+            "written"
+        };
+        log::info!(
+            "{} -> {} ({state})",
+            summary(&compiled),
+            out.join(m.file_name()).display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.print {
         print!("{}", filter_config_json(&compiled));
         log::info!("{}", summary(&compiled));

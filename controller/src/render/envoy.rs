@@ -55,7 +55,9 @@ fn discovery_response(resources: Vec<Value>) -> String {
     text
 }
 
-fn eds(cluster: &Cluster) -> String {
+/// The `ClusterLoadAssignment` of a cluster: its ready pods (EDS resource, or a STATIC
+/// cluster's `load_assignment` without the `@type`).
+pub fn load_assignment(cluster: &Cluster) -> Value {
     let lb_endpoints: Vec<Value> = cluster
         .endpoints
         .iter()
@@ -68,31 +70,24 @@ fn eds(cluster: &Cluster) -> String {
     } else {
         json!([{ "lb_endpoints": lb_endpoints }])
     };
-    discovery_response(vec![json!({
+    json!({
         "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         "cluster_name": cluster.name,
         "endpoints": endpoints,
-    })])
+    })
 }
 
-fn cds_cluster(cluster: &Cluster, out_dir: &Path, endpoint_header: &str) -> Value {
-    let eds_dir = out_dir.join(EDS_DIR);
-    let eds_path = eds_dir.join(eds_file_name(&cluster.name));
+fn eds(cluster: &Cluster) -> String {
+    discovery_response(vec![load_assignment(cluster)])
+}
+
+/// A ModelServer's cluster without its discovery (`type`, EDS config or `load_assignment`) and
+/// without `@type`: name, timeouts, buffer limit, the override_host LB policy reading
+/// `endpoint_header`, upstream TLS for https servers.
+pub fn cluster_base(cluster: &Cluster, endpoint_header: &str) -> Value {
     let mut c = json!({
-        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         "name": cluster.name,
-        "type": "EDS",
         "connect_timeout": "1s",
-        "eds_cluster_config": {
-            "service_name": cluster.name,
-            "eds_config": {
-                "resource_api_version": "V3",
-                "path_config_source": {
-                    "path": eds_path.display().to_string(),
-                    "watched_directory": {"path": eds_dir.display().to_string()},
-                },
-            },
-        },
         "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
         "load_balancing_policy": {"policies": [{"typed_extension_config": {
             "name": "envoy.load_balancing_policies.override_host",
@@ -123,45 +118,120 @@ fn cds_cluster(cluster: &Cluster, out_dir: &Path, endpoint_header: &str) -> Valu
     c
 }
 
-fn ecds(config_json: &str, wasm: &Path) -> String {
-    discovery_response(vec![json!({
-        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-        "name": FILTER_NAME,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": FILTER_NAME,
-                "root_id": FILTER_NAME,
-                "vm_config": {
-                    "vm_id": FILTER_NAME,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}},
+/// Where the CDS file says a cluster's EDS file is: `<dir>/<prefix><eds_file_name>`, reloaded
+/// when something is renamed into `dir`.
+#[derive(Debug, Clone, Copy)]
+pub struct EdsLayout<'a> {
+    pub dir: &'a Path,
+    pub file_prefix: &'a str,
+}
+
+impl EdsLayout<'_> {
+    /// File name (inside `dir`) of a cluster's EDS file.
+    pub fn file_name(&self, cluster: &str) -> String {
+        format!("{}{}", self.file_prefix, eds_file_name(cluster))
+    }
+}
+
+fn cds_cluster(cluster: &Cluster, layout: &EdsLayout, endpoint_header: &str) -> Value {
+    let eds_path = layout.dir.join(layout.file_name(&cluster.name));
+    let mut c = cluster_base(cluster, endpoint_header);
+    if let Some(obj) = c.as_object_mut() {
+        obj.insert(
+            "@type".into(),
+            json!("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+        );
+        obj.insert("type".into(), json!("EDS"));
+        obj.insert(
+            "eds_cluster_config".into(),
+            json!({
+                "service_name": cluster.name,
+                "eds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {
+                        "path": eds_path.display().to_string(),
+                        "watched_directory": {"path": layout.dir.display().to_string()},
+                    },
                 },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": config_json,
-                },
-                "allow_on_headers_stop_iteration": true,
-                "failure_policy": "FAIL_RELOAD",
+            }),
+        );
+    }
+    c
+}
+
+/// `vm_config.code` loading the module from a file.
+pub fn local_code(path: &str) -> Value {
+    json!({"local": {"filename": path}})
+}
+
+/// The filter's `envoy.extensions.filters.http.wasm.v3.Wasm` (with `@type`): the plugin
+/// config with `allow_on_headers_stop_iteration`, `FAIL_RELOAD`, the FilterConfig JSON as
+/// StringValue, and `code` as the VM's module source.
+pub fn wasm_filter(config_json: &str, code: Value) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": FILTER_NAME,
+            "root_id": FILTER_NAME,
+            "vm_config": {
+                "vm_id": FILTER_NAME,
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": code,
             },
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config_json,
+            },
+            "allow_on_headers_stop_iteration": true,
+            "failure_policy": "FAIL_RELOAD",
         },
-    })])
+    })
+}
+
+/// The `TypedExtensionConfig` named [`FILTER_NAME`] carrying [`wasm_filter`] (without `@type`).
+pub fn extension_config(config_json: &str, code: Value) -> Value {
+    json!({
+        "name": FILTER_NAME,
+        "typed_config": wasm_filter(config_json, code),
+    })
+}
+
+fn ecds(config_json: &str, wasm: &Path) -> String {
+    let mut ext = extension_config(config_json, local_code(&wasm.display().to_string()));
+    if let Some(obj) = ext.as_object_mut() {
+        obj.insert(
+            "@type".into(),
+            json!("type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"),
+        );
+    }
+    discovery_response(vec![ext])
 }
 
 /// Renders every Envoy file. `out_dir` and `wasm` must be absolute (they are written into the
 /// files and Envoy resolves them from its own working directory).
 pub fn render(compiled: &Compiled, out_dir: &Path, wasm: &Path) -> EnvoyFiles {
+    let eds_dir = out_dir.join(EDS_DIR);
+    let layout = EdsLayout {
+        dir: &eds_dir,
+        file_prefix: "",
+    };
+    render_with(compiled, &layout, wasm)
+}
+
+/// [`render`] with the EDS files elsewhere (e.g. flat in a mounted ConfigMap); the returned
+/// EDS names are `layout.file_name(cluster)`.
+pub fn render_with(compiled: &Compiled, layout: &EdsLayout, wasm: &Path) -> EnvoyFiles {
     let header = &compiled.config.settings.endpoint_header;
     let eds_files = compiled
         .clusters
         .iter()
-        .map(|c| (eds_file_name(&c.name), eds(c)))
+        .map(|c| (layout.file_name(&c.name), eds(c)))
         .collect();
     let cds = discovery_response(
         compiled
             .clusters
             .iter()
-            .map(|c| cds_cluster(c, out_dir, header))
+            .map(|c| cds_cluster(c, layout, header))
             .collect(),
     );
     let config_json = serde_json::to_string(&compiled.config).unwrap_or_default();
@@ -220,13 +290,17 @@ mod tests {
             tls: true,
             endpoints: vec![],
         };
-        let v = cds_cluster(&c, Path::new("/out"), "x-e");
+        let layout = EdsLayout {
+            dir: Path::new("/out/eds"),
+            file_prefix: "",
+        };
+        let v = cds_cluster(&c, &layout, "x-e");
         assert_eq!(v["transport_socket"]["name"], "envoy.transport_sockets.tls");
         assert_eq!(
             v["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
             "/out/eds/c.json"
         );
-        let plain = cds_cluster(&Cluster { tls: false, ..c }, Path::new("/out"), "x-e");
+        let plain = cds_cluster(&Cluster { tls: false, ..c }, &layout, "x-e");
         assert!(plain.get("transport_socket").is_none());
     }
 }
