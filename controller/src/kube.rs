@@ -203,7 +203,13 @@ async fn reconcile(ctx: &Ctx, state: &mut State, leader: bool) -> Result<(), kub
     let target = &ctx.opts.target;
     match &b.compiled {
         Some(compiled) => {
-            let obj = render_for_kube(compiled, target);
+            let obj = match render_for_kube(compiled, target) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    log::error!("cannot render {}/{}: {e}", target.namespace, target.name);
+                    return report(ctx, state, &b.diags).await;
+                }
+            };
             let hash = render::object_hash(&obj);
             if state.applied != Some(hash) {
                 let api: Api<DynamicObject> = Api::namespaced_with(
@@ -558,6 +564,7 @@ mod tests {
                 namespace: "n".into(),
                 name: "x".into(),
                 wasm: "/w".into(),
+                wasm_sha256: None,
                 mount_path: "/m".into(),
             };
             let ar = t.api_resource();

@@ -44,6 +44,7 @@ fn options(identity: &str) -> Options {
         namespace: NS.into(),
         name: "modelroute".into(),
         wasm: "/etc/modelroute-wasm/modelroute.wasm".into(),
+        wasm_sha256: None,
         mount_path: "/etc/modelroute".into(),
     });
     o.identity = identity.into();

@@ -36,6 +36,10 @@ pub struct KubeArgs {
         default_value = "/etc/modelroute-wasm/modelroute.wasm"
     )]
     pub wasm: String,
+    /// Istio, remote module (`oci://`, `https://`): the digest istio-agent checks (for oci://
+    /// the image manifest digest, see ./build.sh package).
+    #[arg(long, value_name = "HEX")]
+    pub wasm_sha256: Option<String>,
     /// Where the proxy mounts the ConfigMap (CDS names the EDS files under it).
     #[arg(long, value_name = "DIR", default_value = "/etc/modelroute")]
     pub mount_path: String,
@@ -75,6 +79,7 @@ impl KubeArgs {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             wasm: self.wasm.clone(),
+            wasm_sha256: self.wasm_sha256.clone(),
             mount_path: self.mount_path.clone(),
         });
         if let Some(v) = self.max_body_bytes {
@@ -120,6 +125,12 @@ pub fn main(args: &KubeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let opts = args.options();
+    if opts.target.output == OutputKind::Istio {
+        // A bad module reference is a usage error, caught before touching the cluster.
+        if let Err(e) = opts.target.wasm_source() {
+            anyhow::bail!("{e}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

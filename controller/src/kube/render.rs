@@ -4,14 +4,13 @@
 //! `crate::render::istio`) can replace the bodies here without touching the reconciler.
 //! Pure: JSON in, JSON out.
 
-use std::path::Path;
-
 use kube::api::{ApiResource, GroupVersionKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::compile::Compiled;
-use crate::render::envoy::{self, eds_file_name};
-use crate::{filter_config_json, render::content_hash};
+use crate::render::configmap::{self, ConfigMapTarget};
+use crate::render::content_hash;
+use crate::render::istio::{self, IstioTarget, WasmSource};
 
 /// What `kube` applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,21 +19,17 @@ pub enum OutputKind {
     Istio,
 }
 
-/// ConfigMap data keys.
-pub const FILTER_CONFIG_KEY: &str = "filter-config.json";
-pub const ECDS_KEY: &str = "ecds.json";
-pub const CDS_KEY: &str = "cds.json";
-/// Label put on everything the controller applies.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "modelroute-controller");
-
 /// Where and how to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub output: OutputKind,
     pub namespace: String,
     pub name: String,
-    /// Wasm module: a path inside the Envoy container, or an http(s) URL (Istio only).
+    /// Wasm module: a path inside the Envoy container, or (Istio) an `oci://`, `https://` or
+    /// `file://` URL.
     pub wasm: String,
+    /// Istio, remote modules: the digest istio-agent checks (`--wasm-sha256`).
+    pub wasm_sha256: Option<String>,
     /// Where Envoy mounts the ConfigMap (the CDS file names EDS files under it).
     pub mount_path: String,
 }
@@ -53,143 +48,45 @@ impl Target {
             )),
         }
     }
+
+    /// The module as the Istio renderer takes it: a URL, or a plain path as `file://`.
+    pub fn wasm_source(&self) -> Result<WasmSource, String> {
+        if self.wasm.contains("://") {
+            WasmSource::parse(&self.wasm, self.wasm_sha256.as_deref())
+        } else {
+            WasmSource::parse(
+                &format!("file://{}", self.wasm),
+                self.wasm_sha256.as_deref(),
+            )
+        }
+    }
 }
 
-/// ConfigMap key of a cluster's EDS file.
-pub fn eds_key(cluster: &str) -> String {
-    format!("eds-{}", eds_file_name(cluster))
-}
-
-/// The complete object to server-side apply.
-pub fn render_for_kube(compiled: &Compiled, target: &Target) -> Value {
-    let metadata = json!({
-        "name": target.name,
-        "namespace": target.namespace,
-        "labels": {MANAGED_BY.0: MANAGED_BY.1},
-    });
+/// The complete object to server-side apply: the same object `render --target configmap|istio`
+/// prints, so GitOps and the controller never disagree.
+pub fn render_for_kube(compiled: &Compiled, target: &Target) -> Result<Value, String> {
     match target.output {
-        OutputKind::ConfigMap => json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata,
-            "data": configmap_data(compiled, target),
-        }),
-        OutputKind::Istio => json!({
-            "apiVersion": "networking.istio.io/v1alpha3",
-            "kind": "EnvoyFilter",
-            "metadata": metadata,
-            "spec": {"configPatches": istio_patches(compiled, target)},
-        }),
+        OutputKind::ConfigMap => Ok(configmap::configmap(
+            compiled,
+            &ConfigMapTarget {
+                namespace: target.namespace.clone(),
+                name: target.name.clone(),
+                mount_dir: target.mount_path.clone(),
+                wasm: target.wasm.clone(),
+            },
+        )),
+        OutputKind::Istio => {
+            let mut t = IstioTarget::new(target.wasm_source()?);
+            t.namespace.clone_from(&target.namespace);
+            t.name.clone_from(&target.name);
+            Ok(istio::envoy_filter(compiled, &t))
+        }
     }
 }
 
 /// Content hash of a rendered object (what "changed" means for apply).
 pub fn object_hash(obj: &Value) -> u64 {
     content_hash(obj.to_string().as_bytes())
-}
-
-fn parse(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-fn pretty(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-    s.push('\n');
-    s
-}
-
-fn resources(doc: &Value) -> Vec<Value> {
-    doc.get("resources")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The Envoy files as flat ConfigMap keys: a mounted ConfigMap has no sub-directories, so the
-/// CDS file points each cluster at `<mount>/eds-<cluster>.json` and watches `<mount>` (kubelet
-/// swaps the `..data` link atomically, which is what Envoy's watched directory expects).
-fn configmap_data(compiled: &Compiled, target: &Target) -> Value {
-    let mount = Path::new(&target.mount_path);
-    let files = envoy::render(compiled, mount, Path::new(&target.wasm));
-    let mut data = serde_json::Map::new();
-    data.insert(
-        FILTER_CONFIG_KEY.into(),
-        json!(filter_config_json(compiled)),
-    );
-    data.insert(ECDS_KEY.into(), json!(files.ecds));
-    let mut cds = parse(&files.cds);
-    if let Some(list) = cds.get_mut("resources").and_then(Value::as_array_mut) {
-        for c in list {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let path = mount.join(eds_key(&name)).display().to_string();
-            if let Some(src) = c.pointer_mut("/eds_cluster_config/eds_config/path_config_source") {
-                *src = json!({"path": path, "watched_directory": {"path": target.mount_path}});
-            }
-        }
-    }
-    data.insert(CDS_KEY.into(), json!(pretty(&cds)));
-    for (cluster, (_, content)) in compiled.clusters.iter().zip(files.eds) {
-        data.insert(eds_key(&cluster.name), json!(content));
-    }
-    Value::Object(data)
-}
-
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
-}
-
-/// EnvoyFilter patches for an Istio ingress gateway: the wasm filter before the router, and
-/// one STATIC cluster per ModelServer with its ready pods inline (the cluster is re-pushed by
-/// istiod when pods change).
-fn istio_patches(compiled: &Compiled, target: &Target) -> Value {
-    let files = envoy::render(compiled, Path::new("/"), Path::new(&target.wasm));
-    let mut filter = resources(&parse(&files.ecds))
-        .into_iter()
-        .next()
-        .unwrap_or(Value::Null);
-    if let Some(o) = filter.as_object_mut() {
-        o.remove("@type");
-    }
-    if is_url(&target.wasm) {
-        if let Some(code) = filter.pointer_mut("/typed_config/config/vm_config/code") {
-            *code = json!({"remote": {"http_uri": {
-                "uri": target.wasm, "cluster": "outbound|80||modelroute-wasm", "timeout": "30s"}}});
-        }
-    }
-    let mut patches = vec![json!({
-        "applyTo": "HTTP_FILTER",
-        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
-            "name": "envoy.filters.network.http_connection_manager",
-            "subFilter": {"name": "envoy.filters.http.router"}}}}},
-        "patch": {"operation": "INSERT_BEFORE", "value": filter},
-    })];
-    let clusters = resources(&parse(&files.cds));
-    for (mut c, (_, eds)) in clusters.into_iter().zip(files.eds) {
-        let assignment = resources(&parse(&eds))
-            .into_iter()
-            .next()
-            .unwrap_or(Value::Null);
-        if let Some(o) = c.as_object_mut() {
-            o.remove("@type");
-            o.remove("eds_cluster_config");
-            o.insert("type".into(), json!("STATIC"));
-            let mut la = assignment;
-            if let Some(l) = la.as_object_mut() {
-                l.remove("@type");
-            }
-            o.insert("load_assignment".into(), la);
-        }
-        patches.push(json!({
-            "applyTo": "CLUSTER",
-            "match": {"context": "GATEWAY"},
-            "patch": {"operation": "ADD", "value": c},
-        }));
-    }
-    Value::Array(patches)
 }
 
 #[cfg(test)]
@@ -220,13 +117,18 @@ mod tests {
             namespace: "modelroute-system".into(),
             name: "modelroute".into(),
             wasm: "/etc/modelroute-wasm/modelroute.wasm".into(),
+            wasm_sha256: None,
             mount_path: "/etc/modelroute".into(),
         }
     }
 
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
     #[test]
     fn configmap_holds_every_envoy_file_with_flat_eds_paths() {
-        let obj = render_for_kube(&compiled(), &target(OutputKind::ConfigMap));
+        let obj = render_for_kube(&compiled(), &target(OutputKind::ConfigMap)).unwrap();
         assert_eq!(obj["kind"], "ConfigMap");
         assert_eq!(obj["metadata"]["namespace"], "modelroute-system");
         let data = obj["data"].as_object().unwrap();
@@ -253,41 +155,54 @@ mod tests {
     }
 
     #[test]
-    fn envoyfilter_inserts_the_filter_and_a_static_cluster_per_server() {
-        let obj = render_for_kube(&compiled(), &target(OutputKind::Istio));
+    fn envoyfilter_is_the_istio_renderers_with_a_static_cluster_per_server() {
+        let obj = render_for_kube(&compiled(), &target(OutputKind::Istio)).unwrap();
         assert_eq!(obj["kind"], "EnvoyFilter");
         let patches = obj["spec"]["configPatches"].as_array().unwrap();
-        assert_eq!(patches[0]["applyTo"], "HTTP_FILTER");
-        assert_eq!(patches[0]["patch"]["value"]["name"], "modelroute");
-        let cluster = &patches[1]["patch"]["value"];
+        let kinds: Vec<&str> = patches
+            .iter()
+            .map(|p| p["applyTo"].as_str().unwrap())
+            .collect();
+        assert!(
+            kinds.contains(&"EXTENSION_CONFIG") && kinds.contains(&"HTTP_FILTER"),
+            "{kinds:?}"
+        );
+        let cluster = patches.iter().find(|p| p["applyTo"] == "CLUSTER").unwrap();
+        let cluster = &cluster["patch"]["value"];
         assert_eq!(cluster["type"], "STATIC");
         assert_eq!(
             cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
                 ["socket_address"]["address"],
             "10.0.0.1"
         );
-        assert!(cluster.get("eds_cluster_config").is_none());
     }
 
     #[test]
-    fn wasm_urls_become_remote_code_for_istio() {
+    fn remote_wasm_urls_need_their_digest() {
         let mut t = target(OutputKind::Istio);
-        t.wasm = "https://example.com/modelroute.wasm".into();
-        let obj = render_for_kube(&compiled(), &t);
-        let code = &obj["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
-            ["vm_config"]["code"];
-        assert_eq!(
-            code["remote"]["http_uri"]["uri"],
-            "https://example.com/modelroute.wasm"
+        t.wasm = "oci://registry.example/modelroute:0.1.0".into();
+        assert!(render_for_kube(&compiled(), &t).is_err());
+        t.wasm_sha256 = Some("a".repeat(64));
+        let obj = render_for_kube(&compiled(), &t).unwrap();
+        let ext = obj["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
+            .unwrap()
+            .to_string();
+        assert!(
+            ext.contains("oci://registry.example/modelroute:0.1.0"),
+            "{ext}"
         );
     }
 
     #[test]
     fn hash_follows_content() {
-        let a = render_for_kube(&compiled(), &target(OutputKind::ConfigMap));
+        let a = render_for_kube(&compiled(), &target(OutputKind::ConfigMap)).unwrap();
         let mut c = compiled();
         c.clusters[0].endpoints.clear();
-        let b = render_for_kube(&c, &target(OutputKind::ConfigMap));
+        let b = render_for_kube(&c, &target(OutputKind::ConfigMap)).unwrap();
         assert_ne!(object_hash(&a), object_hash(&b));
         assert_eq!(object_hash(&a), object_hash(&a.clone()));
     }
