@@ -566,6 +566,8 @@ mod tests {
                 wasm: "/w".into(),
                 wasm_sha256: None,
                 mount_path: "/m".into(),
+                istio_selector: vec![],
+                istio_context: Default::default(),
             };
             let ar = t.api_resource();
             assert!(

@@ -46,6 +46,8 @@ fn options(identity: &str) -> Options {
         wasm: "/etc/modelroute-wasm/modelroute.wasm".into(),
         wasm_sha256: None,
         mount_path: "/etc/modelroute".into(),
+        istio_selector: vec![],
+        istio_context: Default::default(),
     });
     o.identity = identity.into();
     o.debounce = Duration::from_millis(20);

@@ -40,6 +40,12 @@ pub struct KubeArgs {
     /// the image manifest digest, see ./build.sh package).
     #[arg(long, value_name = "HEX")]
     pub wasm_sha256: Option<String>,
+    /// Istio: EnvoyFilter workloadSelector label, repeatable [default: istio=ingressgateway].
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub workload_selector: Vec<(String, String)>,
+    /// Istio: patch context, gateway (GATEWAY) or sidecar (SIDECAR_INBOUND).
+    #[arg(long, value_enum, default_value = "gateway")]
+    pub context: ContextArg,
     /// Where the proxy mounts the ConfigMap (CDS names the EDS files under it).
     #[arg(long, value_name = "DIR", default_value = "/etc/modelroute")]
     pub mount_path: String,
@@ -69,6 +75,20 @@ pub struct KubeArgs {
     pub print_crds: bool,
 }
 
+/// Istio patch context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContextArg {
+    Gateway,
+    Sidecar,
+}
+
+fn parse_label(kv: &str) -> Result<(String, String), String> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{kv:?}: expected key=value")),
+    }
+}
+
 impl KubeArgs {
     pub fn options(&self) -> Options {
         let mut o = Options::new(Target {
@@ -81,6 +101,11 @@ impl KubeArgs {
             wasm: self.wasm.clone(),
             wasm_sha256: self.wasm_sha256.clone(),
             mount_path: self.mount_path.clone(),
+            istio_selector: self.workload_selector.clone(),
+            istio_context: match self.context {
+                ContextArg::Gateway => crate::render::istio::PatchContext::Gateway,
+                ContextArg::Sidecar => crate::render::istio::PatchContext::SidecarInbound,
+            },
         });
         if let Some(v) = self.max_body_bytes {
             o.settings.max_body_bytes = v;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::compile::Compiled;
 use crate::render::configmap::{self, ConfigMapTarget};
 use crate::render::content_hash;
-use crate::render::istio::{self, IstioTarget, WasmSource};
+use crate::render::istio::{self, IstioTarget, PatchContext, WasmSource};
 
 /// What `kube` applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,11 @@ pub struct Target {
     pub wasm_sha256: Option<String>,
     /// Where Envoy mounts the ConfigMap (the CDS file names EDS files under it).
     pub mount_path: String,
+    /// Istio: the EnvoyFilter's workloadSelector labels (empty: the renderer's default,
+    /// `istio=ingressgateway`).
+    pub istio_selector: Vec<(String, String)>,
+    /// Istio: gateway or sidecar (inbound) patches.
+    pub istio_context: PatchContext,
 }
 
 impl Target {
@@ -79,6 +84,10 @@ pub fn render_for_kube(compiled: &Compiled, target: &Target) -> Result<Value, St
             let mut t = IstioTarget::new(target.wasm_source()?);
             t.namespace.clone_from(&target.namespace);
             t.name.clone_from(&target.name);
+            if !target.istio_selector.is_empty() {
+                t.selector.clone_from(&target.istio_selector);
+            }
+            t.context = target.istio_context;
             Ok(istio::envoy_filter(compiled, &t))
         }
     }
@@ -119,6 +128,8 @@ mod tests {
             wasm: "/etc/modelroute-wasm/modelroute.wasm".into(),
             wasm_sha256: None,
             mount_path: "/etc/modelroute".into(),
+            istio_selector: vec![],
+            istio_context: PatchContext::Gateway,
         }
     }
 
@@ -195,6 +206,17 @@ mod tests {
             ext.contains("oci://registry.example/modelroute:0.1.0"),
             "{ext}"
         );
+    }
+
+    #[test]
+    fn istio_selector_and_context_reach_the_envoyfilter() {
+        let mut t = target(OutputKind::Istio);
+        t.istio_selector = vec![("app".into(), "llm-gateway".into())];
+        t.istio_context = PatchContext::SidecarInbound;
+        let obj = render_for_kube(&compiled(), &t).unwrap();
+        assert_eq!(obj["spec"]["workloadSelector"]["labels"]["app"], "llm-gateway");
+        assert!(obj.to_string().contains("SIDECAR_INBOUND"));
+        assert!(!obj.to_string().contains("\"GATEWAY\""));
     }
 
     #[test]
