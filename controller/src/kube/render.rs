@@ -214,7 +214,10 @@ mod tests {
         t.istio_selector = vec![("app".into(), "llm-gateway".into())];
         t.istio_context = PatchContext::SidecarInbound;
         let obj = render_for_kube(&compiled(), &t).unwrap();
-        assert_eq!(obj["spec"]["workloadSelector"]["labels"]["app"], "llm-gateway");
+        assert_eq!(
+            obj["spec"]["workloadSelector"]["labels"]["app"],
+            "llm-gateway"
+        );
         assert!(obj.to_string().contains("SIDECAR_INBOUND"));
         assert!(!obj.to_string().contains("\"GATEWAY\""));
     }
