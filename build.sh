@@ -198,7 +198,7 @@ demo() {
 up() {
   build
   start_stack
-  log "router ready on http://$ROUTER (Ctrl-C to stop); edit $(basename "${MODELROUTE_RESOURCES:-examples/kthena}") and the change applies live"
+  log "router ready on http://$ROUTER (Ctrl-C to stop); edit the YAML in ${MODELROUTE_RESOURCES:-examples/kthena} and the change applies live"
   wait
 }
 
