@@ -6,8 +6,6 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-
 use crate::scan::Scan;
 
 /// The prompt text, at most about `cap` bytes (prefix hashing never reads further, so long
@@ -30,81 +28,246 @@ pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>, cap: usize) -> Cow<'a, [
     Cow::Borrowed(&[])
 }
 
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow, default)]
-    role: Cow<'a, str>,
-    #[serde(default)]
-    content: Content<'a>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum Content<'a> {
-    #[serde(borrow)]
-    Text(Cow<'a, str>),
-    Parts(Vec<Part<'a>>),
-    #[default]
-    None,
-}
-
-#[derive(Deserialize)]
-struct Part<'a> {
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-}
-
+/// Renders a chat `messages` array (already validated JSON) as `role\ncontent\n` per message,
+/// stopping once `cap` bytes are out: the work is proportional to the rendered prefix, not to
+/// the body (no DOM, no copy of long contents). Strings without escapes are copied as they
+/// are; escaped ones are decoded.
 fn render_messages(raw: &[u8], cap: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len().min(cap.saturating_add(256)));
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    // Stops with an error once `cap` bytes are rendered: what came before is kept.
-    if serde::Deserializer::deserialize_seq(&mut de, Render { out: &mut out, cap }).is_err()
-        && out.is_empty()
-    {
+    let mut out = Vec::with_capacity(cap.min(raw.len()).saturating_add(64));
+    let mut w = Walker { b: raw, i: 0 };
+    w.ws();
+    if w.peek() != Some(b'[') {
         return raw.get(..cap.min(raw.len())).unwrap_or_default().to_vec();
+    }
+    w.i += 1;
+    while out.len() < cap {
+        w.ws();
+        match w.peek() {
+            None | Some(b']') => break,
+            Some(b',') => w.i += 1,
+            Some(b'{') => w.message(&mut out, cap),
+            Some(_) => w.skip(),
+        }
     }
     out
 }
 
-struct Render<'o> {
-    out: &'o mut Vec<u8>,
-    cap: usize,
+/// A raw string token: the bytes between the quotes and whether they hold escapes.
+#[derive(Clone, Copy)]
+struct Token<'a> {
+    raw: &'a [u8],
+    escaped: bool,
 }
 
-impl Render<'_> {
-    /// Appends at most what is left below the cap.
-    fn push(&mut self, bytes: &[u8]) {
-        let room = self.cap.saturating_sub(self.out.len());
-        self.out
-            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+fn push_capped(out: &mut Vec<u8>, cap: usize, bytes: &[u8]) {
+    let room = cap.saturating_sub(out.len());
+    out.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+}
+
+fn push_token(out: &mut Vec<u8>, cap: usize, t: Token<'_>) {
+    if t.escaped {
+        // Decode only what can still fit: an escape is at most 6 raw bytes per output byte,
+        // so 6 x the room (cut at a whole escape / character) always fills it.
+        let room = cap.saturating_sub(out.len());
+        let cut = safe_cut(t.raw, room.saturating_mul(6));
+        let decoded = crate::scan::unescape(t.raw.get(..cut).unwrap_or_default());
+        push_capped(out, cap, decoded.as_bytes());
+    } else {
+        push_capped(out, cap, t.raw);
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Render<'_> {
-    type Value = ();
+/// The first boundary at or after `want` bytes that splits neither an escape sequence nor a
+/// UTF-8 character (or the whole token).
+fn safe_cut(raw: &[u8], want: usize) -> usize {
+    let mut i = 0;
+    while i < want && i < raw.len() {
+        i += match raw.get(i) {
+            Some(b'\\') => match (raw.get(i + 1), raw.get(i + 6), raw.get(i + 7)) {
+                (Some(b'u'), Some(b'\\'), Some(b'u'))
+                    if is_high_surrogate(raw.get(i + 2..i + 6)) =>
+                {
+                    12
+                }
+                (Some(b'u'), _, _) => 6,
+                _ => 2,
+            },
+            Some(&c) if c >= 0xF0 => 4,
+            Some(&c) if c >= 0xE0 => 3,
+            Some(&c) if c >= 0xC0 => 2,
+            _ => 1,
+        };
+    }
+    i.min(raw.len())
+}
 
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an array of chat messages")
+fn is_high_surrogate(hex: Option<&[u8]>) -> bool {
+    let Some(hex) = hex.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    u32::from_str_radix(hex, 16).is_ok_and(|v| (0xD800..0xDC00).contains(&v))
+}
+
+struct Walker<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Walker<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(m) = seq.next_element::<Message<'de>>()? {
-            self.push(m.role.as_bytes());
-            self.push(b"\n");
-            match m.content {
-                Content::Text(t) => self.push(t.as_bytes()),
-                Content::Parts(parts) => parts
-                    .iter()
-                    .filter_map(|p| p.text.as_deref())
-                    .for_each(|t| self.push(t.as_bytes())),
-                Content::None => {}
-            }
-            self.push(b"\n");
-            if self.out.len() >= self.cap {
-                return Err(serde::de::Error::custom("enough prompt"));
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// At a `"`: the string token; leaves `i` after the closing quote.
+    fn string(&mut self) -> Token<'a> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        while let Some(c) = self.peek() {
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                _ => self.i += 1,
             }
         }
-        Ok(())
+        let raw = self
+            .b
+            .get(start..self.i.min(self.b.len()))
+            .unwrap_or_default();
+        self.i += 1;
+        Token { raw, escaped }
+    }
+
+    /// Skips one value of any depth.
+    fn skip(&mut self) {
+        let mut depth = 0usize;
+        loop {
+            match self.peek() {
+                None => return,
+                Some(b'"') => {
+                    self.string();
+                }
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    self.i += 1;
+                }
+                Some(b'}' | b']') => {
+                    if depth == 0 {
+                        return;
+                    }
+                    depth -= 1;
+                    self.i += 1;
+                }
+                Some(b',' | b':') if depth > 0 => self.i += 1,
+                Some(b',') => return,
+                Some(_) => self.i += 1,
+            }
+            if depth == 0
+                && !matches!(
+                    self.peek(),
+                    Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'a'..=b'z')
+                )
+            {
+                return;
+            }
+        }
+    }
+
+    /// At a `{`: one message; appends its rendering.
+    fn message(&mut self, out: &mut Vec<u8>, cap: usize) {
+        self.i += 1;
+        let mut role: Option<Token<'a>> = None;
+        let mut content: Vec<Token<'a>> = Vec::new();
+        loop {
+            self.ws();
+            match self.peek() {
+                None => break,
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(b',') => self.i += 1,
+                Some(b'"') => {
+                    let key = self.string();
+                    self.ws();
+                    if self.peek() == Some(b':') {
+                        self.i += 1;
+                    }
+                    self.ws();
+                    match (key.raw, self.peek()) {
+                        (b"role", Some(b'"')) => role = Some(self.string()),
+                        (b"content", Some(b'"')) => content = vec![self.string()],
+                        (b"content", Some(b'[')) => content = self.parts(),
+                        _ => self.skip(),
+                    }
+                }
+                Some(_) => self.skip(),
+            }
+        }
+        if let Some(r) = role {
+            push_token(out, cap, r);
+        }
+        push_capped(out, cap, b"\n");
+        for t in content {
+            push_token(out, cap, t);
+        }
+        push_capped(out, cap, b"\n");
+    }
+
+    /// At a `[` of content parts: the `text` strings of its objects.
+    fn parts(&mut self) -> Vec<Token<'a>> {
+        self.i += 1;
+        let mut texts = Vec::new();
+        loop {
+            self.ws();
+            match self.peek() {
+                None => break,
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(b',') => self.i += 1,
+                Some(b'{') => {
+                    self.i += 1;
+                    loop {
+                        self.ws();
+                        match self.peek() {
+                            None => break,
+                            Some(b'}') => {
+                                self.i += 1;
+                                break;
+                            }
+                            Some(b',') => self.i += 1,
+                            Some(b'"') => {
+                                let key = self.string();
+                                self.ws();
+                                if self.peek() == Some(b':') {
+                                    self.i += 1;
+                                }
+                                self.ws();
+                                if key.raw == b"text" && self.peek() == Some(b'"') {
+                                    texts.push(self.string());
+                                } else {
+                                    self.skip();
+                                }
+                            }
+                            Some(_) => self.skip(),
+                        }
+                    }
+                }
+                Some(_) => self.skip(),
+            }
+        }
+        texts
     }
 }
 
@@ -153,5 +316,76 @@ mod tests {
             &*prompt_text(prompt.as_bytes(), &scan(prompt.as_bytes()).unwrap(), 3),
             b"abc"
         );
+    }
+
+    /// The reference rendering through serde (what the walker must equal on valid input).
+    fn oracle(raw: &str) -> String {
+        let msgs: Vec<serde_json::Value> = serde_json::from_str(raw).unwrap();
+        let mut out = String::new();
+        for m in msgs {
+            out += m["role"].as_str().unwrap_or("");
+            out += "\n";
+            match &m["content"] {
+                serde_json::Value::String(t) => out += t,
+                serde_json::Value::Array(parts) => {
+                    for p in parts {
+                        out += p["text"].as_str().unwrap_or("");
+                    }
+                }
+                _ => {}
+            }
+            out += "\n";
+        }
+        out
+    }
+
+    #[test]
+    fn property_walker_renders_like_a_full_parse() {
+        let mut r = crate::rng::Rng::new(5);
+        let pieces = [
+            "hi",
+            "a\\\"b",
+            "\\u00e9t\\u00e9",
+            "line\\nbreak",
+            "😀",
+            " ",
+            "{[,:]}",
+            "\\\\",
+        ];
+        for _ in 0..3000 {
+            let mut msgs = Vec::new();
+            for _ in 0..r.below(4) {
+                let mut text = String::new();
+                for _ in 0..r.below(4) {
+                    text += pieces[r.below(pieces.len() as u64) as usize];
+                }
+                let role = ["user", "system", "assistant"][r.below(3) as usize];
+                let m = match r.below(4) {
+                    0 => format!(r#"{{"role":"{role}","content":"{text}"}}"#),
+                    1 => format!(
+                        r#"{{ "content" : [{{"type":"text","text":"{text}"}},{{"type":"image_url","image_url":{{"url":"x"}}}},{{"text":"{text}"}}], "role":"{role}", "name":"n"}}"#
+                    ),
+                    2 => format!(
+                        r#"{{"role":"{role}","tool_calls":[{{"id":"1","args":{{"a":[1,2.5e3,true,null]}}}}],"content":null}}"#
+                    ),
+                    _ => format!(
+                        r#"{{"role":"{role}","content":"{text}","extra":{{"nested":["{text}",-1]}}}}"#
+                    ),
+                };
+                msgs.push(m);
+            }
+            let raw = format!("[{}]", msgs.join(" , "));
+            let want = oracle(&raw);
+            assert_eq!(
+                String::from_utf8(render_messages(raw.as_bytes(), usize::MAX)).unwrap(),
+                want,
+                "{raw}"
+            );
+            // Capped renderings are prefixes of the full one (escapes never split).
+            let cap = r.below(want.len() as u64 + 2) as usize;
+            let capped = render_messages(raw.as_bytes(), cap);
+            assert!(want.as_bytes().starts_with(&capped), "{raw} cap {cap}");
+            assert!(capped.len() <= cap);
+        }
     }
 }

@@ -162,7 +162,7 @@ impl<'a> RawStr<'a> {
 }
 
 /// Decodes JSON escapes of a string already validated by the scanner.
-fn unescape(raw: &[u8]) -> String {
+pub(crate) fn unescape(raw: &[u8]) -> String {
     let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&c) = raw.get(i) {
