@@ -129,14 +129,17 @@ impl<'a> Walker<'a> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
-        while let Some(c) = self.peek() {
-            match c {
-                b'"' => break,
-                b'\\' => {
+        loop {
+            self.i = crate::scan::skip_plain(self.b, self.i);
+            match self.peek() {
+                None => break,
+                Some(b'"') => break,
+                Some(b'\\') => {
                     escaped = true;
                     self.i += 2;
                 }
-                _ => self.i += 1,
+                // Not in valid JSON strings; step over it.
+                Some(_) => self.i += 1,
             }
         }
         let raw = self
@@ -187,6 +190,9 @@ impl<'a> Walker<'a> {
         self.i += 1;
         let mut role: Option<Token<'a>> = None;
         let mut content: Vec<Token<'a>> = Vec::new();
+        // Role first (the usual order): role and content are written as they are read, and
+        // reading stops at the cap, so a long content is never walked to its end.
+        let mut streamed = false;
         loop {
             self.ws();
             match self.peek() {
@@ -205,6 +211,18 @@ impl<'a> Walker<'a> {
                     self.ws();
                     match (key.raw, self.peek()) {
                         (b"role", Some(b'"')) => role = Some(self.string()),
+                        (b"content", Some(b'"'))
+                            if !streamed && content.is_empty() && role.is_some() =>
+                        {
+                            if let Some(r) = role.take() {
+                                push_token(out, cap, r);
+                            }
+                            push_capped(out, cap, b"\n");
+                            streamed = true;
+                            if !self.stream_string(out, cap) {
+                                return;
+                            }
+                        }
                         (b"content", Some(b'"')) => content = vec![self.string()],
                         (b"content", Some(b'[')) => content = self.parts(),
                         _ => self.skip(),
@@ -213,14 +231,53 @@ impl<'a> Walker<'a> {
                 Some(_) => self.skip(),
             }
         }
-        if let Some(r) = role {
-            push_token(out, cap, r);
+        if !streamed {
+            if let Some(r) = role {
+                push_token(out, cap, r);
+            }
+            push_capped(out, cap, b"\n");
         }
-        push_capped(out, cap, b"\n");
         for t in content {
             push_token(out, cap, t);
         }
         push_capped(out, cap, b"\n");
+    }
+
+    /// At a `"`: writes the string's decoded bytes until it ends (true) or the cap is reached
+    /// (false; the rest is not read).
+    fn stream_string(&mut self, out: &mut Vec<u8>, cap: usize) -> bool {
+        self.i += 1;
+        loop {
+            let room = cap.saturating_sub(out.len());
+            if room == 0 {
+                return false;
+            }
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            let window = rest.get(..room.min(rest.len())).unwrap_or_default();
+            let special = crate::scan::skip_plain(window, 0);
+            match (special < window.len()).then_some(special) {
+                None => {
+                    out.extend_from_slice(window);
+                    self.i += window.len();
+                    if window.len() == rest.len() {
+                        return true;
+                    }
+                }
+                Some(k) => {
+                    out.extend_from_slice(window.get(..k).unwrap_or_default());
+                    self.i += k;
+                    if self.peek() == Some(b'"') {
+                        self.i += 1;
+                        return true;
+                    }
+                    let tail = self.b.get(self.i..).unwrap_or_default();
+                    let n = safe_cut(tail, 1).max(2).min(tail.len());
+                    let decoded = crate::scan::unescape(tail.get(..n).unwrap_or_default());
+                    push_capped(out, cap, decoded.as_bytes());
+                    self.i += n;
+                }
+            }
+        }
     }
 
     /// At a `[` of content parts: the `text` strings of its objects.

@@ -211,6 +211,38 @@ fn hex4(b: &[u8], at: usize) -> Option<u32> {
     Some(v)
 }
 
+/// The index of the first byte at or after `i` that is `"`, `\\` or a control character
+/// (`b.len()` if none): the bytes a string scan must look at. Eight bytes at a time
+/// (SWAR: a word with none of them is skipped whole).
+#[inline]
+pub(crate) fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let Ok(arr) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(arr);
+        let q = w ^ (LO * u64::from(b'"'));
+        let s = w ^ (LO * u64::from(b'\\'));
+        // A byte that is zero after the xor / below 0x20 sets its high bit (no false negatives).
+        let hits = (q.wrapping_sub(LO) & !q)
+            | (s.wrapping_sub(LO) & !s)
+            | (w.wrapping_sub(LO * 0x20) & !w);
+        if hits & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
@@ -268,6 +300,7 @@ impl<'a> Parser<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
+            self.i = skip_plain(self.b, self.i);
             let Some(c) = self.peek() else {
                 return Err(self.err("unterminated string"));
             };

@@ -239,3 +239,27 @@ fn members_index_every_top_level_key_and_value() {
     assert_eq!(&body[s.member(body, "max_tokens").unwrap()], b"7");
     assert_eq!(s.member(body, "absent"), None);
 }
+
+#[test]
+fn property_skip_plain_finds_the_first_special_byte() {
+    let mut r = Rng::new(77);
+    let alphabet = b"abc \"\\\x01\x1f\x7f\xc3\xa9~ ";
+    for _ in 0..20_000 {
+        let n = r.below(40) as usize;
+        let b: Vec<u8> = (0..n)
+            .map(|_| {
+                if r.below(6) == 0 {
+                    alphabet[r.below(alphabet.len() as u64) as usize]
+                } else {
+                    b'x'
+                }
+            })
+            .collect();
+        let start = r.below(n as u64 + 1) as usize;
+        let want = b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .map_or(n, |k| start + k);
+        assert_eq!(skip_plain(&b, start), want, "{b:?} from {start}");
+    }
+}
