@@ -150,6 +150,17 @@ impl<'a> Walker<'a> {
         Token { raw, escaped }
     }
 
+    /// At a member's `"`: its key, leaving `i` at the value.
+    fn member_key(&mut self) -> Token<'a> {
+        let key = self.string();
+        self.ws();
+        if self.peek() == Some(b':') {
+            self.i += 1;
+        }
+        self.ws();
+        key
+    }
+
     /// Skips one value of any depth.
     fn skip(&mut self) {
         let mut depth = 0usize;
@@ -203,12 +214,7 @@ impl<'a> Walker<'a> {
                 }
                 Some(b',') => self.i += 1,
                 Some(b'"') => {
-                    let key = self.string();
-                    self.ws();
-                    if self.peek() == Some(b':') {
-                        self.i += 1;
-                    }
-                    self.ws();
+                    let key = self.member_key();
                     match (key.raw, self.peek()) {
                         (b"role", Some(b'"')) => role = Some(self.string()),
                         (b"content", Some(b'"'))
@@ -305,12 +311,7 @@ impl<'a> Walker<'a> {
                             }
                             Some(b',') => self.i += 1,
                             Some(b'"') => {
-                                let key = self.string();
-                                self.ws();
-                                if self.peek() == Some(b':') {
-                                    self.i += 1;
-                                }
-                                self.ws();
+                                let key = self.member_key();
                                 if key.raw == b"text" && self.peek() == Some(b'"') {
                                     texts.push(self.string());
                                 } else {
