@@ -45,6 +45,25 @@ impl Compiled {
     pub fn endpoint_count(&self) -> usize {
         self.config.servers.iter().map(|s| s.endpoints.len()).sum()
     }
+
+    /// Test fixture for renderers: no routes, one cluster `modelserver|ns|s` with one pod
+    /// at 10.0.0.1:8000.
+    #[cfg(test)]
+    pub(crate) fn one_cluster() -> Self {
+        Compiled {
+            config: FilterConfig {
+                version: filter_config::SCHEMA_VERSION,
+                settings: filter_config::Settings::default(),
+                routes: vec![],
+                servers: vec![],
+            },
+            clusters: vec![Cluster {
+                name: "modelserver|ns|s".into(),
+                tls: false,
+                endpoints: vec![(std::net::IpAddr::from([10, 0, 0, 1]), 8000)],
+            }],
+        }
+    }
 }
 
 /// The Envoy cluster of ModelServer `namespace/name`.

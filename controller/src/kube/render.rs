@@ -101,23 +101,9 @@ pub fn object_hash(obj: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::Cluster;
-    use filter_config::FilterConfig;
 
     fn compiled() -> Compiled {
-        Compiled {
-            config: FilterConfig {
-                version: filter_config::SCHEMA_VERSION,
-                settings: filter_config::Settings::default(),
-                routes: vec![],
-                servers: vec![],
-            },
-            clusters: vec![Cluster {
-                name: "modelserver|ns|s".into(),
-                tls: false,
-                endpoints: vec![("10.0.0.1".parse().unwrap(), 8000)],
-            }],
-        }
+        Compiled::one_cluster()
     }
 
     fn target(output: OutputKind) -> Target {

@@ -294,25 +294,11 @@ pub fn envoy_filter(compiled: &Compiled, target: &IstioTarget) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::Cluster;
-    use filter_config::FilterConfig;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn compiled() -> Compiled {
-        Compiled {
-            config: FilterConfig {
-                version: filter_config::SCHEMA_VERSION,
-                settings: filter_config::Settings::default(),
-                routes: vec![],
-                servers: vec![],
-            },
-            clusters: vec![Cluster {
-                name: "modelserver|ns|s".into(),
-                tls: false,
-                endpoints: vec![("10.0.0.1".parse().unwrap(), 8000)],
-            }],
-        }
+        Compiled::one_cluster()
     }
 
     fn patch<'a>(obj: &'a Value, apply_to: &str) -> &'a Value {
