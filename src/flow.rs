@@ -280,12 +280,16 @@ impl Flow {
         };
         self.outcome.model.clone_from(&model);
 
-        let prompt = if router.scheduling() {
-            prompt_text(&body, &scanned, router.prompt_cap())
-        } else {
-            Cow::Borrowed(&[][..])
+        let prompt = match router.prompt_cap() {
+            0 => Cow::Borrowed(&[][..]),
+            cap => prompt_text(&body, &scanned, cap),
         };
-        let now_ms = host.now_ms();
+        // The clock only matters for metrics freshness, i.e. when the scheduler picks.
+        let now_ms = if router.scheduling() {
+            host.now_ms()
+        } else {
+            0
+        };
         let header = |name: &str| host.header(name);
         let in_flight = |key: &str, n: usize| shared::read_counts(&*host, key, n);
         let decision = router.decide(&Request {

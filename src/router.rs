@@ -14,7 +14,7 @@ use filter_config::{
     FilterConfig, Role, Settings, StringMatch, DEFAULT_SGLANG_BOOTSTRAP_PORT, SCHEMA_VERSION,
 };
 
-use crate::metrics::{PodStats, Snapshot};
+use crate::metrics::Snapshot;
 use crate::pd::Protocol;
 use crate::prefix::{block_hashes, PrefixIndex};
 use crate::rng::Rng;
@@ -192,6 +192,8 @@ pub struct Router {
     /// Engine stats of every pod, as last collected (shared snapshot).
     stats: Snapshot,
     scheduling: bool,
+    /// Prompt bytes prefix hashing reads (0: prefix-cache is not scored, no prompt needed).
+    prompt_cap: usize,
 }
 
 impl Router {
@@ -329,6 +331,12 @@ impl Router {
             rng: Rng::new(seed),
             stats: Snapshot::new(),
             scheduling: scheduler::is_active(&settings_scheduler),
+            prompt_cap: if uses_prefix {
+                (settings_scheduler.prefix_max_blocks as usize)
+                    .saturating_mul(settings_scheduler.prefix_block_size.max(1) as usize)
+            } else {
+                0
+            },
         })
     }
 
@@ -406,19 +414,14 @@ impl Router {
                 // Decode pods ranked by the scheduler, each paired with the best-ranked
                 // prefill pod of its own group.
                 let cfg = &self.settings.scheduler;
-                let fresh =
-                    |s: &&PodStats| req.now_ms.saturating_sub(s.at_ms) <= cfg.metrics_stale_ms;
-                let counts = (req.in_flight)(&server.in_flight_key, server.endpoints.len());
-                let stats = &self.stats;
-                let candidate = |i: usize| Candidate {
-                    id: i as u32,
-                    stats: server
-                        .endpoints
-                        .get(i)
-                        .and_then(|a| stats.get(a))
-                        .filter(fresh),
-                    in_flight: counts.get(i).copied().unwrap_or(0),
-                };
+                let view = PodView::new(
+                    &server.endpoints,
+                    &self.stats,
+                    &server.in_flight_key,
+                    req,
+                    cfg,
+                );
+                let candidate = |i: usize| view.candidate(i);
                 let decodes: Vec<Candidate<'_>> = pd
                     .groups
                     .iter()
@@ -510,17 +513,15 @@ impl Router {
         let mut pod_index = None;
         let endpoints = if self.scheduling {
             let cfg = &self.settings.scheduler;
-            let fresh = |s: &&PodStats| req.now_ms.saturating_sub(s.at_ms) <= cfg.metrics_stale_ms;
-            let counts = (req.in_flight)(&server.in_flight_key, server.endpoints.len());
-            let candidates: Vec<Candidate<'_>> = server
-                .endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| Candidate {
-                    id: i as u32,
-                    stats: self.stats.get(addr).filter(fresh),
-                    in_flight: counts.get(i).copied().unwrap_or(0),
-                })
+            let view = PodView::new(
+                &server.endpoints,
+                &self.stats,
+                &server.in_flight_key,
+                req,
+                cfg,
+            );
+            let candidates: Vec<Candidate<'_>> = (0..server.endpoints.len())
+                .map(|i| view.candidate(i))
                 .collect();
             let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
             let ask = Ask {
@@ -577,10 +578,10 @@ impl Router {
         self.stats = stats;
     }
 
-    /// Prompt bytes prefix hashing can use: `maxBlocksToMatch` x `blockSizeToHash`.
+    /// Prompt bytes prefix hashing reads: `maxBlocksToMatch` x `blockSizeToHash`, or 0 when
+    /// prefix-cache is not scored (then no prompt is extracted at all). Fixed at configure.
     pub fn prompt_cap(&self) -> usize {
-        let s = &self.settings.scheduler;
-        (s.prefix_max_blocks as usize).saturating_mul(s.prefix_block_size.max(1) as usize)
+        self.prompt_cap
     }
 
     /// Whether pods are picked by the scheduler (and metrics must be collected).
@@ -686,6 +687,48 @@ impl PdServer {
             grp.next = grp.next.wrapping_add(1);
         }
         out
+    }
+}
+
+/// What the scheduler sees of a server's pods for one request: fresh stats and in-flight
+/// counts (read once per request), by endpoint index.
+struct PodView<'a> {
+    endpoints: &'a [String],
+    stats: &'a Snapshot,
+    counts: Vec<u32>,
+    now_ms: u64,
+    stale_ms: u64,
+}
+
+impl<'a> PodView<'a> {
+    fn new(
+        endpoints: &'a [String],
+        stats: &'a Snapshot,
+        in_flight_key: &str,
+        req: &Request<'_>,
+        cfg: &filter_config::Scheduler,
+    ) -> Self {
+        let counts = (req.in_flight)(in_flight_key, endpoints.len());
+        PodView {
+            endpoints,
+            stats,
+            counts,
+            now_ms: req.now_ms,
+            stale_ms: cfg.metrics_stale_ms,
+        }
+    }
+
+    fn candidate(&self, i: usize) -> Candidate<'a> {
+        let stats = self
+            .endpoints
+            .get(i)
+            .and_then(|a| self.stats.get(a))
+            .filter(|s| self.now_ms.saturating_sub(s.at_ms) <= self.stale_ms);
+        Candidate {
+            id: i as u32,
+            stats,
+            in_flight: self.counts.get(i).copied().unwrap_or(0),
+        }
     }
 }
 
