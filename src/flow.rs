@@ -7,6 +7,7 @@
 //! by splicing, set the cluster / endpoint / request-id / upstream-policy headers, continue.
 
 use crate::errors::ErrorReply;
+use crate::headers::Headers;
 use std::borrow::Cow;
 
 use crate::pd::{self, Bootstrap, Protocol};
@@ -34,8 +35,8 @@ pub enum Action {
 
 /// The host operations the flow needs. Implementations must never panic.
 pub trait Host {
-    /// First value of a request header (`:method`, `:path` included).
-    fn header(&self, name: &str) -> Option<String>;
+    /// Every request header (`:method`, `:path` included), in one host call.
+    fn request_headers(&self) -> Headers;
     fn set_header(&mut self, name: &str, value: &str);
     fn remove_header(&mut self, name: &str);
     /// `len` bytes of the buffered request body from `start`.
@@ -172,6 +173,9 @@ pub struct Flow {
     pd: Option<PdState>,
     /// The pod counted in flight for this request: (key, pods, index).
     in_flight: Option<(String, usize, usize)>,
+    /// The request headers as they arrived (client routing headers included; those are
+    /// removed upstream but never read from here).
+    headers: Headers,
     pub outcome: Outcome,
 }
 
@@ -193,6 +197,8 @@ impl Flow {
             ),
             None => (DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER),
         };
+        // One host call reads every header; removals cost a call only when a client sent one.
+        let headers = host.request_headers();
         for h in [
             cluster_header,
             endpoint_header,
@@ -200,12 +206,13 @@ impl Flow {
             ENVOY_TIMEOUT_HEADER,
             ENVOY_MAX_RETRIES_HEADER,
         ] {
-            // Removing an absent header is a no-op: one host call instead of a lookup first.
-            host.remove_header(h);
+            if headers.contains(h) {
+                host.remove_header(h);
+            }
         }
 
-        let method = host.header(":method").unwrap_or_default();
-        let full_path = host.header(":path").unwrap_or_default();
+        let method = headers.get(":method").unwrap_or_default();
+        let full_path = headers.get(":path").unwrap_or_default();
         let path = full_path.split(['?', '#']).next().unwrap_or("");
 
         if method == "GET" && path == "/v1/models" {
@@ -229,8 +236,8 @@ impl Flow {
             return self.fail(host, &ErrorReply::not_configured());
         };
         let limit = router.settings.max_body_bytes;
-        if let Some(len) = host
-            .header("content-length")
+        if let Some(len) = headers
+            .get("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
             if len > limit {
@@ -241,7 +248,8 @@ impl Flow {
             return self.fail(host, &ErrorReply::invalid_json("the body is empty"));
         }
         self.path = path.to_string();
-        self.full_path = full_path.clone();
+        self.full_path = full_path.to_string();
+        self.headers = headers;
         self.phase = Phase::AwaitBody;
         Action::Pause
     }
@@ -290,7 +298,8 @@ impl Flow {
         } else {
             0
         };
-        let header = |name: &str| host.header(name);
+        let headers = &self.headers;
+        let header = |name: &str| headers.get_lossy(name);
         let in_flight = |key: &str, n: usize| shared::read_counts(&*host, key, n);
         let decision = router.decide(&Request {
             model: &model,
@@ -305,10 +314,15 @@ impl Flow {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
-        if host.header(REQUEST_ID_HEADER).is_none() {
-            let id = request_id(router.rng().next_u64(), router.rng().next_u64());
-            host.set_header(REQUEST_ID_HEADER, &id);
-        }
+        // Envoy generates one unless configured not to.
+        let request_id = match self.headers.get(REQUEST_ID_HEADER) {
+            Some(id) => id.to_string(),
+            None => {
+                let id = request_id(router.rng().next_u64(), router.rng().next_u64());
+                host.set_header(REQUEST_ID_HEADER, &id);
+                id
+            }
+        };
         let Some(server) = router.server(decision.server) else {
             return Action::Continue;
         };
@@ -339,11 +353,13 @@ impl Flow {
                 model: upstream_model,
                 cluster: server.cluster.clone(),
                 full_path: self.full_path.clone(),
-                authority: host
-                    .header(":authority")
-                    .unwrap_or_else(|| "modelroute".into()),
-                request_id: host.header(REQUEST_ID_HEADER).unwrap_or_default(),
-                authorization: host.header("authorization"),
+                authority: self
+                    .headers
+                    .get(":authority")
+                    .unwrap_or("modelroute")
+                    .to_string(),
+                request_id,
+                authorization: self.headers.get("authorization").map(str::to_string),
                 pairs: decision.pairs,
                 attempt: 0,
                 token: None,
@@ -377,7 +393,7 @@ impl Flow {
             Some(real) => {
                 let new_body = splice_string(&body, span, real);
                 host.replace_body(body_size, &new_body);
-                if host.header("content-length").is_some() {
+                if self.headers.contains("content-length") {
                     host.set_header("content-length", &new_body.len().to_string());
                 }
                 self.outcome.upstream_model = real.to_string();
@@ -511,7 +527,7 @@ impl Flow {
             st.bootstrap.as_ref(),
         );
         host.replace_body(body_size, &body);
-        if host.header("content-length").is_some() {
+        if self.headers.contains("content-length") {
             host.set_header("content-length", &body.len().to_string());
         }
         host.set_header(cluster_header, &st.cluster);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::collector::{self, Collector, Kind};
 use crate::flow::{Action, Counter, Flow, Host};
+use crate::headers::Headers;
 use crate::router::Router;
 
 type Shared = Rc<RefCell<Option<Router>>>;
@@ -275,12 +276,38 @@ fn to_wasm(a: Action) -> WasmAction {
 /// [`Host`] over the current HTTP context's host calls.
 struct EnvoyHost;
 
-impl Host for EnvoyHost {
-    fn header(&self, name: &str) -> Option<String> {
-        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
-            Ok(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
-            _ => None,
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The ABI call behind `hostcalls::get_map_bytes`, used directly because the SDK's
+    /// decoder panics on a malformed map and copies every name and value.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> proxy_wasm::types::Status;
+}
+
+/// Every request header in one host call, in the host's serialized form (parsed lazily).
+fn request_header_map() -> Headers {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through this module's
+    // `proxy_on_memory_allocate` (a leaked `Vec<u8>` of capacity `size`), so the buffer is
+    // ours to own and free as that Vec.
+    let raw = unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            proxy_wasm::types::Status::Ok if !data.is_null() => {
+                Vec::from_raw_parts(data, size, size)
+            }
+            _ => Vec::new(),
         }
+    };
+    Headers::parse(raw)
+}
+
+impl Host for EnvoyHost {
+    fn request_headers(&self) -> Headers {
+        request_header_map()
     }
 
     fn set_header(&mut self, name: &str, value: &str) {

@@ -1,6 +1,7 @@
 //! modelroute: Kthena-compatible LLM inference routing inside Envoy.
 //!
 //! Pure core (native-testable) first, the proxy-wasm glue last:
+//! - [`headers`]: the request headers, read with one host call.
 //! - [`scan`]: single-pass JSON scanner for request bodies.
 //! - [`rewrite`]: byte-splicing rewrites of the scanned body.
 //! - [`router`]: the compiled configuration and routing decisions.
@@ -14,6 +15,7 @@
 pub mod collector;
 pub mod errors;
 pub mod flow;
+pub mod headers;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;

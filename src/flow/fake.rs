@@ -22,6 +22,10 @@ pub struct FakeHost {
     pub counters: Vec<Counter>,
     /// Shared data: key -> (value, cas).
     pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    /// How often the flow read the request headers (one host call each).
+    pub header_reads: std::cell::Cell<usize>,
+    /// Headers removed, in order (each a host call).
+    pub removed: Vec<String>,
 }
 
 impl FakeHost {
@@ -77,14 +81,16 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn header(&self, name: &str) -> Option<String> {
-        self.get(name).map(str::to_string)
+    fn request_headers(&self) -> Headers {
+        self.header_reads.set(self.header_reads.get() + 1);
+        Headers::from_pairs(&self.headers)
     }
     fn set_header(&mut self, name: &str, value: &str) {
-        self.remove_header(name);
+        self.headers.retain(|(k, _)| k != name);
         self.headers.push((name.into(), value.into()));
     }
     fn remove_header(&mut self, name: &str) {
+        self.removed.push(name.to_string());
         self.headers.retain(|(k, _)| k != name);
     }
     fn body(&self, start: usize, len: usize) -> Option<Vec<u8>> {

@@ -168,6 +168,41 @@ fn client_cannot_choose_cluster_or_pod() {
 }
 
 #[test]
+fn headers_are_read_once_and_absent_ones_not_removed() {
+    let mut r = router();
+    let mut h = FakeHost::post(
+        "/v1/completions",
+        r#"{"model":"deepseek-simple"}"#,
+        &[("x-request-id", "abc")],
+    );
+    run(&mut r, &mut h);
+    assert_eq!(h.header_reads.get(), 1, "one host call for every header");
+    assert!(h.removed.is_empty(), "nothing to strip: {:?}", h.removed);
+    assert_eq!(
+        h.get("x-request-id"),
+        Some("abc"),
+        "the client's id is kept"
+    );
+    // A spoofed header costs exactly its removal.
+    let mut h = FakeHost::post(
+        "/v1/completions",
+        r#"{"model":"deepseek-simple"}"#,
+        &[("x-envoy-max-retries", "9")],
+    );
+    run(&mut r, &mut h);
+    assert_eq!(h.removed, ["x-envoy-max-retries"]);
+    assert_eq!(
+        h.get("x-envoy-max-retries"),
+        Some("2"),
+        "the server's policy"
+    );
+    assert!(
+        h.get("x-request-id").is_some(),
+        "an id is generated when absent"
+    );
+}
+
+#[test]
 fn malformed_json_is_400() {
     let mut r = router();
     let mut h = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple","#, &[]);
