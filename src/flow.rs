@@ -15,7 +15,7 @@ use crate::prompt::prompt_text;
 use crate::rewrite::splice_string;
 use crate::router::{Pair, Request, Router};
 use crate::scan::{scan, Model};
-use crate::shared;
+use crate::shared::InFlight;
 use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
@@ -172,7 +172,7 @@ pub struct Flow {
     full_path: String,
     pd: Option<PdState>,
     /// The pod counted in flight for this request: (key, pods, index).
-    in_flight: Option<(String, usize, usize)>,
+    counted: Option<(String, usize, usize)>,
     /// The request headers as they arrived (client routing headers included; those are
     /// removed upstream but never read from here).
     headers: Headers,
@@ -258,6 +258,7 @@ impl Flow {
         &mut self,
         router: Option<&mut Router>,
         host: &mut dyn Host,
+        in_flight: &mut InFlight,
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
@@ -300,13 +301,20 @@ impl Flow {
         };
         let headers = &self.headers;
         let header = |name: &str| headers.get_lossy(name);
-        let in_flight = |key: &str, n: usize| shared::read_counts(&*host, key, n);
+        // The scheduler's read of in-flight counts also supplies the token to count this
+        // request with (one shared-data write when no other worker wrote in between).
+        let last_read = std::cell::RefCell::new(None);
+        let counts = |key: &str, n: usize| {
+            let (view, read) = in_flight.read(&*host, key, n);
+            *last_read.borrow_mut() = Some(read);
+            view
+        };
         let decision = router.decide(&Request {
             model: &model,
             path: &self.path,
             header: &header,
             prompt: &prompt,
-            in_flight: &in_flight,
+            in_flight: &counts,
             now_ms,
         });
         drop(prompt);
@@ -328,8 +336,8 @@ impl Flow {
         };
         if let Some(idx) = decision.pod_index {
             let n = server.endpoint_count();
-            if shared::add(host, &server.in_flight_key, n, idx, 1) {
-                self.in_flight = Some((server.in_flight_key.clone(), n, idx));
+            if in_flight.acquire(host, &server.in_flight_key, n, idx, last_read.take()) {
+                self.counted = Some((server.in_flight_key.clone(), n, idx));
             }
         }
         self.outcome.route = router.route_name(decision.route).to_string();
@@ -661,9 +669,9 @@ impl Flow {
     }
 
     /// The request is over (completed or reset): release its in-flight count.
-    pub fn on_done(&mut self, host: &mut dyn Host) {
-        if let Some((key, n, idx)) = self.in_flight.take() {
-            shared::add(host, &key, n, idx, -1);
+    pub fn on_done(&mut self, host: &mut dyn Host, in_flight: &mut InFlight) {
+        if let Some((key, n, idx)) = self.counted.take() {
+            in_flight.release(host, &key, n, idx);
         }
     }
 
@@ -732,7 +740,7 @@ pub fn request_id(a: u64, b: u64) -> String {
 }
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod pd_tests;
 #[cfg(test)]

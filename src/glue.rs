@@ -21,13 +21,18 @@ use crate::collector::{self, Collector, Kind};
 use crate::flow::{Action, Counter, Flow, Host};
 use crate::headers::Headers;
 use crate::router::Router;
+use crate::shared::InFlight;
+
+/// Root tick: publishes this worker's in-flight releases; metrics are collected every
+/// `metrics_interval_ms` on the ticks that cross it.
+const TICK_MS: u64 = 100;
 
 type Shared = Rc<RefCell<Option<Router>>>;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { router: Rc::new(RefCell::new(None)), me: 0, collector: None, calls: HashMap::new(), interval_ms: 1000, snapshot_cas: None })
+        Box::new(Root { router: Rc::new(RefCell::new(None)), me: 0, collector: None, calls: HashMap::new(), interval_ms: 1000, next_collect_ms: 0, snapshot_cas: None })
     });
 }}
 
@@ -40,6 +45,8 @@ struct Root {
     /// Scrape calls in flight: token -> (target, what).
     calls: HashMap<u32, (usize, Kind)>,
     interval_ms: u64,
+    /// When the next collection round (and snapshot refresh) is due.
+    next_collect_ms: u64,
     /// CAS of the last snapshot read, to decode it only when it changed.
     snapshot_cas: Option<u32>,
 }
@@ -148,8 +155,10 @@ impl RootContext for Root {
                     .then(|| Collector::new(router.scrape_targets()));
                 self.interval_ms = router.settings.scheduler.metrics_interval_ms.max(100);
                 self.snapshot_cas = None;
+                self.next_collect_ms = 0;
+                // Without the scheduler nothing is counted in flight or collected.
                 let period = if self.collector.is_some() {
-                    Duration::from_millis(self.interval_ms)
+                    Duration::from_millis(TICK_MS)
                 } else {
                     Duration::ZERO
                 };
@@ -170,7 +179,18 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        IN_FLIGHT.with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                if !f.is_empty() {
+                    f.flush(&mut EnvoyHost);
+                }
+            }
+        });
         let now = EnvoyHost.now_ms();
+        if now < self.next_collect_ms {
+            return;
+        }
+        self.next_collect_ms = now + self.interval_ms;
         self.collect(now);
         self.refresh();
     }
@@ -223,12 +243,21 @@ impl HttpContext for Request {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         let mut router = self.router.try_borrow_mut().ok();
-        let action = self.flow.on_request_body(
-            router.as_mut().and_then(|r| r.as_mut()),
-            &mut EnvoyHost,
-            body_size,
-            end_of_stream,
-        );
+        let action = IN_FLIGHT.with(|f| {
+            let mut fallback = InFlight::default();
+            let mut in_flight = f.try_borrow_mut();
+            let in_flight = match in_flight.as_deref_mut() {
+                Ok(f) => f,
+                Err(_) => &mut fallback,
+            };
+            self.flow.on_request_body(
+                router.as_mut().and_then(|r| r.as_mut()),
+                &mut EnvoyHost,
+                in_flight,
+                body_size,
+                end_of_stream,
+            )
+        });
         to_wasm(action)
     }
 
@@ -249,7 +278,11 @@ impl HttpContext for Request {
     }
 
     fn on_log(&mut self) {
-        self.flow.on_done(&mut EnvoyHost);
+        IN_FLIGHT.with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                self.flow.on_done(&mut EnvoyHost, &mut f);
+            }
+        });
         let o = &self.flow.outcome;
         if !o.model.is_empty() || o.local_status.is_some() {
             log::debug!(
@@ -411,6 +444,9 @@ impl Host for EnvoyHost {
 }
 
 thread_local! {
+    /// This worker's in-flight releases not yet written to shared data (one per VM, so they
+    /// outlive a configuration's root context).
+    static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
     /// Metric ids, defined on first use in this VM (same name in every VM = one Envoy stat).
     static COUNTERS: RefCell<[Option<u32>; Counter::ALL.len()]> = const { RefCell::new([None; Counter::ALL.len()]) };
 }

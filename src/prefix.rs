@@ -9,6 +9,7 @@
 //! hashes that is about 50,000 x ([`ENTRY_BYTES`]) = ~2.4 MB per ModelServer per worker.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 /// Pods remembered per block hash (most recent first).
 pub const PODS_PER_BLOCK: usize = 4;
@@ -39,6 +40,39 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_size: usize, max_blocks: u
         .collect()
 }
 
+/// Hasher for keys that are already hashes: a per-index random key and one multiply-xorshift
+/// spread the FNV bits over the table's index and tag bits. SipHash (the std default) costs
+/// several times more per lookup; the key keeps clients from aiming prompts at one bucket.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlockHasher(u64);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BlockHash(u64);
+
+impl BuildHasher for BlockHash {
+    type Hasher = BlockHasher;
+    fn build_hasher(&self) -> BlockHasher {
+        BlockHasher(self.0)
+    }
+}
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type BlockMap<V> = HashMap<u64, V, BlockHash>;
+
 #[derive(Debug, Clone)]
 struct Entry {
     /// Pod ids, most recent first.
@@ -50,15 +84,20 @@ struct Entry {
 /// Block hash -> pods that recently served a prompt with that prefix.
 #[derive(Debug, Clone)]
 pub struct PrefixIndex {
-    entries: HashMap<u64, Entry>,
+    entries: BlockMap<Entry>,
     capacity: usize,
     clock: u64,
 }
 
 impl PrefixIndex {
     pub fn new(capacity: usize) -> Self {
+        Self::with_key(capacity, 0)
+    }
+
+    /// An index whose table is keyed with `key` (a random value per index in the filter).
+    pub fn with_key(capacity: usize, key: u64) -> Self {
         PrefixIndex {
-            entries: HashMap::new(),
+            entries: BlockMap::with_hasher(BlockHash(key)),
             capacity: capacity.max(8),
             clock: 0,
         }

@@ -245,8 +245,12 @@ impl Router {
                 engine: s.engine,
                 pd,
                 in_flight_key: key,
-                prefix: uses_prefix
-                    .then(|| PrefixIndex::new(cfg.settings.scheduler.prefix_max_hashes as usize)),
+                prefix: uses_prefix.then(|| {
+                    PrefixIndex::with_key(
+                        cfg.settings.scheduler.prefix_max_hashes as usize,
+                        seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    )
+                }),
                 endpoints: s.endpoints.into_iter().map(|e| e.address).collect(),
                 next: 0,
             });

@@ -22,6 +22,8 @@ pub struct FakeHost {
     pub counters: Vec<Counter>,
     /// Shared data: key -> (value, cas).
     pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    /// Shared-data reads (host calls).
+    pub shared_gets: std::cell::Cell<usize>,
     /// How often the flow read the request headers (one host call each).
     pub header_reads: std::cell::Cell<usize>,
     /// Headers removed, in order (each a host call).
@@ -139,6 +141,7 @@ impl Host for FakeHost {
         self.now
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared_gets.set(self.shared_gets.get() + 1);
         match self.shared.get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),

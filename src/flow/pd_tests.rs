@@ -1,6 +1,7 @@
 //! Fake-host tests of the PD leg sequences and their failure paths.
 use super::fake::FakeHost;
 use super::*;
+use crate::shared::InFlight;
 use filter_config::{
     Endpoint, Engine, FilterConfig, Pd, Retry, Role, Route, Rule, Server, Settings, Target,
     SCHEMA_VERSION,
@@ -81,7 +82,7 @@ fn start(r: &mut Router, h: &mut FakeHost) -> Action {
 fn start_with(f: &mut Flow, r: &mut Router, h: &mut FakeHost) -> Action {
     assert_eq!(f.on_request_headers(Some(r), h, false), Action::Pause);
     let n = h.body.len();
-    f.on_request_body(Some(r), h, n, true)
+    f.on_request_body(Some(r), h, &mut InFlight::default(), n, true)
 }
 
 fn answer(f: &mut Flow, r: &Router, h: &mut FakeHost, status: Option<u32>, body: &str) {
@@ -435,6 +436,6 @@ fn scheduled_pd_pairs_the_best_decode_with_a_prefill_of_its_group() {
             h.get("x-gateway-destination-endpoint"),
             Some("127.0.0.11:8000")
         );
-        f.on_done(&mut h);
+        f.on_done(&mut h, &mut InFlight::default());
     }
 }

@@ -1,6 +1,7 @@
 //! Fake-host tests of the request flow: what a client sends in, what Envoy would see out.
 use super::fake::FakeHost;
 use super::*;
+use crate::shared::InFlight;
 use filter_config::{
     Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION,
 };
@@ -91,7 +92,7 @@ fn run(r: &mut Router, h: &mut FakeHost) -> (Action, Action) {
         return (a, Action::Pause);
     }
     let n = h.body.len();
-    let b = f.on_request_body(Some(r), h, n, true);
+    let b = f.on_request_body(Some(r), h, &mut InFlight::default(), n, true);
     (a, b)
 }
 
@@ -253,12 +254,12 @@ fn oversized_bodies_are_413_by_header_and_by_size() {
     let mut f = Flow::new();
     assert_eq!(f.on_request_headers(Some(&r), &mut h, false), Action::Pause);
     assert_eq!(
-        f.on_request_body(Some(&mut r), &mut h, 600, false),
+        f.on_request_body(Some(&mut r), &mut h, &mut InFlight::default(), 600, false),
         Action::Pause
     );
     assert!(h.reply.is_none());
     assert_eq!(
-        f.on_request_body(Some(&mut r), &mut h, 1500, false),
+        f.on_request_body(Some(&mut r), &mut h, &mut InFlight::default(), 1500, false),
         Action::Pause
     );
     assert_eq!(h.reply_json().0, 413);
@@ -271,13 +272,13 @@ fn body_arriving_in_chunks_is_decided_once_at_end_of_stream() {
     let mut f = Flow::new();
     f.on_request_headers(Some(&r), &mut h, false);
     assert_eq!(
-        f.on_request_body(Some(&mut r), &mut h, 5, false),
+        f.on_request_body(Some(&mut r), &mut h, &mut InFlight::default(), 5, false),
         Action::Pause
     );
     assert!(h.get("x-modelroute-cluster").is_none());
     let n = h.body.len();
     assert_eq!(
-        f.on_request_body(Some(&mut r), &mut h, n, true),
+        f.on_request_body(Some(&mut r), &mut h, &mut InFlight::default(), n, true),
         Action::Continue
     );
     assert!(h.get("x-modelroute-cluster").is_some());
@@ -354,11 +355,17 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
     let mut cfg = router_config();
     cfg.settings.scheduler = filter_config::Scheduler::default();
     let mut r = Router::compile(cfg, 1).unwrap();
+    let (mut w1, mut w2) = (InFlight::default(), InFlight::default());
     let mut f1 = Flow::new();
     let mut h1 = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &[]);
     f1.on_request_headers(Some(&r), &mut h1, false);
     let n = h1.body.len();
-    f1.on_request_body(Some(&mut r), &mut h1, n, true);
+    f1.on_request_body(Some(&mut r), &mut h1, &mut w1, n, true);
+    assert_eq!(
+        h1.shared_gets.get(),
+        1,
+        "one read feeds the pick and the count"
+    );
     let first = h1
         .get("x-gateway-destination-endpoint")
         .unwrap()
@@ -370,7 +377,7 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
     h2.shared = h1.shared.clone();
     let mut f2 = Flow::new();
     f2.on_request_headers(Some(&r), &mut h2, false);
-    f2.on_request_body(Some(&mut r), &mut h2, n, true);
+    f2.on_request_body(Some(&mut r), &mut h2, &mut w2, n, true);
     let second = h2
         .get("x-gateway-destination-endpoint")
         .unwrap()
@@ -379,18 +386,14 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
         .unwrap()
         .to_string();
     assert_ne!(first, second, "the busy pod is avoided");
+    let key = r.server(0).unwrap().in_flight_key.clone();
+    let total = |h: &FakeHost| crate::shared::read_counts(h, &key, 2).iter().sum::<u32>();
+    assert_eq!(total(&h2), 2);
+    f2.on_done(&mut h2, &mut w2);
+    f2.on_done(&mut h2, &mut w2);
     assert_eq!(
-        crate::shared::read_counts(&h2, &r.server(0).unwrap().in_flight_key, 2)
-            .iter()
-            .sum::<u32>(),
-        2
-    );
-    f2.on_done(&mut h2);
-    f2.on_done(&mut h2);
-    assert_eq!(
-        crate::shared::read_counts(&h2, &r.server(0).unwrap().in_flight_key, 2)
-            .iter()
-            .sum::<u32>(),
-        1
+        total(&h2),
+        1,
+        "released once, at once: the worker's only request"
     );
 }
