@@ -16,14 +16,33 @@ pub const PODS_PER_BLOCK: usize = 4;
 /// Upper bound of the bytes one index entry takes (key, value and hash-table overhead).
 pub const ENTRY_BYTES: usize = 48;
 
-/// 64-bit FNV-1a over `bytes`, continuing from `seed` (chained block hashes).
+const MUL: u64 = 0xbf58_476d_1ce4_e5b9;
+
+/// 64-bit hash of `bytes`, continuing from `seed` (chained block hashes). Eight bytes per
+/// multiply (byte-at-a-time FNV-1a ran at ~0.9 GB/s natively, this at several GB/s) and a
+/// splitmix64 finish. Not cryptographic: a forged collision can at most bias one pick.
 pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = seed ^ 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = seed ^ 0xcbf2_9ce4_8422_2325 ^ (bytes.len() as u64).wrapping_mul(MUL);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        h = (h ^ w).wrapping_mul(MUL).rotate_left(29);
     }
-    h
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut tail = [0u8; 8];
+        for (t, b) in tail.iter_mut().zip(rest) {
+            *t = *b;
+        }
+        h = (h ^ u64::from_le_bytes(tail))
+            .wrapping_mul(MUL)
+            .rotate_left(29);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(MUL);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Chained hashes of the prompt's blocks: at most `max_blocks` of `block_size` bytes.
@@ -41,8 +60,9 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_size: usize, max_blocks: u
 }
 
 /// Hasher for keys that are already hashes: a per-index random key and one multiply-xorshift
-/// spread the FNV bits over the table's index and tag bits. SipHash (the std default) costs
-/// several times more per lookup; the key keeps clients from aiming prompts at one bucket.
+/// spread the block hash bits over the table's index and tag bits. SipHash (the std default)
+/// costs several times more per lookup; the key keeps clients from aiming prompts at one
+/// bucket.
 #[derive(Debug, Default, Clone, Copy)]
 struct BlockHasher(u64);
 
@@ -192,6 +212,25 @@ impl PrefixIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_covers_every_byte_and_the_length() {
+        let base = b"0123456789abcdefXYZ".to_vec();
+        let h = hash(1, &base);
+        assert_ne!(hash(2, &base), h, "the seed");
+        for i in 0..base.len() {
+            let mut b = base.clone();
+            b[i] ^= 1;
+            assert_ne!(hash(1, &b), h, "byte {i}");
+        }
+        assert_ne!(hash(1, &base[..18]), h);
+        assert_ne!(
+            hash(1, b"ab\0"),
+            hash(1, b"ab"),
+            "a zero tail byte still counts"
+        );
+        assert_ne!(hash(1, b""), hash(0, b""));
+    }
 
     #[test]
     fn hashes_chain_from_the_model_so_models_never_share_blocks() {

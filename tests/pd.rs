@@ -109,11 +109,15 @@ fn by_request_id(s: &Stack, pod: &str) -> HashMap<String, Value> {
         .collect()
 }
 
-/// Each of Envoy's two workers alternates over the groups on its own, so the split is even
-/// within one request per worker.
+/// Both groups serve a fair share. With the default scheduler and idle pods every score ties,
+/// and ties go by rendezvous hashing of each prompt's first block (so all workers send a new
+/// prompt to the same pod): distinct prompts spread like fair coins, not in strict turns.
 fn assert_spread(per_group: &HashMap<String, usize>) {
     let (a, b) = (per_group["g0"], per_group["g1"]);
-    assert!(a.abs_diff(b) <= 2, "groups unevenly used: {per_group:?}");
+    assert!(
+        a.min(b) * 4 >= a + b,
+        "a group got less than a quarter: {per_group:?}"
+    );
 }
 
 fn completion(s: &Stack, stream: bool) -> Response {
