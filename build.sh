@@ -208,6 +208,7 @@ test_all() {
   cargo fmt --all -- --check
   cargo clippy -q --workspace --all-targets -- -D warnings
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute -- -D warnings
+  cargo clippy -q --release --target wasm32-wasip1 -p modelroute --features timing -- -D warnings
   log "tests (unit, property, golden, fake-host, end-to-end in Envoy $ENVOY_VERSION)"
   MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
 }
@@ -224,6 +225,9 @@ bench() {
   cargo build -q --release -p mock-llm
   CARGO_TARGET_DIR="$ROOT/target" cargo build -q --release --target wasm32-wasip1 \
     --manifest-path bench/noop-filter/Cargo.toml
+  log "building modelroute.wasm with per-callback timing (feature timing, target/timing)"
+  CARGO_TARGET_DIR="$ROOT/target/timing" cargo build -q --release --target wasm32-wasip1 \
+    -p modelroute --features timing
   log "criterion micro-benchmarks of the core are separate: cargo bench --bench core (bench/MICRO.md)"
   MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/load.py "$@"
 }

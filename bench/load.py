@@ -31,7 +31,8 @@ VENV = os.path.join(ROOT, ".venv")
 BIN = os.environ.get("MODELROUTE_BIN_DIR", os.path.join(ROOT, "target", "release"))
 # The controller only renders the config once; its debug build is fine.
 CONTROLLER = os.path.join(ROOT, "target", "debug", "modelroute-controller")
-WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "modelroute.wasm")
+WASM = os.environ.get("MODELROUTE_WASM") or os.path.join(ROOT, "target", "wasm32-wasip1", "release", "modelroute.wasm")
+TIMING_WASM = os.path.join(ROOT, "target", "timing", "wasm32-wasip1", "release", "modelroute.wasm")
 NOOP_WASM = os.path.join(ROOT, "target", "wasm32-wasip1", "release", "noop_filter.wasm")
 MODEL = "bench-model"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -117,15 +118,20 @@ def envoy_bin():
     return c[0]
 
 
-def plain_bootstrap(port, admin, pods, wasm=None):
+def plain_bootstrap(port, admin, pods, wasm=None, configuration=None):
     wasm_filter = ""
     if wasm:
+        # With a configuration the filter may hold each request until its body is complete
+        # (pause on headers), which needs allow_on_headers_stop_iteration, as modelroute's ECDS sets.
+        mode = f"""
+                allow_on_headers_stop_iteration: true
+                configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: {json.dumps(configuration)} }}""" if configuration else ""
         wasm_filter = f"""
           - name: noop
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: noop
+                name: noop{mode}
                 vm_config:
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {wasm} }} }}"""
@@ -188,6 +194,18 @@ spec:
 """
 
 
+SCHEDULER_OFF = """apiVersion: v1
+kind: ConfigMap
+metadata: { name: kthena-router-config, namespace: kthena-system }
+data:
+  routerConfiguration: |-
+    scheduler:
+      plugins:
+        Filter: { enabled: [] }
+        Score: { enabled: [] }
+"""
+
+
 def pods_yaml(ips, pod_port):
     items = []
     for i, ip in enumerate(ips):
@@ -217,6 +235,19 @@ init = function(args)
 end
 request = function() return req end
 """
+
+
+def timing_stats(admin):
+    """The timing build's counters (nanoseconds per phase, requests) from Envoy's admin."""
+    import urllib.request
+
+    out = {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=modelroute.timing", timeout=10).read().decode()
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            out[name.rsplit(".", 1)[-1]] = int(value)
+    return out
 
 
 def run_wrk(port, conns, duration, body_file, lua_file):
@@ -251,11 +282,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--duration", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
-    ap.add_argument("--targets", default="envoy,noop-wasm,modelroute,vllm-router,sglang-router")
+    ap.add_argument("--targets", default="envoy,noop-wasm,noop-buffer,modelroute,modelroute-rr,vllm-router,sglang-router")
+    ap.add_argument("--sizes", help="comma-separated body sizes in bytes (default: by mode)")
+    ap.add_argument("--conns", help="comma-separated connection counts (default: by mode)")
     ap.add_argument("--report-from", help="only rewrite the report from a results.json")
     args = ap.parse_args()
     sizes = [1024, 200 * 1024] if args.quick else [1024, 16 * 1024, 200 * 1024, 1024 * 1024]
     conns = [64] if args.quick else [1, 64, 150]
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    if args.conns:
+        conns = [int(x) for x in args.conns.split(",")]
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3 if args.quick else 5)
     targets = args.targets.split(",")
@@ -288,25 +325,50 @@ def main():
         for name in targets:
             port, admin = free_port(), free_port()
             log = open(os.path.join(work, f"{name}.log"), "w")
-            if name in ("envoy", "noop-wasm"):
+            if name in ("envoy", "noop-wasm", "noop-buffer"):
                 cfg = os.path.join(work, f"{name}.yaml")
                 with open(cfg, "w") as f:
-                    f.write(plain_bootstrap(port, admin, pods, NOOP_WASM if name == "noop-wasm" else None))
+                    f.write(plain_bootstrap(port, admin, pods, None if name == "envoy" else NOOP_WASM, "buffer" if name == "noop-buffer" else None))
                 p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
-            elif name == "modelroute":
+            elif name in ("modelroute", "modelroute-rr", "modelroute-filter", "modelroute-timed"):
                 res_dir, conf = os.path.join(work, "resources"), os.path.join(work, "config")
                 os.makedirs(res_dir, exist_ok=True)
                 with open(os.path.join(res_dir, "bench.yaml"), "w") as f:
                     f.write(modelroute_resources(pod_port))
                 with open(os.path.join(work, "pods.yaml"), "w") as f:
                     f.write(pods_yaml(ips, pod_port))
-                subprocess.run(
-                    [CONTROLLER, "render", "--resources", res_dir, "--pods", os.path.join(work, "pods.yaml"), "--wasm", WASM, "--out", conf],
-                    check=True, capture_output=True,
-                )
+                render = [CONTROLLER, "render", "--resources", res_dir, "--pods", os.path.join(work, "pods.yaml"), "--wasm", WASM, "--out", conf]
+                if name == "modelroute-timed":
+                    # The same deployment with the build that clocks each callback in the VM.
+                    conf = os.path.join(work, "config-timed")
+                    render[render.index(WASM)] = TIMING_WASM
+                    render[-1] = conf
+                if name in ("modelroute-rr", "modelroute-filter"):
+                    # Kthena's scheduler with every plugin off: weighted round robin over the
+                    # pods, the same policy the peers run with.
+                    conf = os.path.join(work, "config-rr")
+                    sched = os.path.join(work, "scheduler-rr.yaml")
+                    with open(sched, "w") as f:
+                        f.write(SCHEDULER_OFF)
+                    render[-1] = conf
+                    render += ["--scheduler-config", sched]
+                subprocess.run(render, check=True, capture_output=True)
+                if name == "modelroute-filter":
+                    # Diagnostic: plain Envoy's routing with modelroute.wasm deciding (its
+                    # headers are ignored): the filter's own cost, without its Envoy wiring.
+                    with open(os.path.join(conf, "ecds", "modelroute.json")) as f:
+                        filter_json = json.load(f)["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+                    cfg = os.path.join(work, f"{name}.yaml")
+                    with open(cfg, "w") as f:
+                        f.write(plain_bootstrap(port, admin, pods, WASM, filter_json))
+                    p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
+                    body = chat_body(1024).encode()
+                    wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200, data=body, headers={"Content-Type": "application/json"})
+                    live[name] = (port, p.pid, admin)
+                    continue
                 with open(os.path.join(ROOT, "envoy", "envoy.yaml")) as f:
                     boot = f.read().replace("@LISTEN_PORT@", str(port)).replace("@ADMIN_PORT@", str(admin)).replace("@CONFIG_DIR@", conf)
-                cfg = os.path.join(work, "modelroute.yaml")
+                cfg = os.path.join(work, f"{name}.yaml")
                 with open(cfg, "w") as f:
                     f.write(boot)
                 p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
@@ -329,7 +391,7 @@ def main():
             except RuntimeError as e:
                 print(f"skipping {name}: {e}", file=sys.stderr)
                 continue
-            live[name] = (port, p.pid)
+            live[name] = (port, p.pid, admin)
 
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:
@@ -340,11 +402,18 @@ def main():
                 f.write(chat_body(size))
             for c in conns:
                 for rnd in range(rounds):
-                    for name, (port, pid) in live.items():  # interleaved: A B C A B C ...
+                    for name, (port, pid, admin) in live.items():  # interleaved: A B C A B C ...
                         before = cpu_ticks(pid)
+                        clocks = timing_stats(admin) if name == "modelroute-timed" else None
                         r = run_wrk(port, c, duration, body_file, lua)
                         used = (cpu_ticks(pid) - before) / TICK
                         r.update(target=name, size=size, conns=c, round=rnd, cpu_us_per_req=(used * 1e6 / r["requests"]) if r["requests"] else None)
+                        if clocks is not None:
+                            after = timing_stats(admin)
+                            n = after.get("requests", 0) - clocks.get("requests", 0)
+                            for phase in ("headers", "body", "done"):
+                                key = f"{phase}_ns"
+                                r[f"vm_{phase}_us"] = (after.get(key, 0) - clocks.get(key, 0)) / n / 1000 if n else None
                         results.append(r)
                         print(json.dumps(r), flush=True)
     finally:
@@ -416,7 +485,8 @@ def version_line():
     parts = []
     try:
         out = subprocess.run([envoy_bin(), "--version"], capture_output=True, text=True).stdout
-        parts.append("Envoy " + out.strip().split("/")[1])
+        # "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+        parts.append("Envoy " + out.split("version:", 1)[1].strip().split("/")[1])
     except Exception:  # noqa: BLE001
         pass
     for pkg in ("sglang-router", "vllm-router"):
@@ -431,7 +501,7 @@ def version_line():
 
 
 def write_svg(path, s, sizes, names, conns):
-    colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "modelroute": "#1f77b4", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
+    colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "noop-buffer": "#dbdb8d", "modelroute": "#1f77b4", "modelroute-rr": "#aec7e8", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
     w, h, pad, bar = 760, 360, 50, 22
     def ratio(sz, t):
         base = s.get((sz, conns, "envoy"), {}).get("rps")

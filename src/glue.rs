@@ -230,18 +230,8 @@ impl Context for Request {
     }
 }
 
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
-        let router = self.router.try_borrow().ok();
-        let action = self.flow.on_request_headers(
-            router.as_ref().and_then(|r| r.as_ref()),
-            &mut EnvoyHost,
-            end_of_stream,
-        );
-        to_wasm(action)
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
+impl Request {
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         let mut router = self.router.try_borrow_mut().ok();
         let action = IN_FLIGHT.with(|f| {
             let mut fallback = InFlight::default();
@@ -259,6 +249,24 @@ impl HttpContext for Request {
             )
         });
         to_wasm(action)
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
+        timing::timed(timing::HEADERS, || {
+            let router = self.router.try_borrow().ok();
+            let action = self.flow.on_request_headers(
+                router.as_ref().and_then(|r| r.as_ref()),
+                &mut EnvoyHost,
+                end_of_stream,
+            );
+            to_wasm(action)
+        })
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
+        timing::timed(timing::BODY, || self.request_body(body_size, end_of_stream))
     }
 
     fn on_http_response_headers(
@@ -278,10 +286,12 @@ impl HttpContext for Request {
     }
 
     fn on_log(&mut self) {
-        IN_FLIGHT.with(|f| {
-            if let Ok(mut f) = f.try_borrow_mut() {
-                self.flow.on_done(&mut EnvoyHost, &mut f);
-            }
+        timing::timed(timing::DONE, || {
+            IN_FLIGHT.with(|f| {
+                if let Ok(mut f) = f.try_borrow_mut() {
+                    self.flow.on_done(&mut EnvoyHost, &mut f);
+                }
+            })
         });
         let o = &self.flow.outcome;
         if !o.model.is_empty() || o.local_status.is_some() {
@@ -449,4 +459,65 @@ thread_local! {
     static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
     /// Metric ids, defined on first use in this VM (same name in every VM = one Envoy stat).
     static COUNTERS: RefCell<[Option<u32>; Counter::ALL.len()]> = const { RefCell::new([None; Counter::ALL.len()]) };
+}
+
+/// Per-callback time inside the VM (feature `timing`, benchmark builds only): nanoseconds
+/// per phase and a request count, added to `modelroute.timing.*` counters. Each measurement
+/// itself costs two clock reads (host calls), which the numbers include.
+mod timing {
+    pub const HEADERS: usize = 0;
+    pub const BODY: usize = 1;
+    pub const DONE: usize = 2;
+
+    #[cfg(not(feature = "timing"))]
+    #[inline(always)]
+    pub fn timed<T>(_slot: usize, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+
+    #[cfg(feature = "timing")]
+    pub fn timed<T>(slot: usize, f: impl FnOnce() -> T) -> T {
+        use proxy_wasm::hostcalls;
+        use proxy_wasm::types::MetricType;
+        use std::cell::RefCell;
+        const NAMES: [&str; 4] = [
+            "modelroute.timing.headers_ns",
+            "modelroute.timing.body_ns",
+            "modelroute.timing.done_ns",
+            "modelroute.timing.requests",
+        ];
+        thread_local! {
+            static IDS: RefCell<[Option<u32>; 4]> = const { RefCell::new([None; 4]) };
+        }
+        fn now_ns() -> u64 {
+            hostcalls::get_current_time()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        }
+        fn add(slot: usize, v: u64) {
+            IDS.with(|ids| {
+                let Ok(mut ids) = ids.try_borrow_mut() else {
+                    return;
+                };
+                let (Some(id), Some(name)) = (ids.get_mut(slot), NAMES.get(slot)) else {
+                    return;
+                };
+                if id.is_none() {
+                    *id = hostcalls::define_metric(MetricType::Counter, name).ok();
+                }
+                if let Some(id) = *id {
+                    let _ = hostcalls::increment_metric(id, v as i64);
+                }
+            });
+        }
+        let t0 = now_ns();
+        let r = f();
+        add(slot, now_ns().saturating_sub(t0));
+        if slot == HEADERS {
+            add(3, 1);
+        }
+        r
+    }
 }
