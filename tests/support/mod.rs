@@ -429,6 +429,25 @@ impl Stack {
             .unwrap_or(0)
     }
 
+    /// Every counter or gauge whose name matches the regex `filter` (admin `/stats`).
+    pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
+        let r = http(
+            &format!("127.0.0.1:{}", self.admin),
+            "GET",
+            &format!("/stats?filter={filter}"),
+            &[],
+            b"",
+        );
+        let Ok(r) = r else { return vec![] };
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Holds engine gauges on a mock pod (`POST /mock/metrics`).
     pub fn hold_metrics(&self, pod: &str, json: &str) {
         let r = http(
