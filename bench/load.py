@@ -282,7 +282,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--duration", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
-    ap.add_argument("--targets", default="envoy,noop-wasm,noop-buffer,modelroute,modelroute-rr,vllm-router,sglang-router")
+    ap.add_argument("--targets", default="envoy,noop-wasm,noop-buffer,modelroute,modelroute-rr,modelroute-timed,vllm-router,sglang-router")
     ap.add_argument("--sizes", help="comma-separated body sizes in bytes (default: by mode)")
     ap.add_argument("--conns", help="comma-separated connection counts (default: by mode)")
     ap.add_argument("--report-from", help="only rewrite the report from a results.json")
@@ -433,7 +433,8 @@ def summarize(results):
         table.setdefault((r["size"], r["conns"], r["target"]), []).append(r)
     out = {}
     for k, rows in table.items():
-        out[k] = {m: median_of(rows, m) for m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+        keys = {m for r in rows for m in r if m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req") or m.startswith("vm_")}
+        out[k] = {m: median_of(rows, m) for m in keys}
         out[k]["errors"] = sum(r["errors"] for r in rows)
     return out
 
@@ -442,28 +443,96 @@ def human(size):
     return f"{size // 1024} KB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MB"
 
 
+DESCRIPTIONS = [
+    ("envoy", "plain Envoy, round robin to the pods, no filter: the limit"),
+    ("noop-wasm", "plain Envoy + a wasm filter whose callbacks return at once: the VM floor"),
+    ("noop-buffer", "the same no-op filter holding each request until its body is complete (what any body-reading router must do)"),
+    ("modelroute", "Envoy + modelroute.wasm as deployed: controller-rendered ECDS/CDS/EDS, default Kthena scheduler (least-request filter; least-request, gpu-usage, least-latency, prefix-cache scores), metrics collected from the pods"),
+    ("modelroute-rr", "the same with every scheduler plugin off: weighted round robin over the pods, the peers' policy"),
+    ("modelroute-timed", "`modelroute` built with the `timing` feature: clocks each callback inside the VM (adds ~1 us of clock reads)"),
+    ("modelroute-filter", "diagnostic: modelroute.wasm (scheduler off) in plain Envoy's routing, its headers ignored: the filter without its Envoy wiring"),
+    ("vllm-router", "vllm-router (PyPI), `--policy round_robin`"),
+    ("sglang-router", "SGLang's router (PyPI `sglang-router`, binary `smg`), `--policy round_robin`"),
+]
+
+
+def fmt(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def target_checks(s, sizes, conns):
+    """The issue's targets, measured: (target, measured, verdict)."""
+    out = []
+    c64 = 64 if 64 in conns else conns[-1]
+    get = lambda sz, c, t, m: s.get((sz, c, t), {}).get(m)  # noqa: E731
+    if 1024 in sizes:
+        mr, noop = get(1024, c64, "modelroute", "cpu_us_per_req"), get(1024, c64, "noop-wasm", "cpu_us_per_req")
+        if mr is not None and noop is not None:
+            out.append(("Envoy CPU above the no-op wasm filter at 1 KB: <= 5 us", f"{mr - noop:.0f} us ({c64} connections)", "met" if mr - noop <= 5 else "missed"))
+        for c in conns:
+            r, base = get(1024, c, "modelroute", "rps"), get(1024, c, "envoy", "rps")
+            if r and base:
+                out.append((f"requests/s at 1 KB >= 0.8x plain Envoy ({c} connections)", f"{r / base:.2f}x", "met" if r / base >= 0.8 else "missed"))
+    big = [z for z in sizes if z >= 200 * 1024]
+    if 1024 in sizes and big:
+        z = max(big)
+        a, b = get(1024, c64, "modelroute-timed", "vm_body_us"), get(z, c64, "modelroute-timed", "vm_body_us")
+        if a is not None and b is not None and b > a:
+            rate = (z - 1024) / ((b - a) * 1e-6) / 1e9
+            out.append(("body handling scales at >= 1 GB/s (VM body callback, 1 KB -> " + human(z) + ")", f"{rate:.2f} GB/s", "met" if rate >= 1 else "missed"))
+    if 200 * 1024 in sizes:
+        c = 150 if 150 in conns else c64
+        a, b = get(200 * 1024, c, "modelroute", "p50_ms"), get(200 * 1024, c, "envoy", "p50_ms")
+        if a is not None and b is not None:
+            out.append((f"200 KB at {c} connections: p50 < plain Envoy + 5 ms", f"+{a - b:.2f} ms", "met" if a - b < 5 else "missed"))
+    behind, compared = [], 0
+    for z in sizes:
+        for c in conns:
+            m = s.get((z, c, "modelroute"))
+            for peer in ("vllm-router", "sglang-router"):
+                p = s.get((z, c, peer))
+                if not m or not p:
+                    continue
+                compared += 1
+                if m["rps"] < p["rps"]:
+                    behind.append(f"{human(z)}/{c}: {peer} req/s {p['rps']:.0f} vs {m['rps']:.0f}")
+                if m.get("p99_ms") is not None and p.get("p99_ms") is not None and m["p99_ms"] > p["p99_ms"]:
+                    behind.append(f"{human(z)}/{c}: {peer} p99 {p['p99_ms']:.1f} vs {m['p99_ms']:.1f} ms")
+    if compared:
+        out.append(("ahead of both peers on req/s and p99 in every cell", f"all {compared} comparisons" if not behind else "behind in: " + "; ".join(behind), "met" if not behind else "missed"))
+    return out
+
+
 def write_report(args, results, sizes, conns, rounds, duration, targets):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     s = summarize(results)
     names = [t for t in targets if any(k[2] == t for k in s)]
+    cmd = "python3 bench/load.py" + (" --quick" if args.quick else "")
     lines = [
         "# Load benchmark: modelroute.wasm vs plain Envoy and peer routers",
         "",
-        f"`python3 bench/load.py{' --quick' if args.quick else ''}` (via `./build.sh bench{' --quick' if args.quick else ''}`),"
-        f" {rounds} interleaved round(s) of {duration} s per cell, medians; wrk POSTs an OpenAI chat body of the given size.",
+        f"`./build.sh bench{' --quick' if args.quick else ''}` (which runs `{cmd}`): {rounds} interleaved round(s) of {duration} s"
+        " per cell, medians; wrk POSTs an OpenAI chat completion request with a body of the given size.",
         "",
-        f"Machine: {os.cpu_count()} vCPU ({platform.processor() or platform.machine()}), Linux {platform.release()}; load generator,"
-        " routers and the two mock-llm pods share these cores, so absolute numbers are low and noisy (+/-30 %): compare ratios.",
+        f"Machine: {os.cpu_count()} vCPU ({platform.processor() or platform.machine()}), Linux {platform.release()}. The load"
+        " generator, the router under test and the two mock-llm pods share these cores, so absolute numbers are low and"
+        " noisy (+/-10-30 % between runs): compare within a row group. Envoy runs 2 workers.",
         f"Versions: {version_line()}.",
         "",
-        "Targets: `envoy` = plain Envoy round-robin to the pods (the limit); `noop-wasm` = the same plus a do-nothing wasm"
-        " filter (the VM floor); `modelroute` = Envoy + modelroute.wasm with the default Kthena scheduler, via ECDS/CDS/EDS"
-        " from the controller; `vllm-router` / `sglang-router` = the peers, round_robin. Envoy runs 2 workers.",
+        "Targets:",
         "",
-        "| body | conns | target | req/s | x plain Envoy | p50 ms | p99 ms | router CPU us/req | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"- `{t}`: {d}" for t, d in DESCRIPTIONS if t in names]
+    lines += [
+        "",
+        "`CPU us/req` is the router process's CPU time (user + system, from /proc) per request: Envoy for the Envoy",
+        "targets, the router for the peers. `VM us` (modelroute-timed) is wall time inside the filter's callbacks,",
+        "host calls included: request headers / request body / end of stream.",
+        "",
+        "| body | conns | target | req/s | x plain Envoy | p50 ms | p99 ms | CPU us/req | VM us | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
         for c in conns:
@@ -473,12 +542,18 @@ def write_report(args, results, sizes, conns, rounds, duration, targets):
                 if not m:
                     continue
                 ratio = f"{m['rps'] / base:.2f}" if base and m["rps"] else "-"
-                fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-                lines.append(f"| {human(size)} | {c} | {t} | {fmt(m['rps'], 0)} | {ratio} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} | {fmt(m['cpu_us_per_req'], 0)} | {m['errors']} |")
-    lines += ["", "![requests per second](results.svg)", ""]
+                vm = "-"
+                if m.get("vm_body_us") is not None:
+                    vm = f"{fmt(m.get('vm_headers_us'), 1)} / {fmt(m.get('vm_body_us'), 1)} / {fmt(m.get('vm_done_us'), 1)}"
+                lines.append(f"| {human(size)} | {c} | {t} | {fmt(m['rps'], 0)} | {ratio} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} | {fmt(m.get('cpu_us_per_req'), 0)} | {vm} | {m['errors']} |")
+    checks = target_checks(s, sizes, conns)
+    if checks:
+        lines += ["", "## The issue's targets, as measured in this run", "", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {v} |" for t, m, v in checks]
+    lines += ["", "![requests per second relative to plain Envoy](results.svg)", ""]
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines))
-    write_svg(os.path.join(args.out, "results.svg"), s, sizes, names, 64 if 64 in conns else conns[0])
+    write_svg(os.path.join(args.out, "results.svg"), s, sizes, names, conns)
 
 
 def version_line():
@@ -501,29 +576,40 @@ def version_line():
 
 
 def write_svg(path, s, sizes, names, conns):
-    colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "noop-buffer": "#dbdb8d", "modelroute": "#1f77b4", "modelroute-rr": "#aec7e8", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
-    w, h, pad, bar = 760, 360, 50, 22
-    def ratio(sz, t):
-        base = s.get((sz, conns, "envoy"), {}).get("rps")
-        v = s.get((sz, conns, t), {}).get("rps") or 0
+    """Bars of req/s relative to plain Envoy: one panel per connection count, a group per size."""
+    colors = {"envoy": "#7f7f7f", "noop-wasm": "#bcbd22", "noop-buffer": "#dbdb8d", "modelroute": "#1f77b4", "modelroute-rr": "#aec7e8",
+              "modelroute-timed": "#9edae5", "modelroute-filter": "#17becf", "vllm-router": "#ff7f0e", "sglang-router": "#d62728"}
+    names = [n for n in names if n not in ("modelroute-timed", "modelroute-filter")]
+    bar, gap, ph, top_pad, left, legend_w = 14, 22, 170, 40, 50, 170
+    group = len(names) * bar + gap
+    w = max(left + len(sizes) * group + legend_w, 560)
+    h = top_pad + len(conns) * (ph + 50)
+
+    def ratio(sz, c, t):
+        base = s.get((sz, c, "envoy"), {}).get("rps")
+        v = s.get((sz, c, t), {}).get("rps") or 0
         return v / base if base else 0
 
-    top = max([ratio(sz, t) for sz in sizes for t in names] + [1.0])
-    group = len(names) * bar + 30
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-           f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">requests/s relative to plain Envoy, {conns} connections (higher is better)</text>',
-           f'<line x1="{pad - 5}" x2="{w - 170}" y1="{h - pad - (h - 2 * pad) / top:.1f}" y2="{h - pad - (h - 2 * pad) / top:.1f}" stroke="#999" stroke-dasharray="4"/>',
-           f'<text x="{pad - 8}" y="{h - pad - (h - 2 * pad) / top + 4:.1f}" text-anchor="end">1.0</text>']
-    for gi, sz in enumerate(sizes):
-        x0 = pad + gi * group
-        for ti, t in enumerate(names):
-            v = ratio(sz, t)
-            bh = (h - 2 * pad) * v / top
-            x = x0 + ti * bar
-            out.append(f'<rect x="{x}" y="{h - pad - bh:.1f}" width="{bar - 3}" height="{bh:.1f}" fill="{colors.get(t, "#444")}"><title>{t}: {v:.2f}x</title></rect>')
-        out.append(f'<text x="{x0 + len(names) * bar / 2}" y="{h - pad + 16}" text-anchor="middle">{human(sz)}</text>')
+    top = max([ratio(sz, c, t) for sz in sizes for c in conns for t in names] + [1.0]) * 1.05
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<text x="{(w - legend_w) / 2}" y="18" text-anchor="middle" font-size="14">requests/s relative to plain Envoy (higher is better)</text>']
+    for ci, c in enumerate(conns):
+        y0 = top_pad + ci * (ph + 50)  # panel top
+        base_y = y0 + ph
+        one = base_y - ph / top
+        out.append(f'<text x="{left}" y="{y0 + 4}" font-size="12">{c} connection{"s" if c != 1 else ""}</text>')
+        out.append(f'<line x1="{left - 5}" x2="{left + len(sizes) * group}" y1="{one:.1f}" y2="{one:.1f}" stroke="#999" stroke-dasharray="4"/>')
+        out.append(f'<text x="{left - 8}" y="{one + 4:.1f}" text-anchor="end">1.0</text>')
+        out.append(f'<line x1="{left - 5}" x2="{left + len(sizes) * group}" y1="{base_y}" y2="{base_y}" stroke="#333"/>')
+        for gi, sz in enumerate(sizes):
+            x0 = left + gi * group
+            for ti, t in enumerate(names):
+                v = ratio(sz, c, t)
+                bh = ph * v / top
+                out.append(f'<rect x="{x0 + ti * bar}" y="{base_y - bh:.1f}" width="{bar - 2}" height="{bh:.1f}" fill="{colors.get(t, "#444")}"><title>{t}, {human(sz)}, {c} conns: {v:.2f}x</title></rect>')
+            out.append(f'<text x="{x0 + len(names) * bar / 2}" y="{base_y + 14}" text-anchor="middle">{human(sz)}</text>')
     for ti, t in enumerate(names):
-        out.append(f'<rect x="{w - 150}" y="{40 + ti * 18}" width="12" height="12" fill="{colors.get(t, "#444")}"/><text x="{w - 132}" y="{50 + ti * 18}">{t}</text>')
+        out.append(f'<rect x="{w - legend_w + 10}" y="{top_pad + ti * 18}" width="12" height="12" fill="{colors.get(t, "#444")}"/><text x="{w - legend_w + 28}" y="{top_pad + 10 + ti * 18}">{t}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out))
