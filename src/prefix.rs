@@ -195,8 +195,11 @@ impl PrefixIndex {
         let target = self.capacity - self.capacity / 8;
         let drop_n = self.entries.len().saturating_sub(target);
         let mut ages: Vec<u64> = self.entries.values().map(|e| e.last_use).collect();
-        ages.sort_unstable();
-        let cutoff = ages.get(drop_n.saturating_sub(1)).copied().unwrap_or(0);
+        // The drop_n-th oldest use: a linear-time selection, not a sort of every entry.
+        let cutoff = match drop_n.checked_sub(1) {
+            Some(k) if k < ages.len() => *ages.select_nth_unstable(k).1,
+            _ => 0,
+        };
         let mut dropped = 0;
         self.entries.retain(|_, e| {
             if dropped < drop_n && e.last_use <= cutoff {
