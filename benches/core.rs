@@ -1,6 +1,7 @@
 //! Criterion benches of the filter's hot paths (native build of the pure core):
 //! pod picking at 8/64/512 pods, prefix hashing of 1 KB / 100 KB prompts, chat prompt
-//! rendering, body scanning and the full routing decision. Results: bench/MICRO.md.
+//! rendering, body scanning, the model rewrite, the full routing decision, route lookup among
+//! 1,000 routes and parsing a 10,000-pod / 1,000-route configuration. Results: bench/MICRO.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,9 +14,10 @@ use filter_config::{
 };
 use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
+use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
 use modelroute::router::{no_in_flight, Request, Router};
-use modelroute::scan::scan;
+use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate};
 
 fn stats(i: usize) -> PodStats {
@@ -191,9 +193,131 @@ fn decide(c: &mut Criterion) {
     });
 }
 
+fn rewrite(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rewrite");
+    for len in [1024usize, 200 * 1024] {
+        let content = String::from_utf8(prompt(len)).unwrap();
+        let body = serde_json::json!({"model": "deepseek-simple", "messages": [{"role": "user", "content": content}]}).to_string();
+        let span = match scan(body.as_bytes()).unwrap().model {
+            Some(Model::Str { span, .. }) => span,
+            _ => unreachable!(),
+        };
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(len), &body, |b, body| {
+            b.iter(|| {
+                splice_string(
+                    black_box(body.as_bytes()),
+                    span.clone(),
+                    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+/// `servers` ModelServers of `pods` pods each and `routes` ModelRoutes (`model-0000`, ...)
+/// spread over them; scheduler off unless `scheduled`.
+fn big_config(servers: usize, pods: usize, routes: usize, scheduled: bool) -> FilterConfig {
+    let mut settings = Settings::default();
+    if !scheduled {
+        settings.scheduler.filters.clear();
+        settings.scheduler.scores.clear();
+    }
+    FilterConfig {
+        version: SCHEMA_VERSION,
+        settings,
+        routes: (0..routes)
+            .map(|r| Route {
+                name: format!("default/route-{r:04}"),
+                model_name: Some(format!("model-{r:04}")),
+                lora_adapters: vec![format!("lora-{r:04}")],
+                rules: vec![Rule {
+                    name: "default".into(),
+                    matches: Default::default(),
+                    targets: vec![Target {
+                        server: format!("default/server-{}", r % servers),
+                        weight: 1,
+                    }],
+                }],
+            })
+            .collect(),
+        servers: (0..servers)
+            .map(|s| Server {
+                name: format!("default/server-{s}"),
+                cluster: format!("modelserver|default|server-{s}"),
+                model: Some(format!("org/model-{s}")),
+                engine: Engine::Vllm,
+                timeout_ms: Some(60_000),
+                retry: None,
+                kv_connector: None,
+                endpoints: (0..pods)
+                    .map(|i| {
+                        let n = s * pods + i;
+                        Endpoint {
+                            address: format!(
+                                "10.{}.{}.{}:8000",
+                                n / 65536,
+                                (n / 256) % 256,
+                                n % 256
+                            ),
+                            pod: format!("default/server-{s}-pod-{i}"),
+                            group: None,
+                            role: None,
+                        }
+                    })
+                    .collect(),
+                pd: None,
+            })
+            .collect(),
+    }
+}
+
+fn config_parse(c: &mut Criterion) {
+    let json = serde_json::to_vec(&big_config(100, 100, 1000, true)).unwrap();
+    eprintln!(
+        "10,000-pod / 1,000-route configuration: {} bytes of JSON",
+        json.len()
+    );
+    let mut g = c.benchmark_group("config");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(json.len() as u64));
+    g.bench_function("parse+compile/10000-pods-1000-routes", |b| {
+        b.iter(|| Router::from_json(black_box(&json), 1).map(|r| r.scheduling()))
+    });
+    g.finish();
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut router = Router::compile(big_config(100, 4, 1000, false), 1).unwrap();
+    let header = |_: &str| None;
+    let mut g = c.benchmark_group("lookup");
+    for model in ["model-0000", "model-0999", "lora-0500"] {
+        g.bench_with_input(
+            BenchmarkId::new("1000-routes", model),
+            &model,
+            |b, model| {
+                b.iter(|| {
+                    router
+                        .decide(&Request {
+                            model: black_box(model),
+                            path: "/v1/chat/completions",
+                            header: &header,
+                            prompt: &[],
+                            in_flight: &no_in_flight,
+                            now_ms: 0,
+                        })
+                        .map(|d| d.server)
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = pick, prefix_hashing, chat_prompt, scanning, decide
+    targets = pick, prefix_hashing, chat_prompt, scanning, rewrite, decide, route_lookup, config_parse
 }
 criterion_main!(benches);
