@@ -230,6 +230,10 @@ bench() {
     -p modelroute --features timing
   log "criterion micro-benchmarks of the core are separate: cargo bench --bench core (bench/MICRO.md)"
   MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/load.py "$@"
+  log "filter memory: idle, a 10,000-pod configuration, 1 MB bodies, a long run (bench/MEMORY.md)"
+  local quick=""
+  case " $* " in *" --quick "*) quick="--quick" ;; esac
+  MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/memory.py $quick
 }
 
 package() {
