@@ -63,7 +63,7 @@ build() {
   cargo build -q --release --target wasm32-wasip1 -p modelroute
   log "building the controller and mock-llm"
   cargo build -q -p controller -p mock-llm
-  log "modelroute.wasm: $(wc -c <"$WASM") bytes; $("$MODELROUTE_ENVOY" --version | awk '{print $NF}')"
+  log "modelroute.wasm: $(wc -c <"$WASM") bytes; Envoy $("$MODELROUTE_ENVOY" --version | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p')"
 }
 
 # --- the running stack (demo / up) -------------------------------------------------------

@@ -5,7 +5,7 @@ same mock-llm pods, driven by wrk. Standard library only.
 
     python3 bench/load.py [--quick] [--rounds N] [--duration S] [--out bench]
 
-Writes bench/RESULTS.md (table, machine, versions, exact commands), bench/results.json and
+Writes bench/RESULTS.md (bench/quick/ with --quick) (table, machine, versions, exact commands), bench/results.json and
 bench/results.svg. Run through `./build.sh bench [--quick]`, which installs and builds what
 this needs. Every process binds 127.0.0.1 only and every run is bounded in time.
 """
@@ -281,12 +281,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 KB and 200 KB, 64 connections, 1 round (< 2 min)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--duration", type=int, default=None)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick, so the recorded full run stays)")
     ap.add_argument("--targets", default="envoy,noop-wasm,noop-buffer,modelroute,modelroute-rr,modelroute-timed,vllm-router,sglang-router")
     ap.add_argument("--sizes", help="comma-separated body sizes in bytes (default: by mode)")
     ap.add_argument("--conns", help="comma-separated connection counts (default: by mode)")
     ap.add_argument("--report-from", help="only rewrite the report from a results.json")
     args = ap.parse_args()
+    args.out = args.out or os.path.join(ROOT, "bench", "quick" if args.quick else "")
     sizes = [1024, 200 * 1024] if args.quick else [1024, 16 * 1024, 200 * 1024, 1024 * 1024]
     conns = [64] if args.quick else [1, 64, 150]
     if args.sizes:

@@ -132,11 +132,12 @@ def start_envoy(procs, work, name, resources, pods_yaml, scheduler_off):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="a 15 s long run")
+    ap.add_argument("--quick", action="store_true", help="an 8 s long run, results in bench/quick/")
     ap.add_argument("--duration", type=int, default=None, help="long run seconds (default 60)")
-    ap.add_argument("--out", default=os.path.join(L.ROOT, "bench"))
+    ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
     args = ap.parse_args()
-    duration = args.duration or (15 if args.quick else 60)
+    args.out = args.out or os.path.join(L.ROOT, "bench", "quick" if args.quick else "")
+    duration = args.duration or (8 if args.quick else 60)
     work = tempfile.mkdtemp(prefix="modelroute-mem-")
     procs = L.Procs()
     out = {}
