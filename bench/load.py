@@ -551,7 +551,8 @@ def write_report(args, results, sizes, conns, rounds, duration, targets):
     if checks:
         lines += ["", "## The issue's targets, as measured in this run", "", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {v} |" for t, m, v in checks]
-    lines += ["", "![requests per second relative to plain Envoy](results.svg)", ""]
+    lines += ["", "Where the filter's cost goes and why each missed target is missed: the Performance section of the"
+              " [README](../README.md#performance).", "", "![requests per second relative to plain Envoy](results.svg)", ""]
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines))
     write_svg(os.path.join(args.out, "results.svg"), s, sizes, names, conns)
