@@ -412,20 +412,9 @@ impl Stack {
 
     /// A counter or gauge from Envoy's admin `/stats` (0 when absent).
     pub fn stat(&self, name: &str) -> u64 {
-        let r = http(
-            &format!("127.0.0.1:{}", self.admin),
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-            b"",
-        );
-        let Ok(r) = r else { return 0 };
-        String::from_utf8_lossy(&r.body)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("{name}: "))
-                    .and_then(|v| v.trim().parse().ok())
-            })
+        self.stats(&format!("^{name}$"))
+            .into_iter()
+            .find_map(|(n, v)| (n == name).then_some(v))
             .unwrap_or(0)
     }
 
