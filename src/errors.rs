@@ -50,6 +50,11 @@ impl ErrorReply {
         )
     }
 
+    /// `GET /v1/models/{id}` for a model no route serves (`id` as the client sent it).
+    pub fn model_missing_id(id: &str) -> Self {
+        Self::new(404, "model_not_found", format!("model {id:?} not found"))
+    }
+
     pub fn too_large(limit: u64) -> Self {
         Self::new(
             413,

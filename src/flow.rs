@@ -19,7 +19,13 @@ use crate::shared::InFlight;
 use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
+/// The whole-request timeout is never set (it would cut a stream that has begun); the route's
+/// own timeout is 0 and a client copy is dropped.
 pub const ENVOY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+/// `trafficPolicy.timeout` as Kthena means it: connecting, sending the request and receiving the
+/// response headers. Envoy stops a per-try timeout once the response has started, so a stream
+/// runs to its end (gaps between chunks are bounded by the route's idle timeout).
+pub const ENVOY_PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
 pub const ENVOY_MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 pub const ENVOY_ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -204,6 +210,7 @@ impl Flow {
             endpoint_header,
             ENVOY_ORIGINAL_DST_HEADER,
             ENVOY_TIMEOUT_HEADER,
+            ENVOY_PER_TRY_TIMEOUT_HEADER,
             ENVOY_MAX_RETRIES_HEADER,
         ] {
             if headers.contains(h) {
@@ -217,16 +224,18 @@ impl Flow {
 
         if method == "GET" && path == "/v1/models" {
             return match router {
-                Some(r) => {
-                    host.respond(
-                        200,
-                        &[("content-type", "application/json")],
-                        r.models_body().as_bytes(),
-                    );
-                    self.outcome.local_status = Some(200);
-                    Action::Pause
-                }
+                Some(r) => self.answer_json(host, r.models_body()),
                 None => self.fail(host, &ErrorReply::not_configured()),
+            };
+        }
+        // The OpenAI SDKs' `models.retrieve(id)`; ids may hold `/` (`org/model`).
+        if let Some(id) = path.strip_prefix("/v1/models/").filter(|_| method == "GET") {
+            let Some(r) = router else {
+                return self.fail(host, &ErrorReply::not_configured());
+            };
+            return match percent_decode(id).and_then(|id| r.model_body(&id)) {
+                Some(body) => self.answer_json(host, &body),
+                None => self.fail(host, &ErrorReply::model_missing_id(id)),
             };
         }
         if method != "POST" || !path.starts_with("/v1/") {
@@ -412,7 +421,7 @@ impl Flow {
         host.set_header(&router.settings.cluster_header, &server.cluster);
         host.set_header(&router.settings.endpoint_header, &decision.endpoints);
         if let Some(ms) = server.timeout_ms {
-            host.set_header(ENVOY_TIMEOUT_HEADER, &ms.to_string());
+            host.set_header(ENVOY_PER_TRY_TIMEOUT_HEADER, &ms.to_string());
         }
         if let Some(n) = server.retry_attempts {
             host.set_header(ENVOY_MAX_RETRIES_HEADER, &n.to_string());
@@ -543,7 +552,7 @@ impl Flow {
         host.set_header(endpoint_header, &pair.decode);
         host.set_header(ENVOY_MAX_RETRIES_HEADER, "0");
         if let Some(ms) = st.decode_timeout_ms {
-            host.set_header(ENVOY_TIMEOUT_HEADER, &ms.to_string());
+            host.set_header(ENVOY_PER_TRY_TIMEOUT_HEADER, &ms.to_string());
         }
         self.outcome.endpoint = pair.decode.clone();
         self.outcome.prefill = pair.prefill.clone();
@@ -692,6 +701,16 @@ impl Flow {
         }
     }
 
+    fn answer_json(&mut self, host: &mut dyn Host, body: &str) -> Action {
+        host.respond(
+            200,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        self.outcome.local_status = Some(200);
+        Action::Pause
+    }
+
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
         self.phase = Phase::Idle;
         self.outcome.local_status = Some(e.status);
@@ -723,6 +742,26 @@ fn envoy_local_unreachable(body: &[u8]) -> bool {
 fn address_host(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A URL path segment with its `%XX` escapes decoded; None if an escape is malformed or the
+/// result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let digit = |d: u8| (d as char).to_digit(16);
+            out.push((digit(*hex.first()?)? * 16 + digit(*hex.get(1)?)?) as u8);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A random (version 4) UUID from two random words.

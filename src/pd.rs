@@ -13,12 +13,10 @@
 //!
 //! Both legs carry the rewritten model name.
 
-use std::ops::Range;
-
 use filter_config::Engine;
 
 use crate::rewrite::push_json_string;
-use crate::scan::{scan, Scan};
+use crate::scan::{scan, Key, Scan};
 
 /// How a PD ModelServer's two legs are coordinated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +53,11 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut host = Vec::new();
-        push_json_string(&mut host, &self.host);
+    fn fields(&self) -> Vec<(Key, Vec<u8>)> {
         vec![
-            ("bootstrap_host", host),
-            ("bootstrap_port", self.port.to_string().into_bytes()),
-            ("bootstrap_room", self.room.to_string().into_bytes()),
+            (Key::BootstrapHost, json_string(&self.host)),
+            (Key::BootstrapPort, self.port.to_string().into_bytes()),
+            (Key::BootstrapRoom, self.room.to_string().into_bytes()),
         ]
     }
 }
@@ -74,18 +70,18 @@ pub fn prefill_body(
     model: &str,
     bootstrap: Option<&Bootstrap>,
 ) -> Vec<u8> {
-    let mut set: Vec<(&str, Vec<u8>)> = vec![("model", json_string(model))];
-    let mut remove: Vec<&str> = vec![];
+    let mut set: Vec<(Key, Vec<u8>)> = vec![(Key::Model, json_string(model))];
+    let mut remove: Vec<Key> = vec![];
     match protocol {
         Protocol::VllmSequential | Protocol::VllmKvTransfer => {
-            remove.extend(["stream", "stream_options"]);
-            set.push(("max_tokens", b"1".to_vec()));
-            if scan.member(body, "max_completion_tokens").is_some() {
-                set.push(("max_completion_tokens", b"1".to_vec()));
+            remove.extend([Key::Stream, Key::StreamOptions]);
+            set.push((Key::MaxTokens, b"1".to_vec()));
+            if scan.member(Key::MaxCompletionTokens).is_some() {
+                set.push((Key::MaxCompletionTokens, b"1".to_vec()));
             }
             if protocol == Protocol::VllmKvTransfer {
                 set.push((
-                    "kv_transfer_params",
+                    Key::KvTransferParams,
                     KV_TRANSFER_REQUEST.as_bytes().to_vec(),
                 ));
             }
@@ -104,9 +100,9 @@ pub fn decode_body(
     kv_transfer_params: Option<&[u8]>,
     bootstrap: Option<&Bootstrap>,
 ) -> Vec<u8> {
-    let mut set: Vec<(&str, Vec<u8>)> = vec![("model", json_string(model))];
+    let mut set: Vec<(Key, Vec<u8>)> = vec![(Key::Model, json_string(model))];
     if let Some(kv) = kv_transfer_params {
-        set.push(("kv_transfer_params", kv.to_vec()));
+        set.push((Key::KvTransferParams, kv.to_vec()));
     }
     set.extend(bootstrap.map(Bootstrap::fields).unwrap_or_default());
     edit_object(body, scan, &[], &set)
@@ -115,7 +111,7 @@ pub fn decode_body(
 /// The raw top-level `kv_transfer_params` object of a prefill answer, if it has one.
 pub fn kv_transfer_params(answer: &[u8]) -> Option<&[u8]> {
     let s = scan(answer).ok()?;
-    let span = s.member(answer, "kv_transfer_params")?;
+    let span = s.member(Key::KvTransferParams)?;
     let raw = answer.get(span)?;
     raw.starts_with(b"{").then_some(raw)
 }
@@ -126,36 +122,45 @@ fn json_string(s: &str) -> Vec<u8> {
     v
 }
 
-/// Rebuilds a JSON object: members named in `remove` or `set` are dropped where they stand,
-/// every other member is copied byte for byte in order, then the `set` members are appended.
+/// Rebuilds a JSON object: members whose key is in `remove` or `set` are cut out where they
+/// stand (every occurrence), the text between them is copied byte for byte, then the `set`
+/// members are appended. Only the members the scan recorded are touched, so the cost is one
+/// copy of the body whatever its shape.
 pub fn edit_object(
     body: &[u8],
     scan: &Scan<'_>,
-    remove: &[&str],
-    set: &[(&str, Vec<u8>)],
+    remove: &[Key],
+    set: &[(Key, Vec<u8>)],
 ) -> Vec<u8> {
-    let named = |key: &Range<usize>| {
-        let k = body.get(key.clone()).unwrap_or_default();
-        remove.iter().any(|r| r.as_bytes() == k) || set.iter().any(|(s, _)| s.as_bytes() == k)
-    };
-    let extra: usize = set.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let named = |k: Key| remove.contains(&k) || set.iter().any(|(s, _)| *s == k);
+    let extra: usize = set.iter().map(|(k, v)| k.name().len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(body.len() + extra);
     out.push(b'{');
-    for m in scan.members.iter().filter(|m| !named(&m.key)) {
-        if out.len() > 1 {
-            out.push(b',');
+    // Between two cut members lie whole kept members separated by commas; the commas and
+    // whitespace at either end belonged to a cut neighbour (no member starts or ends with one).
+    let mut keep = |text: &[u8]| {
+        let text = text.trim_ascii_start().trim_ascii_end();
+        let text = text.strip_prefix(b",").unwrap_or(text).trim_ascii_start();
+        let text = text.strip_suffix(b",").unwrap_or(text).trim_ascii_end();
+        if !text.is_empty() {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(text);
         }
-        // From the key's opening quote to the end of its value.
-        out.extend_from_slice(
-            body.get(m.key.start.saturating_sub(1)..m.value.end)
-                .unwrap_or_default(),
-        );
+    };
+    let mut from = scan.object.start + 1;
+    for m in scan.members.iter().filter(|m| named(m.key)) {
+        let span = m.span();
+        keep(body.get(from..span.start).unwrap_or_default());
+        from = span.end;
     }
+    keep(body.get(from..scan.object.end).unwrap_or_default());
     for (k, v) in set {
         if out.len() > 1 {
             out.push(b',');
         }
-        push_json_string(&mut out, k);
+        push_json_string(&mut out, k.name());
         out.push(b':');
         out.extend_from_slice(v);
     }

@@ -6,16 +6,16 @@
 
 use std::borrow::Cow;
 
-use crate::scan::Scan;
+use crate::scan::{Key, Scan};
 
 /// The prompt text, at most about `cap` bytes (prefix hashing never reads further, so long
 /// chat bodies are not rendered past it).
 pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>, cap: usize) -> Cow<'a, [u8]> {
-    if let Some(span) = scan.member(body, "messages") {
+    if let Some(span) = scan.member(Key::Messages) {
         return Cow::Owned(render_messages(body.get(span).unwrap_or_default(), cap));
     }
-    for key in ["prompt", "input"] {
-        if let Some(span) = scan.member(body, key) {
+    for key in [Key::Prompt, Key::Input] {
+        if let Some(span) = scan.member(key) {
             let raw = body.get(span).unwrap_or_default();
             // A string's bytes without its quotes; anything else as written.
             let inner = raw

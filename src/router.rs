@@ -349,6 +349,13 @@ impl Router {
         &self.models_body
     }
 
+    /// One model as `GET /v1/models/{id}` answers it, if a route serves `id` (by `modelName`
+    /// or as a LoRA adapter).
+    pub fn model_body(&self, id: &str) -> Option<String> {
+        (self.by_model.contains_key(id) || self.by_lora.contains_key(id))
+            .then(|| model_object(id, &self.settings.models_owned_by).to_string())
+    }
+
     pub fn server(&self, i: usize) -> Option<&Server> {
         self.servers.get(i)
     }
@@ -827,14 +834,16 @@ fn check_header_name(name: &str, what: &str) -> Result<(), InvalidConfig> {
     }
 }
 
+fn model_object(id: &str, owned_by: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by})
+}
+
 fn models_list(names: &[&str], owned_by: &str) -> String {
     let mut seen = std::collections::HashSet::new();
     let data: Vec<serde_json::Value> = names
         .iter()
         .filter(|n| seen.insert(**n))
-        .map(
-            |n| serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": owned_by}),
-        )
+        .map(|n| model_object(n, owned_by))
         .collect();
     serde_json::json!({"object": "list", "data": data}).to_string()
 }

@@ -16,27 +16,106 @@ pub struct Scan<'a> {
     pub model: Option<Model<'a>>,
     /// Top-level `stream`, when it is a boolean.
     pub stream: Option<bool>,
-    /// Every top-level member in document order: what body edits (PD legs) splice by.
+    /// The top-level members the filter reads or edits ([`Key`]), in document order. Other
+    /// members are not recorded, so memory follows the few keys we know, not the body's shape.
     pub members: Vec<Member>,
+    /// Byte offsets of the top-level object's `{` and `}`.
+    pub object: Range<usize>,
 }
 
-/// One top-level `"key": value` member, as byte ranges into the body.
+/// The top-level members the filter reads, removes or rewrites, recognised by their key as
+/// JSON means it: `"stre\u0061m"` is `stream`, as it is for the engine that parses the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Model,
+    Stream,
+    StreamOptions,
+    MaxTokens,
+    MaxCompletionTokens,
+    KvTransferParams,
+    BootstrapHost,
+    BootstrapPort,
+    BootstrapRoom,
+    Messages,
+    Prompt,
+    Input,
+}
+
+impl Key {
+    pub const ALL: [Key; 12] = [
+        Key::Model,
+        Key::Stream,
+        Key::StreamOptions,
+        Key::MaxTokens,
+        Key::MaxCompletionTokens,
+        Key::KvTransferParams,
+        Key::BootstrapHost,
+        Key::BootstrapPort,
+        Key::BootstrapRoom,
+        Key::Messages,
+        Key::Prompt,
+        Key::Input,
+    ];
+
+    /// The key as written on the wire (unescaped).
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Model => "model",
+            Key::Stream => "stream",
+            Key::StreamOptions => "stream_options",
+            Key::MaxTokens => "max_tokens",
+            Key::MaxCompletionTokens => "max_completion_tokens",
+            Key::KvTransferParams => "kv_transfer_params",
+            Key::BootstrapHost => "bootstrap_host",
+            Key::BootstrapPort => "bootstrap_port",
+            Key::BootstrapRoom => "bootstrap_room",
+            Key::Messages => "messages",
+            Key::Prompt => "prompt",
+            Key::Input => "input",
+        }
+    }
+
+    /// The known key a decoded member name is, if any.
+    pub fn of(name: &[u8]) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.name().as_bytes() == name)
+    }
+}
+
+/// How many known members a body may carry: each key once is 12; real clients never repeat
+/// one, and a body repeating them by the million must not buy memory with it.
+pub const MAX_KNOWN_MEMBERS: usize = 64;
+
+/// One recorded top-level `"key": value` member, as byte offsets into the body (`u32`: bodies
+/// are far below 4 GiB; a record is 16 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// The key's bytes between the quotes (escapes not decoded).
-    pub key: Range<usize>,
+    pub key: Key,
+    /// The key's opening quote.
+    start: u32,
+    value_start: u32,
+    value_end: u32,
+}
+
+impl Member {
+    /// From the key's opening quote to the end of its value.
+    pub fn span(&self) -> Range<usize> {
+        self.start as usize..self.value_end as usize
+    }
+
     /// The value token.
-    pub value: Range<usize>,
+    pub fn value(&self) -> Range<usize> {
+        self.value_start as usize..self.value_end as usize
+    }
 }
 
 impl Scan<'_> {
-    /// The value span of the last top-level member spelled exactly `key`.
-    pub fn member(&self, body: &[u8], key: &str) -> Option<Range<usize>> {
+    /// The value span of the last top-level `key` member.
+    pub fn member(&self, key: Key) -> Option<Range<usize>> {
         self.members
             .iter()
             .rev()
-            .find(|m| body.get(m.key.clone()) == Some(key.as_bytes()))
-            .map(|m| m.value.clone())
+            .find(|m| m.key == key)
+            .map(Member::value)
     }
 }
 
@@ -73,68 +152,82 @@ pub fn scan(body: &[u8]) -> Result<Scan<'_>, ScanError> {
             reason: "invalid UTF-8",
         });
     }
+    if u32::try_from(body.len()).is_err() {
+        return Err(ScanError {
+            offset: 0,
+            reason: "request body larger than 4 GiB",
+        });
+    }
     let mut p = Parser { b: body, i: 0 };
     p.ws();
     if p.peek() != Some(b'{') {
         return Err(p.err("request body must be a JSON object"));
     }
+    let open = p.i;
     p.i += 1;
     let mut out = Scan::default();
     p.ws();
-    if p.peek() == Some(b'}') {
-        p.i += 1;
-    } else {
+    if p.peek() != Some(b'}') {
         loop {
             p.ws();
-            let key_start = p.i + 1;
-            let key = p.string()?;
-            let key_span = key_start..p.i.saturating_sub(1);
+            let key_start = p.i;
+            let raw = p.string()?;
             p.ws();
             p.expect(b':')?;
             p.ws();
             let value_start = p.i;
-            let is = |name: &str| {
-                if key.escaped {
-                    key.decode() == name
-                } else {
-                    key.raw == name.as_bytes()
-                }
+            let key = if raw.escaped {
+                Key::of(raw.decode().as_bytes())
+            } else {
+                Key::of(raw.raw)
             };
-            if is("model") {
-                if p.peek() == Some(b'"') {
-                    let start = p.i;
+            match key {
+                Some(Key::Model) if p.peek() == Some(b'"') => {
                     let s = p.string()?;
                     out.model = Some(Model::Str {
                         value: s.decode(),
-                        span: start..p.i,
+                        span: value_start..p.i,
                     });
-                } else {
+                }
+                Some(Key::Model) => {
                     p.value()?;
                     out.model = Some(Model::NotString);
                 }
-            } else if is("stream") {
-                let start = p.i;
-                p.value()?;
-                out.stream = match p.b.get(start..p.i) {
-                    Some(b"true") => Some(true),
-                    Some(b"false") => Some(false),
-                    _ => None,
-                };
-            } else {
-                p.value()?;
+                Some(Key::Stream) => {
+                    p.value()?;
+                    out.stream = match p.b.get(value_start..p.i) {
+                        Some(b"true") => Some(true),
+                        Some(b"false") => Some(false),
+                        _ => None,
+                    };
+                }
+                _ => p.value()?,
             }
-            out.members.push(Member {
-                key: key_span,
-                value: value_start..p.i,
-            });
+            if let Some(key) = key {
+                if out.members.len() == MAX_KNOWN_MEMBERS {
+                    return Err(ScanError {
+                        offset: key_start,
+                        reason: "too many repeated top-level keys",
+                    });
+                }
+                // Offsets fit: the body was checked to be below 4 GiB.
+                out.members.push(Member {
+                    key,
+                    start: key_start as u32,
+                    value_start: value_start as u32,
+                    value_end: p.i as u32,
+                });
+            }
             p.ws();
-            match p.next() {
-                Some(b',') => continue,
+            match p.peek() {
+                Some(b',') => p.i += 1,
                 Some(b'}') => break,
-                _ => return Err(p.err_at(p.i.saturating_sub(1), "expected ',' or '}'")),
+                _ => return Err(p.err("expected ',' or '}'")),
             }
         }
     }
+    out.object = open..p.i;
+    p.i += 1;
     p.ws();
     if p.i != body.len() {
         return Err(p.err("trailing characters after the JSON object"));
@@ -395,8 +488,9 @@ impl<'a> Parser<'a> {
 
     /// Skips one complete JSON value of any depth, validating it.
     fn value(&mut self) -> Result<(), ScanError> {
-        // Containers still open: true = object, false = array.
-        let mut stack: Vec<bool> = Vec::new();
+        // Containers still open, one bit each (1 = object): a body of brackets costs an
+        // eighth of its size here, not eight times it.
+        let mut stack = BitStack::default();
         loop {
             // Parse one value start.
             self.ws();
@@ -434,7 +528,7 @@ impl<'a> Parser<'a> {
             }
             // A value ended: close containers or move to the next element.
             loop {
-                let Some(&is_obj) = stack.last() else {
+                let Some(is_obj) = stack.last() else {
                     return Ok(());
                 };
                 self.ws();
@@ -469,6 +563,36 @@ impl<'a> Parser<'a> {
         self.string()?;
         self.ws();
         self.expect(b':')
+    }
+}
+
+/// A stack of booleans, one bit each.
+#[derive(Default)]
+struct BitStack {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl BitStack {
+    fn push(&mut self, bit: bool) {
+        let (word, shift) = (self.len / 64, self.len % 64);
+        if word == self.words.len() {
+            self.words.push(0);
+        }
+        if let Some(w) = self.words.get_mut(word) {
+            *w = (*w & !(1 << shift)) | (u64::from(bit) << shift);
+        }
+        self.len += 1;
+    }
+
+    fn last(&self) -> Option<bool> {
+        let top = self.len.checked_sub(1)?;
+        let w = self.words.get(top / 64)?;
+        Some(w >> (top % 64) & 1 == 1)
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
     }
 }
 

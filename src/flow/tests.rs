@@ -120,7 +120,12 @@ fn base_model_request_is_rewritten_and_pinned_to_a_pod() {
         h.get("x-gateway-destination-endpoint"),
         Some("127.0.0.2:8000,127.0.0.3:8000")
     );
-    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("10000"));
+    // The timeout bounds the time to the response headers, never a stream that has begun.
+    assert_eq!(
+        h.get("x-envoy-upstream-rq-per-try-timeout-ms"),
+        Some("10000")
+    );
+    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), None);
     assert_eq!(h.get("x-envoy-max-retries"), Some("2"));
     assert_eq!(h.get("x-request-id").map(str::len), Some(36));
 }
@@ -144,6 +149,7 @@ fn client_cannot_choose_cluster_or_pod() {
         ("x-gateway-destination-endpoint", "10.0.0.1:22"),
         ("x-envoy-original-dst-host", "10.0.0.1:22"),
         ("x-envoy-upstream-rq-timeout-ms", "1"),
+        ("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
     ];
     let mut h = FakeHost::post("/v1/completions", r#"{"model":"deepseek-simple"}"#, &spoof);
     run(&mut r, &mut h);
@@ -156,7 +162,11 @@ fn client_cannot_choose_cluster_or_pod() {
         Some("127.0.0.2:8000,127.0.0.3:8000")
     );
     assert_eq!(h.get("x-envoy-original-dst-host"), None);
-    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), Some("10000"));
+    assert_eq!(h.get("x-envoy-upstream-rq-timeout-ms"), None);
+    assert_eq!(
+        h.get("x-envoy-upstream-rq-per-try-timeout-ms"),
+        Some("10000")
+    );
     // Pass-through requests are stripped too.
     let mut h = FakeHost::request("GET", "/healthz");
     h.headers
@@ -323,6 +333,33 @@ fn models_endpoint_lists_routes() {
     assert_eq!(s, 200);
     assert_eq!(v["data"][0]["id"], "deepseek-simple");
     assert_eq!(v["data"][1]["id"], "lora-A");
+}
+
+#[test]
+fn one_model_is_retrieved_by_id_as_the_openai_sdk_asks() {
+    let r = router();
+    for (path, id) in [
+        ("/v1/models/deepseek-simple", "deepseek-simple"),
+        ("/v1/models/lora-A?x=1", "lora-A"),
+        ("/v1/models/lora%2DA", "lora-A"),
+    ] {
+        let mut h = FakeHost::request("GET", path);
+        assert_eq!(
+            Flow::new().on_request_headers(Some(&r), &mut h, true),
+            Action::Pause
+        );
+        let (s, v) = h.reply_json();
+        assert_eq!(s, 200, "{path}");
+        assert_eq!(v["id"], id);
+        assert_eq!(v["object"], "model");
+    }
+    for path in ["/v1/models/nope", "/v1/models/", "/v1/models/%zz"] {
+        let mut h = FakeHost::request("GET", path);
+        Flow::new().on_request_headers(Some(&r), &mut h, true);
+        let (s, v) = h.reply_json();
+        assert_eq!(s, 404, "{path}");
+        assert_eq!(v["error"]["code"], "model_not_found");
+    }
 }
 
 #[test]

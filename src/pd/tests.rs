@@ -147,13 +147,48 @@ fn property_edited_objects_equal_the_serde_json_edit() {
         let out = edit_object(
             &body,
             &s,
-            &["stream"],
-            &[("model", b"\"m\"".to_vec()), ("new", b"1".to_vec())],
+            &[Key::Stream],
+            &[
+                (Key::Model, b"\"m\"".to_vec()),
+                (Key::BootstrapPort, b"1".to_vec()),
+            ],
         );
         let mut want = obj.clone();
         want.remove("stream");
         want.insert("model".into(), json!("m"));
-        want.insert("new".into(), json!(1));
+        want.insert("bootstrap_port".into(), json!(1));
         assert_eq!(parse(&out), Value::Object(want));
     }
+}
+
+#[test]
+fn escaped_keys_are_edited_as_json_means_them() {
+    // `stre\u0061m` is `stream`, `max_tok\u0065ns` is `max_tokens`: a spelling must not smuggle
+    // streaming into a prefill leg or keep a second, larger max_tokens next to ours.
+    let body = br#"{"model":"pd","stre\u0061m":true,"stream_opti\u006fns":{"include_usage":true},"max_tok\u0065ns":500,"prompt":"x"}"#;
+    let s = scan(body).unwrap();
+    let p = parse(&prefill_body(body, &s, Protocol::VllmKvTransfer, "m", None));
+    assert_eq!(
+        p,
+        json!({"model":"m","prompt":"x","max_tokens":1,"kv_transfer_params":{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}})
+    );
+    let answer = br#"{"kv_tr\u0061nsfer_params":{"remote_block_ids":[1]}}"#;
+    assert_eq!(
+        kv_transfer_params(answer),
+        Some(&br#"{"remote_block_ids":[1]}"#[..])
+    );
+    let client = br#"{"model":"pd","kv_transfer_p\u0061rams":{"evil":1},"prompt":"x"}"#;
+    let d = decode_body(client, &scan(client).unwrap(), "m", Some(b"{}"), None);
+    assert_eq!(
+        parse(&d),
+        json!({"model":"m","prompt":"x","kv_transfer_params":{}})
+    );
+}
+
+#[test]
+fn members_named_twice_are_all_removed() {
+    let body = br#"{"stream":true,"model":"a","stream":false,"prompt":"x","stream":1}"#;
+    let s = scan(body).unwrap();
+    let p = parse(&prefill_body(body, &s, Protocol::VllmSequential, "m", None));
+    assert_eq!(p, json!({"prompt":"x","model":"m","max_tokens":1}));
 }

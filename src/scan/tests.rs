@@ -227,17 +227,52 @@ fn property_scanner_agrees_with_serde_json_on_validity_and_model() {
 }
 
 #[test]
-fn members_index_every_top_level_key_and_value() {
-    let body = br#"{ "model" : "m", "stream":true, "nested":{"a":[1,{"b":2}]}, "max_tokens": 7 }"#;
+fn members_record_the_known_top_level_keys_only() {
+    let body = br#"{ "model" : "m", "stream":true, "nested":{"a":[1,{"b":2}],"prompt":"in"}, "max_tokens": 7, "messages":[{"x":1}] }"#;
     let s = scan(body).unwrap();
-    let keys: Vec<&[u8]> = s.members.iter().map(|m| &body[m.key.clone()]).collect();
-    assert_eq!(keys, [&b"model"[..], b"stream", b"nested", b"max_tokens"]);
+    let keys: Vec<Key> = s.members.iter().map(|m| m.key).collect();
     assert_eq!(
-        &body[s.member(body, "nested").unwrap()],
-        br#"{"a":[1,{"b":2}]}"#
+        keys,
+        [Key::Model, Key::Stream, Key::MaxTokens, Key::Messages]
     );
-    assert_eq!(&body[s.member(body, "max_tokens").unwrap()], b"7");
-    assert_eq!(s.member(body, "absent"), None);
+    assert_eq!(&body[s.member(Key::Messages).unwrap()], br#"[{"x":1}]"#);
+    assert_eq!(&body[s.member(Key::MaxTokens).unwrap()], b"7");
+    assert_eq!(s.member(Key::Prompt), None, "nested keys are not top-level");
+    assert_eq!(&body[s.members[1].span()], br#""stream":true"#);
+    assert_eq!(body[s.object.start], b'{');
+    assert_eq!(body[s.object.end], b'}');
+}
+
+#[test]
+fn escaped_keys_are_recognised_as_json_means_them() {
+    let body = br#"{"stre\u0061m":true,"m\u0061x_tokens":3,"\u0070rompt":"p"}"#;
+    let s = scan(body).unwrap();
+    assert_eq!(s.stream, Some(true));
+    assert_eq!(&body[s.member(Key::MaxTokens).unwrap()], b"3");
+    assert_eq!(&body[s.member(Key::Prompt).unwrap()], br#""p""#);
+}
+
+#[test]
+fn known_keys_repeated_past_the_limit_are_refused() {
+    let body = |n: usize| format!("{{{}\"model\":\"m\"}}", "\"stream\":true,".repeat(n));
+    let ok = body(MAX_KNOWN_MEMBERS - 1);
+    assert_eq!(
+        scan(ok.as_bytes()).unwrap().members.len(),
+        MAX_KNOWN_MEMBERS
+    );
+    let e = scan(body(MAX_KNOWN_MEMBERS).as_bytes()).unwrap_err();
+    assert_eq!(e.reason, "too many repeated top-level keys");
+    // Unknown keys are not recorded, so they may repeat freely.
+    let many = format!("{{{}\"model\":\"m\"}}", "\"x\":1,".repeat(10_000));
+    assert!(scan(many.as_bytes()).is_ok());
+}
+
+#[test]
+fn every_key_round_trips_through_its_name() {
+    for k in Key::ALL {
+        assert_eq!(Key::of(k.name().as_bytes()), Some(k));
+    }
+    assert_eq!(Key::of(b"Stream"), None, "keys are case-sensitive");
 }
 
 #[test]
