@@ -3,8 +3,9 @@
 //!
 //! Pipeline: [`load`] (files -> objects) -> [`validate`] (Kthena's webhook rules) ->
 //! [`compile`] (-> `FilterConfig` + clusters) -> [`render`] (Envoy JSON) -> [`output`]
-//! (atomic, only-when-changed writes). [`watch`] re-runs it when inputs change. [`scheduler`]
-//! reads Kthena's router scheduler configuration into `Settings.scheduler` on the way.
+//! (atomic, only-when-changed writes). [`watch`] re-runs it when inputs change, once they have
+//! settled. [`scheduler`] reads Kthena's router scheduler configuration into `Settings.scheduler`
+//! on the way.
 
 pub mod compile;
 pub mod diag;

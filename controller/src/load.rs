@@ -1,7 +1,8 @@
 //! Reading inputs: expands files and directories (recursively `*.yaml`, `*.yml`, `*.json`, sorted
 //! by path), reads them, splits multi-document YAML, unwraps `List` kinds and sorts documents into
 //! ModelRoutes, ModelServers and Pods. Other kinds are skipped with a debug log. Unknown fields in
-//! a Kthena `spec` are warned about, never fatal. Owns file reading only; validation is elsewhere.
+//! a Kthena `spec` are warned about, never fatal. Also counts a file's objects, for watch mode to
+//! notice a file emptied mid-write. Owns file reading only; validation is elsewhere.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,32 @@ pub fn parse(sources: &[Source], diags: &mut Diagnostics) -> Inputs {
     inputs
 }
 
+/// How many objects a file holds: each document counts one, a `List` counts its items. `None`
+/// when it does not parse. An empty or whitespace-only file holds 0 (even as `.json`, which
+/// does not parse empty). Watch mode uses it to notice a file emptied by a writer.
+pub fn object_count(source: &Source) -> Option<usize> {
+    if source.content.iter().all(u8::is_ascii_whitespace) {
+        return Some(0);
+    }
+    let mut scratch = Diagnostics::default();
+    let docs = documents(source, &mut scratch);
+    (!scratch.has_errors()).then(|| docs.iter().map(objects_in).sum())
+}
+
+fn objects_in(doc: &Value) -> usize {
+    if !is_list(str_field(doc, "kind"), doc) {
+        return 1;
+    }
+    match doc.get("items") {
+        Some(Value::Array(items)) => items.iter().map(objects_in).sum(),
+        _ => 0,
+    }
+}
+
+fn is_list(kind: &str, doc: &Value) -> bool {
+    kind == "List" || (kind.ends_with("List") && doc.get("items").is_some())
+}
+
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -152,7 +179,7 @@ fn add_document(
 ) {
     let kind = str_field(&doc, "kind").to_string();
     let api_version = str_field(&doc, "apiVersion").to_string();
-    if kind == "List" || (kind.ends_with("List") && doc.get("items").is_some()) {
+    if is_list(&kind, &doc) {
         if let Some(Value::Array(items)) = doc.get("items") {
             for item in items.clone() {
                 add_document(file, item, order, inputs, diags);
@@ -347,6 +374,30 @@ spec: {modelName: m, colour: red, rules: [{name: a, targetModels: [{modelServerN
             "{:?}",
             diags.errors
         );
+    }
+
+    #[test]
+    fn object_count_sees_through_lists_and_counts_an_emptied_file_as_zero() {
+        let count = |name: &str, text: &str| {
+            object_count(&Source {
+                path: PathBuf::from(name),
+                content: text.as_bytes().to_vec(),
+            })
+        };
+        let pods = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod}\n- {apiVersion: v1, kind: Pod}\n";
+        assert_eq!(count("p.yaml", pods), Some(2));
+        assert_eq!(
+            count("p.yaml", &format!("{pods}---\nkind: Other\n")),
+            Some(3)
+        );
+        assert_eq!(
+            count("p.yaml", "apiVersion: v1\nkind: List\nitems: []\n"),
+            Some(0)
+        );
+        assert_eq!(count("p.yaml", ""), Some(0));
+        assert_eq!(count("p.yaml", "# nothing yet\n---\n"), Some(0));
+        assert_eq!(count("p.json", " \n"), Some(0));
+        assert_eq!(count("p.yaml", "kind: [unclosed\n"), None);
     }
 
     #[test]

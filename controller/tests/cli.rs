@@ -1,9 +1,13 @@
 //! The `modelroute-controller` binary end to end on files: `render` writes the four outputs and
 //! leaves them untouched when nothing changed; `render --print`; invalid input exits 1 and
 //! writes nothing; `watch` follows edits (rename and in-place) and keeps the last good outputs
-//! on invalid input (resources and `--scheduler-config` alike). Readiness is polled with deadlines, never fixed sleeps.
+//! on invalid input (resources and `--scheduler-config` alike), and never applies a pods file
+//! read mid-write (truncated, then rewritten) while a deliberate edit or emptying still applies.
+//! Readiness is polled with deadlines, never fixed sleeps; the only timed waits stand in for a
+//! slow writer, with the outputs sampled throughout.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
@@ -357,6 +361,157 @@ fn watch_follows_edits_and_keeps_last_good_outputs_on_invalid_input() {
         read(&config).contains("model_name\\\":\\\"deepseek-multi-models")
     });
     assert!(watch.0.try_wait().unwrap().is_none());
+    drop(watch);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Ready endpoints per cluster as Envoy would see them: `eds:<cluster>` from each EDS file and
+/// `ecds:<cluster>` from the filter config embedded in the ECDS file.
+fn endpoint_counts(out: &Path) -> BTreeMap<String, usize> {
+    let json = |p: &Path| serde_json::from_str::<serde_json::Value>(&read(p)).unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for e in fs::read_dir(out.join("eds")).into_iter().flatten() {
+        let v = json(&e.unwrap().path());
+        let cla = &v["resources"][0];
+        let n = cla["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| l["lb_endpoints"].as_array().map_or(0, Vec::len))
+            .sum();
+        counts.insert(
+            format!("eds:{}", cla["cluster_name"].as_str().unwrap_or("?")),
+            n,
+        );
+    }
+    let ecds = json(&out.join("ecds/modelroute.json"));
+    let embedded = ecds["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .unwrap_or_default();
+    for s in embedded["servers"].as_array().into_iter().flatten() {
+        let n = s["endpoints"].as_array().map_or(0, Vec::len);
+        counts.insert(format!("ecds:{}", s["cluster"].as_str().unwrap_or("?")), n);
+    }
+    counts
+}
+
+/// Samples the outputs every 20 ms for `how_long` (or until `until` holds) and fails as soon as
+/// a cluster of `baseline` shows no endpoints. Returns the last sample.
+fn sample_never_empty(
+    out: &Path,
+    baseline: &BTreeMap<String, usize>,
+    how_long: Duration,
+    mut until: impl FnMut(&BTreeMap<String, usize>) -> bool,
+    what: &str,
+) -> BTreeMap<String, usize> {
+    let end = Instant::now() + how_long;
+    loop {
+        let now = endpoint_counts(out);
+        for cluster in baseline.keys() {
+            let n = now.get(cluster).copied().unwrap_or(0);
+            assert!(n > 0, "{what}: {cluster} went to 0 endpoints: {now:?}");
+        }
+        if until(&now) || Instant::now() >= end {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn watch_never_applies_a_pods_file_read_mid_write() {
+    let dir = temp_dir("watch-truncate");
+    let input = inputs(&dir);
+    let pods = dir.join("pods.yaml");
+    fs::rename(input.join("pods.yaml"), &pods).unwrap();
+    let full = read(&pods);
+    let out = dir.join("out");
+    let log = dir.join("watch.log");
+    let child = Command::new(BIN)
+        .args(["watch", "--interval-ms", "50", "--resources"])
+        .arg(&input)
+        .arg("--pods")
+        .arg(&pods)
+        .arg("--wasm")
+        .arg(dir.join("modelroute.wasm"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let watch = Watch(child);
+    let r7b = "modelserver|default|deepseek-r1-7b";
+    let expected: BTreeMap<String, usize> = [
+        ("eds:modelserver|default|deepseek-r1-1-5b", 1),
+        ("eds:modelserver|default|deepseek-r1-7b", 2),
+        ("ecds:modelserver|default|deepseek-r1-1-5b", 1),
+        ("ecds:modelserver|default|deepseek-r1-7b", 2),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    wait_until("first render", || endpoint_counts(&out) == expected);
+
+    // What `kubectl get pods -o yaml > pods.yaml` does: the shell truncates the file, kubectl
+    // writes it ~1.5 s later (longer than the settle window, shorter than the emptying hold).
+    drop(fs::File::create(&pods).unwrap());
+    let hold = controller::watch::EMPTIED_HOLD;
+    let wait = Duration::from_millis(1500);
+    assert!(controller::watch::SETTLE < wait && wait < hold);
+    sample_never_empty(&out, &expected, wait, |_| false, "truncated");
+    let deferred = format!(
+        "deferring change to {}: it became empty (was 3 objects); applying only if it stays so for {hold:?}",
+        pods.display()
+    );
+    assert!(read(&log).contains(&deferred), "{}", read(&log));
+    fs::write(&pods, &full).unwrap();
+    let after = sample_never_empty(
+        &out,
+        &expected,
+        Duration::from_secs(1),
+        |_| false,
+        "rewritten",
+    );
+    assert_eq!(after, expected);
+    wait_until("withdrawn logged", || read(&log).contains("withdrawn"));
+
+    // A deliberate, stable in-place edit (one pod gone) still applies within ~1.5 s.
+    let last = full
+        .find("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: deepseek-r1-7b-b")
+        .expect("deepseek-r1-7b-b is the last pod");
+    let edited = &full[..last];
+    let start = Instant::now();
+    fs::write(&pods, edited).unwrap();
+    let now = sample_never_empty(
+        &out,
+        &expected,
+        Duration::from_secs(5),
+        |c| c[&format!("eds:{r7b}")] == 1 && c[&format!("ecds:{r7b}")] == 1,
+        "edit",
+    );
+    let took = start.elapsed();
+    assert_eq!(now[&format!("ecds:{r7b}")], 1, "edit not applied: {now:?}");
+    assert!(took < Duration::from_millis(1500), "edit took {took:?}");
+    let log_text = read(&log);
+    assert!(
+        log_text.contains(&format!("deferring change to {}: waiting", pods.display())),
+        "{log_text}"
+    );
+
+    // A deliberate emptying is honoured, after the hold.
+    let start = Instant::now();
+    drop(fs::File::create(&pods).unwrap());
+    wait_until("emptying applied", || {
+        let c = endpoint_counts(&out);
+        !c.is_empty() && c.values().all(|&n| n == 0)
+    });
+    assert!(
+        start.elapsed() >= hold,
+        "applied after {:?}",
+        start.elapsed()
+    );
     drop(watch);
     fs::remove_dir_all(&dir).unwrap();
 }
