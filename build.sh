@@ -199,7 +199,17 @@ up() {
   build
   start_stack
   log "router ready on http://$ROUTER (Ctrl-C to stop); edit the YAML in ${MODELROUTE_RESOURCES:-examples/kthena} and the change applies live"
-  wait
+  # A stack with a dead part must not look alive: the first process to exit stops it all.
+  local names=(mock-llm controller envoy) status=0 i
+  wait -n "${PIDS[@]}" || status=$?
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      echo "${names[$i]} exited (status $status); its log: $RUN/${names[$i]}.log" >&2
+      tail -n 5 "$RUN/${names[$i]}.log" >&2 || true
+    fi
+  done
+  echo "stopping the stack" >&2
+  exit 1
 }
 
 test_all() {
