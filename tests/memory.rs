@@ -139,3 +139,53 @@ fn vm_memory_levels_off_under_sustained_load() {
         );
     }
 }
+
+/// A body of `members` tiny top-level members, ~8 bytes each, plus a chat prompt.
+fn many_members_body(members: usize) -> String {
+    let mut b = String::from(
+        r#"{"model":"pool","max_tokens":4,"messages":[{"role":"user","content":"hi"}]"#,
+    );
+    for i in 0..members {
+        b += &format!(",\"{}\":0", i % 1000);
+    }
+    b.push('}');
+    b
+}
+
+#[test]
+fn a_pathological_body_does_not_inflate_a_vm() {
+    // Linear memory never shrinks: whatever one request allocates, its VM keeps. A body of
+    // ~800,000 top-level members must cost what a plain body of the same size costs.
+    let pods = (0..2)
+        .map(|i| Pod::new(&format!("pod-{i}"), &[("app", "pool")], MODEL))
+        .collect();
+    let s = Stack::start(&resources(), pods, Options::default());
+    let shaped = many_members_body(800_000);
+    let plain = serde_json::json!({
+        "model": "pool",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "x".repeat(shaped.len() - 80)}]
+    })
+    .to_string();
+    assert!(shaped.len() > 6_000_000 && plain.len() >= shaped.len() - 100);
+    let send = |body: &str| {
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..2 {
+                        let r = s.post("/v1/chat/completions", body, &[]);
+                        assert_eq!(r.status, 200, "{}", r.text());
+                    }
+                });
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        memory(&s).iter().map(|(_, b)| *b).max().unwrap_or(0)
+    };
+    let warm = send(&plain);
+    let after = send(&shaped);
+    assert!(
+        after <= warm + 4 * 1024 * 1024,
+        "VM memory went from {warm} bytes after plain bodies to {after} after member-heavy ones"
+    );
+}

@@ -408,3 +408,51 @@ fn a_decode_failure_after_prefill_is_reported_not_retried() {
     assert_eq!((prefills, decodes), (1, 1));
     assert_eq!(s.stat("wasmcustom.modelroute.pd.decode_failed"), 1);
 }
+
+#[test]
+fn escaped_keys_cannot_smuggle_streaming_into_a_nixl_prefill() {
+    let kv = "  kvConnector:\n    type: nixl\n";
+    let s = Stack::start(
+        &resources("vLLM", kv, ""),
+        two_groups("vllm", Some("nixl")),
+        Options::default(),
+    );
+    // `stre\u0061m` is `stream` to every JSON parser, the engine's included.
+    let body = r#"{"model":"pd","stre\u0061m":true,"stream_opti\u006fns":{"include_usage":true},"messages":[{"role":"user","content":"escaped"}]}"#;
+    let r = s.post("/v1/chat/completions", body, &[]);
+    assert_answer(&r, true);
+    let (_, decodes, prefills) = check_pairing(&s, &[r.pod()]);
+    let prefill = &prefills[0]["body"];
+    assert!(prefill.get("stream").is_none(), "{prefill}");
+    assert!(prefill.get("stream_options").is_none(), "{prefill}");
+    assert_eq!(prefill["max_tokens"], 1);
+    assert_eq!(prefill["kv_transfer_params"]["do_remote_decode"], true);
+    assert!(decodes[0]["kv_pulled_from"].is_string(), "{}", decodes[0]);
+    assert_eq!(s.stat("wasmcustom.modelroute.pd.kv_params_missing"), 0);
+}
+
+#[test]
+fn a_decode_stream_longer_than_the_timeout_runs_to_its_end() {
+    // trafficPolicy.timeout bounds the first byte, as in Kthena; a stream that has begun is
+    // never cut by it.
+    let policy = "  trafficPolicy:\n    timeout: 1s\n";
+    let s = Stack::start(
+        &resources("vLLM", policy, ""),
+        two_groups("vllm", None),
+        Options::default(),
+    );
+    let body =
+        r#"{"model":"pd","stream":true,"messages":[{"role":"user","content":"a long answer"}]}"#;
+    let t = std::time::Instant::now();
+    let r = s.post(
+        "/v1/chat/completions",
+        body,
+        &[("x-mock-chunk-delay-ms", "400")],
+    );
+    assert!(
+        t.elapsed() > std::time::Duration::from_secs(2),
+        "the stream should outlast the timeout: {:?}",
+        t.elapsed()
+    );
+    assert_answer(&r, true);
+}
