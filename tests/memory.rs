@@ -100,6 +100,7 @@ fn vm_memory_levels_off_under_sustained_load() {
     let opts = Options {
         controller_args: ["--metrics-interval-ms", "200"].map(String::from).to_vec(),
         scheduler: Some(SCHEDULER.into()),
+        ..Options::default()
     };
     let pods = (0..3)
         .map(|i| Pod::new(&format!("pod-{i}"), &[("app", "pool")], MODEL))

@@ -78,6 +78,7 @@ fn start(pods: Vec<Pod>, sched: String) -> Stack {
             .map(String::from)
             .to_vec(),
         scheduler: Some(sched),
+        ..Options::default()
     };
     Stack::start(&resources(), pods, opts)
 }

@@ -177,6 +177,10 @@ pub struct Options {
     pub controller_args: Vec<String>,
     /// Kthena router configuration (scheduler) YAML, passed as `--scheduler-config`.
     pub scheduler: Option<String>,
+    /// Edits of the shipped envoy/envoy.yaml, `(from, to)`: e.g. a timeout shortened so a test
+    /// can wait it out. Each `from` must be in the file, so a test never silently checks a
+    /// setting the file no longer has.
+    pub bootstrap_edits: Vec<(&'static str, &'static str)>,
 }
 
 impl Stack {
@@ -267,7 +271,11 @@ impl Stack {
         });
 
         // Envoy.
-        let yaml = render_bootstrap(s.port, s.admin, &dir.join("config"));
+        let mut yaml = render_bootstrap(s.port, s.admin, &dir.join("config"));
+        for (from, to) in &opts.bootstrap_edits {
+            assert!(yaml.contains(from), "envoy/envoy.yaml has no {from:?}");
+            yaml = yaml.replace(from, to);
+        }
         std::fs::write(dir.join("envoy.yaml"), yaml).expect("envoy.yaml");
         let child = Command::new(envoy())
             .arg("-c")
