@@ -278,3 +278,77 @@ fn envoys_own_errors_are_openai_json_too() {
     assert_eq!(r.status, 404);
     assert_eq!(openai_error(&r)["code"], "model_not_found");
 }
+
+#[test]
+fn browsers_get_cors_answers_only_for_the_origins_the_operator_allowed() {
+    let s = Stack::start(
+        &read_seed_resources(),
+        seed_pods(),
+        Options {
+            controller_args: ["--cors-allow-origin", "https://app.example"]
+                .map(String::from)
+                .to_vec(),
+            ..Options::default()
+        },
+    );
+    let origin = ("origin", "https://app.example");
+    let r = s.request(
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            origin,
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+    // Routed answers, the filter's own errors and unrouted paths all carry the header.
+    let body = r#"{"model":"deepseek-simple","prompt":"from a browser"}"#;
+    let ok = s.post("/v1/completions", body, &[origin]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let missing = s.post("/v1/completions", r#"{"model":"nope"}"#, &[origin]);
+    assert_eq!(openai_error(&missing)["code"], "model_not_found");
+    let unrouted = s.request("GET", "/nowhere", &[origin], b"");
+    assert_eq!(unrouted.status, 404);
+    assert_eq!(openai_error(&unrouted)["code"], "route_not_found");
+    for r in [&ok, &missing, &unrouted] {
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://app.example"),
+            "{} {:?}",
+            r.status,
+            r.headers
+        );
+    }
+    // Another origin gets nothing a browser would accept.
+    let r = s.post(
+        "/v1/completions",
+        body,
+        &[("origin", "https://evil.example")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn without_a_cors_setting_no_origin_is_allowed() {
+    let s = Stack::seed(seed_pods());
+    let r = s.post(
+        "/v1/completions",
+        r#"{"model":"deepseek-simple","prompt":"p"}"#,
+        &[("origin", "https://app.example")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

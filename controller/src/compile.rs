@@ -33,12 +33,16 @@ pub struct Cluster {
     pub endpoints: Vec<(IpAddr, u16)>,
 }
 
+pub use crate::gateway::Gateway;
+
 /// The result of a compile: what the filter reads and what Envoy must know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
     pub config: FilterConfig,
     /// One per server, in the same order as `config.servers`.
     pub clusters: Vec<Cluster>,
+    /// How the gateway's routes behave; the caller sets it (compile leaves the default).
+    pub gateway: Gateway,
 }
 
 impl Compiled {
@@ -62,6 +66,7 @@ impl Compiled {
                 tls: false,
                 endpoints: vec![(std::net::IpAddr::from([10, 0, 0, 1]), 8000)],
             }],
+            gateway: Gateway::default(),
         }
     }
 }
@@ -132,6 +137,7 @@ pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> 
             servers,
         },
         clusters,
+        gateway: Gateway::default(),
     }
 }
 

@@ -80,6 +80,7 @@ pub struct Options {
     /// What to apply and where.
     pub target: Target,
     pub settings: Settings,
+    pub gateway: crate::gateway::Gateway,
     /// Namespace whose ModelRoutes / ModelServers / Pods are watched (`None`: all).
     pub watch_namespace: Option<String>,
     pub field_manager: String,
@@ -99,6 +100,7 @@ impl Options {
         Options {
             target,
             settings: Settings::default(),
+            gateway: crate::gateway::Gateway::default(),
             watch_namespace: None,
             field_manager: "modelroute-controller".into(),
             lease_name: "modelroute-controller".into(),
@@ -169,7 +171,7 @@ struct Build {
     compiled: Option<Compiled>,
 }
 
-fn build(stores: &Stores, settings: &Settings) -> Build {
+fn build(stores: &Stores, settings: &Settings, gateway: &crate::gateway::Gateway) -> Build {
     let mut diags = Diagnostics::default();
     let inputs = convert::inputs(
         &stores.routes.state(),
@@ -178,8 +180,11 @@ fn build(stores: &Stores, settings: &Settings) -> Build {
         &mut diags,
     );
     crate::validate::validate(&inputs, &mut diags);
-    let compiled = (!diags.has_errors())
-        .then(|| crate::compile::compile(&inputs, settings.clone(), &mut diags));
+    let compiled = (!diags.has_errors()).then(|| {
+        let mut c = crate::compile::compile(&inputs, settings.clone(), &mut diags);
+        c.gateway = gateway.clone();
+        c
+    });
     Build { diags, compiled }
 }
 
@@ -187,7 +192,7 @@ fn build(stores: &Stores, settings: &Settings) -> Build {
 /// An `Err` is retried with backoff; status and Event failures are logged and retried too,
 /// except a status subresource the CRD does not have.
 async fn reconcile(ctx: &Ctx, state: &mut State, leader: bool) -> Result<(), kube::Error> {
-    let b = build(&ctx.stores, &ctx.opts.settings);
+    let b = build(&ctx.stores, &ctx.opts.settings, &ctx.opts.gateway);
     if state.logged.as_ref() != Some(&b.diags) {
         for w in &b.diags.warnings {
             log::warn!("{w}");

@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod diag;
 pub mod duration;
+pub mod gateway;
 pub mod kthena;
 pub mod kube;
 pub mod load;
@@ -116,7 +117,7 @@ pub fn filter_config_json(compiled: &Compiled) -> String {
 /// Name of the filter config file in the output directory.
 pub const FILTER_CONFIG_FILE: &str = "filter-config.json";
 
-/// Every output file in write order: EDS, CDS, `filter-config.json`, ECDS last (a cluster must
+/// Every output file in write order: EDS, CDS, RDS, `filter-config.json`, ECDS last (a cluster must
 /// exist before a filter config can name it); stale EDS files are pruned afterwards.
 /// `out_dir` and `wasm` must be absolute.
 pub fn envoy_outputs(compiled: &Compiled, out_dir: &Path, wasm: &Path) -> OutputSet {
@@ -131,6 +132,10 @@ pub fn envoy_outputs(compiled: &Compiled, out_dir: &Path, wasm: &Path) -> Output
     set.files.push((
         Path::new(envoy::CDS_DIR).join(envoy::CDS_FILE),
         files.cds.into_bytes(),
+    ));
+    set.files.push((
+        Path::new(envoy::RDS_DIR).join(envoy::RDS_FILE),
+        files.rds.into_bytes(),
     ));
     set.files.push((
         PathBuf::from(FILTER_CONFIG_FILE),

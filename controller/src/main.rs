@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use controller::diag::Diagnostics;
+use controller::gateway::GatewayArgs;
 use controller::render::Manifests;
 use controller::watch::{self, WatchConfig, WatchError};
 use controller::{build, envoy_outputs, filter_config_json, summary, InputPaths};
@@ -72,6 +73,8 @@ struct CommonArgs {
     #[arg(long, value_name = "MS", default_value_t = Scheduler::default().metrics_stale_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     metrics_stale_ms: u64,
+    #[command(flatten)]
+    gateway: GatewayArgs,
 }
 
 #[derive(Args)]
@@ -305,7 +308,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     for w in &diags.warnings {
         log::warn!("{w}");
     }
-    let Some(compiled) = compiled else {
+    let Some(mut compiled) = compiled else {
         for e in &diags.errors {
             log::error!("{e}");
         }
@@ -315,6 +318,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     };
+    compiled.gateway = c.gateway.gateway();
     if let Some(m) = manifests {
         let yaml = m
             .yaml(&compiled)
@@ -368,6 +372,7 @@ fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
     let cfg = WatchConfig {
         inputs: c.inputs(),
         settings: c.settings(),
+        gateway: c.gateway.gateway(),
         out_dir,
         wasm,
         interval: Duration::from_millis(args.interval_ms.max(10)),

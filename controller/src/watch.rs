@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use filter_config::Settings;
+
+use crate::gateway::Gateway;
 use thiserror::Error;
 
 use crate::diag::Diagnostics;
@@ -264,6 +266,7 @@ impl Changes {
 pub struct WatchConfig {
     pub inputs: InputPaths,
     pub settings: Settings,
+    pub gateway: Gateway,
     /// Absolute output directory.
     pub out_dir: PathBuf,
     /// Absolute path of the wasm module.
@@ -333,7 +336,10 @@ fn attempt(
     let compiled = if diags.has_errors() {
         None
     } else {
-        build(sources, cfg.settings.clone(), &mut diags)
+        build(sources, cfg.settings.clone(), &mut diags).map(|mut c| {
+            c.gateway = cfg.gateway.clone();
+            c
+        })
     };
     for w in &diags.warnings {
         log::warn!("{w}");

@@ -684,11 +684,12 @@ fn gateway_bootstrap_passes_envoy_validate() {
     assert_eq!(cds["path"], "/etc/modelroute/cds.json");
     assert_eq!(cds["watched_directory"]["path"], "/etc/modelroute");
     assert!(boot.contains("path: /etc/modelroute/ecds.json"));
+    assert!(boot.contains("path: /etc/modelroute/rds.json"));
     assert_eq!(
         boot.matches("watched_directory: { path: /etc/modelroute }")
             .count(),
-        2,
-        "CDS and ECDS watch the mount root (kubelet swaps ..data there)"
+        3,
+        "CDS, RDS and ECDS watch the mount root (kubelet swaps ..data there)"
     );
 
     // Paths under /etc/modelroute do not exist here: point them at a scratch dir holding a
@@ -697,6 +698,7 @@ fn gateway_bootstrap_passes_envoy_validate() {
     let cfg = dir.join("etc-modelroute");
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(cfg.join("cds.json"), r#"{"resources":[]}"#).unwrap();
+    std::fs::write(cfg.join("rds.json"), r#"{"resources":[]}"#).unwrap();
     let ecds = json!({"resources": [{
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": "modelroute",

@@ -277,7 +277,8 @@ fn configmap_golden_and_out_dir() {
         .unwrap()
         .len();
     assert_eq!(eds, servers);
-    assert_eq!(data.len(), servers + 3);
+    // cds.json, rds.json, ecds.json, filter-config.json and one EDS file per server.
+    assert_eq!(data.len(), servers + 4);
     // The literal blocks hold the exact files: each parses and names the mount dir.
     let cds: Value = serde_json::from_str(data["cds.json"].as_str().unwrap()).unwrap();
     for c in cds["resources"].as_array().unwrap() {
@@ -751,8 +752,13 @@ fn configmap_files_validate_and_load_in_envoy() {
             "@CONFIG_DIR@/ecds/modelroute.json",
             &format!("{mount_s}/ecds.json"),
         )
+        .replace(
+            "@CONFIG_DIR@/rds/routes.json",
+            &format!("{mount_s}/rds.json"),
+        )
         .replace("@CONFIG_DIR@/cds", &mount_s)
         .replace("@CONFIG_DIR@/ecds", &mount_s)
+        .replace("@CONFIG_DIR@/rds", &mount_s)
         .replace("@LISTEN_PORT@", &port.to_string())
         .replace("@ADMIN_PORT@", &admin.to_string());
     let left: Vec<&str> = boot

@@ -73,6 +73,8 @@ pub struct KubeArgs {
     /// Print the ModelRoute and ModelServer CRDs (YAML) and exit; no cluster needed.
     #[arg(long)]
     pub print_crds: bool,
+    #[command(flatten)]
+    pub gateway: crate::gateway::GatewayArgs,
 }
 
 /// Istio patch context.
@@ -113,6 +115,7 @@ impl KubeArgs {
         if let Some(v) = self.endpoint_fallbacks {
             o.settings.endpoint_fallbacks = v;
         }
+        o.gateway = self.gateway.gateway();
         o.watch_namespace = self.watch_namespace.clone();
         o.field_manager = self.field_manager.clone();
         o.lease_name = self.lease_name.clone();

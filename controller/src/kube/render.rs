@@ -136,7 +136,8 @@ mod tests {
                 "cds.json",
                 "ecds.json",
                 "eds-modelserver_ns_s.json",
-                "filter-config.json"
+                "filter-config.json",
+                "rds.json"
             ]
         );
         let cds = parse(data["cds.json"].as_str().unwrap());

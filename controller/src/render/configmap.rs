@@ -1,6 +1,6 @@
 //! The Envoy files as one Kubernetes `v1` ConfigMap, for an Envoy Deployment that mounts it
 //! (deploy/envoy-gateway.yaml). A ConfigMap volume is flat, so every file sits in the mount
-//! directory: `ecds.json`, `cds.json`, `eds-<cluster>.json` per ModelServer and
+//! directory: `ecds.json`, `cds.json`, `rds.json`, `eds-<cluster>.json` per ModelServer and
 //! `filter-config.json`; the paths inside cds.json / ecds.json name the mount directory, which
 //! is also every `watched_directory` (the kubelet swaps the `..data` symlink of the mount root
 //! atomically: one rename, one reload of a consistent set of files). Built from
@@ -18,6 +18,7 @@ use crate::filter_config_json;
 /// Data keys.
 pub const ECDS_KEY: &str = "ecds.json";
 pub const CDS_KEY: &str = "cds.json";
+pub const RDS_KEY: &str = "rds.json";
 pub const FILTER_CONFIG_KEY: &str = crate::FILTER_CONFIG_FILE;
 /// Prefix of the per-cluster EDS keys.
 pub const EDS_PREFIX: &str = "eds-";
@@ -66,6 +67,7 @@ pub fn data(compiled: &Compiled, mount_dir: &Path, wasm: &Path) -> BTreeMap<Stri
     let mut data = BTreeMap::new();
     data.insert(ECDS_KEY.to_string(), files.ecds);
     data.insert(CDS_KEY.to_string(), files.cds);
+    data.insert(RDS_KEY.to_string(), files.rds);
     data.insert(FILTER_CONFIG_KEY.to_string(), filter_config_json(compiled));
     data.extend(files.eds);
     data
@@ -111,7 +113,8 @@ mod tests {
                 "cds.json",
                 "ecds.json",
                 "eds-modelserver_ns_s.json",
-                "filter-config.json"
+                "filter-config.json",
+                "rds.json"
             ]
         );
         let cds: Value = serde_json::from_str(data["cds.json"].as_str().unwrap()).unwrap();

@@ -1,14 +1,16 @@
 //! Envoy file-based xDS: one EDS file per ModelServer cluster, one CDS file with every cluster
-//! (override_host LB policy, EDS from the watched directory), and the ECDS file carrying the wasm
-//! filter with the FilterConfig as its plugin configuration. Produces JSON text only; the
-//! output module writes it. Paths are taken as given: the caller passes absolute ones.
+//! (override_host LB policy, EDS from the watched directory), the RDS file with the gateway's
+//! routes (CORS, stream idle timeout, routing-header names follow the settings), and the ECDS
+//! file carrying the wasm filter with the FilterConfig as its plugin configuration. Produces
+//! JSON text only; the output module writes it. Paths are taken as given: the caller passes
+//! absolute ones.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use super::content_hash;
-use crate::compile::{Cluster, Compiled};
+use crate::compile::{Cluster, Compiled, Gateway};
 
 /// The filter's name, shared with the Envoy bootstrap (`config_discovery` of the HTTP filter).
 pub const FILTER_NAME: &str = "modelroute";
@@ -16,7 +18,14 @@ pub const FILTER_NAME: &str = "modelroute";
 pub const EDS_DIR: &str = "eds";
 pub const CDS_DIR: &str = "cds";
 pub const ECDS_DIR: &str = "ecds";
+pub const RDS_DIR: &str = "rds";
 pub const CDS_FILE: &str = "clusters.json";
+pub const RDS_FILE: &str = "routes.json";
+/// The route configuration's name, as the bootstrap's `rds.route_config_name` asks for it.
+pub const ROUTE_CONFIG_NAME: &str = "modelroute";
+/// Retried only before the request reached an engine; the next pod comes from the endpoint
+/// header's fallback list.
+pub const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request";
 pub const ECDS_FILE: &str = "modelroute.json";
 /// Listener/cluster buffer limit raised for long prompts.
 pub const BUFFER_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
@@ -27,6 +36,7 @@ pub struct EnvoyFiles {
     /// `(file name inside eds/, content)`, one per cluster.
     pub eds: Vec<(String, String)>,
     pub cds: String,
+    pub rds: String,
     pub ecds: String,
 }
 
@@ -159,6 +169,91 @@ fn cds_cluster(cluster: &Cluster, layout: &EdsLayout, endpoint_header: &str) -> 
     c
 }
 
+/// The route for requests the filter routed (it set the cluster header): that cluster, no
+/// whole-request timeout (the filter's per-try header bounds the wait for the response headers,
+/// and a stream that has begun is never cut), an idle timeout for silent gaps.
+pub fn model_route(cluster_header: &str, gateway: &Gateway) -> Value {
+    json!({
+        "name": FILTER_NAME,
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": cluster_header, "present_match": true}],
+        },
+        "route": {
+            "cluster_header": cluster_header,
+            "timeout": "0s",
+            "idle_timeout": format!("{}s", gateway.stream_idle_timeout_s),
+            "retry_policy": {"retry_on": RETRY_ON, "num_retries": 2},
+        },
+    })
+}
+
+/// Envoy's CORS policy for `origins` (`*`: any origin). Browsers send the OpenAI SDK's
+/// `x-stainless-*` headers, so every header is allowed; `authorization` is named because a
+/// wildcard never covers it.
+pub fn cors_policy(origins: &[String]) -> Value {
+    let matchers: Vec<Value> = origins
+        .iter()
+        .map(|o| match o.as_str() {
+            "*" => json!({"safe_regex": {"regex": ".*"}}),
+            exact => json!({"exact": exact}),
+        })
+        .collect();
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": matchers,
+        "allow_methods": "GET, POST, OPTIONS",
+        "allow_headers": "authorization, *",
+        "expose_headers": "x-request-id",
+        "max_age": "86400",
+    })
+}
+
+/// The gateway's `RouteConfiguration` (with `@type`): `/healthz`, then requests the filter
+/// routed, then everything else, which finds no cluster and gets a 404 (the bootstrap's
+/// local_reply_config makes it a JSON `route_not_found`). That last route is not a
+/// `direct_response` so that the CORS filter, which runs before the routing filter, sees a
+/// route and answers preflights and tags every response.
+pub fn route_configuration(settings: &filter_config::Settings, gateway: &Gateway) -> Value {
+    let cluster_header = settings.cluster_header.as_str();
+    let mut vhost = json!({
+        "name": "inference",
+        "domains": ["*"],
+        "routes": [
+            {
+                "name": "healthz",
+                "match": {"path": "/healthz"},
+                "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+            },
+            model_route(cluster_header, gateway),
+            {
+                "name": "not-routed",
+                "match": {"prefix": "/"},
+                "route": {"cluster_header": cluster_header, "cluster_not_found_response_code": "NOT_FOUND"},
+            },
+        ],
+    });
+    if !gateway.cors_allow_origins.is_empty() {
+        if let Some(v) = vhost.as_object_mut() {
+            v.insert(
+                "typed_per_filter_config".into(),
+                json!({"envoy.filters.http.cors": cors_policy(&gateway.cors_allow_origins)}),
+            );
+        }
+    }
+    json!({
+        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "name": ROUTE_CONFIG_NAME,
+        // A client copy is dropped even if the filter fails open; the filter sets its own.
+        "internal_only_headers": [
+            settings.cluster_header,
+            settings.endpoint_header,
+            "x-envoy-original-dst-host",
+        ],
+        "virtual_hosts": [vhost],
+    })
+}
+
 /// `vm_config.code` loading the module from a file.
 pub fn local_code(path: &str) -> Value {
     json!({"local": {"filename": path}})
@@ -235,9 +330,14 @@ pub fn render_with(compiled: &Compiled, layout: &EdsLayout, wasm: &Path) -> Envo
             .collect(),
     );
     let config_json = serde_json::to_string(&compiled.config).unwrap_or_default();
+    let rds = discovery_response(vec![route_configuration(
+        &compiled.config.settings,
+        &compiled.gateway,
+    )]);
     EnvoyFiles {
         eds: eds_files,
         cds,
+        rds,
         ecds: ecds(&config_json, wasm),
     }
 }
@@ -302,5 +402,49 @@ mod tests {
         );
         let plain = cds_cluster(&Cluster { tls: false, ..c }, &layout, "x-e");
         assert!(plain.get("transport_socket").is_none());
+    }
+
+    #[test]
+    fn routes_follow_the_settings_and_carry_no_cors_by_default() {
+        let settings = filter_config::Settings {
+            cluster_header: "x-my-cluster".into(),
+            ..Default::default()
+        };
+        let rc = route_configuration(&settings, &Gateway::default());
+        let vhost = &rc["virtual_hosts"][0];
+        assert!(vhost.get("typed_per_filter_config").is_none());
+        let routes = vhost["routes"].as_array().unwrap();
+        let names: Vec<&str> = routes.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["healthz", FILTER_NAME, "not-routed"]);
+        assert_eq!(routes[1]["match"]["headers"][0]["name"], "x-my-cluster");
+        assert_eq!(routes[1]["route"]["cluster_header"], "x-my-cluster");
+        assert_eq!(routes[1]["route"]["timeout"], "0s");
+        assert_eq!(routes[1]["route"]["idle_timeout"], "600s");
+        // Not a direct_response: the CORS filter must see a route for every request.
+        assert_eq!(
+            routes[2]["route"]["cluster_not_found_response_code"],
+            "NOT_FOUND"
+        );
+        assert_eq!(rc["internal_only_headers"][0], "x-my-cluster");
+    }
+
+    #[test]
+    fn cors_origins_become_one_policy_on_the_virtual_host() {
+        let gateway = Gateway {
+            cors_allow_origins: vec!["https://app.example".into(), "*".into()],
+            stream_idle_timeout_s: 30,
+        };
+        let rc = route_configuration(&filter_config::Settings::default(), &gateway);
+        let vhost = &rc["virtual_hosts"][0];
+        let policy = &vhost["typed_per_filter_config"]["envoy.filters.http.cors"];
+        assert_eq!(
+            policy["allow_origin_string_match"],
+            json!([{"exact": "https://app.example"}, {"safe_regex": {"regex": ".*"}}])
+        );
+        assert!(policy["allow_headers"]
+            .as_str()
+            .unwrap()
+            .starts_with("authorization"));
+        assert_eq!(vhost["routes"][1]["route"]["idle_timeout"], "30s");
     }
 }

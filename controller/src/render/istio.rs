@@ -30,8 +30,6 @@ pub const WASM_FETCH_CLUSTER: &str = "_";
 /// Annotation recording the expected module digest of a `file://` module (Envoy does not check
 /// local files).
 pub const SHA256_ANNOTATION: &str = "modelroute.io/wasm-sha256";
-/// Retried only before the request reached an engine (as envoy/envoy.yaml).
-const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request";
 
 /// Which proxies the patches apply to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,23 +144,6 @@ impl IstioTarget {
     }
 }
 
-/// The route every virtual host gets first: requests the filter routed (it set the cluster
-/// header) go to that cluster; everything else falls through to the existing routes.
-pub fn route(cluster_header: &str) -> Value {
-    json!({
-        "name": FILTER_NAME,
-        "match": {
-            "prefix": "/",
-            "headers": [{"name": cluster_header, "present_match": true}],
-        },
-        "route": {
-            "cluster_header": cluster_header,
-            "timeout": "0s",
-            "retry_policy": {"retry_on": RETRY_ON, "num_retries": 2},
-        },
-    })
-}
-
 /// The HTTP filter that takes the Wasm config by ECDS over ADS (waiting for it: a listener is
 /// not served without the filter).
 pub fn ecds_http_filter() -> Value {
@@ -244,9 +225,24 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
         json!({
             "applyTo": "HTTP_ROUTE",
             "match": {"context": context},
-            "patch": {"operation": "INSERT_FIRST", "value": route(&settings.cluster_header)},
+            // Requests the filter routed go to its cluster; the rest fall through to the
+            // virtual host's own routes.
+            "patch": {"operation": "INSERT_FIRST", "value": envoy::model_route(&settings.cluster_header, &compiled.gateway)},
         }),
     ];
+    if !compiled.gateway.cors_allow_origins.is_empty() {
+        // Istio gateways run Envoy's CORS filter; the policy goes on every virtual host.
+        out.push(json!({
+            "applyTo": "VIRTUAL_HOST",
+            "match": {"context": context},
+            "patch": {
+                "operation": "MERGE",
+                "value": {"typed_per_filter_config": {
+                    "envoy.filters.http.cors": envoy::cors_policy(&compiled.gateway.cors_allow_origins),
+                }},
+            },
+        }));
+    }
     out.extend(compiled.clusters.iter().map(|c| {
         json!({
             "applyTo": "CLUSTER",

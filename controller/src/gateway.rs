@@ -1,0 +1,89 @@
+//! The gateway's own behaviour, beyond the filter: what its routes do for browsers (CORS) and how
+//! long an answer may stay silent. Rendered into Envoy's route configuration (the RDS file, the
+//! ConfigMap, Istio patches); never sent to the filter. One set of flags for `render`, `watch`
+//! and `kube`.
+
+use clap::Args;
+
+/// What the gateway's routes need beyond the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// Browser origins allowed to call the API (`*` for any); empty: no CORS answers.
+    pub cors_allow_origins: Vec<String>,
+    /// Longest silent gap in an answer (and longest wait for a non-streaming one), seconds.
+    pub stream_idle_timeout_s: u64,
+}
+
+/// The OpenAI SDKs' own request timeout: past it no client is waiting for the answer.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_S: u64 = 600;
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            cors_allow_origins: Vec::new(),
+            stream_idle_timeout_s: DEFAULT_STREAM_IDLE_TIMEOUT_S,
+        }
+    }
+}
+
+/// The command-line flags that set [`Gateway`].
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Answer CORS for this browser origin (`https://app.example`; `*` for any), repeatable.
+    /// Off by default: browsers cannot call the API from other origins.
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
+    pub cors_allow_origin: Vec<String>,
+    /// Longest silent gap in an answer before the request is ended (a non-streaming answer's
+    /// wait included; the time to the first byte is bounded by each ModelServer's
+    /// trafficPolicy.timeout).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STREAM_IDLE_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_idle_timeout: u64,
+}
+
+impl GatewayArgs {
+    pub fn gateway(&self) -> Gateway {
+        Gateway {
+            cors_allow_origins: self.cors_allow_origin.clone(),
+            stream_idle_timeout_s: self.stream_idle_timeout,
+        }
+    }
+}
+
+/// `*`, or `scheme://host[:port]` as a browser sends it in `Origin` (no path, no spaces).
+fn parse_origin(s: &str) -> Result<String, String> {
+    let ok = s == "*"
+        || s.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https")
+                && !rest.is_empty()
+                && !rest.contains(['/', ' ', ',', '*'])
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: expected an origin such as https://app.example:8443, or *"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_what_browsers_send() {
+        for ok in ["*", "https://app.example", "http://127.0.0.1:3000"] {
+            assert_eq!(parse_origin(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "ftp://x",
+            "https://",
+            "https://a,b",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+    }
+}
