@@ -78,7 +78,29 @@ pub fn parse_prometheus(text: &str, engine: Engine) -> EngineGauges {
     g.kv_usage = kv_new.or(kv_legacy).unwrap_or(0.0).clamp(0.0, 1.0);
     let t = if tpot_new.2 { tpot_new } else { tpot_legacy };
     g.tpot = (t.0, t.1);
+    // Finite samples can still sum past f64.
+    for v in [
+        &mut g.running,
+        &mut g.waiting,
+        &mut g.ttft.0,
+        &mut g.ttft.1,
+        &mut g.tpot.0,
+        &mut g.tpot.1,
+    ] {
+        *v = finite(*v);
+    }
     g
+}
+
+/// `v` as a number JSON can carry: infinities saturate to the largest finite value (a pod
+/// reporting "infinitely loaded" stays the most loaded), NaN is 0. The shared snapshot is
+/// JSON, and one non-finite value would make it undecodable for every VM.
+fn finite(v: f64) -> f64 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(f64::MIN, f64::MAX)
+    }
 }
 
 /// `name{labels} value [timestamp]` -> (series, value).
@@ -138,13 +160,13 @@ impl PodStats {
     pub fn update(&mut self, g: &EngineGauges, now_ms: u64) {
         let mean = |sum: f64, count: f64, prev_sum: f64, prev_count: f64, last: f64| {
             let (ds, dc) = (sum - prev_sum, count - prev_count);
-            if dc > 0.0 && ds >= 0.0 {
+            finite(if dc > 0.0 && ds >= 0.0 {
                 ds / dc
             } else if prev_count == 0.0 && count > 0.0 {
                 sum / count
             } else {
                 last
-            }
+            })
         };
         let [ps, pc, qs, qc] = self.totals;
         self.ttft = mean(g.ttft.0, g.ttft.1, ps, pc, self.ttft);
@@ -172,6 +194,24 @@ pub fn decode(b: &[u8]) -> Option<Snapshot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflowing_values_stay_finite_so_the_shared_snapshot_still_decodes() {
+        // Two finite samples that sum past f64, and a mean over a denormal count: JSON has no
+        // infinity, so one such pod would make every VM's snapshot undecodable.
+        let text = "vllm:num_requests_running{m=\"a\"} 1e308\n\
+                    vllm:num_requests_running{m=\"b\"} 1e308\n\
+                    vllm:time_to_first_token_seconds_sum 1\n\
+                    vllm:time_to_first_token_seconds_count 1e-320\n";
+        let g = parse_prometheus(text, Engine::Vllm);
+        let mut stats = PodStats::default();
+        stats.update(&g, 1);
+        assert!(stats.running.is_finite() && stats.running > 1e307);
+        assert!(stats.ttft.is_finite() && stats.ttft > 1e307);
+        let snapshot: Snapshot = [("p".to_string(), stats.clone())].into();
+        let back = decode(&encode(&snapshot)).expect("the snapshot decodes");
+        assert_eq!(back["p"], stats);
+    }
 
     const VLLM: &str = r#"# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
