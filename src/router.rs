@@ -412,6 +412,8 @@ impl Router {
             Some(Err(missing)) => return Err(RouteError::ServerNotFound(missing.clone())),
             None => return Err(RouteError::NoRuleMatched),
         };
+        // Counts from the configuration saturate: on wasm32 `usize` is 32 bits, and
+        // `u32::MAX + 1` would wrap to an empty endpoint list.
         let fallbacks = self.settings.endpoint_fallbacks as usize;
         let server = self.servers.get_mut(si).ok_or(RouteError::NoRuleMatched)?;
         if server.endpoints.is_empty() {
@@ -419,7 +421,7 @@ impl Router {
         }
         if let Some(pd) = server.pd.as_mut() {
             // One pair per attempt: the first, then as many more as retries allow.
-            let tries = 1 + server.retry_attempts.unwrap_or(1) as usize;
+            let tries = (server.retry_attempts.unwrap_or(1) as usize).saturating_add(1);
             let mut pod_index = None;
             let pairs = if self.scheduling {
                 // Decode pods ranked by the scheduler, each paired with the best-ranked
@@ -546,7 +548,7 @@ impl Router {
                 &candidates,
                 &ask,
                 &mut self.rng,
-                fallbacks + 1,
+                fallbacks.saturating_add(1),
             )?;
             if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
                 idx.insert(&hashes, *best);
@@ -638,7 +640,7 @@ impl Server {
         }
         let start = self.next % n;
         self.next = (start + 1) % n;
-        let take = n.min(fallbacks + 1);
+        let take = n.min(fallbacks.saturating_add(1));
         let mut out = String::with_capacity(take * 22);
         for k in 0..take {
             if k > 0 {

@@ -394,6 +394,16 @@ fn pods_rotate_and_fallbacks_follow_in_order() {
             .endpoints,
         "127.0.0.11:8000"
     );
+    // The largest count the schema allows lists every pod (32-bit `usize` on wasm32 must not
+    // wrap `u32::MAX + 1` to an empty list).
+    let mut c = seed();
+    c.settings.endpoint_fallbacks = u32::MAX;
+    let mut r = Router::compile(c, 1).unwrap();
+    let eps = decide(&mut r, "deepseek-simple", &no_headers)
+        .unwrap()
+        .1
+        .endpoints;
+    assert_eq!(eps.split(',').count(), 3, "{eps}");
 }
 
 #[test]
