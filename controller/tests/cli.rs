@@ -238,6 +238,30 @@ impl Drop for Watch {
     }
 }
 
+impl Watch {
+    /// `watch` polling every 50 ms: resources from `input`, `extra` flags with their paths,
+    /// outputs in `out`, the log in `log`.
+    fn start(input: &Path, extra: &[(&str, &Path)], out: &Path, log: &Path) -> Watch {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["watch", "--interval-ms", "50", "--resources"])
+            .arg(input);
+        for (flag, path) in extra {
+            cmd.arg(flag).arg(path);
+        }
+        let wasm = out.with_file_name("modelroute.wasm");
+        let child = cmd
+            .arg("--wasm")
+            .arg(wasm)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Watch(child)
+    }
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -258,20 +282,7 @@ fn watch_follows_edits_and_keeps_last_good_outputs_on_invalid_input() {
     let log = dir.join("watch.log");
     let sched = dir.join("kthena-router-config.yaml");
     fs::copy(HELM_SCHEDULER, &sched).unwrap();
-    let child = Command::new(BIN)
-        .args(["watch", "--interval-ms", "50", "--resources"])
-        .arg(&input)
-        .arg("--scheduler-config")
-        .arg(&sched)
-        .arg("--wasm")
-        .arg(dir.join("modelroute.wasm"))
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut watch = Watch(child);
+    let mut watch = Watch::start(&input, &[("--scheduler-config", &sched)], &out, &log);
     // The ECDS file is written last: once it shows a change, the whole render is on disk.
     let config = out.join("ecds/modelroute.json");
     wait_until("first render", || {
@@ -428,20 +439,7 @@ fn watch_never_applies_a_pods_file_read_mid_write() {
     let full = read(&pods);
     let out = dir.join("out");
     let log = dir.join("watch.log");
-    let child = Command::new(BIN)
-        .args(["watch", "--interval-ms", "50", "--resources"])
-        .arg(&input)
-        .arg("--pods")
-        .arg(&pods)
-        .arg("--wasm")
-        .arg(dir.join("modelroute.wasm"))
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let watch = Watch(child);
+    let watch = Watch::start(&input, &[("--pods", &pods)], &out, &log);
     let r7b = "modelserver|default|deepseek-r1-7b";
     let expected: BTreeMap<String, usize> = [
         ("eds:modelserver|default|deepseek-r1-1-5b", 1),
