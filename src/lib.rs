@@ -2,10 +2,16 @@
 //!
 //! Pure core (native-testable) first, the proxy-wasm glue last:
 //! - [`headers`]: the request headers, read with one host call.
-//! - [`scan`]: single-pass JSON scanner for request bodies.
+//! - [`scan`]: single-pass JSON scanner for request bodies (the keys the router reads, unescaped).
 //! - [`rewrite`]: byte-splicing rewrites of the scanned body.
+//! - [`prompt`]: the prompt text prefix hashing reads, without a DOM.
 //! - [`router`]: the compiled configuration and routing decisions.
 //! - [`weights`]: weighted target choice.
+//! - [`scheduler`]: Kthena's filter and score plugins: which pod.
+//! - [`prefix`]: prompt block hashes and the per-server prefix index.
+//! - [`metrics`]: engine metrics parsing and the per-pod snapshot the VMs share.
+//! - [`collector`]: which VM scrapes the pods (a lease in shared data) and what it scrapes.
+//! - [`shared`]: per-pod in-flight counts shared by every worker.
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`flow`]: the per-request state machine against the [`flow::Host`] trait.
