@@ -352,3 +352,22 @@ fn without_a_cors_setting_no_origin_is_allowed() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+#[test]
+fn a_client_request_id_reaches_the_engine_unchanged() {
+    // Clients correlate their logs with the engine's by x-request-id; an edge Envoy would
+    // otherwise replace it for requests from outside.
+    let s = Stack::seed(seed_pods());
+    let r = s.completion(
+        "deepseek-simple",
+        &[("x-request-id", "client-chosen-id-42")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen: Vec<serde_json::Value> = s
+        .pods
+        .iter()
+        .flat_map(|(p, _)| s.pod_requests(&p.name))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["request_id"], "client-chosen-id-42", "{}", seen[0]);
+}
