@@ -96,6 +96,12 @@ impl ErrorReply {
                 "no_pd_pair",
                 format!("ModelServer {s} has no group with both a ready prefill and decode pod"),
             ),
+            // A bug of ours, never the client's: not a 4xx.
+            RouteError::Internal(what) => Self::new(
+                500,
+                "internal_error",
+                format!("the router failed to route model {model:?}: {what}"),
+            ),
             RouteError::NoReadyEndpoints(s) => Self::new(
                 503,
                 "no_ready_endpoints",
@@ -125,6 +131,8 @@ mod tests {
         assert_eq!(ErrorReply::invalid_json("x").status, 400);
         assert_eq!(ErrorReply::model_missing().status, 404);
         assert_eq!(ErrorReply::too_large(1).status, 413);
+        let e = ErrorReply::from_route(&RouteError::Internal("x"), "m");
+        assert_eq!((e.status, e.code), (500, "internal_error"));
         let e = ErrorReply::from_route(&RouteError::NoReadyEndpoints("s".into()), "m");
         assert_eq!((e.status, e.kind), (503, "server_error"));
         assert_eq!(

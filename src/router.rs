@@ -1,12 +1,14 @@
-//! Routing decisions: the compiled form of a [`FilterConfig`] and the one function that maps a
-//! request (model, path, headers) to a ModelServer and its pods.
+//! Routing decisions: the compiled form of a [`FilterConfig`], [`Router::find`] (request ->
+//! route -> rule -> weighted target -> ModelServer) and [`Router::decide`], which adds the pod
+//! choice of `pick` (shared by plain and PD servers).
 //!
 //! Semantics are Kthena's (see shared/KTHENA-BEHAVIOUR.md): routes whose `modelName` equals the
 //! request model are tried first, in precedence order; only when no route has that
 //! `modelName` are LoRA routes consulted. Within a route the first matching rule decides; a
 //! route none of whose rules match is skipped. Everything that can be computed from the config
 //! is computed once here (indexes, compiled regexes, the `/v1/models` answer), never per
-//! request. Owns: matching, target choice, pod choice. Must not touch the host.
+//! request. Owns: matching, target choice; pod choice lives in `router/pick.rs`. Must not touch
+//! the host.
 
 use std::collections::HashMap;
 
@@ -16,9 +18,9 @@ use filter_config::{
 
 use crate::metrics::Snapshot;
 use crate::pd::Protocol;
-use crate::prefix::{block_hashes, PrefixIndex};
+use crate::prefix::PrefixIndex;
 use crate::rng::Rng;
-use crate::scheduler::{self, Ask, Candidate, Unschedulable};
+use crate::scheduler;
 use crate::weights::Weighted;
 
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
@@ -46,6 +48,8 @@ pub enum RouteError {
     NoPdPair(String),
     /// Every ready pod of the ModelServer was dropped by a scheduler filter.
     AllFiltered(String, filter_config::Plugin),
+    /// The compiled configuration contradicts itself (a bug, not the client's doing).
+    Internal(&'static str),
 }
 
 #[derive(Debug)]
@@ -81,7 +85,6 @@ impl Matcher {
 
 #[derive(Debug)]
 struct Rule {
-    name: String,
     headers: Vec<(String, Matcher)>,
     uri: Option<Matcher>,
     body_model: Option<String>,
@@ -139,6 +142,16 @@ pub struct Pair {
     pub group: String,
     pub prefill: String,
     pub decode: String,
+}
+
+/// Where a request goes, before any pod is chosen ([`Router::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub route: usize,
+    pub rule: usize,
+    pub server: usize,
+    /// True when the request model matched a LoRA adapter (the model is then kept as is).
+    pub lora: bool,
 }
 
 /// The outcome of routing one request.
@@ -302,7 +315,6 @@ impl Router {
                     })
                     .collect();
                 rules.push(Rule {
-                    name: rule.name.clone(),
                     headers,
                     uri,
                     body_model: rule.matches.body_model.clone(),
@@ -364,20 +376,21 @@ impl Router {
         self.routes.get(i).map(|r| r.name.as_str()).unwrap_or("")
     }
 
-    pub fn rule_name(&self, route: usize, rule: usize) -> &str {
-        self.routes
-            .get(route)
-            .and_then(|r| r.rules.get(rule))
-            .map(|r| r.name.as_str())
-            .unwrap_or("")
-    }
-
     pub fn rng(&mut self) -> &mut Rng {
         &mut self.rng
     }
 
-    /// Routes one request: route -> rule -> weighted target -> ModelServer -> pods.
+    /// Routes one request: [`Router::find`] its ModelServer, then pick that server's pods.
     pub fn decide(&mut self, req: &Request<'_>) -> Result<Decision, RouteError> {
+        let target = self.find(req)?;
+        self.pick(target, req)
+    }
+
+    /// Which ModelServer serves a request (Kthena's precedence): routes naming the model as
+    /// `modelName` first, else routes listing it as a LoRA adapter; in each, the first rule
+    /// whose conditions all hold; then a weighted target of that rule. Mutable only for the
+    /// weighted choice's per-worker state.
+    pub fn find(&mut self, req: &Request<'_>) -> Result<Target, RouteError> {
         let (candidates, lora) = match self.by_model.get(req.model) {
             Some(c) => (c, false),
             None => (
@@ -387,200 +400,31 @@ impl Router {
                 true,
             ),
         };
-        let mut found = None;
-        'routes: for &ri in candidates {
-            let Some(route) = self.routes.get(ri) else {
-                continue;
-            };
-            for (qi, rule) in route.rules.iter().enumerate() {
-                if rule_matches(rule, req) {
-                    found = Some((ri, qi));
-                    break 'routes;
-                }
-            }
-        }
-        let (ri, qi) = found.ok_or(RouteError::NoRuleMatched)?;
-        let how = self.settings.target_selection;
-        let rule = self
-            .routes
-            .get_mut(ri)
-            .and_then(|r| r.rules.get_mut(qi))
+        let (route, rule) = candidates
+            .iter()
+            .find_map(|&ri| {
+                let rules = &self.routes.get(ri)?.rules;
+                let qi = rules.iter().position(|rule| rule_matches(rule, req))?;
+                Some((ri, qi))
+            })
             .ok_or(RouteError::NoRuleMatched)?;
-        let ti = rule.weights.pick(how, &mut self.rng);
-        let si = match rule.targets.get(ti) {
+        let how = self.settings.target_selection;
+        let matched = self
+            .routes
+            .get_mut(route)
+            .and_then(|r| r.rules.get_mut(rule))
+            .ok_or(RouteError::Internal("a matched rule vanished"))?;
+        let pick = matched.weights.pick(how, &mut self.rng);
+        let server = match matched.targets.get(pick) {
             Some(Ok(si)) => *si,
             Some(Err(missing)) => return Err(RouteError::ServerNotFound(missing.clone())),
-            None => return Err(RouteError::NoRuleMatched),
+            None => return Err(RouteError::Internal("the weighted pick named no target")),
         };
-        // Counts from the configuration saturate: on wasm32 `usize` is 32 bits, and
-        // `u32::MAX + 1` would wrap to an empty endpoint list.
-        let fallbacks = self.settings.endpoint_fallbacks as usize;
-        let server = self.servers.get_mut(si).ok_or(RouteError::NoRuleMatched)?;
-        if server.endpoints.is_empty() {
-            return Err(RouteError::NoReadyEndpoints(server.name.clone()));
-        }
-        if let Some(pd) = server.pd.as_mut() {
-            // One pair per attempt: the first, then as many more as retries allow.
-            let tries = (server.retry_attempts.unwrap_or(1) as usize).saturating_add(1);
-            let mut pod_index = None;
-            let pairs = if self.scheduling {
-                // Decode pods ranked by the scheduler, each paired with the best-ranked
-                // prefill pod of its own group.
-                let cfg = &self.settings.scheduler;
-                let view = PodView::new(
-                    &server.endpoints,
-                    &self.stats,
-                    &server.in_flight_key,
-                    req,
-                    cfg,
-                );
-                let candidate = |i: usize| view.candidate(i);
-                let decodes: Vec<Candidate<'_>> = pd
-                    .groups
-                    .iter()
-                    .flat_map(|g| g.decode.iter().copied())
-                    .map(candidate)
-                    .collect();
-                if decodes.is_empty() {
-                    return Err(RouteError::NoPdPair(server.name.clone()));
-                }
-                // Skip decode pods whose group has no prefill pod left up (while others remain).
-                let prefill_up = |g: &Group| {
-                    g.prefill
-                        .iter()
-                        .any(|i| candidate(*i).stats.is_none_or(|s| s.up))
-                };
-                let usable: Vec<Candidate<'_>> = decodes
-                    .iter()
-                    .copied()
-                    .filter(|c| {
-                        pd.groups
-                            .iter()
-                            .any(|g| g.decode.contains(&(c.id as usize)) && prefill_up(g))
-                    })
-                    .collect();
-                let decodes = if usable.is_empty() { decodes } else { usable };
-                let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-                let ask = Ask {
-                    lora: lora.then_some(req.model),
-                    hashes: &hashes,
-                };
-                let ranked = rank_pods(
-                    &server.name,
-                    server.prefix.as_ref(),
-                    cfg,
-                    &decodes,
-                    &ask,
-                    &mut self.rng,
-                    tries,
-                )?;
-                let mut pairs = Vec::with_capacity(ranked.len());
-                for d in &ranked {
-                    let Some(g) = pd.groups.iter().find(|g| g.decode.contains(&(*d as usize)))
-                    else {
-                        continue;
-                    };
-                    let prefills: Vec<Candidate<'_>> =
-                        g.prefill.iter().copied().map(candidate).collect();
-                    let Ok(best) = scheduler::rank(
-                        cfg,
-                        &prefills,
-                        &ask,
-                        server.prefix.as_ref(),
-                        &mut self.rng,
-                        1,
-                    ) else {
-                        continue;
-                    };
-                    let addr = |i: usize| server.endpoints.get(i).cloned().unwrap_or_default();
-                    if let Some(p) = best.first() {
-                        pairs.push(Pair {
-                            group: g.name.clone(),
-                            prefill: addr(*p as usize),
-                            decode: addr(*d as usize),
-                        });
-                    }
-                }
-                if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
-                    idx.insert(&hashes, *best);
-                }
-                pod_index = ranked.first().map(|i| *i as usize);
-                pairs
-            } else {
-                pd.pick_pairs(tries, &server.endpoints)
-            };
-            let first = pairs
-                .first()
-                .ok_or_else(|| RouteError::NoPdPair(server.name.clone()))?;
-            let endpoints = first.decode.clone();
-            return Ok(Decision {
-                route: ri,
-                rule: qi,
-                server: si,
-                lora,
-                endpoints,
-                pairs,
-                pod_index,
-            });
-        }
-        let mut pod_index = None;
-        let endpoints = if self.scheduling {
-            let cfg = &self.settings.scheduler;
-            let view = PodView::new(
-                &server.endpoints,
-                &self.stats,
-                &server.in_flight_key,
-                req,
-                cfg,
-            );
-            let candidates: Vec<Candidate<'_>> = (0..server.endpoints.len())
-                .map(|i| view.candidate(i))
-                .collect();
-            let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-            let ask = Ask {
-                lora: lora.then_some(req.model),
-                hashes: &hashes,
-            };
-            let ranked = rank_pods(
-                &server.name,
-                server.prefix.as_ref(),
-                cfg,
-                &candidates,
-                &ask,
-                &mut self.rng,
-                fallbacks.saturating_add(1),
-            )?;
-            if let (Some(idx), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
-                idx.insert(&hashes, *best);
-            }
-            pod_index = ranked.first().map(|i| *i as usize);
-            let mut out = String::with_capacity(ranked.len() * 22);
-            for (k, id) in ranked.iter().enumerate() {
-                if k > 0 {
-                    out.push(',');
-                }
-                out.push_str(
-                    server
-                        .endpoints
-                        .get(*id as usize)
-                        .map(String::as_str)
-                        .unwrap_or(""),
-                );
-            }
-            out
-        } else {
-            server
-                .pick(fallbacks)
-                .ok_or_else(|| RouteError::NoReadyEndpoints(server.name.clone()))?
-        };
-        Ok(Decision {
-            route: ri,
-            rule: qi,
-            server: si,
+        Ok(Target {
+            route,
+            rule,
+            server,
             lora,
-            endpoints,
-            pairs: Vec::new(),
-            pod_index,
         })
     }
 }
@@ -629,151 +473,6 @@ fn in_flight_key(cluster: &str, endpoints: &[filter_config::Endpoint]) -> String
         h = crate::prefix::hash(h, e.address.as_bytes());
     }
     format!("modelroute.inflight.{h:016x}")
-}
-
-impl Server {
-    /// Round-robin over ready pods; the chosen pod is followed by up to `fallbacks` others.
-    fn pick(&mut self, fallbacks: usize) -> Option<String> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next % n;
-        self.next = (start + 1) % n;
-        let take = n.min(fallbacks.saturating_add(1));
-        let mut out = String::with_capacity(take * 22);
-        for k in 0..take {
-            if k > 0 {
-                out.push(',');
-            }
-            out.push_str(
-                self.endpoints
-                    .get((start + k) % n)
-                    .map(String::as_str)
-                    .unwrap_or(""),
-            );
-        }
-        Some(out)
-    }
-
-    pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
-    }
-}
-
-impl PdServer {
-    /// Up to `n` distinct pairs, spreading load: successive requests start at successive
-    /// groups, and within a group rotate through its prefill and decode pods. Retry pairs come
-    /// from the following groups first.
-    fn pick_pairs(&mut self, n: usize, endpoints: &[String]) -> Vec<Pair> {
-        let g = self.groups.len();
-        if g == 0 {
-            return Vec::new();
-        }
-        let capacity: usize = self
-            .groups
-            .iter()
-            .map(|x| x.prefill.len().max(x.decode.len()))
-            .sum();
-        let start = self.next_group % g;
-        self.next_group = (start + 1) % g;
-        let mut out = Vec::with_capacity(n.min(capacity));
-        for k in 0..n.min(capacity) {
-            let Some(grp) = self.groups.get((start + k) % g) else {
-                break;
-            };
-            let round = grp.next + k / g;
-            let (Some(p), Some(d)) = (
-                grp.prefill.get(round % grp.prefill.len().max(1)),
-                grp.decode.get(round % grp.decode.len().max(1)),
-            ) else {
-                break;
-            };
-            let addr = |i: &usize| endpoints.get(*i).cloned().unwrap_or_default();
-            out.push(Pair {
-                group: grp.name.clone(),
-                prefill: addr(p),
-                decode: addr(d),
-            });
-        }
-        if let Some(grp) = self.groups.get_mut(start) {
-            grp.next = grp.next.wrapping_add(1);
-        }
-        out
-    }
-}
-
-/// What the scheduler sees of a server's pods for one request: fresh stats and in-flight
-/// counts (read once per request), by endpoint index.
-struct PodView<'a> {
-    endpoints: &'a [String],
-    stats: &'a Snapshot,
-    counts: Vec<u32>,
-    now_ms: u64,
-    stale_ms: u64,
-}
-
-impl<'a> PodView<'a> {
-    fn new(
-        endpoints: &'a [String],
-        stats: &'a Snapshot,
-        in_flight_key: &str,
-        req: &Request<'_>,
-        cfg: &filter_config::Scheduler,
-    ) -> Self {
-        let counts = (req.in_flight)(in_flight_key, endpoints.len());
-        PodView {
-            endpoints,
-            stats,
-            counts,
-            now_ms: req.now_ms,
-            stale_ms: cfg.metrics_stale_ms,
-        }
-    }
-
-    fn candidate(&self, i: usize) -> Candidate<'a> {
-        let stats = self
-            .endpoints
-            .get(i)
-            .and_then(|a| self.stats.get(a))
-            .filter(|s| self.now_ms.saturating_sub(s.at_ms) <= self.stale_ms);
-        Candidate {
-            id: i as u32,
-            stats,
-            in_flight: self.counts.get(i).copied().unwrap_or(0),
-        }
-    }
-}
-
-/// Chained block hashes of the request's prompt, when the server scores prefixes.
-fn prompt_hashes(
-    prefix: Option<&PrefixIndex>,
-    req: &Request<'_>,
-    cfg: &filter_config::Scheduler,
-) -> Vec<u64> {
-    match prefix {
-        Some(_) if !req.prompt.is_empty() => block_hashes(
-            req.model,
-            req.prompt,
-            cfg.prefix_block_size as usize,
-            cfg.prefix_max_blocks as usize,
-        ),
-        _ => Vec::new(),
-    }
-}
-
-/// Ranks `candidates` of ModelServer `server` with the scheduler (best first, at most `take`).
-fn rank_pods(
-    server: &str,
-    prefix: Option<&PrefixIndex>,
-    cfg: &filter_config::Scheduler,
-    candidates: &[Candidate<'_>],
-    ask: &Ask<'_>,
-    rng: &mut Rng,
-    take: usize,
-) -> Result<Vec<u32>, RouteError> {
-    scheduler::rank(cfg, candidates, ask, prefix, rng, take)
-        .map_err(|Unschedulable::Filtered(p)| RouteError::AllFiltered(server.to_string(), p))
 }
 
 /// Groups the endpoints by PD group; groups lacking either role take no part.
@@ -850,5 +549,6 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
     serde_json::json!({"object": "list", "data": data}).to_string()
 }
 
+mod pick;
 #[cfg(test)]
 mod tests;

@@ -88,10 +88,7 @@ fuzz_target!(|data: &[u8]| {
         // Twice: rotation and prefix state change between requests.
         for _ in 0..2 {
             let Ok(d) = router.decide(&req) else { continue };
-            let _ = (
-                router.route_name(d.route),
-                router.rule_name(d.route, d.rule),
-            );
+            let _ = router.route_name(d.route);
             let Some(server) = router.server(d.server) else {
                 panic!("decision names server {} of a config without it", d.server);
             };

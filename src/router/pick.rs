@@ -1,0 +1,315 @@
+//! Pod choice for a routed request, one sequence for plain and PD servers: without the
+//! scheduler, round robin (pods, or PD pairs spread over groups); with it, the candidates (every
+//! pod, or the decode pods of groups that still have a prefill pod up) are ranked by Kthena's
+//! plugins, the best one remembers the prompt in the server's prefix index, and the ranking
+//! becomes the endpoint list (chosen pod first, then the retry order) or, for PD, decode pods
+//! each paired with the best prefill pod of their group. Pure: stats, in-flight counts, the
+//! prompt and randomness come in through [`Request`] and the router.
+
+use super::{Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, Target};
+use crate::metrics::Snapshot;
+use crate::prefix::{block_hashes, PrefixIndex};
+use crate::rng::Rng;
+use crate::scheduler::{self, Ask, Candidate, Unschedulable};
+
+impl Router {
+    /// The pods of `target.server` for `req`: how many follow the chosen one comes from
+    /// `endpoint_fallbacks` (plain) or `trafficPolicy.retry` (PD: one pair per attempt).
+    pub(super) fn pick(
+        &mut self,
+        target: Target,
+        req: &Request<'_>,
+    ) -> Result<Decision, RouteError> {
+        // Counts from the configuration saturate: on wasm32 `usize` is 32 bits, and
+        // `u32::MAX + 1` would wrap to an empty endpoint list.
+        let fallbacks = self.settings.endpoint_fallbacks as usize;
+        let server = self
+            .servers
+            .get_mut(target.server)
+            .ok_or(RouteError::Internal("a target names no server"))?;
+        if server.endpoints.is_empty() {
+            return Err(RouteError::NoReadyEndpoints(server.name.clone()));
+        }
+        let wanted = match &server.pd {
+            Some(_) => (server.retry_attempts.unwrap_or(1) as usize).saturating_add(1),
+            None => fallbacks.saturating_add(1),
+        };
+        if !self.scheduling {
+            let (endpoints, pairs) = match server.pd.as_mut() {
+                Some(pd) => {
+                    let pairs = pd.pick_pairs(wanted, &server.endpoints);
+                    (first_decode(&pairs, &server.name)?, pairs)
+                }
+                None => (server.round_robin(wanted), Vec::new()),
+            };
+            return Ok(decision(target, endpoints, pairs, None));
+        }
+
+        let cfg = &self.settings.scheduler;
+        let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
+        let ask = Ask {
+            lora: target.lora.then_some(req.model),
+            hashes: &hashes,
+        };
+        let (ranked, pairs) = {
+            let view = PodView::new(
+                &server.endpoints,
+                &self.stats,
+                &server.in_flight_key,
+                req,
+                cfg,
+            );
+            let candidates = match &server.pd {
+                Some(pd) => pd.decode_candidates(&view, &server.name)?,
+                None => (0..server.endpoints.len())
+                    .map(|i| view.candidate(i))
+                    .collect(),
+            };
+            let prefix = server.prefix.as_ref();
+            let ranked = scheduler::rank(cfg, &candidates, &ask, prefix, &mut self.rng, wanted)
+                .map_err(|Unschedulable::Filtered(p)| {
+                    RouteError::AllFiltered(server.name.clone(), p)
+                })?;
+            let pairs = match &server.pd {
+                Some(pd) => pd.pair_with_prefills(&ranked, &view, cfg, &ask, prefix, &mut self.rng),
+                None => Vec::new(),
+            };
+            (ranked, pairs)
+        };
+        if let (Some(index), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
+            index.insert(&hashes, *best);
+        }
+        let pod_index = ranked.first().map(|i| *i as usize);
+        let endpoints = match &server.pd {
+            Some(_) => first_decode(&pairs, &server.name)?,
+            None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
+        };
+        Ok(decision(target, endpoints, pairs, pod_index))
+    }
+}
+
+fn decision(
+    target: Target,
+    endpoints: String,
+    pairs: Vec<Pair>,
+    pod_index: Option<usize>,
+) -> Decision {
+    Decision {
+        route: target.route,
+        rule: target.rule,
+        server: target.server,
+        lora: target.lora,
+        endpoints,
+        pairs,
+        pod_index,
+    }
+}
+
+/// A PD request's endpoint header: the first pair's decode pod alone (a decode that follows a
+/// prefill is never retried blindly elsewhere).
+fn first_decode(pairs: &[Pair], server: &str) -> Result<String, RouteError> {
+    pairs
+        .first()
+        .map(|p| p.decode.clone())
+        .ok_or_else(|| RouteError::NoPdPair(server.to_string()))
+}
+
+/// `ip:port,ip:port,...` of the pods at `indices`, in that order.
+fn join_addresses(endpoints: &[String], indices: impl Iterator<Item = usize>) -> String {
+    let mut out = String::with_capacity(endpoints.len().min(8) * 22);
+    for (k, i) in indices.enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        out.push_str(endpoints.get(i).map(String::as_str).unwrap_or(""));
+    }
+    out
+}
+
+impl Server {
+    /// Round robin over the ready pods: the next one, followed by the ones after it, `take`
+    /// in all (at most every pod once).
+    fn round_robin(&mut self, take: usize) -> String {
+        let n = self.endpoints.len().max(1);
+        let start = self.next % n;
+        self.next = (start + 1) % n;
+        let take = self.endpoints.len().min(take);
+        join_addresses(&self.endpoints, (0..take).map(|k| (start + k) % n))
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+}
+
+impl PdServer {
+    /// The decode pods to rank: those of groups that still have a prefill pod up (all of
+    /// them if no group has).
+    fn decode_candidates<'a>(
+        &self,
+        view: &PodView<'a>,
+        server: &str,
+    ) -> Result<Vec<Candidate<'a>>, RouteError> {
+        let prefill_up = |g: &Group| {
+            g.prefill
+                .iter()
+                .any(|i| view.candidate(*i).stats.is_none_or(|s| s.up))
+        };
+        let all: Vec<(Candidate<'a>, bool)> = self
+            .groups
+            .iter()
+            .flat_map(|g| {
+                let up = prefill_up(g);
+                g.decode.iter().map(move |d| (view.candidate(*d), up))
+            })
+            .collect();
+        if all.is_empty() {
+            return Err(RouteError::NoPdPair(server.to_string()));
+        }
+        let usable: Vec<Candidate<'a>> =
+            all.iter().filter(|(_, up)| *up).map(|(c, _)| *c).collect();
+        Ok(if usable.is_empty() {
+            all.into_iter().map(|(c, _)| c).collect()
+        } else {
+            usable
+        })
+    }
+
+    /// Each ranked decode pod with the best-ranked prefill pod of its own group.
+    fn pair_with_prefills(
+        &self,
+        ranked_decodes: &[u32],
+        view: &PodView<'_>,
+        cfg: &filter_config::Scheduler,
+        ask: &Ask<'_>,
+        prefix: Option<&PrefixIndex>,
+        rng: &mut Rng,
+    ) -> Vec<Pair> {
+        let mut pairs = Vec::with_capacity(ranked_decodes.len());
+        for d in ranked_decodes {
+            let Some(g) = self
+                .groups
+                .iter()
+                .find(|g| g.decode.contains(&(*d as usize)))
+            else {
+                continue;
+            };
+            let prefills: Vec<Candidate<'_>> =
+                g.prefill.iter().map(|i| view.candidate(*i)).collect();
+            let Ok(best) = scheduler::rank(cfg, &prefills, ask, prefix, rng, 1) else {
+                continue;
+            };
+            if let Some(p) = best.first() {
+                pairs.push(Pair {
+                    group: g.name.clone(),
+                    prefill: view.address(*p as usize),
+                    decode: view.address(*d as usize),
+                });
+            }
+        }
+        pairs
+    }
+
+    /// Up to `n` distinct pairs, spreading load: successive requests start at successive
+    /// groups, and within a group rotate through its prefill and decode pods. Retry pairs come
+    /// from the following groups first.
+    fn pick_pairs(&mut self, n: usize, endpoints: &[String]) -> Vec<Pair> {
+        let g = self.groups.len();
+        if g == 0 {
+            return Vec::new();
+        }
+        let capacity: usize = self
+            .groups
+            .iter()
+            .map(|x| x.prefill.len().max(x.decode.len()))
+            .sum();
+        let start = self.next_group % g;
+        self.next_group = (start + 1) % g;
+        let mut out = Vec::with_capacity(n.min(capacity));
+        for k in 0..n.min(capacity) {
+            let Some(grp) = self.groups.get((start + k) % g) else {
+                break;
+            };
+            let round = grp.next + k / g;
+            let (Some(p), Some(d)) = (
+                grp.prefill.get(round % grp.prefill.len().max(1)),
+                grp.decode.get(round % grp.decode.len().max(1)),
+            ) else {
+                break;
+            };
+            let addr = |i: &usize| endpoints.get(*i).cloned().unwrap_or_default();
+            out.push(Pair {
+                group: grp.name.clone(),
+                prefill: addr(p),
+                decode: addr(d),
+            });
+        }
+        if let Some(grp) = self.groups.get_mut(start) {
+            grp.next = grp.next.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// What the scheduler sees of a server's pods for one request: fresh stats and in-flight
+/// counts (read once per request), by endpoint index.
+struct PodView<'a> {
+    endpoints: &'a [String],
+    stats: &'a Snapshot,
+    counts: Vec<u32>,
+    now_ms: u64,
+    stale_ms: u64,
+}
+
+impl<'a> PodView<'a> {
+    fn new(
+        endpoints: &'a [String],
+        stats: &'a Snapshot,
+        in_flight_key: &str,
+        req: &Request<'_>,
+        cfg: &filter_config::Scheduler,
+    ) -> Self {
+        let counts = (req.in_flight)(in_flight_key, endpoints.len());
+        PodView {
+            endpoints,
+            stats,
+            counts,
+            now_ms: req.now_ms,
+            stale_ms: cfg.metrics_stale_ms,
+        }
+    }
+
+    fn address(&self, i: usize) -> String {
+        self.endpoints.get(i).cloned().unwrap_or_default()
+    }
+
+    fn candidate(&self, i: usize) -> Candidate<'a> {
+        let stats = self
+            .endpoints
+            .get(i)
+            .and_then(|a| self.stats.get(a))
+            .filter(|s| self.now_ms.saturating_sub(s.at_ms) <= self.stale_ms);
+        Candidate {
+            id: i as u32,
+            stats,
+            in_flight: self.counts.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Chained block hashes of the request's prompt, when the server scores prefixes.
+fn prompt_hashes(
+    prefix: Option<&PrefixIndex>,
+    req: &Request<'_>,
+    cfg: &filter_config::Scheduler,
+) -> Vec<u64> {
+    match prefix {
+        Some(_) if !req.prompt.is_empty() => block_hashes(
+            req.model,
+            req.prompt,
+            cfg.prefix_block_size as usize,
+            cfg.prefix_max_blocks as usize,
+        ),
+        _ => Vec::new(),
+    }
+}
