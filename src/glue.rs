@@ -18,8 +18,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::collector::{self, Collector, Kind};
-use crate::flow::{Action, Counter, Flow, Host};
+use crate::flow::Flow;
 use crate::headers::Headers;
+use crate::host::{Action, Counter, Host};
 use crate::router::Router;
 use crate::shared::InFlight;
 

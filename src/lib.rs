@@ -14,7 +14,8 @@
 //! - [`shared`]: per-pod in-flight counts shared by every worker.
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
-//! - [`flow`]: the per-request state machine against the [`flow::Host`] trait.
+//! - [`host`]: what the filter needs from Envoy: the [`host::Host`] trait, actions, counters.
+//! - [`flow`]: the per-request state machine, written against [`host::Host`].
 //! - [`rng`]: injected randomness.
 //! - `glue` (wasm32 only): adapts proxy-wasm's contexts to [`flow::Flow`]; nothing else calls
 //!   proxy-wasm.
@@ -22,6 +23,7 @@ pub mod collector;
 pub mod errors;
 pub mod flow;
 pub mod headers;
+pub mod host;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;

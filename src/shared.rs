@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::flow::Host;
+use crate::host::Host;
 
 /// CAS attempts before an update is given up (another worker kept winning).
 const MAX_TRIES: usize = 16;
