@@ -63,6 +63,29 @@ impl ErrorReply {
         )
     }
 
+    /// PD: every pair's prefill leg failed to run; `what` completes "no prefill pod ...".
+    pub fn prefill_unavailable(what: &str) -> Self {
+        Self::new(503, "prefill_unavailable", format!("no prefill pod {what}"))
+    }
+
+    /// PD: the last prefill leg tried did not answer within `timeout_ms`.
+    pub fn prefill_timeout(timeout_ms: u64) -> Self {
+        Self::new(
+            504,
+            "prefill_timeout",
+            format!("prefill did not answer within {timeout_ms} ms"),
+        )
+    }
+
+    /// PD: the last prefill leg tried answered a non-2xx `status`.
+    pub fn prefill_failed(status: u32) -> Self {
+        Self::new(
+            502,
+            "prefill_failed",
+            format!("prefill pod answered status {status}"),
+        )
+    }
+
     pub fn not_configured() -> Self {
         Self::new(
             503,

@@ -1,23 +1,32 @@
 //! The per-request state machine, written against the [`Host`] trait so native tests can drive
 //! it with a recording fake host. The proxy-wasm glue only adapts Envoy's callbacks to it.
 //!
-//! Headers: strip client copies of routing headers; answer `GET /v1/models`; claim
+//! Headers: strip client copies of routing headers; answer `GET /v1/models[/{id}]`; claim
 //! `POST /v1/...` requests (pause for the body), let everything else pass untouched.
 //! Body: wait for end of stream (enforcing the size limit), scan once, decide, rewrite `model`
 //! by splicing, set the cluster / endpoint / request-id / upstream-policy headers, continue.
+//! PD servers hand over to `prefill` (the prefill side call, then the decode leg).
+//!
+//! Every hook documents when Envoy calls it and what its return means. A hook that answers the
+//! request locally returns [`Action::Pause`]: the local reply ends the stream, and continuing
+//! would let the request go upstream as well.
+
+use std::borrow::Cow;
+
+use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
 use crate::errors::ErrorReply;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host};
-use std::borrow::Cow;
-
-use crate::pd::{self, Bootstrap, Protocol};
 use crate::prompt::prompt_text;
 use crate::rewrite::splice_string;
-use crate::router::{Pair, Request, Router};
-use crate::scan::{scan, Model};
+use crate::router::{Request, Router};
+use crate::scan::{scan, Model, Scan};
 use crate::shared::InFlight;
-use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
+
+mod prefill;
+use prefill::PdRequest;
+pub use prefill::DEFAULT_PREFILL_TIMEOUT_MS;
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
 /// The whole-request timeout is never set (it would cut a stream that has begun); the route's
@@ -30,39 +39,19 @@ pub const ENVOY_PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-time
 pub const ENVOY_MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 pub const ENVOY_ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Prefill legs of a ModelServer without `trafficPolicy.timeout` still end.
-pub const DEFAULT_PREFILL_TIMEOUT_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a request stands; each phase holds what is valid in it.
+#[derive(Debug, Default)]
 enum Phase {
-    /// Not ours (or already answered / routed): do nothing.
+    /// Not ours, answered, or routed to a plain ModelServer: nothing left to do.
     #[default]
     Idle,
-    /// An inference request whose body we are buffering.
+    /// An inference request whose body is being buffered.
     AwaitBody,
     /// A PD request held while its prefill leg runs (vLLM protocols).
-    AwaitPrefill,
-}
-
-/// What a PD request needs between its legs.
-#[derive(Debug)]
-struct PdState {
-    protocol: Protocol,
-    /// The client's body as buffered (the decode leg is built from it).
-    body: Vec<u8>,
-    model: String,
-    cluster: String,
-    full_path: String,
-    authority: String,
-    request_id: String,
-    authorization: Option<String>,
-    pairs: Vec<Pair>,
-    attempt: usize,
-    token: Option<u32>,
-    sent_ms: u64,
-    timeout_ms: u64,
-    decode_timeout_ms: Option<u64>,
-    bootstrap: Option<Bootstrap>,
+    AwaitPrefill(Box<PdRequest>),
+    /// A PD request released to its decode pod (SGLang: its prefill leg may still answer).
+    Decoding(Box<PdRequest>),
 }
 
 /// What was decided for a request, for logs and metrics.
@@ -84,7 +73,6 @@ pub struct Flow {
     phase: Phase,
     path: String,
     full_path: String,
-    pd: Option<PdState>,
     /// The pod counted in flight for this request: (key, pods, index).
     counted: Option<(String, usize, usize)>,
     /// The request headers as they arrived (client routing headers included; those are
@@ -98,6 +86,10 @@ impl Flow {
         Flow::default()
     }
 
+    /// Runs when Envoy has the request headers (`end_of_stream`: there is no body). Strips
+    /// client copies of the routing headers from every request. Continue: not an inference
+    /// request, let it through untouched. Pause: the request is answered here (model list, an
+    /// error) or its body is awaited ([`Flow::on_request_body`]).
     pub fn on_request_headers(
         &mut self,
         router: Option<&Router>,
@@ -171,6 +163,10 @@ impl Flow {
         Action::Pause
     }
 
+    /// Runs for each piece of a claimed request's body (`body_size`: all buffered so far).
+    /// Pause: wait for more, or the request is answered here (413, 400, 404, 503, ...) or held
+    /// for its prefill leg. Continue: routed, with the cluster, pod and policy headers set and
+    /// the body rewritten; Envoy sends it upstream. Unclaimed requests continue untouched.
     pub fn on_request_body(
         &mut self,
         router: Option<&mut Router>,
@@ -179,7 +175,7 @@ impl Flow {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        if self.phase != Phase::AwaitBody {
+        if !matches!(self.phase, Phase::AwaitBody) {
             return Action::Continue;
         }
         let Some(router) = router else {
@@ -272,11 +268,21 @@ impl Flow {
                 _ => model.to_string(),
             };
             self.outcome.upstream_model = upstream_model.clone();
-            let mut state = PdState {
+            // The leg builders reuse this scan's record of the members they edit.
+            let layout = Scan {
+                model: None,
+                stream: scanned.stream,
+                members: scanned.members.clone(),
+                object: scanned.object.clone(),
+            };
+            let request = Box::new(PdRequest {
                 protocol: pd.protocol,
-                body: Vec::new(),
+                layout,
+                body,
                 model: upstream_model,
                 cluster: server.cluster.clone(),
+                cluster_header: router.settings.cluster_header.clone(),
+                endpoint_header: router.settings.endpoint_header.clone(),
                 full_path: self.full_path.clone(),
                 authority: self
                     .headers
@@ -289,23 +295,12 @@ impl Flow {
                 attempt: 0,
                 token: None,
                 sent_ms: 0,
-                timeout_ms: server.timeout_ms.unwrap_or(DEFAULT_PREFILL_TIMEOUT_MS),
+                prefill_timeout_ms: server.timeout_ms.unwrap_or(DEFAULT_PREFILL_TIMEOUT_MS),
                 decode_timeout_ms: server.timeout_ms,
+                bootstrap_port: pd.bootstrap_port,
                 bootstrap: None,
-            };
-            let bootstrap_port = pd.bootstrap_port;
-            state.body = body;
-            let cluster_header = router.settings.cluster_header.clone();
-            let endpoint_header = router.settings.endpoint_header.clone();
-            return self.start_pd(
-                state,
-                router,
-                host,
-                body_size,
-                &cluster_header,
-                &endpoint_header,
-                bootstrap_port,
-            );
+            });
+            return self.start_pd(request, router.rng(), host, body_size);
         }
 
         // Base-model requests carry the ModelServer's real model name upstream; LoRA requests
@@ -337,255 +332,8 @@ impl Flow {
         Action::Continue
     }
 
-    /// First PD step. vLLM: send the prefill leg and hold the request. SGLang: send the
-    /// prefill leg and release the decode leg at once.
-    #[allow(clippy::too_many_arguments)]
-    fn start_pd(
-        &mut self,
-        mut st: PdState,
-        router: &mut Router,
-        host: &mut dyn Host,
-        body_size: usize,
-        cluster_header: &str,
-        endpoint_header: &str,
-        bootstrap_port: u16,
-    ) -> Action {
-        loop {
-            let Some(pair) = st.pairs.get(st.attempt).cloned() else {
-                host.count(Counter::PdExhausted);
-                return self.fail(
-                    host,
-                    &ErrorReply::new(
-                        503,
-                        "prefill_unavailable",
-                        "no prefill pod accepted the request",
-                    ),
-                );
-            };
-            if st.protocol == Protocol::Sglang {
-                st.bootstrap = Some(Bootstrap {
-                    host: address_host(&pair.prefill).to_string(),
-                    port: bootstrap_port,
-                    room: router.rng().next_u64() >> 1,
-                });
-            }
-            if self.send_prefill(&mut st, host, &pair) {
-                break;
-            }
-            host.count(Counter::PrefillUnreachable);
-            st.attempt += 1;
-        }
-        if st.protocol == Protocol::Sglang {
-            // Both legs at once: the decode engine waits for the prefill's KV by itself.
-            let pair = st.pairs.get(st.attempt).cloned();
-            let action = self.release_decode(
-                &st,
-                host,
-                body_size,
-                None,
-                pair.as_ref(),
-                cluster_header,
-                endpoint_header,
-            );
-            self.pd = Some(st);
-            return action;
-        }
-        self.phase = Phase::AwaitPrefill;
-        self.pd = Some(st);
-        Action::Pause
-    }
-
-    /// Dispatches the prefill leg of the current attempt; false if the host refused it.
-    fn send_prefill(&mut self, st: &mut PdState, host: &mut dyn Host, pair: &Pair) -> bool {
-        let Ok(scanned) = scan(&st.body) else {
-            return false;
-        };
-        let body = pd::prefill_body(
-            &st.body,
-            &scanned,
-            st.protocol,
-            &st.model,
-            st.bootstrap.as_ref(),
-        );
-        let len = body.len().to_string();
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", "POST"),
-            (":path", &st.full_path),
-            (":authority", &st.authority),
-            ("content-type", "application/json"),
-            ("content-length", &len),
-            (REQUEST_ID_HEADER, &st.request_id),
-            (DEFAULT_ENDPOINT_HEADER, &pair.prefill),
-        ];
-        if let Some(a) = &st.authorization {
-            headers.push(("authorization", a));
-        }
-        st.sent_ms = host.now_ms();
-        st.token = host.dispatch(&st.cluster, &headers, &body, st.timeout_ms);
-        self.outcome.prefill = pair.prefill.clone();
-        st.token.is_some()
-    }
-
-    /// Sets the decode leg's body and headers and lets the request go to the decode pod.
-    #[allow(clippy::too_many_arguments)]
-    fn release_decode(
-        &mut self,
-        st: &PdState,
-        host: &mut dyn Host,
-        body_size: usize,
-        kv_transfer_params: Option<&[u8]>,
-        pair: Option<&Pair>,
-        cluster_header: &str,
-        endpoint_header: &str,
-    ) -> Action {
-        let Some(pair) = pair else {
-            return Action::Continue;
-        };
-        let Ok(scanned) = scan(&st.body) else {
-            return Action::Continue;
-        };
-        let body = pd::decode_body(
-            &st.body,
-            &scanned,
-            &st.model,
-            kv_transfer_params,
-            st.bootstrap.as_ref(),
-        );
-        host.replace_body(body_size, &body);
-        if self.headers.contains("content-length") {
-            host.set_header("content-length", &body.len().to_string());
-        }
-        host.set_header(cluster_header, &st.cluster);
-        // The decode pod alone: after a prefill, a decode is not retried elsewhere blindly.
-        host.set_header(endpoint_header, &pair.decode);
-        host.set_header(ENVOY_MAX_RETRIES_HEADER, "0");
-        if let Some(ms) = st.decode_timeout_ms {
-            host.set_header(ENVOY_PER_TRY_TIMEOUT_HEADER, &ms.to_string());
-        }
-        self.outcome.endpoint = pair.decode.clone();
-        self.outcome.prefill = pair.prefill.clone();
-        Action::Continue
-    }
-
-    /// A side call answered (or failed). vLLM: on 2xx build and release the decode leg, else
-    /// try the next pair or answer an error. SGLang: the prefill answer is only counted.
-    pub fn on_call_response(
-        &mut self,
-        router: Option<&Router>,
-        host: &mut dyn Host,
-        token: u32,
-        body_size: usize,
-    ) {
-        let Some(mut st) = self.pd.take() else { return };
-        if st.token != Some(token) {
-            self.pd = Some(st);
-            return;
-        }
-        let status = host.call_status();
-        let elapsed = host.now_ms().saturating_sub(st.sent_ms);
-        let leg = match status {
-            Some(200..=299) => Leg::Ok,
-            Some(504) | None if elapsed + 50 >= st.timeout_ms => Leg::TimedOut,
-            None => Leg::Unreachable,
-            // Envoy's own answer when it could not reach the pod at all.
-            Some(503)
-                if envoy_local_unreachable(
-                    &host.call_body(body_size.min(128)).unwrap_or_default(),
-                ) =>
-            {
-                Leg::Unreachable
-            }
-            Some(s) => Leg::Failed(s),
-        };
-        let ok = leg == Leg::Ok;
-        host.count(match leg {
-            Leg::Ok => Counter::PrefillOk,
-            Leg::TimedOut => Counter::PrefillTimeout,
-            Leg::Unreachable => Counter::PrefillUnreachable,
-            Leg::Failed(_) => Counter::PrefillFailed,
-        });
-        if st.protocol == Protocol::Sglang || self.phase != Phase::AwaitPrefill {
-            self.pd = Some(st);
-            return;
-        }
-        let (cluster_header, endpoint_header) = match router {
-            Some(r) => (
-                r.settings.cluster_header.clone(),
-                r.settings.endpoint_header.clone(),
-            ),
-            None => (
-                DEFAULT_CLUSTER_HEADER.to_string(),
-                DEFAULT_ENDPOINT_HEADER.to_string(),
-            ),
-        };
-        let answer_size = body_size;
-        let body_size = st.body.len();
-        if ok {
-            self.phase = Phase::Idle;
-            let answer = host.call_body(answer_size).unwrap_or_default();
-            let kv = if st.protocol == Protocol::VllmKvTransfer {
-                let kv = pd::kv_transfer_params(&answer).map(<[u8]>::to_vec);
-                if kv.is_none() {
-                    // The decode engine then computes the prefill itself: slower, not wrong.
-                    host.count(Counter::KvParamsMissing);
-                    log::warn!(
-                        "modelroute: prefill answer for {} carried no kv_transfer_params",
-                        st.request_id
-                    );
-                }
-                kv
-            } else {
-                None
-            };
-            let pair = st.pairs.get(st.attempt).cloned();
-            self.release_decode(
-                &st,
-                host,
-                body_size,
-                kv.as_deref(),
-                pair.as_ref(),
-                &cluster_header,
-                &endpoint_header,
-            );
-            self.pd = Some(st);
-            host.resume();
-            return;
-        }
-        // Try the next pair, if any.
-        while st.attempt + 1 < st.pairs.len() {
-            st.attempt += 1;
-            host.count(Counter::PdRetry);
-            let Some(pair) = st.pairs.get(st.attempt).cloned() else {
-                break;
-            };
-            if self.send_prefill(&mut st, host, &pair) {
-                self.pd = Some(st);
-                return;
-            }
-            host.count(Counter::PrefillUnreachable);
-        }
-        host.count(Counter::PdExhausted);
-        let e = match leg {
-            Leg::TimedOut => ErrorReply::new(
-                504,
-                "prefill_timeout",
-                format!("prefill did not answer within {} ms", st.timeout_ms),
-            ),
-            Leg::Failed(s) => ErrorReply::new(
-                502,
-                "prefill_failed",
-                format!("prefill pod answered status {s}"),
-            ),
-            Leg::Ok | Leg::Unreachable => ErrorReply::new(
-                503,
-                "prefill_unavailable",
-                "no prefill pod could be reached",
-            ),
-        };
-        self.fail(host, &e);
-    }
-
-    /// The request is over (completed or reset): release its in-flight count.
+    /// Runs once when the request is over, completed or reset (Envoy's `on_log` /
+    /// context teardown): releases its in-flight count. Nothing to return.
     pub fn on_done(&mut self, host: &mut dyn Host, in_flight: &mut InFlight) {
         if let Some((key, n, idx)) = self.counted.take() {
             in_flight.release(host, &key, n, idx);
@@ -595,12 +343,14 @@ impl Flow {
     /// Whether the upstream answer's status matters (PD decode counters); other requests
     /// skip reading it.
     pub fn wants_response_status(&self) -> bool {
-        self.pd.is_some()
+        matches!(self.phase, Phase::Decoding(_))
     }
 
-    /// The upstream answer's status (PD decode outcome counters).
+    /// Runs when the response headers arrive (`status`: their `:status`), only for requests
+    /// that [`Flow::wants_response_status`]: counts the PD decode leg's outcome. The response
+    /// always continues.
     pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>) {
-        if self.pd.is_some() && self.outcome.local_status.is_none() {
+        if matches!(self.phase, Phase::Decoding(_)) && self.outcome.local_status.is_none() {
             host.count(if matches!(status, Some(s) if s < 500) {
                 Counter::DecodeOk
             } else {
@@ -629,27 +379,6 @@ impl Flow {
         );
         Action::Pause
     }
-}
-
-/// How a prefill leg ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leg {
-    Ok,
-    TimedOut,
-    Unreachable,
-    Failed(u32),
-}
-
-/// Envoy's local reply bodies for "could not reach the upstream" (connect failure, reset
-/// before headers, no host): a 503 that no engine sent.
-fn envoy_local_unreachable(body: &[u8]) -> bool {
-    body.starts_with(b"upstream connect error") || body.starts_with(b"no healthy upstream")
-}
-
-/// The host part of `ip:port` / `[v6]:port` (SGLang's `bootstrap_host`).
-fn address_host(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// A URL path segment with its `%XX` escapes decoded; None if an escape is malformed or the

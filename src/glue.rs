@@ -228,13 +228,7 @@ impl Context for Request {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let router = self.router.try_borrow().ok();
-        self.flow.on_call_response(
-            router.as_ref().and_then(|r| r.as_ref()),
-            &mut EnvoyHost,
-            token,
-            body_size,
-        );
+        self.flow.on_call_response(&mut EnvoyHost, token, body_size);
     }
 }
 

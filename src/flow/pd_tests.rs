@@ -13,6 +13,10 @@ const MODEL: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
 /// A PD server with groups g0 (P .10, D .11) and g1 (P .20, D .21), plus a group with only a
 /// prefill pod (never used) and a role-less pod.
 fn router(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Router {
+    Router::compile(config(engine, connector, retry), 5).unwrap()
+}
+
+fn config(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> FilterConfig {
     let ep = |a: &str, g: Option<&str>, r: Option<Role>| Endpoint {
         address: format!("127.0.0.{a}:8000"),
         pod: format!("default/p{a}"),
@@ -68,7 +72,7 @@ fn router(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Router
             }),
         }],
     };
-    Router::compile(cfg, 5).unwrap()
+    cfg
 }
 
 const BODY: &str = r#"{"model":"pd","prompt":"San Francisco is a","stream":true,"stream_options":{"include_usage":true},"max_tokens":32}"#;
@@ -85,10 +89,10 @@ fn start_with(f: &mut Flow, r: &mut Router, h: &mut FakeHost) -> Action {
     f.on_request_body(Some(r), h, &mut InFlight::default(), n, true)
 }
 
-fn answer(f: &mut Flow, r: &Router, h: &mut FakeHost, status: Option<u32>, body: &str) {
+fn answer(f: &mut Flow, h: &mut FakeHost, status: Option<u32>, body: &str) {
     let token = h.calls.last().unwrap().0;
     h.call_answer = Some((status, body.as_bytes().to_vec()));
-    f.on_call_response(Some(r), h, token, body.len());
+    f.on_call_response(h, token, body.len());
 }
 
 #[test]
@@ -118,13 +122,7 @@ fn vllm_http_prefill_first_then_decode_in_the_same_group() {
         "decode must wait for the prefill"
     );
 
-    answer(
-        &mut f,
-        &r,
-        &mut h,
-        Some(200),
-        r#"{"choices":[{"text":"x"}]}"#,
-    );
+    answer(&mut f, &mut h, Some(200), r#"{"choices":[{"text":"x"}]}"#);
     assert_eq!(h.resumed, 1);
     assert_eq!(
         h.get("x-gateway-destination-endpoint"),
@@ -161,7 +159,6 @@ fn nixl_kv_transfer_params_travel_verbatim_from_prefill_answer_to_decode() {
     let kv = r#"{"do_remote_prefill":true,"do_remote_decode":false,"remote_engine_id":"e-7","remote_block_ids":[1,2,3],"remote_host":"127.0.0.10","remote_port":8000,"tp_size":1}"#;
     answer(
         &mut f,
-        &r,
         &mut h,
         Some(200),
         &format!(r#"{{"id":"c","kv_transfer_params":{kv}}}"#),
@@ -181,7 +178,7 @@ fn nixl_answer_without_params_is_counted_and_decode_computes_itself() {
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    answer(&mut f, &r, &mut h, Some(200), r#"{"id":"c"}"#);
+    answer(&mut f, &mut h, Some(200), r#"{"id":"c"}"#);
     assert_eq!(h.resumed, 1);
     assert!(h.body_json().get("kv_transfer_params").is_none());
     assert!(h.counters.contains(&Counter::KvParamsMissing));
@@ -210,7 +207,7 @@ fn sglang_sends_both_legs_at_once_with_one_bootstrap_room() {
     assert_eq!(d["bootstrap_port"], 8998);
     assert!(d["bootstrap_room"].as_u64().unwrap() < (1 << 63));
     // The prefill answer, when it comes, is only counted.
-    answer(&mut f, &r, &mut h, Some(200), "{}");
+    answer(&mut f, &mut h, Some(200), "{}");
     assert_eq!(h.counters, vec![Counter::PrefillOk]);
     assert_eq!(h.resumed, 0);
     // A new attempt gets a new room.
@@ -225,13 +222,13 @@ fn failed_prefill_moves_to_the_next_pair_in_another_group() {
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    answer(&mut f, &r, &mut h, Some(500), "boom");
+    answer(&mut f, &mut h, Some(500), "boom");
     assert_eq!(h.calls.len(), 2);
     assert_eq!(
         h.call_header(1, "x-gateway-destination-endpoint"),
         Some("127.0.0.20:8000")
     );
-    answer(&mut f, &r, &mut h, Some(200), "{}");
+    answer(&mut f, &mut h, Some(200), "{}");
     assert_eq!(
         h.get("x-gateway-destination-endpoint"),
         Some("127.0.0.21:8000")
@@ -251,8 +248,8 @@ fn exhausted_prefill_failures_answer_502_503_or_504() {
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    answer(&mut f, &r, &mut h, Some(500), "");
-    answer(&mut f, &r, &mut h, Some(503), "");
+    answer(&mut f, &mut h, Some(500), "");
+    answer(&mut f, &mut h, Some(503), "");
     assert_eq!(h.reply_json().0, 502);
     assert_eq!(h.reply_json().1["error"]["code"], "prefill_failed");
     assert_eq!(h.resumed, 0);
@@ -263,7 +260,7 @@ fn exhausted_prefill_failures_answer_502_503_or_504() {
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    answer(&mut f, &r, &mut h, None, "");
+    answer(&mut f, &mut h, None, "");
     assert_eq!(h.reply_json().0, 503);
     assert!(h.counters.contains(&Counter::PrefillUnreachable));
 
@@ -273,7 +270,7 @@ fn exhausted_prefill_failures_answer_502_503_or_504() {
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
     h.now += 10_000;
-    answer(&mut f, &r, &mut h, None, "");
+    answer(&mut f, &mut h, None, "");
     assert_eq!(h.reply_json().0, 504);
     assert!(h.counters.contains(&Counter::PrefillTimeout));
 }
@@ -294,7 +291,7 @@ fn stale_or_foreign_call_answers_are_ignored() {
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
     h.call_answer = Some((Some(200), b"{}".to_vec()));
-    f.on_call_response(Some(&r), &mut h, 9999, 2);
+    f.on_call_response(&mut h, 9999, 2);
     assert_eq!(h.resumed, 0);
     assert!(h.counters.is_empty());
 }
@@ -328,7 +325,7 @@ fn property_pairs_are_always_within_one_group_and_spread_over_groups() {
             let mut f = Flow::new();
             start_with(&mut f, &mut r, &mut h);
             if engine != Engine::Sglang {
-                answer(&mut f, &r, &mut h, Some(200), "{}");
+                answer(&mut f, &mut h, Some(200), "{}");
             }
             let p = h
                 .call_header(0, "x-gateway-destination-endpoint")
@@ -367,7 +364,7 @@ fn envoys_own_503_for_an_unreachable_pod_counts_as_unreachable_not_failed() {
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
     let body = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
-    answer(&mut f, &r, &mut h, Some(503), body);
+    answer(&mut f, &mut h, Some(503), body);
     assert_eq!(
         h.counters,
         vec![Counter::PrefillUnreachable, Counter::PdExhausted]
@@ -379,7 +376,6 @@ fn envoys_own_503_for_an_unreachable_pod_counts_as_unreachable_not_failed() {
     start_with(&mut f, &mut r, &mut h);
     answer(
         &mut f,
-        &r,
         &mut h,
         Some(503),
         r#"{"object":"error","message":"overloaded"}"#,
@@ -425,17 +421,40 @@ fn scheduled_pd_pairs_the_best_decode_with_a_prefill_of_its_group() {
             h.call_header(0, "x-gateway-destination-endpoint"),
             Some("127.0.0.20:8000")
         );
-        answer(&mut f, &r, &mut h, Some(500), "");
+        answer(&mut f, &mut h, Some(500), "");
         // The retry pair is the other decode with its own group's prefill.
         assert_eq!(
             h.call_header(1, "x-gateway-destination-endpoint"),
             Some("127.0.0.10:8000")
         );
-        answer(&mut f, &r, &mut h, Some(200), "{}");
+        answer(&mut f, &mut h, Some(200), "{}");
         assert_eq!(
             h.get("x-gateway-destination-endpoint"),
             Some("127.0.0.11:8000")
         );
         f.on_done(&mut h, &mut InFlight::default());
     }
+}
+
+#[test]
+fn side_calls_and_the_decode_leg_use_the_configured_header_names() {
+    let mut cfg = config(Engine::Vllm, None, None);
+    cfg.settings.cluster_header = "x-my-cluster".into();
+    cfg.settings.endpoint_header = "x-my-pod".into();
+    let mut r = Router::compile(cfg, 5).unwrap();
+    let mut h = FakeHost::post("/v1/completions", BODY, &[]);
+    let mut f = Flow::new();
+    assert_eq!(start_with(&mut f, &mut r, &mut h), Action::Pause);
+    let (_, _, headers, _, _) = &h.calls[0];
+    let pinned = headers
+        .iter()
+        .find(|(k, _)| k == "x-my-pod")
+        .map(|(_, v)| v.clone());
+    assert_eq!(pinned.as_deref(), Some("127.0.0.10:8000"), "{headers:?}");
+    assert!(headers
+        .iter()
+        .all(|(k, _)| k != "x-gateway-destination-endpoint"));
+    answer(&mut f, &mut h, Some(200), "{}");
+    assert_eq!(h.get("x-my-pod"), Some("127.0.0.11:8000"));
+    assert_eq!(h.get("x-my-cluster"), Some("modelserver|default|pd"));
 }
