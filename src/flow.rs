@@ -18,11 +18,11 @@ use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 use crate::errors::ErrorReply;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host};
+use crate::in_flight::InFlight;
 use crate::prompt::prompt_text;
 use crate::rewrite::splice_string;
 use crate::router::{Request, Router};
 use crate::scan::{scan, Model, Scan};
-use crate::shared::InFlight;
 
 mod prefill;
 use prefill::PdRequest;

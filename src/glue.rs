@@ -21,8 +21,8 @@ use crate::collector::{self, Collector, Kind};
 use crate::flow::Flow;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host};
+use crate::in_flight::InFlight;
 use crate::router::Router;
-use crate::shared::InFlight;
 
 /// Root tick with the scheduler: publishes this worker's in-flight releases; metrics are
 /// collected every `metrics_interval_ms` on the ticks that cross it.

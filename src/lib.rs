@@ -11,7 +11,7 @@
 //! - [`prefix`]: prompt block hashes and the per-server prefix index.
 //! - [`metrics`]: engine metrics parsing and the per-pod snapshot the VMs share.
 //! - [`collector`]: which VM scrapes the pods (a lease in shared data) and what it scrapes.
-//! - [`shared`]: per-pod in-flight counts shared by every worker.
+//! - [`in_flight`]: per-pod in-flight counts shared by every worker (shared data, CAS).
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`host`]: what the filter needs from Envoy: the [`host::Host`] trait, actions, counters.
@@ -24,6 +24,7 @@ pub mod errors;
 pub mod flow;
 pub mod headers;
 pub mod host;
+pub mod in_flight;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;
@@ -33,7 +34,6 @@ pub mod rng;
 pub mod router;
 pub mod scan;
 pub mod scheduler;
-pub mod shared;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

@@ -4,7 +4,7 @@
 //! Pipeline: [`load`] (files -> objects) -> [`validate`] (Kthena's webhook rules) ->
 //! [`compile`] (-> `FilterConfig` + clusters) -> [`render`] (Envoy JSON) -> [`output`]
 //! (atomic, only-when-changed writes). [`watch`] re-runs it when inputs change, once they have
-//! settled. [`scheduler`] reads Kthena's router scheduler configuration into `Settings.scheduler`
+//! settled. [`router_config`] reads Kthena's router configuration into `Settings.scheduler`
 //! on the way.
 
 pub mod compile;
@@ -19,7 +19,7 @@ pub mod order;
 pub mod output;
 pub mod pods;
 pub mod render;
-pub mod scheduler;
+pub mod router_config;
 pub mod validate;
 pub mod watch;
 
@@ -95,7 +95,7 @@ impl InputPaths {
 pub fn build(read: &ReadInputs, settings: Settings, diags: &mut Diagnostics) -> Option<Compiled> {
     let mut settings = settings;
     if let Some(source) = &read.scheduler {
-        if let Some(s) = scheduler::from_source(source, &settings.scheduler, diags) {
+        if let Some(s) = router_config::from_source(source, &settings.scheduler, diags) {
             settings.scheduler = s;
         }
     }

@@ -176,7 +176,7 @@ impl CommonArgs {
         }
         s.scheduler.metrics_interval_ms = self.metrics_interval_ms;
         s.scheduler.metrics_stale_ms = self.metrics_stale_ms;
-        if let Err(msg) = controller::scheduler::check_metrics(&s.scheduler) {
+        if let Err(msg) = controller::router_config::check_metrics(&s.scheduler) {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,

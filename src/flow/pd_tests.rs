@@ -1,7 +1,7 @@
 //! Fake-host tests of the PD leg sequences and their failure paths.
 use super::fake::FakeHost;
 use super::*;
-use crate::shared::InFlight;
+use crate::in_flight::InFlight;
 use filter_config::{
     Endpoint, Engine, FilterConfig, Pd, Retry, Role, Route, Rule, Server, Settings, Target,
     SCHEMA_VERSION,

@@ -1,7 +1,7 @@
 //! Fake-host tests of the request flow: what a client sends in, what Envoy would see out.
 use super::fake::FakeHost;
 use super::*;
-use crate::shared::InFlight;
+use crate::in_flight::InFlight;
 use filter_config::{
     Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION,
 };
@@ -424,7 +424,11 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
         .to_string();
     assert_ne!(first, second, "the busy pod is avoided");
     let key = r.server(0).unwrap().in_flight_key.clone();
-    let total = |h: &FakeHost| crate::shared::read_counts(h, &key, 2).iter().sum::<u32>();
+    let total = |h: &FakeHost| {
+        crate::in_flight::read_counts(h, &key, 2)
+            .iter()
+            .sum::<u32>()
+    };
     assert_eq!(total(&h2), 2);
     f2.on_done(&mut h2, &mut w2);
     f2.on_done(&mut h2, &mut w2);

@@ -1,4 +1,4 @@
-//! Kthena's router scheduler configuration -> [`filter_config::Scheduler`].
+//! Kthena's router configuration (its scheduler section) -> [`filter_config::Scheduler`].
 //!
 //! Kthena configures pod picking with the ConfigMap `kthena-router-config`, whose
 //! `data.routerConfiguration` is a YAML document with a `scheduler:` section (`pluginConfig`:
@@ -28,7 +28,10 @@
 //!   routerConfiguration without `scheduler` keeps the defaults (with a warning).
 
 use filter_config::{Plugin, Scheduler, WeightedPlugin};
+
+mod walk;
 use serde_json::{Map, Value};
+use walk::{join, list, mapping, type_name, unknown_keys, Report};
 
 use crate::diag::Diagnostics;
 use crate::load::Source;
@@ -227,88 +230,6 @@ fn configmap_key(doc: &Value) -> String {
     let ns = field("namespace");
     let ns = if ns.is_empty() { "default".into() } else { ns };
     format!("{ns}/{}", field("name"))
-}
-
-/// Diagnostics with the file / object prefix.
-struct Report<'a> {
-    prefix: String,
-    diags: &'a mut Diagnostics,
-    errors: usize,
-}
-
-impl Report<'_> {
-    fn error(&mut self, path: &str, msg: &str) {
-        self.errors += 1;
-        self.diags.error(format!("{}{path}: {msg}", self.prefix));
-    }
-    fn warn(&mut self, path: &str, msg: &str) {
-        self.diags.warn(format!("{}{path}: {msg}", self.prefix));
-    }
-    fn unsupported_kvcache(&mut self, path: &str) {
-        self.warn(
-            path,
-            &format!(
-                "{KVCACHE_AWARE} is not supported (it needs Redis and the Kthena router runtime); \
-                 ignored"
-            ),
-        );
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
-
-/// A mapping (null counts as empty); anything else is an error.
-fn mapping<'v>(v: &'v Value, path: &str, r: &mut Report) -> Option<&'v Map<String, Value>> {
-    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-    match v {
-        Value::Object(m) => Some(m),
-        Value::Null => Some(EMPTY.get_or_init(Map::new)),
-        other => {
-            r.error(
-                path,
-                &format!("must be a mapping, got {}", type_name(other)),
-            );
-            None
-        }
-    }
-}
-
-/// A list (null counts as empty); anything else is an error.
-fn list<'v>(v: &'v Value, path: &str, r: &mut Report) -> &'v [Value] {
-    match v {
-        Value::Array(a) => a,
-        Value::Null => &[],
-        other => {
-            r.error(path, &format!("must be a list, got {}", type_name(other)));
-            &[]
-        }
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// Warns about every key of `m` not in `known`.
-fn unknown_keys(m: &Map<String, Value>, known: &[&str], path: &str, r: &mut Report) {
-    for k in m.keys() {
-        if !known.contains(&k.as_str()) {
-            r.warn(&join(path, k), "unknown field, ignored");
-        }
-    }
 }
 
 fn router_configuration(config: &Value, base: &Scheduler, r: &mut Report) -> Scheduler {
