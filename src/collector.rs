@@ -6,11 +6,18 @@
 //! `GET /v1/models` of every pod with side calls pinned by the endpoint header. Every VM reads
 //! the snapshot once per tick into its router; requests never touch shared data for stats. A
 //! collector that goes away (reload, crash) stops renewing, and another VM takes over when the
-//! lease expires. Pure: the glue passes in clock, shared-data values and call answers.
+//! lease expires. Written against the [`Host`] trait (shared data, side calls, clock,
+//! counters), so the whole round runs under a fake host in tests; the glue only calls
+//! [`Collector::round`], [`Collector::on_call_response`] and [`read_snapshot`] from the root
+//! context.
+
+use std::collections::HashMap;
 
 use filter_config::Engine;
 
-use crate::metrics::{parse_models, parse_prometheus, PodStats, Snapshot};
+use crate::host::{Counter, Host};
+
+use crate::metrics::{decode, encode, parse_models, parse_prometheus, PodStats, Snapshot};
 
 pub const LEASE_KEY: &str = "modelroute.collector";
 pub const SNAPSHOT_KEY: &str = "modelroute.metrics";
@@ -53,14 +60,74 @@ pub struct Target {
 pub struct Collector {
     pub targets: Vec<Target>,
     stats: Snapshot,
+    /// This VM's identity in the lease.
+    me: u64,
+    interval_ms: u64,
+    /// The header that pins a scrape to its pod (the configured endpoint header).
+    endpoint_header: String,
+    /// Scrape calls in flight: token -> (target, what).
+    calls: HashMap<u32, (usize, Kind)>,
 }
 
 impl Collector {
-    pub fn new(targets: Vec<Target>) -> Self {
+    pub fn new(targets: Vec<Target>, me: u64, interval_ms: u64, endpoint_header: &str) -> Self {
         Collector {
             targets,
             stats: Snapshot::new(),
+            me,
+            interval_ms,
+            endpoint_header: endpoint_header.to_string(),
+            calls: HashMap::new(),
         }
+    }
+
+    /// One round, run by every VM each metrics interval: if this VM holds the lease (or takes
+    /// it: free or expired), it publishes what it gathered, then scrapes `/metrics` and
+    /// `/v1/models` of every pod with side calls pinned to the pod. Returns whether this VM
+    /// collected. Answers of the previous round that never came are forgotten.
+    pub fn round(&mut self, host: &mut dyn Host, now_ms: u64) -> bool {
+        let (current, cas) = host.shared_get(LEASE_KEY);
+        let Some(lease) = take_lease(current.as_deref(), self.me, now_ms, 3 * self.interval_ms)
+        else {
+            return false;
+        };
+        if !host.shared_set(LEASE_KEY, &lease, cas) {
+            return false;
+        }
+        host.shared_set(SNAPSHOT_KEY, &encode(&self.snapshot()), None);
+        self.calls.clear();
+        let timeout = self.interval_ms.max(100);
+        for (i, t) in self.targets.iter().enumerate() {
+            for (kind, path) in [(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")] {
+                let headers = [
+                    (":method", "GET"),
+                    (":path", path),
+                    (":authority", "modelroute-collector"),
+                    (self.endpoint_header.as_str(), t.address.as_str()),
+                ];
+                if let Some(token) = host.dispatch(&t.cluster, &headers, b"", timeout) {
+                    self.calls.insert(token, (i, kind));
+                }
+            }
+        }
+        true
+    }
+
+    /// A scrape of this round answered or failed (the root context's
+    /// `on_http_call_response`; `body_size` is the answer's). Other calls are ignored.
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
+        let Some((target, kind)) = self.calls.remove(&token) else {
+            return;
+        };
+        let status = host.call_status();
+        let body = host.call_body(body_size).unwrap_or_default();
+        host.count(if matches!(status, Some(200..=299)) {
+            Counter::ScrapeOk
+        } else {
+            Counter::ScrapeFailed
+        });
+        let now = host.now_ms();
+        self.on_answer(target, kind, status, &body, now);
     }
 
     /// A scrape answered: `status` None (or Envoy's own 503) means the pod was unreachable.
@@ -118,6 +185,18 @@ impl Collector {
     }
 }
 
+/// Every VM, each metrics interval: the collector's latest snapshot, if it changed since the
+/// one read last (`seen`: its CAS). A snapshot that does not decode is skipped, and the VM
+/// keeps the stats it has.
+pub fn read_snapshot(host: &dyn Host, seen: &mut Option<u32>) -> Option<Snapshot> {
+    let (bytes, cas) = host.shared_get(SNAPSHOT_KEY);
+    if cas.is_none() || cas == *seen {
+        return None;
+    }
+    *seen = cas;
+    bytes.as_deref().and_then(decode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +224,7 @@ mod tests {
             address: "127.0.0.2:8000".into(),
             engine: Engine::Vllm,
         };
-        let mut c = Collector::new(vec![t]);
+        let mut c = Collector::new(vec![t], 1, 1000, "x-gateway-destination-endpoint");
         c.on_answer(
             0,
             Kind::Metrics,
@@ -187,5 +266,74 @@ mod tests {
         );
         c.on_answer(0, Kind::Metrics, Some(500), b"oops", 50);
         assert_eq!(c.stats("127.0.0.2:8000").unwrap().at_ms, 40);
+    }
+
+    fn pods(n: usize) -> Vec<Target> {
+        (0..n)
+            .map(|i| Target {
+                cluster: "modelserver|default|s".into(),
+                address: format!("127.0.0.{}:8000", i + 2),
+                engine: Engine::Vllm,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_vm_collects_and_pins_each_scrape_to_its_pod() {
+        let mut host = crate::flow::fake::FakeHost::default();
+        let mut a = Collector::new(pods(2), 7, 1000, "x-my-pod");
+        let mut b = Collector::new(pods(2), 8, 1000, "x-my-pod");
+        assert!(a.round(&mut host, 0));
+        assert!(!b.round(&mut host, 500), "the lease is a's until 3000");
+        let paths: Vec<(&str, &str)> = host
+            .calls
+            .iter()
+            .map(|(_, _, h, _, _)| {
+                let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+                (get(":path").unwrap(), get("x-my-pod").unwrap())
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/metrics", "127.0.0.2:8000"),
+                ("/v1/models", "127.0.0.2:8000"),
+                ("/metrics", "127.0.0.3:8000"),
+                ("/v1/models", "127.0.0.3:8000")
+            ]
+        );
+        assert!(a.round(&mut host, 1000), "renewal");
+        assert!(
+            b.round(&mut host, 1000 + 3001),
+            "a stopped renewing: b takes over"
+        );
+    }
+
+    #[test]
+    fn answers_reach_every_vm_through_the_published_snapshot() {
+        let mut host = crate::flow::fake::FakeHost::default();
+        let mut c = Collector::new(pods(2), 7, 1000, "x-gateway-destination-endpoint");
+        c.round(&mut host, 0);
+        let (metrics_a, metrics_b) = (host.calls[0].0, host.calls[2].0);
+        host.now = 10;
+        host.call_answer = Some((Some(200), b"vllm:num_requests_waiting 4\n".to_vec()));
+        c.on_call_response(&mut host, metrics_a, 28);
+        host.call_answer = Some((None, vec![]));
+        c.on_call_response(&mut host, metrics_b, 0);
+        c.on_call_response(&mut host, 999, 0);
+        assert_eq!(host.counters, [Counter::ScrapeOk, Counter::ScrapeFailed]);
+
+        let mut seen = None;
+        assert_eq!(read_snapshot(&host, &mut seen).map(|s| s.len()), Some(0));
+        assert_eq!(
+            read_snapshot(&host, &mut seen),
+            None,
+            "unchanged: not decoded again"
+        );
+        c.round(&mut host, 1000);
+        let snapshot = read_snapshot(&host, &mut seen).expect("the next round publishes");
+        assert_eq!(snapshot["127.0.0.2:8000"].waiting, 4.0);
+        assert!(snapshot["127.0.0.2:8000"].up);
+        assert!(!snapshot["127.0.0.3:8000"].up);
     }
 }

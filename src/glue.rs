@@ -14,10 +14,9 @@ use proxy_wasm::types::{
     Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType,
 };
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::collector::{self, Collector, Kind};
+use crate::collector::{self, Collector};
 use crate::flow::Flow;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host};
@@ -35,18 +34,14 @@ type Shared = Rc<RefCell<Option<Router>>>;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { router: Rc::new(RefCell::new(None)), me: 0, collector: None, calls: HashMap::new(), interval_ms: 1000, next_collect_ms: 0, snapshot_cas: None })
+        Box::new(Root { router: Rc::new(RefCell::new(None)), collector: None, interval_ms: 1000, next_collect_ms: 0, snapshot_cas: None })
     });
 }}
 
 struct Root {
     router: Shared,
-    /// This root context's identity for the collector lease.
-    me: u64,
     /// Present while the scheduler needs engine metrics.
     collector: Option<Collector>,
-    /// Scrape calls in flight: token -> (target, what).
-    calls: HashMap<u32, (usize, Kind)>,
     interval_ms: u64,
     /// When the next collection round (and snapshot refresh) is due.
     next_collect_ms: u64,
@@ -55,6 +50,7 @@ struct Root {
 }
 
 impl Context for Root {
+    /// A scrape side call answered or failed.
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -62,66 +58,16 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some((target, kind)) = self.calls.remove(&token) else {
-            return;
-        };
-        let status = EnvoyHost.call_status();
-        let body = EnvoyHost.call_body(body_size).unwrap_or_default();
-        let now = EnvoyHost.now_ms();
-        let ok = matches!(status, Some(200..=299));
-        EnvoyHost.count(if ok {
-            Counter::ScrapeOk
-        } else {
-            Counter::ScrapeFailed
-        });
         if let Some(c) = self.collector.as_mut() {
-            c.on_answer(target, kind, status, &body, now);
+            c.on_call_response(&mut EnvoyHost, token, body_size);
         }
     }
 }
 
 impl Root {
-    /// One collection round, if this VM holds the lease: publish, then scrape every pod.
-    fn collect(&mut self, now: u64) {
-        let Some(c) = self.collector.as_ref() else {
-            return;
-        };
-        let (current, cas) = EnvoyHost.shared_get(collector::LEASE_KEY);
-        let Some(lease) =
-            collector::take_lease(current.as_deref(), self.me, now, 3 * self.interval_ms)
-        else {
-            return;
-        };
-        if !EnvoyHost.shared_set(collector::LEASE_KEY, &lease, cas) {
-            return;
-        }
-        let snapshot = crate::metrics::encode(&c.snapshot());
-        EnvoyHost.shared_set(collector::SNAPSHOT_KEY, &snapshot, None);
-        self.calls.clear();
-        let timeout = self.interval_ms.max(100);
-        for (i, t) in c.targets.iter().enumerate() {
-            for (kind, path) in [(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")] {
-                let headers = [
-                    (":method", "GET"),
-                    (":path", path),
-                    (":authority", "modelroute-collector"),
-                    (filter_config::DEFAULT_ENDPOINT_HEADER, t.address.as_str()),
-                ];
-                if let Some(token) = EnvoyHost.dispatch(&t.cluster, &headers, b"", timeout) {
-                    self.calls.insert(token, (i, kind));
-                }
-            }
-        }
-    }
-
     /// Every VM: take the latest snapshot into the router when it changed.
     fn refresh(&mut self) {
-        let (bytes, cas) = EnvoyHost.shared_get(collector::SNAPSHOT_KEY);
-        if cas.is_none() || cas == self.snapshot_cas {
-            return;
-        }
-        self.snapshot_cas = cas;
-        let Some(snapshot) = bytes.as_deref().and_then(crate::metrics::decode) else {
+        let Some(snapshot) = collector::read_snapshot(&EnvoyHost, &mut self.snapshot_cas) else {
             return;
         };
         if let Ok(mut slot) = self.router.try_borrow_mut() {
@@ -152,11 +98,15 @@ impl RootContext for Root {
                     "modelroute: configuration accepted ({} bytes)",
                     config.len()
                 );
-                self.me = seed | 1;
-                self.collector = router
-                    .scheduling()
-                    .then(|| Collector::new(router.scrape_targets()));
                 self.interval_ms = router.settings.scheduler.metrics_interval_ms.max(100);
+                self.collector = router.scheduling().then(|| {
+                    Collector::new(
+                        router.scrape_targets(),
+                        seed | 1,
+                        self.interval_ms,
+                        &router.settings.endpoint_header,
+                    )
+                });
                 self.snapshot_cas = None;
                 self.next_collect_ms = 0;
                 // Without the scheduler nothing is counted in flight or collected.
@@ -199,7 +149,9 @@ impl RootContext for Root {
             return;
         }
         self.next_collect_ms = now + self.interval_ms;
-        self.collect(now);
+        if let Some(c) = self.collector.as_mut() {
+            c.round(&mut EnvoyHost, now);
+        }
         self.refresh();
     }
 

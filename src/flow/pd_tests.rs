@@ -23,7 +23,7 @@ fn config(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Filter
         group: g.map(Into::into),
         role: r,
     };
-    let cfg = FilterConfig {
+    FilterConfig {
         version: SCHEMA_VERSION,
         // Round-robin pairing (no scheduler plugins): these tests pin the leg sequences.
         settings: Settings {
@@ -71,8 +71,7 @@ fn config(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Filter
                 bootstrap_port: Some(8998),
             }),
         }],
-    };
-    cfg
+    }
 }
 
 const BODY: &str = r#"{"model":"pd","prompt":"San Francisco is a","stream":true,"stream_options":{"include_usage":true},"max_tokens":32}"#;
