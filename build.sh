@@ -214,12 +214,14 @@ up() {
 }
 
 test_all() {
-  build
+  ensure_tools
+  # The quick checks first: a formatting or lint error fails in seconds, before the slow builds.
   log "rustfmt and clippy (native and wasm32)"
   cargo fmt --all -- --check
   cargo clippy -q --workspace --all-targets -- -D warnings
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute -- -D warnings
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute --features timing -- -D warnings
+  build
   log "tests (unit, property, golden, fake-host, end-to-end in Envoy $ENVOY_VERSION)"
   MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
   log "fuzzing every parser and body editor briefly (scripts/fuzz.sh; longer runs: fuzz/README.md)"

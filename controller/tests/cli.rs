@@ -20,10 +20,7 @@ const SEED: &str = "tests/golden/seed-multi-models/input";
 const HELM_SCHEDULER: &str = "../examples/scheduler/kthena-router-config.yaml";
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("modelroute-cli-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
+    test_support::temp_dir(&format!("cli-{tag}"))
 }
 
 /// A copy of the seed inputs, so tests can edit them.
@@ -262,12 +259,8 @@ impl Watch {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    test_support::wait_until(Duration::from_secs(20), what, f)
 }
 
 fn read(p: &Path) -> String {

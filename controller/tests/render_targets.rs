@@ -13,93 +13,25 @@
 //! MODELROUTE_BIN_DIR or ../target/debug (`./build.sh test` sets all three).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use test_support::{
+    admin_stat, bin, envoy_validate as validate, free_port, loopback_net, repo_root as root,
+    start_envoy, temp_dir, wait_until, wasm, Proc,
+};
 
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelroute-controller");
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const M15: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
 
 // ---------------------------------------------------------------------------------------------
 // Artifacts and helpers
-
-fn root() -> PathBuf {
-    PathBuf::from(ROOT)
-}
-
-fn must_exist(p: PathBuf, how: &str) -> PathBuf {
-    assert!(
-        p.exists(),
-        "{} not found ({how}); run ./build.sh test, which builds and sets it",
-        p.display()
-    );
-    p
-}
-
-fn envoy() -> PathBuf {
-    if let Some(p) = std::env::var_os("MODELROUTE_ENVOY") {
-        return must_exist(PathBuf::from(p), "MODELROUTE_ENVOY");
-    }
-    must_exist(
-        root().join(".venv/lib/python3.11/site-packages/envoy/_bin/envoy"),
-        "MODELROUTE_ENVOY unset; looked in .venv",
-    )
-}
-
-fn wasm() -> PathBuf {
-    let p = std::env::var_os("MODELROUTE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/modelroute.wasm"));
-    let p = must_exist(p, "MODELROUTE_WASM");
-    p.canonicalize().unwrap()
-}
-
-fn mock_llm() -> PathBuf {
-    let dir = std::env::var_os("MODELROUTE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug"));
-    must_exist(dir.join("mock-llm"), "MODELROUTE_BIN_DIR")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("modelroute-targets-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A loopback /24 of our own (127.a.b.0), from the pid and a counter.
-fn loopback_net() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let v = std::process::id()
-        .wrapping_mul(131)
-        .wrapping_add(N.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919))
-        .wrapping_add(17);
-    format!("127.{}.{}", (v % 200) + 50, (v / 200) % 250 + 1)
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -389,121 +321,22 @@ fn bad_target_flags_are_usage_errors() {
 // ---------------------------------------------------------------------------------------------
 // Real Envoy
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn validate(config: &Path, log: &Path) {
-    let out = Command::new(envoy())
-        .args(["--mode", "validate", "-c"])
-        .arg(config)
-        .args(["-l", "warning"])
-        .output()
-        .expect("run envoy");
-    fs::write(log, [out.stdout.as_slice(), &out.stderr].concat()).unwrap();
-    assert!(
-        out.status.success(),
-        "envoy --mode validate rejected {}:\n{}{}",
-        config.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start_envoy(config: &Path, log: &Path) -> Proc {
-    let child = Command::new(envoy())
-        .arg("-c")
-        .arg(config)
-        .args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "2",
-            "-l",
-            "warning",
-        ])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .expect("spawn envoy");
-    Proc(child)
-}
-
-/// Status, headers (names lowercased), body.
+/// Status, headers (names lowercased), body: what these checks look at.
 type Reply = (u16, Vec<(String, String)>, String);
 
-/// One HTTP/1.1 request (connection: close).
+/// One request with a JSON body, if any.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nhost: llm.example.com\r\nconnection: close\r\n");
-    if !body.is_empty() || method == "POST" {
-        req += &format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-    }
-    req += "\r\n";
-    req += body;
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
+    let headers: &[(&str, &str)] = if body.is_empty() && method != "POST" {
+        &[("host", "llm.example.com")]
     } else {
-        body.to_string()
+        &[
+            ("host", "llm.example.com"),
+            ("content-type", "application/json"),
+        ]
     };
-    Ok((status, headers, body))
-}
-
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = b.split_once("\r\n") {
-        let n =
-            usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        b = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
-}
-
-fn admin_stat(admin: u16, name: &str) -> Option<u64> {
-    let (_, _, body) = http(
-        &format!("127.0.0.1:{admin}"),
-        "GET",
-        &format!("/stats?filter=^{}$", name.replace('.', "\\.")),
-        "",
-    )
-    .ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
+    let r = test_support::http(addr, method, path, headers, body.as_bytes())?;
+    let text = r.text();
+    Ok((r.status, r.headers, text))
 }
 
 /// A static bootstrap built from the EnvoyFilter's patches, standing in for what istiod
@@ -598,7 +431,10 @@ fn istio_patches_validate_in_envoy() {
 #[test]
 fn istio_patches_route_a_seed_request_in_envoy() {
     let dir = temp_dir("istio-e2e");
-    let net = loopback_net();
+    let net = {
+        let (a, b) = loopback_net();
+        format!("127.{a}.{b}")
+    };
     let pod_port = free_port();
     // ModelRouteSimple -> ModelServer deepseek-r1-1-5b (port rewritten) with two ready pods.
     let input = dir.join("input");
@@ -630,7 +466,7 @@ fn istio_patches_route_a_seed_request_in_envoy() {
     let mut children = Vec::new();
     for (name, ip) in &pods {
         let log = fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(mock_llm())
+        let child = Command::new(bin("mock-llm"))
             .args(["serve", "--listen", &format!("{ip}:{pod_port}")])
             .args(["--model", M15, "--pod", &format!("default/{name}")])
             .stdout(Stdio::null())

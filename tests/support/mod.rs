@@ -2,80 +2,24 @@
 //! filter, all on loopback. Each [`Stack`] takes its own loopback /24 (127.a.b.0) and free
 //! ports, so tests run in parallel. Readiness is polled with deadlines, never slept for.
 //!
-//! Artifacts come from `./build.sh test` (MODELROUTE_WASM, MODELROUTE_BIN_DIR,
-//! MODELROUTE_ENVOY); without those variables the default build locations are used.
+//! Artifacts, ports, waits and the raw HTTP client come from the `test-support` crate, shared
+//! with the controller's and mock-llm's tests.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub use test_support::{
+    bin, envoy, free_port, http, loopback_net, repo_root, wait_until, wasm, Response,
+};
 
 pub const SEED_RESOURCES: &str = "examples/kthena";
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn artifact(var: &str, default: PathBuf) -> PathBuf {
-    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
-    exists(p, var)
-}
-
-fn exists(p: PathBuf, var: &str) -> PathBuf {
-    assert!(
-        p.exists(),
-        "{} not found ({var}); run ./build.sh test, which builds it first",
-        p.display()
-    );
-    p
-}
-
-pub fn wasm() -> PathBuf {
-    artifact(
-        "MODELROUTE_WASM",
-        root().join("target/wasm32-wasip1/release/modelroute.wasm"),
-    )
-}
-
-pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MODELROUTE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug"));
-    exists(dir.join(name), "MODELROUTE_BIN_DIR")
-}
-
-pub fn envoy() -> PathBuf {
-    if let Some(p) = std::env::var_os("MODELROUTE_ENVOY") {
-        return exists(PathBuf::from(p), "MODELROUTE_ENVOY");
-    }
-    let lib = root().join(".venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|mut d| {
-        d.find_map(|e| {
-            e.ok()
-                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-        })
-    });
-    artifact("MODELROUTE_ENVOY", found.unwrap_or(lib))
-}
-
-/// A free TCP port on 127.0.0.1 (the OS picks; we release it right away).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A loopback /24 of our own: 127.a.b.0, derived from the pid and a counter.
-fn loopback_net() -> (u8, u8) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    let v = pid.wrapping_mul(97).wrapping_add(n.wrapping_mul(7919));
-    (((v % 200) + 50) as u8, ((v / 200) % 250 + 1) as u8)
+    repo_root()
 }
 
 /// A pod of the test's pod list.
@@ -428,21 +372,7 @@ impl Stack {
 
     /// Every counter or gauge whose name matches the regex `filter` (admin `/stats`).
     pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
-        let r = http(
-            &format!("127.0.0.1:{}", self.admin),
-            "GET",
-            &format!("/stats?filter={filter}"),
-            &[],
-            b"",
-        );
-        let Ok(r) = r else { return vec![] };
-        String::from_utf8_lossy(&r.body)
-            .lines()
-            .filter_map(|l| {
-                let (name, value) = l.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect()
+        test_support::admin_stats(self.admin, filter)
     }
 
     /// Holds engine gauges on a mock pod (`POST /mock/metrics`).
@@ -523,145 +453,4 @@ pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
         .replace("@LISTEN_PORT@", &port.to_string())
         .replace("@ADMIN_PORT@", &admin.to_string())
         .replace("@CONFIG_DIR@", &config_dir.display().to_string())
-}
-
-pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A parsed HTTP/1.1 response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    /// `x-mock-pod` without the namespace.
-    pub fn pod(&self) -> String {
-        self.header("x-mock-pod")
-            .and_then(|p| p.rsplit('/').next())
-            .unwrap_or("")
-            .to_string()
-    }
-}
-
-/// A minimal HTTP/1.1 client (one request per connection). A `transfer-encoding: chunked`
-/// request header makes it send the body as chunks.
-pub fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    if !chunked && (method == "POST" || !body.is_empty()) {
-        req += &format!("content-length: {}\r\n", body.len());
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes())?;
-    // The body goes out from another thread while this one reads: a server may answer early
-    // (413) and close, and the answer must still be read.
-    let mut w = s.try_clone()?;
-    let body = body.to_vec();
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        if chunked {
-            for part in body.chunks(7) {
-                w.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
-                w.write_all(part)?;
-                w.write_all(b"\r\n")?;
-            }
-            w.write_all(b"0\r\n\r\n")
-        } else {
-            w.write_all(&body)
-        }
-    });
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if raw.is_empty() => return Err(e),
-            Err(_) => break,
-        }
-    }
-    let _ = writer.join();
-    parse_response(&raw).ok_or_else(|| {
-        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
-    })
-}
-
-fn parse_response(raw: &[u8]) -> Option<Response> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(raw.get(..end)?).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect();
-    let mut body = raw.get(end + 4..)?.to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body)?;
-    }
-    Some(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(
-            std::str::from_utf8(b.get(..nl)?)
-                .ok()?
-                .split(';')
-                .next()?
-                .trim(),
-            16,
-        )
-        .ok()?;
-        b = b.get(nl + 2..)?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
 }

@@ -1,72 +1,17 @@
-//! Helpers shared by the integration tests: run the real binary, talk HTTP/1.1 over plain TCP.
+//! Helpers of mock-llm's integration tests: run the real binary and talk to it (ports, processes
+//! and the raw HTTP client come from the shared `test-support` crate).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mock-llm");
 
-/// Kills the child process when the test ends, however it ends.
-pub struct Proc(pub Child);
+pub use test_support::{free_port, Proc, Response as Resp};
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_line = String::from_utf8_lossy(&raw[..eol]);
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&raw[start..start + size]);
-        raw = &raw[start + size + 2..];
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`). `chunked` sends the body chunked.
+/// One request on a fresh connection (`connection: close`). `chunked` sends the body chunked.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -75,55 +20,15 @@ pub fn request(
     body: Option<&str>,
     chunked: bool,
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    match (body, chunked) {
-        (Some(b), false) => req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )),
-        (Some(b), true) => {
-            req.push_str("Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
-            let (a, c) = b.split_at(b.len() / 2);
-            for part in [a, c] {
-                req.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
-            }
-            req.push_str("0\r\n\r\n");
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if body.is_some() {
+        all.push(("content-type", "application/json"));
+        if chunked {
+            all.push(("transfer-encoding", "chunked"));
         }
-        (None, _) => req.push_str("\r\n"),
     }
-    s.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut resp = Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    };
-    if resp.header("transfer-encoding") == Some("chunked") {
-        resp.body = dechunk(&resp.body);
-    }
-    resp
+    let body = body.unwrap_or("").as_bytes();
+    test_support::http(&addr.to_string(), method, path, &all, body).expect("HTTP exchange")
 }
 
 pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &Value) -> Resp {
@@ -135,18 +40,11 @@ pub fn get(addr: SocketAddr, path: &str) -> Resp {
 }
 
 pub fn wait_healthy(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            if s.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} never became healthy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = format!("{addr} to become healthy");
+    test_support::wait_until(Duration::from_secs(10), &what, || {
+        test_support::http(&addr.to_string(), "GET", "/health", &[], b"")
+            .is_ok_and(|r| r.status == 200)
+    });
 }
 
 /// The JSON payloads of an SSE body, and whether it ended with `[DONE]`.
