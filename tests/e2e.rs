@@ -340,14 +340,13 @@ fn a_rejected_configuration_leaves_the_previous_one_serving() {
 
 #[test]
 fn shipped_envoy_configs_pass_envoy_validate() {
-    let dir = std::env::temp_dir().join(format!("modelroute-validate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = test_support::temp_dir("validate");
     let out = dir.join("config");
     let status = std::process::Command::new(bin("modelroute-controller"))
         .args(["render", "--resources"])
-        .arg(support_root().join("examples/kthena"))
+        .arg(repo_root().join("examples/kthena"))
         .arg("--pods")
-        .arg(support_root().join("examples/pods.yaml"))
+        .arg(repo_root().join("examples/pods.yaml"))
         .arg("--wasm")
         .arg(wasm())
         .arg("--out")
@@ -401,28 +400,6 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn support_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn validate(config: &std::path::Path) {
-    let out = std::process::Command::new(envoy())
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "-c",
-        ])
-        .arg(config)
-        .output()
-        .expect("envoy");
-    assert!(
-        out.status.success(),
-        "envoy --mode validate {}: {}{}",
-        config.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_support::envoy_validate(config, &config.with_extension("log"));
 }

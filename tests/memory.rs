@@ -18,27 +18,7 @@ use support::*;
 const MODEL: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
 
 fn resources() -> String {
-    format!(
-        r#"apiVersion: networking.serving.volcano.sh/v1alpha1
-kind: ModelServer
-metadata: {{ name: pool, namespace: default }}
-spec:
-  workloadSelector: {{ matchLabels: {{ app: pool }} }}
-  workloadPort: {{ port: 8000 }}
-  model: "{MODEL}"
-  inferenceEngine: vLLM
----
-apiVersion: networking.serving.volcano.sh/v1alpha1
-kind: ModelRoute
-metadata: {{ name: pool, namespace: default }}
-spec:
-  modelName: "pool"
-  rules:
-  - name: default
-    targetModels:
-    - modelServerName: pool
-"#
-    )
+    pool_resources(MODEL, &[])
 }
 
 /// Kthena's default plugins with a small prefix index, so it fills within the test.

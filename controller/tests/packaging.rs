@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use test_support::{envoy as envoy_bin, repo_root as root, wasm as wasm_module};
+use test_support::{repo_root as root, wasm as wasm_module};
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -687,23 +687,6 @@ fn gateway_bootstrap_passes_envoy_validate() {
     let rewritten = boot.replace("/etc/modelroute", &cfg.display().to_string());
     let boot_path = dir.join("envoy.yaml");
     std::fs::write(&boot_path, rewritten).unwrap();
-    let out = Command::new(envoy_bin())
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "error",
-            "-c",
-        ])
-        .arg(&boot_path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        out.status.success(),
-        "envoy --mode validate of deploy/envoy-gateway.yaml's bootstrap: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_support::envoy_validate(&boot_path, &dir.join("validate.log"));
     let _ = std::fs::remove_dir_all(&dir);
 }

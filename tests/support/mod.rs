@@ -447,6 +447,37 @@ pub fn read_seed_resources() -> String {
         .join("\n---\n")
 }
 
+/// One ModelServer `pool` (pods labelled `app: pool`, vLLM, serving `model`) and the ModelRoute
+/// `pool` to it (modelName `pool`, and `lora` as its adapters), in Kthena's YAML.
+pub fn pool_resources(model: &str, lora: &[&str]) -> String {
+    let adapters = if lora.is_empty() {
+        String::new()
+    } else {
+        format!("  loraAdapters: {lora:?}\n")
+    };
+    format!(
+        r#"apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelServer
+metadata: {{ name: pool, namespace: default }}
+spec:
+  workloadSelector: {{ matchLabels: {{ app: pool }} }}
+  workloadPort: {{ port: 8000 }}
+  model: "{model}"
+  inferenceEngine: vLLM
+---
+apiVersion: networking.serving.volcano.sh/v1alpha1
+kind: ModelRoute
+metadata: {{ name: pool, namespace: default }}
+spec:
+  modelName: "pool"
+{adapters}  rules:
+  - name: default
+    targetModels:
+    - modelServerName: pool
+"#
+    )
+}
+
 pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
     std::fs::read_to_string(root().join("envoy/envoy.yaml"))
         .expect("envoy/envoy.yaml")
