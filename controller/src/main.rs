@@ -1,5 +1,6 @@
-//! The `modelroute-controller` command line: `render` (once) and `watch` (poll and re-render).
-//! Argument handling only; everything else lives in the library.
+//! The `modelroute-controller` command line: `render` (once), `watch` (poll and re-render once
+//! the inputs settle) and `kube` (the Kubernetes API). Argument handling only; everything else
+//! lives in the library.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
