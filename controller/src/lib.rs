@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod diag;
 pub mod duration;
+pub mod filter_args;
 pub mod gateway;
 pub mod kthena;
 pub mod kube;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use controller::diag::Diagnostics;
+use controller::filter_args::FilterArgs;
 use controller::gateway::GatewayArgs;
 use controller::render::Manifests;
 use controller::watch::{self, WatchConfig, WatchError};
 use controller::{build, envoy_outputs, filter_config_json, summary, InputPaths};
-use filter_config::{Scheduler, Settings, TargetSelection};
+use filter_config::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -52,28 +53,13 @@ struct CommonArgs {
     /// Output directory (created).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Largest request body the filter buffers.
-    #[arg(long, value_name = "BYTES")]
-    max_body_bytes: Option<u64>,
-    /// Fallback endpoints after the chosen pod.
-    #[arg(long, value_name = "N")]
-    endpoint_fallbacks: Option<u32>,
-    /// How a rule picks among weighted targets.
-    #[arg(long, value_enum)]
-    target_selection: Option<Selection>,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Kthena's scheduler configuration: the `kthena-router-config` ConfigMap or its bare
     /// `routerConfiguration` YAML (top-level `scheduler:`). Default: Kthena's Helm defaults.
     /// Watched for changes in watch mode.
     #[arg(long, value_name = "FILE")]
     scheduler_config: Option<PathBuf>,
-    /// How often the filter collects engine metrics (`/metrics`, `/v1/models`) from every pod.
-    #[arg(long, value_name = "MS", default_value_t = Scheduler::default().metrics_interval_ms,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    metrics_interval_ms: u64,
-    /// Metrics older than this are ignored and the pod counts as unreachable.
-    #[arg(long, value_name = "MS", default_value_t = Scheduler::default().metrics_stale_ms,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    metrics_stale_ms: u64,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -146,12 +132,6 @@ struct WatchArgs {
     interval_ms: u64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Selection {
-    WeightedRoundRobin,
-    WeightedRandom,
-}
-
 impl CommonArgs {
     fn inputs(&self) -> InputPaths {
         InputPaths {
@@ -162,30 +142,7 @@ impl CommonArgs {
     }
 
     fn settings(&self) -> Settings {
-        let mut s = Settings::default();
-        if let Some(v) = self.max_body_bytes {
-            s.max_body_bytes = v;
-        }
-        if let Some(v) = self.endpoint_fallbacks {
-            s.endpoint_fallbacks = v;
-        }
-        if let Some(v) = self.target_selection {
-            s.target_selection = match v {
-                Selection::WeightedRoundRobin => TargetSelection::WeightedRoundRobin,
-                Selection::WeightedRandom => TargetSelection::WeightedRandom,
-            };
-        }
-        s.scheduler.metrics_interval_ms = self.metrics_interval_ms;
-        s.scheduler.metrics_stale_ms = self.metrics_stale_ms;
-        if let Err(msg) = controller::router_config::check_metrics(&s.scheduler) {
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!("--metrics-stale-ms / --metrics-interval-ms: {msg}"),
-                )
-                .exit();
-        }
-        s
+        self.filter.settings().unwrap_or_else(|msg| usage(msg))
     }
 
     /// Absolute, canonical `--out` (created) and `--wasm`.

@@ -506,3 +506,25 @@ fn watch_never_applies_a_pods_file_read_mid_write() {
     drop(watch);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn render_watch_and_kube_take_the_same_filter_and_gateway_flags() {
+    let help = |mode: &str| {
+        let out = Command::new(BIN).args([mode, "--help"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (render, watch, kube) = (help("render"), help("watch"), help("kube"));
+    for flag in [
+        "--max-body-bytes",
+        "--endpoint-fallbacks",
+        "--target-selection",
+        "--metrics-interval-ms",
+        "--metrics-stale-ms",
+        "--cors-allow-origin",
+        "--stream-idle-timeout",
+    ] {
+        for (mode, text) in [("render", &render), ("watch", &watch), ("kube", &kube)] {
+            assert!(text.contains(flag), "{mode} lacks {flag}:\n{text}");
+        }
+    }
+}

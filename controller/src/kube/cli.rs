@@ -49,12 +49,8 @@ pub struct KubeArgs {
     /// Where the proxy mounts the ConfigMap (CDS names the EDS files under it).
     #[arg(long, value_name = "DIR", default_value = "/etc/modelroute")]
     pub mount_path: String,
-    /// Largest request body the filter buffers.
-    #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<u64>,
-    /// Fallback endpoints after the chosen pod.
-    #[arg(long, value_name = "N")]
-    pub endpoint_fallbacks: Option<u32>,
+    #[command(flatten)]
+    pub filter: crate::filter_args::FilterArgs,
     /// Only watch ModelRoutes, ModelServers and Pods in this namespace (default: all).
     #[arg(long, value_name = "NS")]
     pub watch_namespace: Option<String>,
@@ -92,7 +88,7 @@ fn parse_label(kv: &str) -> Result<(String, String), String> {
 }
 
 impl KubeArgs {
-    pub fn options(&self) -> Options {
+    pub fn options(&self) -> Result<Options, String> {
         let mut o = Options::new(Target {
             output: match self.output {
                 OutputArg::Configmap => OutputKind::ConfigMap,
@@ -109,12 +105,7 @@ impl KubeArgs {
                 ContextArg::Sidecar => crate::render::istio::PatchContext::SidecarInbound,
             },
         });
-        if let Some(v) = self.max_body_bytes {
-            o.settings.max_body_bytes = v;
-        }
-        if let Some(v) = self.endpoint_fallbacks {
-            o.settings.endpoint_fallbacks = v;
-        }
+        o.settings = self.filter.settings()?;
         o.gateway = self.gateway.gateway();
         o.watch_namespace = self.watch_namespace.clone();
         o.field_manager = self.field_manager.clone();
@@ -123,7 +114,7 @@ impl KubeArgs {
             o.identity = id.clone();
         }
         o.debounce = Duration::from_millis(self.debounce_ms);
-        o
+        Ok(o)
     }
 }
 
@@ -152,7 +143,7 @@ pub fn main(args: &KubeArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let opts = args.options();
+    let opts = args.options().map_err(anyhow::Error::msg)?;
     if opts.target.output == OutputKind::Istio {
         // A bad module reference is a usage error, caught before touching the cluster.
         if let Err(e) = opts.target.wasm_source() {
