@@ -353,10 +353,10 @@ pub fn envoy_validate(config: &Path, log: &Path) {
     );
 }
 
-/// A running Envoy with `config` (two workers, warnings to `log`), stopped on drop.
-pub fn start_envoy(config: &Path, log: &Path) -> Proc {
-    let child = Command::new(envoy())
-        .arg("-c")
+/// The command that runs Envoy with `config` (two workers, warnings to `log`).
+pub fn envoy_command(config: &Path, log: &Path) -> Command {
+    let mut cmd = Command::new(envoy());
+    cmd.arg("-c")
         .arg(config)
         .args([
             "--disable-hot-restart",
@@ -366,10 +366,13 @@ pub fn start_envoy(config: &Path, log: &Path) -> Proc {
             "warning",
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("spawn envoy");
-    Proc(child)
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd
+}
+
+/// A running Envoy with `config` ([`envoy_command`]), stopped on drop.
+pub fn start_envoy(config: &Path, log: &Path) -> Proc {
+    Proc(envoy_command(config, log).spawn().expect("spawn envoy"))
 }
 
 /// Every counter or gauge of Envoy's admin `/stats` whose name matches the regex `filter`.

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use test_support::{
-    bin, envoy, free_port, http, loopback_net, repo_root, wait_until, wasm, Response,
-};
+pub use test_support::{bin, free_port, http, loopback_net, repo_root, wait_until, wasm, Response};
 
 pub const SEED_RESOURCES: &str = "examples/kthena";
 
@@ -221,18 +219,7 @@ impl Stack {
             yaml = yaml.replace(from, to);
         }
         std::fs::write(dir.join("envoy.yaml"), yaml).expect("envoy.yaml");
-        let child = Command::new(envoy())
-            .arg("-c")
-            .arg(dir.join("envoy.yaml"))
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "2",
-                "-l",
-                "warning",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("envoy.log")).expect("log"))
+        let child = test_support::envoy_command(&dir.join("envoy.yaml"), &dir.join("envoy.log"))
             .spawn()
             .expect("spawn envoy");
         s.children.push(("envoy", child));
