@@ -1,3 +1,4 @@
+use super::errors::error_type;
 use super::*;
 use serde_json::json;
 
