@@ -12,16 +12,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,11 +28,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
 
-use crate::engine::{
-    self, Api, EngineKind, KvTransferParams, PdSettings, Reply, Role, Served, Stamp,
-};
+use crate::engine::{self, Api, EngineKind, PdSettings, Reply, Role, Served, Stamp};
 use crate::metrics::{self, Live, Metrics};
 use crate::pd::{self, PdState};
 
@@ -291,109 +286,6 @@ impl RunningGuard {
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Response body: a queue of chunks, optionally paced, sent frame by frame so SSE events leave
-/// as they are produced.
-pub struct MockBody {
-    chunks: VecDeque<Bytes>,
-    delay: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    streaming: bool,
-    observer: Option<Observer>,
-    _slot: Option<Slot>,
-}
-
-impl MockBody {
-    fn empty() -> Self {
-        MockBody::full(Bytes::new())
-    }
-
-    fn full(b: impl Into<Bytes>) -> Self {
-        let b = b.into();
-        let mut chunks = VecDeque::new();
-        if !b.is_empty() {
-            chunks.push_back(b);
-        }
-        MockBody {
-            chunks,
-            delay: Duration::ZERO,
-            sleep: None,
-            streaming: false,
-            observer: None,
-            _slot: None,
-        }
-    }
-
-    fn stream(events: Vec<String>, delay: Duration) -> Self {
-        MockBody {
-            chunks: events.into_iter().map(Bytes::from).collect(),
-            delay,
-            sleep: None,
-            streaming: true,
-            observer: None,
-            _slot: None,
-        }
-    }
-
-    /// Keep the request's run slot until the body has been sent (or the client goes away).
-    fn slotted(mut self, slot: Slot) -> Self {
-        self._slot = Some(slot);
-        self
-    }
-
-    /// Measure this (successful) answer's TTFT / TPOT as it is sent.
-    fn observed(mut self, mut observer: Observer) -> Self {
-        observer.streaming = self.streaming;
-        self.observer = Some(observer);
-        self
-    }
-}
-
-impl Body for MockBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(sleep) = self.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.sleep = None;
-        }
-        match self.chunks.pop_front() {
-            None => {
-                self.observer = None;
-                self._slot = None;
-                Poll::Ready(None)
-            }
-            Some(chunk) => {
-                if let Some(o) = self.observer.as_mut() {
-                    o.frame();
-                }
-                if !self.chunks.is_empty() && !self.delay.is_zero() {
-                    let delay = self.delay;
-                    self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
-                }
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.sleep.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.streaming {
-            SizeHint::default()
-        } else {
-            SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
-        }
     }
 }
 
@@ -722,138 +614,8 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
     }
 }
 
-/// The PD work a request needs after admission.
-enum PdStep {
-    /// Aggregated, or a role that needs nothing extra.
-    Nothing,
-    /// vLLM prefill asked for a remote decode: hand out fresh KV blocks.
-    IssueKv,
-    /// vLLM decode without `kv_transfer_params`: prefill locally.
-    LocalPrefill,
-    /// vLLM decode: pull the KV blocks first.
-    PullKv(engine::RemoteKv),
-    /// SGLang decode: wait for the prefill's bootstrap room.
-    WaitRoom(engine::Bootstrap),
-}
+mod body;
+mod pd_steps;
 
-/// Check the PD fields the pod's role and engine require; `Err` is the 400 reply.
-fn admit_pd(state: &State, body: &Map<String, Value>, stream: bool) -> Result<PdStep, Reply> {
-    let bad = |msg: String| engine::error_reply(400, &msg);
-    let settings = &state.pd_settings;
-    let Some(role) = settings.role else {
-        return Ok(PdStep::Nothing);
-    };
-    match (state.served.engine, role) {
-        (EngineKind::Vllm, _) if !settings.kv_connector.transfers_kv() => Ok(PdStep::Nothing),
-        (EngineKind::Vllm, Role::Prefill) => {
-            // A streaming answer has nowhere to carry kv_transfer_params.
-            let remote_decode = engine::check_prefill_kv(body).map_err(bad)?;
-            Ok(if remote_decode && !stream {
-                PdStep::IssueKv
-            } else {
-                PdStep::Nothing
-            })
-        }
-        (EngineKind::Vllm, Role::Decode) => {
-            Ok(match engine::check_decode_kv(body).map_err(bad)? {
-                Some(remote) => PdStep::PullKv(remote),
-                None => PdStep::LocalPrefill,
-            })
-        }
-        (EngineKind::Sglang, Role::Prefill) => {
-            let b = engine::check_bootstrap(body).map_err(bad)?;
-            let ip = state.listen.ip();
-            if !ip.is_unspecified() && !engine::host_is(&b.host, ip) {
-                return Err(bad(format!(
-                    "bootstrap_host {:?} is not this prefill pod's IP {ip}",
-                    b.host
-                )));
-            }
-            state.pd.register_room(b.room);
-            Ok(PdStep::Nothing)
-        }
-        (EngineKind::Sglang, Role::Decode) => Ok(PdStep::WaitRoom(
-            engine::check_bootstrap(body).map_err(bad)?,
-        )),
-    }
-}
-
-/// Do the PD step (KV pull, bootstrap wait, block hand-out), then answer.
-async fn run_pd(
-    state: &State,
-    prepared: &engine::Prepared,
-    step: PdStep,
-    note: &mut PdNote,
-) -> Reply {
-    match step {
-        PdStep::Nothing => prepared.reply(&state.stamp(), None),
-        PdStep::IssueKv => {
-            let params = KvTransferParams::issued(
-                &state.pd.engine_id,
-                state.pd.allocate_blocks(),
-                &state.listen.ip().to_string(),
-                state.listen.port(),
-            );
-            prepared.reply(&state.stamp(), Some(&params))
-        }
-        PdStep::LocalPrefill => {
-            note.local_prefill = Some(true);
-            prepared.reply(&state.stamp(), None)
-        }
-        PdStep::PullKv(remote) => match pd::pull_kv(&remote).await {
-            Ok(()) => {
-                note.kv_pulled_from = Some(format!("{}:{}", remote.host, remote.port));
-                prepared.reply(&state.stamp(), None)
-            }
-            Err(msg) => engine::error_reply(500, &msg),
-        },
-        PdStep::WaitRoom(bootstrap) => {
-            let timeout = Duration::from_millis(state.pd_settings.bootstrap_timeout_ms);
-            match pd::wait_for_room(&bootstrap, timeout).await {
-                Ok(ms) => {
-                    note.bootstrap_waited_ms = Some(ms);
-                    prepared.reply(&state.stamp(), None)
-                }
-                Err(msg) => engine::error_reply(500, &msg),
-            }
-        }
-    }
-}
-
-/// `GET /mock/kv?engine=E&ids=1,2,3`: 200 only if this pod issued exactly those blocks.
-fn kv_blocks(state: &State, query: &str) -> Response<MockBody> {
-    match pd::parse_kv_query(query) {
-        Some((engine_id, ids)) if state.pd.holds(&engine_id, &ids) => json_response(
-            200,
-            serde_json::json!({"engine_id": engine_id, "block_ids": ids}).to_string(),
-        ),
-        Some((engine_id, ids)) => error_response(
-            404,
-            &format!("engine {engine_id:?} holds no KV blocks {ids:?}"),
-        ),
-        None => error_response(404, "expected /mock/kv?engine=ID&ids=1,2,3"),
-    }
-}
-
-fn plain(
-    status: StatusCode,
-    content_type: Option<&'static str>,
-    body: MockBody,
-) -> Response<MockBody> {
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    if let Some(ct) = content_type {
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-    }
-    resp
-}
-
-fn json_response(status: u16, body: String) -> Response<MockBody> {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    plain(status, Some("application/json"), MockBody::full(body))
-}
-
-fn error_response(status: u16, message: &str) -> Response<MockBody> {
-    json_response(status, engine::error_body(status, message))
-}
+use body::{error_response, json_response, plain, MockBody};
+use pd_steps::{admit_pd, kv_blocks, run_pd};
