@@ -8,10 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use filter_config::{
-    Endpoint, Engine, FilterConfig, Route, Rule, Scheduler, Server, Settings, Target,
-    SCHEMA_VERSION,
-};
+use filter_config::{FilterConfig, Route, Rule, Scheduler, Server, Settings};
 use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
@@ -135,41 +132,21 @@ fn scanning(c: &mut Criterion) {
 
 fn decide(c: &mut Criterion) {
     let n = 512;
-    let cfg = FilterConfig {
-        version: SCHEMA_VERSION,
-        settings: Settings::default(),
-        routes: vec![Route {
-            name: "default/r".into(),
-            model_name: Some("m".into()),
-            lora_adapters: vec![],
-            rules: vec![Rule {
-                name: "r".into(),
-                matches: Default::default(),
-                targets: vec![Target {
-                    server: "default/s".into(),
-                    weight: 1,
-                }],
-            }],
-        }],
-        servers: vec![Server {
-            name: "default/s".into(),
-            cluster: "c".into(),
-            model: Some("real".into()),
-            engine: Engine::Vllm,
-            timeout_ms: None,
-            retry: None,
-            kv_connector: None,
-            endpoints: (0..n)
-                .map(|i| Endpoint {
-                    address: format!("10.0.{}.{}:8000", i / 250, i % 250),
-                    pod: format!("p{i}"),
-                    group: None,
-                    role: None,
-                })
-                .collect(),
-            pd: None,
-        }],
-    };
+    let addresses: Vec<String> = (0..n)
+        .map(|i| format!("10.0.{}.{}:8000", i / 250, i % 250))
+        .collect();
+    let pods: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    // Kthena's default plugins (not the fixture's round robin): the cost being measured.
+    let cfg = FilterConfig::fixture(
+        vec![Route::fixture(
+            "r",
+            Some("m"),
+            &[],
+            vec![Rule::fixture("r", Default::default(), &[("s", 1)])],
+        )],
+        vec![Server::fixture("s", "real", &pods)],
+    )
+    .with_settings(|s| *s = Settings::default());
     let mut router = Router::compile(cfg, 1).unwrap();
     let snap: Snapshot = (0..n)
         .map(|i| (format!("10.0.{}.{}:8000", i / 250, i % 250), stats(i)))
@@ -219,58 +196,43 @@ fn rewrite(c: &mut Criterion) {
 /// `servers` ModelServers of `pods` pods each and `routes` ModelRoutes (`model-0000`, ...)
 /// spread over them; scheduler off unless `scheduled`.
 fn big_config(servers: usize, pods: usize, routes: usize, scheduled: bool) -> FilterConfig {
-    let mut settings = Settings::default();
-    if !scheduled {
-        settings.scheduler.filters.clear();
-        settings.scheduler.scores.clear();
-    }
-    FilterConfig {
-        version: SCHEMA_VERSION,
-        settings,
-        routes: (0..routes)
-            .map(|r| Route {
-                name: format!("default/route-{r:04}"),
-                model_name: Some(format!("model-{r:04}")),
-                lora_adapters: vec![format!("lora-{r:04}")],
-                rules: vec![Rule {
-                    name: "default".into(),
-                    matches: Default::default(),
-                    targets: vec![Target {
-                        server: format!("default/server-{}", r % servers),
-                        weight: 1,
-                    }],
-                }],
-            })
-            .collect(),
-        servers: (0..servers)
-            .map(|s| Server {
-                name: format!("default/server-{s}"),
-                cluster: format!("modelserver|default|server-{s}"),
-                model: Some(format!("org/model-{s}")),
-                engine: Engine::Vllm,
-                timeout_ms: Some(60_000),
-                retry: None,
-                kv_connector: None,
-                endpoints: (0..pods)
-                    .map(|i| {
-                        let n = s * pods + i;
-                        Endpoint {
-                            address: format!(
-                                "10.{}.{}.{}:8000",
-                                n / 65536,
-                                (n / 256) % 256,
-                                n % 256
-                            ),
-                            pod: format!("default/server-{s}-pod-{i}"),
-                            group: None,
-                            role: None,
-                        }
-                    })
-                    .collect(),
-                pd: None,
-            })
-            .collect(),
-    }
+    let routes = (0..routes)
+        .map(|r| {
+            let server = format!("server-{}", r % servers);
+            Route::fixture(
+                &format!("route-{r:04}"),
+                Some(&format!("model-{r:04}")),
+                &[&format!("lora-{r:04}")],
+                vec![Rule::fixture(
+                    "default",
+                    Default::default(),
+                    &[(&server, 1)],
+                )],
+            )
+        })
+        .collect();
+    let servers = (0..servers)
+        .map(|s| {
+            let addresses: Vec<String> = (0..pods)
+                .map(|i| {
+                    let n = s * pods + i;
+                    format!("10.{}.{}.{}:8000", n / 65536, (n / 256) % 256, n % 256)
+                })
+                .collect();
+            let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            Server::fixture(
+                &format!("server-{s}"),
+                &format!("org/model-{s}"),
+                &addresses,
+            )
+            .with_timeout_ms(60_000)
+        })
+        .collect();
+    FilterConfig::fixture(routes, servers).with_settings(|s| {
+        if scheduled {
+            *s = Settings::default();
+        }
+    })
 }
 
 fn config_parse(c: &mut Criterion) {

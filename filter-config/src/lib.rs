@@ -315,6 +315,9 @@ pub struct Endpoint {
     pub role: Option<Role>,
 }
 
+#[cfg(feature = "fixtures")]
+mod fixtures;
+
 #[cfg(test)]
 mod tests {
     use super::*;

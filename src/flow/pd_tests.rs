@@ -2,10 +2,7 @@
 use super::fake::FakeHost;
 use super::*;
 use crate::in_flight::InFlight;
-use filter_config::{
-    Endpoint, Engine, FilterConfig, Pd, Retry, Role, Route, Rule, Server, Settings, Target,
-    SCHEMA_VERSION,
-};
+use filter_config::{Engine, FilterConfig, Role, Route, Rule, Server, Settings};
 use serde_json::json;
 
 const MODEL: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
@@ -17,61 +14,28 @@ fn router(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> Router
 }
 
 fn config(engine: Engine, connector: Option<&str>, retry: Option<u32>) -> FilterConfig {
-    let ep = |a: &str, g: Option<&str>, r: Option<Role>| Endpoint {
-        address: format!("127.0.0.{a}:8000"),
-        pod: format!("default/p{a}"),
-        group: g.map(Into::into),
-        role: r,
-    };
-    FilterConfig {
-        version: SCHEMA_VERSION,
-        // Round-robin pairing (no scheduler plugins): these tests pin the leg sequences.
-        settings: Settings {
-            scheduler: filter_config::Scheduler {
-                filters: vec![],
-                scores: vec![],
-                ..Default::default()
-            },
-            ..Settings::default()
-        },
-        routes: vec![Route {
-            name: "default/pd".into(),
-            model_name: Some("pd".into()),
-            lora_adapters: vec![],
-            rules: vec![Rule {
-                name: "default".into(),
-                matches: Default::default(),
-                targets: vec![Target {
-                    server: "default/pd".into(),
-                    weight: 100,
-                }],
-            }],
-        }],
-        servers: vec![Server {
-            name: "default/pd".into(),
-            cluster: "modelserver|default|pd".into(),
-            model: Some(MODEL.into()),
-            engine,
-            timeout_ms: Some(10_000),
-            retry: retry.map(|attempts| Retry {
-                attempts,
-                interval_ms: None,
-            }),
-            kv_connector: connector.map(Into::into),
-            endpoints: vec![
-                ep("10", Some("g0"), Some(Role::Prefill)),
-                ep("11", Some("g0"), Some(Role::Decode)),
-                ep("20", Some("g1"), Some(Role::Prefill)),
-                ep("21", Some("g1"), Some(Role::Decode)),
-                ep("30", Some("g2"), Some(Role::Prefill)),
-                ep("40", None, None),
+    let server = Server::fixture("pd", MODEL, &[])
+        .with_timeout_ms(10_000)
+        .with_retry(retry)
+        .with_engine(engine, connector)
+        .with_pd(
+            "modelserving.volcano.sh/group-name",
+            Some(8998),
+            &[
+                ("127.0.0.10:8000", Some("g0"), Some(Role::Prefill)),
+                ("127.0.0.11:8000", Some("g0"), Some(Role::Decode)),
+                ("127.0.0.20:8000", Some("g1"), Some(Role::Prefill)),
+                ("127.0.0.21:8000", Some("g1"), Some(Role::Decode)),
+                ("127.0.0.30:8000", Some("g2"), Some(Role::Prefill)),
+                ("127.0.0.40:8000", None, None),
             ],
-            pd: Some(Pd {
-                group_key: "modelserving.volcano.sh/group-name".into(),
-                bootstrap_port: Some(8998),
-            }),
-        }],
-    }
+        );
+    let rule = Rule::fixture("default", Default::default(), &[("pd", 100)]);
+    // Round-robin pairing (the fixture's scheduler): these tests pin the leg sequences.
+    FilterConfig::fixture(
+        vec![Route::fixture("pd", Some("pd"), &[], vec![rule])],
+        vec![server],
+    )
 }
 
 const BODY: &str = r#"{"model":"pd","prompt":"San Francisco is a","stream":true,"stream_options":{"include_usage":true},"max_tokens":32}"#;

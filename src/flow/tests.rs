@@ -2,78 +2,27 @@
 use super::fake::FakeHost;
 use super::*;
 use crate::in_flight::InFlight;
-use filter_config::{
-    Endpoint, Engine, FilterConfig, Match, Route, Rule, Server, Settings, Target, SCHEMA_VERSION,
-};
+use filter_config::{FilterConfig, Match, Route, Rule, Server};
 
 fn router() -> Router {
     Router::compile(router_config(), 42).unwrap()
 }
 
 fn router_config() -> FilterConfig {
-    let server = |name: &str, model: &str, eps: &[&str]| Server {
-        name: format!("default/{name}"),
-        cluster: format!("modelserver|default|{name}"),
-        model: Some(model.into()),
-        engine: Engine::Vllm,
-        timeout_ms: Some(10_000),
-        retry: Some(filter_config::Retry {
-            attempts: 2,
-            interval_ms: None,
-        }),
-        kv_connector: None,
-        pd: None,
-        endpoints: eps
-            .iter()
-            .map(|a| Endpoint {
-                group: None,
-                role: None,
-                address: a.to_string(),
-                pod: format!("default/{a}"),
-            })
-            .collect(),
+    let server = |name: &str, model: &str, pods: &[&str]| {
+        Server::fixture(name, model, pods)
+            .with_timeout_ms(10_000)
+            .with_retry(Some(2))
     };
-    let rule = |s: &str| Rule {
-        name: "default".into(),
-        matches: Match::default(),
-        targets: vec![Target {
-            server: format!("default/{s}"),
-            weight: 100,
-        }],
-    };
-    FilterConfig {
-        version: SCHEMA_VERSION,
-        // Round-robin picking (no scheduler plugins): these tests pin the pod order.
-        settings: Settings {
-            max_body_bytes: 1024,
-            scheduler: filter_config::Scheduler {
-                filters: vec![],
-                scores: vec![],
-                ..Default::default()
-            },
-            ..Settings::default()
-        },
-        routes: vec![
-            Route {
-                name: "default/simple".into(),
-                model_name: Some("deepseek-simple".into()),
-                lora_adapters: vec![],
-                rules: vec![rule("ds")],
-            },
-            Route {
-                name: "default/lora".into(),
-                model_name: None,
-                lora_adapters: vec!["lora-A".into()],
-                rules: vec![rule("ds")],
-            },
-            Route {
-                name: "default/empty".into(),
-                model_name: Some("empty".into()),
-                lora_adapters: vec![],
-                rules: vec![rule("none")],
-            },
+    let rule = |s: &str| Rule::fixture("default", Match::default(), &[(s, 100)]);
+    // Round-robin picking (the fixture's scheduler): these tests pin the pod order.
+    FilterConfig::fixture(
+        vec![
+            Route::fixture("simple", Some("deepseek-simple"), &[], vec![rule("ds")]),
+            Route::fixture("lora", None, &["lora-A"], vec![rule("ds")]),
+            Route::fixture("empty", Some("empty"), &[], vec![rule("none")]),
         ],
-        servers: vec![
+        vec![
             server(
                 "ds",
                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -81,7 +30,8 @@ fn router_config() -> FilterConfig {
             ),
             server("none", "x", &[]),
         ],
-    }
+    )
+    .with_settings(|s| s.max_body_bytes = 1024)
 }
 
 /// Runs headers then the whole body in one chunk; returns the two actions.

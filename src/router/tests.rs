@@ -1,100 +1,51 @@
 use super::*;
-use filter_config::{
-    Endpoint, Engine, HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer, Target,
-};
+use filter_config::{HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer};
 
 fn server(name: &str, model: &str, pods: &[&str]) -> CServer {
-    CServer {
-        name: format!("default/{name}"),
-        cluster: format!("modelserver|default|{name}"),
-        model: Some(model.into()),
-        engine: Engine::Vllm,
-        timeout_ms: Some(10_000),
-        retry: None,
-        kv_connector: None,
-        pd: None,
-        endpoints: pods
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Endpoint {
-                group: None,
-                role: None,
-                address: a.to_string(),
-                pod: format!("default/{name}-{i}"),
-            })
-            .collect(),
-    }
-}
-
-fn rule(name: &str, matches: Match, targets: &[(&str, u32)]) -> CRule {
-    CRule {
-        name: name.into(),
-        matches,
-        targets: targets
-            .iter()
-            .map(|(s, w)| Target {
-                server: format!("default/{s}"),
-                weight: *w,
-            })
-            .collect(),
-    }
-}
-
-fn route(name: &str, model: Option<&str>, lora: &[&str], rules: Vec<CRule>) -> CRoute {
-    CRoute {
-        name: format!("default/{name}"),
-        model_name: model.map(Into::into),
-        lora_adapters: lora.iter().map(|s| s.to_string()).collect(),
-        rules,
-    }
+    CServer::fixture(name, model, pods).with_timeout_ms(10_000)
 }
 
 /// The seed's ModelServers and ModelRoutes (scenarios 1-4).
 fn seed() -> FilterConfig {
-    FilterConfig {
-        version: SCHEMA_VERSION,
-        // Round-robin picking (no scheduler plugins): these tests pin routing and rotation.
-        settings: Settings {
-            scheduler: round_robin(),
-            ..Settings::default()
-        },
-        routes: vec![
-            route(
+    // Round-robin picking (no scheduler plugins): these tests pin routing and rotation.
+    FilterConfig::fixture(
+        vec![
+            CRoute::fixture(
                 "deepseek-simple",
                 Some("deepseek-simple"),
                 &[],
-                vec![rule(
+                vec![CRule::fixture(
                     "default",
                     Match::default(),
                     &[("deepseek-r1-1-5b", 100)],
                 )],
             ),
-            route(
+            CRoute::fixture(
                 "deepseek-lora",
                 None,
                 &["lora-A", "lora-B"],
-                vec![rule(
+                vec![CRule::fixture(
                     "lora-route",
                     Match::default(),
                     &[("deepseek-r1-1-5b", 100)],
                 )],
             ),
-            route(
+            CRoute::fixture(
                 "deepseek-subset",
                 Some("deepseek-subset"),
                 &[],
-                vec![rule(
+                vec![CRule::fixture(
                     "deepseek-r1-route",
                     Match::default(),
                     &[("deepseek-r1-1-5b-v1", 70), ("deepseek-r1-1-5b-v2", 30)],
                 )],
             ),
-            route(
+            CRoute::fixture(
                 "deepseek-multi-models",
                 Some("deepseek-multi-models"),
                 &[],
                 vec![
-                    rule(
+                    CRule::fixture(
                         "premium",
                         Match {
                             headers: vec![HeaderMatch {
@@ -105,11 +56,11 @@ fn seed() -> FilterConfig {
                         },
                         &[("deepseek-r1-7b", 100)],
                     ),
-                    rule("default", Match::default(), &[("deepseek-r1-1-5b", 100)]),
+                    CRule::fixture("default", Match::default(), &[("deepseek-r1-1-5b", 100)]),
                 ],
             ),
         ],
-        servers: vec![
+        vec![
             server(
                 "deepseek-r1-1-5b",
                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -131,15 +82,7 @@ fn seed() -> FilterConfig {
                 &["127.0.0.32:8000"],
             ),
         ],
-    }
-}
-
-pub(crate) fn round_robin() -> filter_config::Scheduler {
-    filter_config::Scheduler {
-        filters: vec![],
-        scores: vec![],
-        ..Default::default()
-    }
+    )
 }
 
 fn no_headers(_: &str) -> Option<String> {
@@ -186,11 +129,11 @@ fn lora_adapter_routes_and_is_marked_lora() {
 fn base_model_routes_win_over_lora_routes_without_fallback() {
     let mut c = seed();
     // A base route named "lora-A" whose only rule never matches: no fallback to the LoRA route.
-    c.routes.push(route(
+    c.routes.push(CRoute::fixture(
         "shadow",
         Some("lora-A"),
         &[],
-        vec![rule(
+        vec![CRule::fixture(
             "never",
             Match {
                 body_model: Some("other".into()),
@@ -211,11 +154,11 @@ fn oldest_route_with_a_matching_rule_wins_and_non_matching_routes_are_skipped() 
     let mut c = seed();
     c.routes.insert(
         0,
-        route(
+        CRoute::fixture(
             "older-premium-only",
             Some("deepseek-simple"),
             &[],
-            vec![rule(
+            vec![CRule::fixture(
                 "p",
                 Match {
                     headers: vec![HeaderMatch {
@@ -266,7 +209,7 @@ fn missing_header_compares_as_empty_string() {
     let mut c = seed();
     c.routes[0].rules.insert(
         0,
-        rule(
+        CRule::fixture(
             "empty",
             Match {
                 headers: vec![HeaderMatch {
@@ -290,7 +233,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
     let mut c = seed();
     c.routes[0].rules.insert(
         0,
-        rule(
+        CRule::fixture(
             "chat-only",
             Match {
                 headers: vec![HeaderMatch {
@@ -330,11 +273,11 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
 #[test]
 fn unknown_model_missing_server_and_empty_server_are_distinct_errors() {
     let mut c = seed();
-    c.routes.push(route(
+    c.routes.push(CRoute::fixture(
         "ghost",
         Some("ghost"),
         &[],
-        vec![rule("r", Match::default(), &[("nope", 1)])],
+        vec![CRule::fixture("r", Match::default(), &[("nope", 1)])],
     ));
     c.servers[1].endpoints.clear();
     let mut r = Router::compile(c, 1).unwrap();
@@ -478,11 +421,15 @@ fn invalid_configs_are_rejected_with_a_reason() {
 #[test]
 fn models_list_names_every_route_model_and_adapter_once() {
     let mut c = seed();
-    c.routes.push(route(
+    c.routes.push(CRoute::fixture(
         "dup",
         Some("deepseek-simple"),
         &[],
-        vec![rule("r", Match::default(), &[("deepseek-r1-7b", 1)])],
+        vec![CRule::fixture(
+            "r",
+            Match::default(),
+            &[("deepseek-r1-7b", 1)],
+        )],
     ));
     let r = Router::compile(c, 0).unwrap();
     let v: serde_json::Value = serde_json::from_str(r.models_body()).unwrap();
