@@ -1,5 +1,6 @@
-//! Kubernetes mode: watch ModelRoutes, ModelServers and Pods, and keep one object (a ConfigMap
-//! with the Envoy files, or an Istio EnvoyFilter) server-side applied from them.
+//! Kubernetes mode: watch ModelRoutes, ModelServers and Pods (and Kthena's router configuration
+//! ConfigMap, for the scheduler), and keep one object (a ConfigMap with the Envoy files, or an
+//! Istio EnvoyFilter) server-side applied from them.
 //!
 //! Shape (kube-rs controller style): reflectors keep warm caches of the three kinds; any change,
 //! debounced, runs one [`reconcile`] of the whole world (convert -> validate -> compile ->
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use filter_config::Settings;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -44,6 +45,9 @@ use crate::compile::Compiled;
 use crate::diag::Diagnostics;
 use crate::kthena::API_GROUP;
 
+/// Where Kthena's Helm chart puts its router configuration.
+pub const DEFAULT_ROUTER_CONFIG: (&str, &str) = ("kthena-system", "kthena-router-config");
+
 /// Version of the Kthena resources we watch.
 pub const KTHENA_VERSION: &str = "v1alpha1";
 
@@ -60,7 +64,11 @@ pub const REQUIRED_PERMISSIONS: &[(&str, &str, &[&str])] = &[
         &["get", "patch", "update"],
     ),
     ("", "pods", &["get", "list", "watch"]),
-    ("", "configmaps", &["get", "create", "patch"]),
+    (
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "patch"],
+    ),
     (
         "networking.istio.io",
         "envoyfilters",
@@ -81,6 +89,9 @@ pub struct Options {
     pub target: Target,
     pub settings: Settings,
     pub gateway: crate::gateway::Gateway,
+    /// Kthena's router configuration ConfigMap (`namespace`, `name`), watched so scheduler
+    /// changes apply live; `None`: the scheduler settings stay as given.
+    pub router_config: Option<(String, String)>,
     /// Namespace whose ModelRoutes / ModelServers / Pods are watched (`None`: all).
     pub watch_namespace: Option<String>,
     pub field_manager: String,
@@ -101,6 +112,10 @@ impl Options {
             target,
             settings: Settings::default(),
             gateway: crate::gateway::Gateway::default(),
+            router_config: Some((
+                DEFAULT_ROUTER_CONFIG.0.into(),
+                DEFAULT_ROUTER_CONFIG.1.into(),
+            )),
             watch_namespace: None,
             field_manager: "modelroute-controller".into(),
             lease_name: "modelroute-controller".into(),
@@ -142,6 +157,8 @@ struct Stores {
     routes: Store<DynamicObject>,
     servers: Store<DynamicObject>,
     pods: Store<Pod>,
+    /// The router configuration ConfigMap (empty when not watched or absent).
+    router_config: Store<ConfigMap>,
 }
 
 /// What the reconciler remembers between runs.
@@ -171,8 +188,12 @@ struct Build {
     compiled: Option<Compiled>,
 }
 
-fn build(stores: &Stores, settings: &Settings, gateway: &crate::gateway::Gateway) -> Build {
+fn build(stores: &Stores, opts: &Options) -> Build {
     let mut diags = Diagnostics::default();
+    let mut settings = opts.settings.clone();
+    if let Some(scheduler) = router_config(stores, opts, &mut diags) {
+        settings.scheduler = scheduler;
+    }
     let inputs = convert::inputs(
         &stores.routes.state(),
         &stores.servers.state(),
@@ -181,18 +202,42 @@ fn build(stores: &Stores, settings: &Settings, gateway: &crate::gateway::Gateway
     );
     crate::validate::validate(&inputs, &mut diags);
     let compiled = (!diags.has_errors()).then(|| {
-        let mut c = crate::compile::compile(&inputs, settings.clone(), &mut diags);
-        c.gateway = gateway.clone();
+        let mut c = crate::compile::compile(&inputs, settings, &mut diags);
+        c.gateway = opts.gateway.clone();
         c
     });
     Build { diags, compiled }
+}
+
+/// The scheduler settings of Kthena's router configuration ConfigMap, when it exists (its
+/// metrics timing stays the flags'); an invalid one is an error, so the last good object stays.
+fn router_config(
+    stores: &Stores,
+    opts: &Options,
+    diags: &mut Diagnostics,
+) -> Option<filter_config::Scheduler> {
+    let (ns, name) = opts.router_config.as_ref()?;
+    let cm = stores.router_config.state().into_iter().find(|cm| {
+        cm.metadata.name.as_deref() == Some(name.as_str())
+            && cm.metadata.namespace.as_deref() == Some(ns.as_str())
+    })?;
+    let mut doc = serde_json::to_value(cm.as_ref()).ok()?;
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("apiVersion".into(), json!("v1"));
+        o.insert("kind".into(), json!("ConfigMap"));
+    }
+    let source = crate::load::Source {
+        path: format!("ConfigMap {ns}/{name}").into(),
+        content: serde_json::to_vec(&doc).ok()?,
+    };
+    crate::router_config::from_source(&source, &opts.settings.scheduler, diags)
 }
 
 /// One reconcile: build, apply when changed (leader only), then conditions and Events.
 /// An `Err` is retried with backoff; status and Event failures are logged and retried too,
 /// except a status subresource the CRD does not have.
 async fn reconcile(ctx: &Ctx, state: &mut State, leader: bool) -> Result<(), kube::Error> {
-    let b = build(&ctx.stores, &ctx.opts.settings, &ctx.opts.gateway);
+    let b = build(&ctx.stores, &ctx.opts);
     if state.logged.as_ref() != Some(&b.diags) {
         for w in &b.diags.warnings {
             log::warn!("{w}");
@@ -358,6 +403,7 @@ async fn patch_status(
 async fn reflect<K>(
     what: &'static str,
     api: Api<K>,
+    config: watcher::Config,
     writer: Writer<K>,
     backoff: Backoff,
     changed: Arc<Notify>,
@@ -366,9 +412,7 @@ async fn reflect<K>(
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
-    let stream = watcher(api, watcher::Config::default())
-        .modify(modify)
-        .backoff(backoff);
+    let stream = watcher(api, config).modify(modify).backoff(backoff);
     reflector::reflector(writer, stream)
         .for_each(|ev| {
             match ev {
@@ -408,17 +452,19 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
     let route_w = Writer::new(route_ar.clone());
     let server_w = Writer::new(server_ar.clone());
     let pod_w: Writer<Pod> = Writer::default();
+    let router_config_w: Writer<ConfigMap> = Writer::default();
     let stores = Stores {
         routes: route_w.as_reader(),
         servers: server_w.as_reader(),
         pods: pod_w.as_reader(),
+        router_config: router_config_w.as_reader(),
     };
     let changed = Arc::new(Notify::new());
     let pods: Api<Pod> = match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(reflect_dynamic(
             "ModelRoutes",
             dynamic_api(&client, ns, &route_ar),
@@ -436,12 +482,26 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
         tokio::spawn(reflect(
             "Pods",
             pods,
+            watcher::Config::default(),
             pod_w,
             opts.new_backoff(),
             changed.clone(),
             convert::slim_pod,
         )),
     ];
+    if let Some((ns, name)) = &opts.router_config {
+        // One object: the field selector keeps the watch (and the RBAC it needs) to it.
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        tasks.push(tokio::spawn(reflect(
+            "the router configuration ConfigMap",
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+            config,
+            router_config_w,
+            opts.new_backoff(),
+            changed.clone(),
+            |_: &mut ConfigMap| {},
+        )));
+    }
 
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);

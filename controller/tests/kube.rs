@@ -634,3 +634,54 @@ async fn binary_exits_cleanly_on_sigterm_and_releases_the_lease() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_calls_permitted(&fake);
 }
+
+/// Kthena's router configuration ConfigMap with `maxWaitingRequests: n`.
+fn router_config_map(n: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kthena-router-config", "namespace": "kthena-system"},
+        "data": {"routerConfiguration": format!(
+            "scheduler:\n  pluginConfig:\n  - name: least-request\n    args:\n      maxWaitingRequests: {n}\n  plugins:\n    Filter:\n      enabled: [least-request]\n    Score:\n      enabled:\n      - {{ name: least-request, weight: 1 }}\n"
+        )},
+    })
+}
+
+fn max_waiting(cm: &Value) -> Option<u64> {
+    filter_config(cm)["settings"]["scheduler"]["max_waiting_requests"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_configmap_sets_the_scheduler_live_and_a_bad_edit_keeps_the_last_good() {
+    let fake = Fake::start().await;
+    seed(&fake);
+    fake.put("", "configmaps", router_config_map("4"));
+    let c = start(&fake, options("a"));
+    eventually("scheduler from the router ConfigMap", || {
+        configmap(&fake).filter(|cm| max_waiting(cm) == Some(4))
+    })
+    .await;
+    let scores = &filter_config(&configmap(&fake).unwrap())["settings"]["scheduler"]["scores"];
+    assert_eq!(scores.as_array().map(Vec::len), Some(1), "{scores}");
+
+    // An edit applies live.
+    fake.put("", "configmaps", router_config_map("7"));
+    eventually("the edited scheduler", || {
+        configmap(&fake).filter(|cm| max_waiting(cm) == Some(7))
+    })
+    .await;
+
+    // An invalid edit changes nothing.
+    fake.put("", "configmaps", router_config_map("0"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(configmap(&fake).and_then(|cm| max_waiting(&cm)), Some(7));
+
+    // Deleted: back to the defaults (Kthena's Helm chart: 10).
+    fake.delete("", "configmaps", "kthena-system", "kthena-router-config");
+    eventually("the default scheduler", || {
+        configmap(&fake).filter(|cm| max_waiting(cm) == Some(10))
+    })
+    .await;
+    c.stop().await;
+    assert_calls_permitted(&fake);
+}

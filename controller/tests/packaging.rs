@@ -426,6 +426,16 @@ fn rbac_grants_exactly_what_the_controller_calls() {
             &["get", "create", "update", "patch"]
         )])
     );
+    let router_config = find(
+        &docs,
+        "Role",
+        Some("kthena-system"),
+        "modelroute-controller-router-config",
+    );
+    assert_eq!(
+        grants(router_config),
+        expect(&[("", &["configmaps"], &["get", "list", "watch"])])
+    );
     // resourceNames: every verb but create is pinned to the one object the controller owns;
     // create cannot be (the name is not known to the authorizer on POST).
     for (role, owned) in [
@@ -439,6 +449,7 @@ fn rbac_grants_exactly_what_the_controller_calls() {
         ),
         (istio, &[("envoyfilters", "modelroute")]),
         (istio_lease, &[("leases", "modelroute-controller")]),
+        (router_config, &[("configmaps", "kthena-router-config")]),
     ] {
         for ((_, r, v), names) in restricted_names(role) {
             let want = owned.iter().find(|(res, _)| *res == r).map(|(_, n)| n);
@@ -455,7 +466,7 @@ fn rbac_grants_exactly_what_the_controller_calls() {
         .filter(|(_, d)| matches!(d["kind"].as_str(), Some("Role" | "ClusterRole")))
         .map(|(_, d)| format!("{}/{}", d["metadata"]["namespace"], d["metadata"]["name"]))
         .collect();
-    assert_eq!(roles.len(), 4, "{roles:?}");
+    assert_eq!(roles.len(), 5, "{roles:?}");
 
     // Each role is bound to the controller's ServiceAccount, in the role's namespace.
     for (kind, binding_kind, role) in [
@@ -463,6 +474,7 @@ fn rbac_grants_exactly_what_the_controller_calls() {
         ("Role", "RoleBinding", system),
         ("Role", "RoleBinding", istio),
         ("Role", "RoleBinding", istio_lease),
+        ("Role", "RoleBinding", router_config),
     ] {
         let ns = role["metadata"]["namespace"].as_str();
         let name = role["metadata"]["name"].as_str().unwrap_or("");

@@ -51,6 +51,11 @@ pub struct KubeArgs {
     pub mount_path: String,
     #[command(flatten)]
     pub filter: crate::filter_args::FilterArgs,
+    /// Kthena's router configuration ConfigMap (its `routerConfiguration` sets the scheduler),
+    /// watched so edits apply live; `none` keeps the scheduler defaults.
+    #[arg(long, value_name = "NAMESPACE/NAME|none", default_value = "kthena-system/kthena-router-config",
+          value_parser = parse_router_config)]
+    pub router_config: RouterConfigArg,
     /// Only watch ModelRoutes, ModelServers and Pods in this namespace (default: all).
     #[arg(long, value_name = "NS")]
     pub watch_namespace: Option<String>,
@@ -80,6 +85,22 @@ pub enum ContextArg {
     Sidecar,
 }
 
+/// `--router-config`: where the ConfigMap is, or none.
+#[derive(Debug, Clone)]
+pub struct RouterConfigArg(pub Option<(String, String)>);
+
+fn parse_router_config(s: &str) -> Result<RouterConfigArg, String> {
+    if s == "none" {
+        return Ok(RouterConfigArg(None));
+    }
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(RouterConfigArg(Some((ns.to_string(), name.to_string()))))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME or none")),
+    }
+}
+
 fn parse_label(kv: &str) -> Result<(String, String), String> {
     match kv.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -107,6 +128,7 @@ impl KubeArgs {
         });
         o.settings = self.filter.settings()?;
         o.gateway = self.gateway.gateway();
+        o.router_config = self.router_config.0.clone();
         o.watch_namespace = self.watch_namespace.clone();
         o.field_manager = self.field_manager.clone();
         o.lease_name = self.lease_name.clone();
