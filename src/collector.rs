@@ -17,7 +17,7 @@ use filter_config::Engine;
 
 use crate::host::{Counter, Host};
 
-use crate::metrics::{decode, encode, parse_models, parse_prometheus, PodStats, Snapshot};
+use crate::metrics::{decode, encode, parse_models, parse_prometheus, Snapshot};
 
 pub const LEASE_KEY: &str = "modelroute.collector";
 pub const SNAPSHOT_KEY: &str = "modelroute.metrics";
@@ -180,7 +180,8 @@ impl Collector {
             .collect()
     }
 
-    pub fn stats(&self, address: &str) -> Option<&PodStats> {
+    #[cfg(test)]
+    fn stats(&self, address: &str) -> Option<&crate::metrics::PodStats> {
         self.stats.get(address)
     }
 }

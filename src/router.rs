@@ -148,7 +148,6 @@ pub struct Pair {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub route: usize,
-    pub rule: usize,
     pub server: usize,
     /// True when the request model matched a LoRA adapter (the model is then kept as is).
     pub lora: bool,
@@ -158,7 +157,6 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub route: usize,
-    pub rule: usize,
     pub server: usize,
     /// True when the request model matched a LoRA adapter (the model is then kept as is).
     pub lora: bool,
@@ -422,7 +420,6 @@ impl Router {
         };
         Ok(Target {
             route,
-            rule,
             server,
             lora,
         })

@@ -17,8 +17,11 @@ pub mod cli;
 pub mod convert;
 pub mod crd;
 pub mod lease;
+mod reflect;
 pub mod render;
 pub mod status;
+
+use self::reflect::{reflect, reflect_dynamic};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -26,13 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use filter_config::Settings;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{store::Writer, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::json;
 use tokio::sync::{watch, Notify};
@@ -396,51 +398,6 @@ async fn patch_status(
     let pp = PatchParams::apply(&ctx.opts.field_manager).force();
     api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
     Ok(())
-}
-
-/// Runs a reflector for `api` into `writer`, waking `changed` on every event; errors are
-/// logged once per attempt and retried with backoff.
-async fn reflect<K>(
-    what: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-    backoff: Backoff,
-    changed: Arc<Notify>,
-    modify: impl FnMut(&mut K) + Send + 'static,
-) where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
-    let stream = watcher(api, config).modify(modify).backoff(backoff);
-    reflector::reflector(writer, stream)
-        .for_each(|ev| {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => log::warn!("watching {what}: {e}; retrying with backoff"),
-            }
-            futures::future::ready(())
-        })
-        .await;
-}
-
-async fn reflect_dynamic(
-    what: &'static str,
-    api: Api<DynamicObject>,
-    writer: Writer<DynamicObject>,
-    backoff: Backoff,
-    changed: Arc<Notify>,
-) {
-    let stream = watcher(api, watcher::Config::default()).backoff(backoff);
-    reflector::reflector(writer, stream)
-        .for_each(|ev| {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => log::warn!("watching {what}: {e}; retrying with backoff"),
-            }
-            futures::future::ready(())
-        })
-        .await;
 }
 
 /// The controller: runs until `shutdown` resolves, then stops the watchers, releases the

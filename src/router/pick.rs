@@ -96,7 +96,6 @@ fn decision(
 ) -> Decision {
     Decision {
         route: target.route,
-        rule: target.rule,
         server: target.server,
         lora: target.lora,
         endpoints,

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use test_support::{bin, free_port, http, loopback_net, repo_root, wait_until, wasm, Response};
+pub use test_support::{
+    bin, free_port, http, loopback_net, repo_root, wait_until, wasm, ReservedPort, Response,
+};
 
 pub const SEED_RESOURCES: &str = "examples/kthena";
 
@@ -144,10 +146,12 @@ impl Stack {
             .enumerate()
             .map(|(i, p)| (p, Ipv4Addr::new(127, a, b, (i + 2) as u8).to_string()))
             .collect();
+        // Envoy's ports stay bound here until Envoy is about to bind them itself.
+        let (listen, admin) = (ReservedPort::new(), ReservedPort::new());
         let mut s = Stack {
             dir: dir.clone(),
-            port: free_port(),
-            admin: free_port(),
+            port: listen.port(),
+            admin: admin.port(),
             pod_port,
             bootstrap_port: free_port(),
             pods,
@@ -219,6 +223,7 @@ impl Stack {
             yaml = yaml.replace(from, to);
         }
         std::fs::write(dir.join("envoy.yaml"), yaml).expect("envoy.yaml");
+        let _ = (listen.release(), admin.release());
         let child = test_support::envoy_command(&dir.join("envoy.yaml"), &dir.join("envoy.log"))
             .spawn()
             .expect("spawn envoy");
