@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -27,17 +27,10 @@ pub(super) async fn reflect<K>(
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     let stream = watcher(api, config).modify(modify).backoff(backoff);
-    reflector::reflector(writer, stream)
-        .for_each(|ev| {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => log::warn!("watching {what}: {e}; retrying with backoff"),
-            }
-            futures::future::ready(())
-        })
-        .await;
+    wake_on_events(what, reflector::reflector(writer, stream), changed).await;
 }
 
+/// [`reflect`] for Kthena's kinds, which have no compiled-in type.
 pub(super) async fn reflect_dynamic(
     what: &'static str,
     api: Api<DynamicObject>,
@@ -46,7 +39,15 @@ pub(super) async fn reflect_dynamic(
     changed: Arc<Notify>,
 ) {
     let stream = watcher(api, watcher::Config::default()).backoff(backoff);
-    reflector::reflector(writer, stream)
+    wake_on_events(what, reflector::reflector(writer, stream), changed).await;
+}
+
+async fn wake_on_events<T>(
+    what: &str,
+    events: impl Stream<Item = Result<T, watcher::Error>>,
+    changed: Arc<Notify>,
+) {
+    events
         .for_each(|ev| {
             match ev {
                 Ok(_) => changed.notify_one(),
