@@ -12,6 +12,7 @@
 //! - [`metrics`]: engine metrics parsing and the per-pod snapshot the VMs share.
 //! - [`collector`]: which VM scrapes the pods (a lease in shared data) and what it scrapes.
 //! - [`in_flight`]: per-pod in-flight counts shared by every worker (shared data, CAS).
+//! - [`usage`]: token usage read from responses as they pass (groundwork, not wired yet).
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`host`]: what the filter needs from Envoy: the [`host::Host`] trait, actions, counters.
@@ -34,6 +35,7 @@ pub mod rng;
 pub mod router;
 pub mod scan;
 pub mod scheduler;
+pub mod usage;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,275 @@
+//! Token usage from responses as they pass, without holding any of them: the engine's
+//! `usage.prompt_tokens` / `usage.completion_tokens`, from a JSON body or from the events of an
+//! SSE stream (the chunk that carries `usage`, last one wins). The body arrives in pieces of any
+//! size, split anywhere (inside a key, a number, an escape); the scanner keeps a few dozen bytes
+//! of state, whatever the body's size or shape, and never fails: a malformed or truncated body
+//! yields what was seen. Groundwork for usage accounting (issue 12); no host calls.
+
+/// What a response said about its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+/// Scans one response body, piece by piece.
+#[derive(Debug, Clone)]
+pub struct UsageScanner {
+    sse: Option<SseLine>,
+    json: JsonWalker,
+    found: Usage,
+}
+
+impl UsageScanner {
+    /// For a `application/json` body.
+    pub fn json() -> Self {
+        UsageScanner {
+            sse: None,
+            json: JsonWalker::default(),
+            found: Usage::default(),
+        }
+    }
+
+    /// For a `text/event-stream` body: each `data:` line is one JSON document.
+    pub fn sse() -> Self {
+        UsageScanner {
+            sse: Some(SseLine::Start(0)),
+            ..Self::json()
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            match self.sse.as_mut() {
+                None => self.json.step(b),
+                Some(line) => match line.step(b) {
+                    SseStep::Data => self.json.step(b),
+                    SseStep::EventLine => {
+                        self.take();
+                        self.json = JsonWalker::default();
+                    }
+                    SseStep::EndOfData => self.take(),
+                    SseStep::Skip => {}
+                },
+            }
+        }
+    }
+
+    /// What was found so far (a document still being read counts, as the latest).
+    pub fn usage(&self) -> Usage {
+        let current = self.json.usage;
+        if current.prompt_tokens.is_some() || current.completion_tokens.is_some() {
+            current
+        } else {
+            self.found
+        }
+    }
+
+    /// Keeps what the current document said, when it said anything.
+    fn take(&mut self) {
+        let u = self.json.usage;
+        if u.prompt_tokens.is_some() || u.completion_tokens.is_some() {
+            self.found = u;
+        }
+    }
+}
+
+/// Where an SSE line stands: how much of `data:` matched, in the data, or in another line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SseLine {
+    Start(u8),
+    Data,
+    Other,
+}
+
+enum SseStep {
+    /// A byte of a `data:` line's payload.
+    Data,
+    /// `data:` just matched: a new document starts.
+    EventLine,
+    /// A `data:` line ended.
+    EndOfData,
+    Skip,
+}
+
+impl SseLine {
+    fn step(&mut self, b: u8) -> SseStep {
+        const PREFIX: &[u8] = b"data:";
+        match *self {
+            _ if b == b'\n' => {
+                let was = *self;
+                *self = SseLine::Start(0);
+                if was == SseLine::Data {
+                    SseStep::EndOfData
+                } else {
+                    SseStep::Skip
+                }
+            }
+            SseLine::Start(n) => {
+                if PREFIX.get(n as usize) == Some(&b) {
+                    if n as usize + 1 == PREFIX.len() {
+                        *self = SseLine::Data;
+                        return SseStep::EventLine;
+                    }
+                    *self = SseLine::Start(n + 1);
+                } else {
+                    *self = SseLine::Other;
+                }
+                SseStep::Skip
+            }
+            SseLine::Data => SseStep::Data,
+            SseLine::Other => SseStep::Skip,
+        }
+    }
+}
+
+/// The two fields of `usage` we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Prompt,
+    Completion,
+}
+
+/// Longest key worth remembering (`completion_tokens` is 17 bytes).
+const KEY_MAX: usize = 24;
+
+/// A resumable walk over one JSON document that tracks only what `usage` needs: the depth,
+/// whether a string is a key, the last top-level key and, inside the top-level `usage` object,
+/// the numbers of `prompt_tokens` and `completion_tokens`.
+#[derive(Debug, Clone, Default)]
+struct JsonWalker {
+    depth: u32,
+    /// Containers at depth 1 and 2 (the only ones whose kind matters): true = object.
+    object_at: [bool; 3],
+    in_string: bool,
+    escape: bool,
+    /// In an object, the next string is a key.
+    expect_key: bool,
+    key: [u8; KEY_MAX],
+    key_len: usize,
+    /// The key being read overflowed `KEY_MAX` or held an escape: it matches nothing.
+    key_other: bool,
+    reading_key: bool,
+    /// The current top-level member is `usage`.
+    in_usage: bool,
+    /// Inside `usage`: the member whose value comes next.
+    field: Option<Field>,
+    /// A number of `field` being read.
+    number: Option<u64>,
+    usage: Usage,
+}
+
+impl JsonWalker {
+    fn step(&mut self, b: u8) {
+        if self.in_string {
+            return self.string_byte(b);
+        }
+        if let Some(n) = self.number {
+            if b.is_ascii_digit() {
+                self.number = Some(n.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+                return;
+            }
+            self.finish_number(n);
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                self.reading_key = self.expect_key;
+                self.key_len = 0;
+                self.key_other = false;
+            }
+            b'{' | b'[' => {
+                self.depth = self.depth.saturating_add(1);
+                if let Some(slot) = self.object_at.get_mut(self.depth as usize) {
+                    *slot = b == b'{';
+                }
+                self.expect_key = b == b'{';
+                self.field = None;
+            }
+            b'}' | b']' => {
+                if self.depth == 2 && self.in_usage {
+                    self.in_usage = false;
+                }
+                self.depth = self.depth.saturating_sub(1);
+                self.expect_key = false;
+            }
+            b',' => {
+                self.expect_key = self.current_is_object();
+                if self.depth == 1 {
+                    self.in_usage = false;
+                }
+                self.field = None;
+            }
+            b':' => self.expect_key = false,
+            b'0'..=b'9' if self.field.is_some() && self.depth == 2 && self.in_usage => {
+                self.number = Some(u64::from(b - b'0'));
+            }
+            _ => {}
+        }
+    }
+
+    fn current_is_object(&self) -> bool {
+        match self.object_at.get(self.depth as usize) {
+            Some(is_object) => *is_object,
+            // Deeper containers never hold what we read; their keys are ignored.
+            None => false,
+        }
+    }
+
+    fn string_byte(&mut self, b: u8) {
+        if self.escape {
+            self.escape = false;
+            self.key_other = true;
+            return;
+        }
+        match b {
+            b'\\' => self.escape = true,
+            b'"' => {
+                self.in_string = false;
+                if self.reading_key {
+                    self.end_key();
+                }
+            }
+            _ if self.reading_key => match self.key.get_mut(self.key_len) {
+                Some(slot) => {
+                    *slot = b;
+                    self.key_len += 1;
+                }
+                None => self.key_other = true,
+            },
+            _ => {}
+        }
+    }
+
+    fn end_key(&mut self) {
+        self.reading_key = false;
+        let key = if self.key_other {
+            &b""[..]
+        } else {
+            self.key.get(..self.key_len).unwrap_or_default()
+        };
+        match self.depth {
+            1 => self.in_usage = key == b"usage",
+            2 if self.in_usage => {
+                self.field = match key {
+                    b"prompt_tokens" => Some(Field::Prompt),
+                    b"completion_tokens" => Some(Field::Completion),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_number(&mut self, n: u64) {
+        self.number = None;
+        match self.field.take() {
+            Some(Field::Prompt) => self.usage.prompt_tokens = Some(n),
+            Some(Field::Completion) => self.usage.completion_tokens = Some(n),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
