@@ -3,7 +3,8 @@
 //! SSE stream (the chunk that carries `usage`, last one wins). The body arrives in pieces of any
 //! size, split anywhere (inside a key, a number, an escape); the scanner keeps a few dozen bytes
 //! of state, whatever the body's size or shape, and never fails: a malformed or truncated body
-//! yields what was seen. Groundwork for usage accounting (issue 12); no host calls.
+//! yields what was seen. [`UsageChunkFilter`] removes the usage-only event from a stream whose
+//! client did not ask for usage. Groundwork for usage accounting (issue 12); no host calls.
 
 /// What a response said about its tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -273,3 +274,90 @@ impl JsonWalker {
 
 #[cfg(test)]
 mod tests;
+
+/// Longest SSE event held back while deciding whether it is the usage-only chunk: that chunk is
+/// a few hundred bytes; a longer event is content and goes on at once.
+const HELD_EVENT_MAX: usize = 4096;
+
+/// Drops the usage-only event (`"choices": []` with a `usage`) from an SSE stream, for a client
+/// that did not ask for usage when the router asked the engine for it. Every other byte passes
+/// unchanged and in order; only the bytes of a still-incomplete event wait for its end (at most
+/// [`HELD_EVENT_MAX`]), so a client sees exactly the stream it asked for.
+#[derive(Debug, Clone, Default)]
+pub struct UsageChunkFilter {
+    held: Vec<u8>,
+    /// The held event is too long to be the usage chunk: pass the rest of it through.
+    passing: bool,
+    /// The current event's last byte so far (a blank line may straddle two chunks).
+    last: Option<u8>,
+}
+
+impl UsageChunkFilter {
+    /// The bytes to forward for `chunk`.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + self.held.len());
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let (piece, ends, tail) = match find_event_end(self.last, rest) {
+                Some(n) => (
+                    rest.get(..n).unwrap_or(rest),
+                    true,
+                    rest.get(n..).unwrap_or(&[]),
+                ),
+                None => (rest, false, &[][..]),
+            };
+            rest = tail;
+            self.last = piece.last().copied().or(self.last);
+            if self.passing {
+                out.extend_from_slice(piece);
+            } else {
+                self.held.extend_from_slice(piece);
+                if !ends && self.held.len() > HELD_EVENT_MAX {
+                    out.append(&mut self.held);
+                    self.passing = true;
+                }
+            }
+            if ends {
+                if !self.passing && !is_usage_only(&self.held) {
+                    out.extend_from_slice(&self.held);
+                }
+                self.held.clear();
+                self.passing = false;
+                self.last = None;
+            }
+        }
+        out
+    }
+
+    /// The end of the stream: whatever is held goes out as it is.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.passing = false;
+        self.last = None;
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Where in `next` the current event (whose last byte so far is `last`) ends, just past its
+/// blank line, if it does.
+fn find_event_end(last: Option<u8>, next: &[u8]) -> Option<usize> {
+    if last == Some(b'\n') && next.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    next.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// Whether one whole SSE event is a usage-only chunk: a `data:` line whose JSON has an empty
+/// top-level `choices` and a `usage` object.
+fn is_usage_only(event: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(event);
+    let Some(json) = text.trim().strip_prefix("data:") else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) else {
+        return false;
+    };
+    v.get("choices")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| c.is_empty())
+        && v.get("usage").is_some_and(|u| u.is_object())
+}

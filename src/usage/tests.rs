@@ -159,3 +159,51 @@ fn random_answer(r: &mut Rng) -> Value {
     top.insert("id".into(), json!(word(r)));
     Value::Object(top)
 }
+
+const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6}}\n\n\
+data: [DONE]\n\n";
+
+#[test]
+fn the_usage_only_chunk_is_removed_and_everything_else_is_byte_identical() {
+    let mut r = Rng::new(5);
+    let want = STREAM.replace(
+        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6}}\n\n",
+        "",
+    );
+    for _ in 0..500 {
+        let mut f = UsageChunkFilter::default();
+        let mut out = Vec::new();
+        let body = STREAM.as_bytes();
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + 1 + r.below(40) as usize).min(body.len());
+            out.extend(f.feed(&body[at..end]));
+            at = end;
+        }
+        out.extend(f.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+}
+
+#[test]
+fn content_chunks_and_long_events_are_never_held_past_their_end() {
+    let mut f = UsageChunkFilter::default();
+    let event = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    assert_eq!(f.feed(event.as_bytes()), event.as_bytes());
+    let long = format!("data: {}", "x".repeat(HELD_EVENT_MAX + 10));
+    let out = f.feed(long.as_bytes());
+    assert_eq!(out, long.as_bytes(), "a long event streams through");
+    // Its blank line split over two chunks still ends it.
+    assert_eq!(f.feed(b"\n"), b"\n");
+    assert_eq!(f.feed(b"\n"), b"\n");
+    let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":1}}\n\n";
+    assert!(
+        f.feed(usage.as_bytes()).is_empty(),
+        "the next event is judged on its own"
+    );
+    // A usage chunk with content choices is the client's (it asked, or the engine sent it).
+    let mixed = "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"completion_tokens\":1}}\n\n";
+    assert_eq!(f.feed(mixed.as_bytes()), mixed.as_bytes());
+}
