@@ -75,9 +75,24 @@ impl Key {
         }
     }
 
-    /// The known key a decoded member name is, if any.
+    /// The known key a decoded member name is, if any (every top-level member of every request
+    /// asks: one match, no loop over the names).
     pub fn of(name: &[u8]) -> Option<Key> {
-        Key::ALL.into_iter().find(|k| k.name().as_bytes() == name)
+        Some(match name {
+            b"model" => Key::Model,
+            b"stream" => Key::Stream,
+            b"stream_options" => Key::StreamOptions,
+            b"max_tokens" => Key::MaxTokens,
+            b"max_completion_tokens" => Key::MaxCompletionTokens,
+            b"kv_transfer_params" => Key::KvTransferParams,
+            b"bootstrap_host" => Key::BootstrapHost,
+            b"bootstrap_port" => Key::BootstrapPort,
+            b"bootstrap_room" => Key::BootstrapRoom,
+            b"messages" => Key::Messages,
+            b"prompt" => Key::Prompt,
+            b"input" => Key::Input,
+            _ => return None,
+        })
     }
 }
 

@@ -346,9 +346,27 @@ fn find_event_end(last: Option<u8>, next: &[u8]) -> Option<usize> {
     next.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
 }
 
+/// Whether `"usage"` appears followed by `:` and an object (not `null`).
+fn has_usage_object(event: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut rest = event;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        rest = rest.get(at + KEY.len()..).unwrap_or_default();
+        let mut after = rest.iter().copied().filter(|b| !b.is_ascii_whitespace());
+        if after.next() == Some(b':') && after.next() == Some(b'{') {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether one whole SSE event is a usage-only chunk: a `data:` line whose JSON has an empty
 /// top-level `choices` and a `usage` object.
 fn is_usage_only(event: &[u8]) -> bool {
+    // Content events (nearly all of them) carry no usage object: decide those without a parse.
+    if !has_usage_object(event) {
+        return false;
+    }
     let text = String::from_utf8_lossy(event);
     let Some(json) = text.trim().strip_prefix("data:") else {
         return false;

@@ -101,9 +101,6 @@ fn one_model_is_retrieved_as_the_sdk_asks() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let s = Stack::seed(seed_pods());
-    let mut conn = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
     let mut all = Vec::new();
     for (i, model) in ["deepseek-simple", "lora-A", "nope"].iter().enumerate() {
         let body = format!(r#"{{"model":"{model}","prompt":"p{i}"}}"#);
@@ -116,9 +113,7 @@ fn pipelined_requests_are_answered_in_order() {
             .as_bytes(),
         );
     }
-    conn.write_all(&all).unwrap();
-    let mut out = String::new();
-    conn.read_to_string(&mut out).unwrap();
+    let out = raw_exchange(&s, &all, Duration::from_secs(20));
     let statuses: Vec<&str> = out
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &out[i + 9..i + 12])
