@@ -101,8 +101,8 @@ start_stack() {
   wait_for 20 "the controller's first render" test -s "$RUN/config/ecds/modelroute.json"
 
   log "starting Envoy on 127.0.0.1:$port (admin 127.0.0.1:$admin)"
-  sed -e "s#@LISTEN_PORT@#$port#g" -e "s#@ADMIN_PORT@#$admin#g" -e "s#@CONFIG_DIR@#$RUN/config#g" \
-    envoy/envoy.yaml >"$RUN/envoy.yaml"
+  "$BIN/modelroute-controller" bootstrap --listen-port "$port" --admin-port "$admin" \
+    --config-dir "$RUN/config" --access-log "$RUN/access.log" >"$RUN/envoy.yaml"
   "$MODELROUTE_ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning \
     >"$RUN/envoy.log" 2>&1 &
   PIDS+=($!)
@@ -191,6 +191,16 @@ demo() {
   show "Errors are OpenAI-style JSON"
   completion no-such-model; echo
   curl -sS "http://$ROUTER/v1/completions" -H "Content-Type: application/json" -d '{"model": '; echo
+
+  show "Streams are accounted too: a client that did not ask for usage gets none, the router still counts it"
+  curl -sSN "http://$ROUTER/v1/chat/completions" -H "Content-Type: application/json" \
+    -d '{"model": "deepseek-simple", "stream": true, "messages": [{"role": "user", "content": "San Francisco is a"}]}' | tail -n 4
+
+  show "What the router saw: Kthena's metrics from Envoy's /stats/prometheus (admin 127.0.0.1:${MODELROUTE_ADMIN_PORT:-9901})"
+  "$VENV/bin/python" scripts/usage_summary.py "${MODELROUTE_ADMIN_PORT:-9901}"
+  show "...and Kthena's access log (.run/access.log), the last line"
+  sleep 1.2 # Envoy writes the file out every second
+  tail -n 1 "$RUN/access.log"
 
   [ "$other" -eq 0 ] || { echo "demo: $other requests failed" >&2; exit 1; }
   show "Demo done; logs in .run/"

@@ -250,6 +250,30 @@ def timing_stats(admin):
     return out
 
 
+def first_byte(port, n):
+    """Median and p99 milliseconds from sending a streaming chat request to its first body
+    byte (the first SSE event), over n sequential requests on fresh connections."""
+    import socket
+    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 8,
+                       "messages": [{"role": "user", "content": "San Francisco is a"}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    samples = []
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            t0 = time.perf_counter()
+            c.sendall(head + body)
+            got = b""
+            while b"data:" not in got:
+                chunk = c.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"stream ended early: {got[:200]!r}")
+                got += chunk
+            samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {"first_byte_ms_p50": samples[len(samples) // 2], "first_byte_ms_p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))]}
+
+
 def run_wrk(port, conns, duration, body_file, lua_file):
     threads = 1 if conns == 1 else 2
     env = dict(os.environ, BENCH_BODY=body_file)
@@ -286,6 +310,8 @@ def main():
     ap.add_argument("--sizes", help="comma-separated body sizes in bytes (default: by mode)")
     ap.add_argument("--conns", help="comma-separated connection counts (default: by mode)")
     ap.add_argument("--report-from", help="only rewrite the report from a results.json")
+    ap.add_argument("--first-byte", type=int, default=0, metavar="N",
+                    help="also time N sequential streaming requests per target to their first body byte")
     args = ap.parse_args()
     args.out = args.out or os.path.join(ROOT, "bench", "quick" if args.quick else "")
     sizes = [1024, 200 * 1024] if args.quick else [1024, 16 * 1024, 200 * 1024, 1024 * 1024]
@@ -331,7 +357,7 @@ def main():
                 with open(cfg, "w") as f:
                     f.write(plain_bootstrap(port, admin, pods, None if name == "envoy" else NOOP_WASM, "buffer" if name == "noop-buffer" else None))
                 p = procs.start([envoy, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
-            elif name in ("modelroute", "modelroute-rr", "modelroute-filter", "modelroute-timed"):
+            elif name in ("modelroute", "modelroute-observed", "modelroute-rr", "modelroute-filter", "modelroute-timed"):
                 res_dir, conf = os.path.join(work, "resources"), os.path.join(work, "config")
                 os.makedirs(res_dir, exist_ok=True)
                 with open(os.path.join(res_dir, "bench.yaml"), "w") as f:
@@ -367,8 +393,12 @@ def main():
                     wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200, data=body, headers={"Content-Type": "application/json"})
                     live[name] = (port, p.pid, admin)
                     continue
-                with open(os.path.join(ROOT, "envoy", "envoy.yaml")) as f:
-                    boot = f.read().replace("@LISTEN_PORT@", str(port)).replace("@ADMIN_PORT@", str(admin)).replace("@CONFIG_DIR@", conf)
+                # Kthena's metrics are always on; "modelroute-observed" also writes Kthena's
+                # access log (JSON, a file), i.e. everything on.
+                access_log = os.path.join(work, "access.log") if name == "modelroute-observed" else "off"
+                boot = subprocess.run([CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
+                                       "--config-dir", conf, "--access-log", access_log, "--access-log-format", "json"],
+                                      check=True, capture_output=True, text=True).stdout
                 cfg = os.path.join(work, f"{name}.yaml")
                 with open(cfg, "w") as f:
                     f.write(boot)
@@ -393,6 +423,12 @@ def main():
                 print(f"skipping {name}: {e}", file=sys.stderr)
                 continue
             live[name] = (port, p.pid, admin)
+
+        if args.first_byte:
+            for name, (port, _, _) in live.items():
+                r = first_byte(port, args.first_byte)
+                r.update(target=name, kind="first_byte")
+                print(json.dumps(r), flush=True)
 
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:

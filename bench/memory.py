@@ -118,8 +118,8 @@ def start_envoy(procs, work, name, resources, pods_yaml, scheduler_off):
     with open(os.path.join(conf, "ecds", "modelroute.json")) as f:
         config_bytes = len(json.load(f)["resources"][0]["typed_config"]["config"]["configuration"]["value"])
     port, admin = L.free_port(), L.free_port()
-    with open(os.path.join(L.ROOT, "envoy", "envoy.yaml")) as f:
-        boot = f.read().replace("@LISTEN_PORT@", str(port)).replace("@ADMIN_PORT@", str(admin)).replace("@CONFIG_DIR@", conf)
+    boot = subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
+                           "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True, text=True).stdout
     cfg = os.path.join(work, name, "envoy.yaml")
     with open(cfg, "w") as f:
         f.write(boot)

@@ -13,16 +13,17 @@
 
 use std::borrow::Cow;
 
-use filter_config::{DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
+use filter_config::{gauges, DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
+use crate::accounting::{self, Accounting, Ending, Routed};
 use crate::errors::ErrorReply;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host};
 use crate::in_flight::InFlight;
-use crate::prompt::prompt_text;
-use crate::rewrite::splice_string;
+use crate::prompt::{estimate_input_tokens, prompt_text};
+use crate::rewrite::{json_string, splice_string};
 use crate::router::{Request, Router};
-use crate::scan::{scan, Model, Scan};
+use crate::scan::{scan, Key, Model, Scan};
 
 mod prefill;
 use prefill::PdRequest;
@@ -65,6 +66,10 @@ pub struct Outcome {
     /// PD: the prefill pod of the (last) attempt.
     pub prefill: String,
     pub local_status: Option<u32>,
+    /// The filter's error reply: (code, message).
+    pub error: Option<(&'static str, String)>,
+    /// A route names the request's model (else its metrics label is `unknown`).
+    pub model_known: bool,
 }
 
 /// State of one HTTP request.
@@ -79,6 +84,10 @@ pub struct Flow {
     /// removed upstream but never read from here).
     headers: Headers,
     pub outcome: Outcome,
+    /// Tokens and timings, for inference requests (`POST /v1/...`).
+    acct: Accounting,
+    /// The active-request gauges this request holds (+1 now, -1 when it ends).
+    gauges_held: Vec<String>,
 }
 
 impl Flow {
@@ -141,6 +150,9 @@ impl Flow {
         if method != "POST" || !path.starts_with("/v1/") {
             return Action::Continue;
         }
+        // From here on the request is accounted for, whatever becomes of it.
+        self.acct.start_ms = host.now_ms().max(1);
+        self.path = path.to_string();
         let Some(router) = router else {
             return self.fail(host, &ErrorReply::not_configured());
         };
@@ -156,7 +168,6 @@ impl Flow {
         if end_of_stream {
             return self.fail(host, &ErrorReply::invalid_json("the body is empty"));
         }
-        self.path = path.to_string();
         self.full_path = full_path.to_string();
         self.headers = headers;
         self.phase = Phase::AwaitBody;
@@ -201,6 +212,7 @@ impl Flow {
             _ => return self.fail(host, &ErrorReply::model_missing()),
         };
         self.outcome.model.clone_from(&model);
+        self.acct.input_estimate = estimate_input_tokens(&body, &scanned);
 
         let prompt = match router.prompt_cap() {
             0 => Cow::Borrowed(&[][..]),
@@ -231,10 +243,32 @@ impl Flow {
             now_ms,
         });
         drop(prompt);
+        self.outcome.model_known =
+            !matches!(decision, Err(crate::router::RouteError::ModelNotFound));
+        self.hold_gauge(
+            host,
+            format!(
+                "{};model={}",
+                gauges::ACTIVE_DOWNSTREAM,
+                label(self.model_label())
+            ),
+        );
         let decision = match decision {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
+        // Clients streaming without usage still get counted: ask the engine for it (the
+        // usage-only chunk that adds is removed from the answer).
+        let stream_options =
+            if scanned.stream == Some(true) && accounting::supports_stream_options(&self.path) {
+                let current = scanned
+                    .member(Key::StreamOptions)
+                    .and_then(|span| body.get(span));
+                accounting::include_usage(current)
+            } else {
+                None
+            };
+        self.acct.usage_injected = stream_options.is_some();
         // Envoy generates one unless configured not to.
         let request_id = match self.headers.get(REQUEST_ID_HEADER) {
             Some(id) => id.to_string(),
@@ -299,7 +333,9 @@ impl Flow {
                 decode_timeout_ms: server.timeout_ms,
                 bootstrap_port: pd.bootstrap_port,
                 bootstrap: None,
+                stream_options,
             });
+            self.hold_upstream_gauge(host);
             return self.start_pd(request, router.rng(), host, body_size);
         }
 
@@ -309,17 +345,23 @@ impl Flow {
             .model
             .as_deref()
             .filter(|m| !decision.lora && *m != model.as_str());
-        match rewrite_to {
-            Some(real) => {
-                let new_body = splice_string(&body, span, real);
-                host.replace_body(body_size, &new_body);
-                if self.headers.contains("content-length") {
-                    host.set_header("content-length", &new_body.len().to_string());
-                }
-                self.outcome.upstream_model = real.to_string();
+        let new_body = match (rewrite_to, stream_options) {
+            (Some(real), None) => Some(splice_string(&body, span, real)),
+            (real, Some(options)) => {
+                let mut set = vec![(Key::StreamOptions, options)];
+                set.extend(real.map(|m| (Key::Model, json_string(m))));
+                Some(crate::pd::edit_object(&body, &scanned, &[], &set))
             }
-            None => self.outcome.upstream_model = model.to_string(),
+            (None, None) => None,
+        };
+        if let Some(new_body) = new_body {
+            host.replace_body(body_size, &new_body);
+            if self.headers.contains("content-length") {
+                host.set_header("content-length", &new_body.len().to_string());
+            }
         }
+        self.outcome.upstream_model = rewrite_to.unwrap_or(&model).to_string();
+        self.hold_upstream_gauge(host);
 
         host.set_header(&router.settings.cluster_header, &server.cluster);
         host.set_header(&router.settings.endpoint_header, &decision.endpoints);
@@ -332,24 +374,62 @@ impl Flow {
         Action::Continue
     }
 
-    /// Runs once when the request is over, completed or reset (Envoy's `on_log` /
-    /// context teardown): releases its in-flight count. Nothing to return.
+    /// Runs once when the request is over, completed or reset (Envoy's `on_log`, before
+    /// Envoy's access loggers run): releases its in-flight count and active-request gauges,
+    /// and publishes what the request cost ([`filter_config::published`]) for them to read.
+    /// Nothing to return.
     pub fn on_done(&mut self, host: &mut dyn Host, in_flight: &mut InFlight) {
         if let Some((key, n, idx)) = self.counted.take() {
             in_flight.release(host, &key, n, idx);
         }
+        for gauge in std::mem::take(&mut self.gauges_held) {
+            host.add_to_gauge(&gauge, -1);
+        }
+        if self.acct.start_ms == 0 {
+            return;
+        }
+        let routed = (!self.outcome.server.is_empty()).then(|| Routed {
+            route: &self.outcome.route,
+            server: &self.outcome.server,
+            upstream_model: &self.outcome.upstream_model,
+            prefill_pod: &self.outcome.prefill,
+        });
+        let ending = match (&self.outcome.error, self.acct.response_status()) {
+            (Some((code, _)), _) => Some(Ending::Local(code)),
+            (None, Some(status)) => Some(Ending::Status(status)),
+            (None, None) => None,
+        };
+        let values = self.acct.published(
+            self.model_label(),
+            &self.path,
+            routed,
+            ending,
+            host.now_ms(),
+        );
+        for (name, value) in &values {
+            host.publish(name, value);
+        }
+        if let Some((_, message)) = &self.outcome.error {
+            host.publish(filter_config::published::ERROR_MESSAGE, message);
+        }
     }
 
-    /// Whether the upstream answer's status matters (PD decode counters); other requests
-    /// skip reading it.
-    pub fn wants_response_status(&self) -> bool {
-        matches!(self.phase, Phase::Decoding(_))
+    /// Whether the response matters: for inference requests that went upstream (usage,
+    /// timings, PD decode counters). Other requests skip reading it.
+    pub fn wants_response(&self) -> bool {
+        self.acct.start_ms != 0 && self.outcome.local_status.is_none()
     }
 
-    /// Runs when the response headers arrive (`status`: their `:status`), only for requests
-    /// that [`Flow::wants_response_status`]: counts the PD decode leg's outcome. The response
-    /// always continues.
-    pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>) {
+    /// Runs when the response headers arrive (`status`: their `:status`, `content_type`),
+    /// only for requests that [`Flow::wants_response`]: counts the PD decode leg's outcome
+    /// and prepares the usage scan of the body. The response always continues.
+    pub fn on_response_headers(
+        &mut self,
+        host: &mut dyn Host,
+        status: Option<u32>,
+        content_type: &str,
+        end_of_stream: bool,
+    ) {
         if matches!(self.phase, Phase::Decoding(_)) && self.outcome.local_status.is_none() {
             host.count(if matches!(status, Some(s) if s < 500) {
                 Counter::DecodeOk
@@ -357,6 +437,55 @@ impl Flow {
                 Counter::DecodeFailed
             });
         }
+        self.acct
+            .on_response_headers(status.unwrap_or(0), content_type, end_of_stream);
+    }
+
+    /// Runs for each piece of the response body (`body_size`: this piece; nothing is
+    /// buffered), for requests that [`Flow::wants_response`]: reads usage and timings as it
+    /// passes, and cuts the usage-only chunk the router caused. The response always continues.
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) {
+        if !self.acct.reads_body() {
+            return;
+        }
+        let chunk = if body_size == 0 {
+            Vec::new()
+        } else {
+            host.response_body(body_size).unwrap_or_default()
+        };
+        if let Some(changed) = self
+            .acct
+            .on_response_body(&chunk, end_of_stream, host.now_ms())
+        {
+            host.replace_response_body(body_size, &changed);
+        }
+    }
+
+    /// The request's `model` label: its model if a route names it, else `unknown`.
+    fn model_label(&self) -> &str {
+        if self.outcome.model_known {
+            &self.outcome.model
+        } else {
+            accounting::UNKNOWN_MODEL
+        }
+    }
+
+    fn hold_gauge(&mut self, host: &mut dyn Host, name: String) {
+        host.add_to_gauge(&name, 1);
+        self.gauges_held.push(name);
+    }
+
+    /// Kthena's `active_upstream_requests`, labelled by where the request went.
+    fn hold_upstream_gauge(&mut self, host: &mut dyn Host) {
+        let o = &self.outcome;
+        let name = format!(
+            "{};model_server={server};model_route={};backend_type=model_server;backend_name={server};upstream_model={}",
+            gauges::ACTIVE_UPSTREAM,
+            label(&o.route),
+            label(&o.upstream_model),
+            server = label(&o.server),
+        );
+        self.hold_gauge(host, name);
     }
 
     fn answer_json(&mut self, host: &mut dyn Host, body: &str) -> Action {
@@ -372,12 +501,22 @@ impl Flow {
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
         self.phase = Phase::Idle;
         self.outcome.local_status = Some(e.status);
+        self.outcome.error = Some((e.code, e.message.clone()));
         host.respond(
             e.status,
             &[("content-type", "application/json")],
             e.body().as_bytes(),
         );
         Action::Pause
+    }
+}
+
+/// A label value inside a gauge's name: `;` separates labels there.
+fn label(value: &str) -> Cow<'_, str> {
+    if value.contains(';') {
+        Cow::Owned(value.replace(';', "_"))
+    } else {
+        Cow::Borrowed(value)
     }
 }
 
@@ -421,3 +560,5 @@ pub(crate) mod fake;
 mod pd_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod usage_tests;

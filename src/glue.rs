@@ -223,19 +223,25 @@ impl HttpContext for Request {
         timing::timed(timing::BODY, || self.request_body(body_size, end_of_stream))
     }
 
-    fn on_http_response_headers(
-        &mut self,
-        _num_headers: usize,
-        _end_of_stream: bool,
-    ) -> WasmAction {
-        if !self.flow.wants_response_status() {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
+        if !self.flow.wants_response() {
             return WasmAction::Continue;
         }
-        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
-        self.flow.on_response_headers(&mut EnvoyHost, status);
+        let headers = header_map(MapType::HttpResponseHeaders);
+        let status = headers.get(":status").and_then(|s| s.parse().ok());
+        let content_type = headers.get("content-type").unwrap_or_default();
+        self.flow
+            .on_response_headers(&mut EnvoyHost, status, content_type, end_of_stream);
+        WasmAction::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
+        if self.flow.wants_response() {
+            timing::timed(timing::RESPONSE_BODY, || {
+                self.flow
+                    .on_response_body(&mut EnvoyHost, body_size, end_of_stream)
+            });
+        }
         WasmAction::Continue
     }
 
@@ -284,15 +290,15 @@ extern "C" {
     ) -> proxy_wasm::types::Status;
 }
 
-/// Every request header in one host call, in the host's serialized form (parsed lazily).
-fn request_header_map() -> Headers {
+/// Every header of `map` in one host call, in the host's serialized form (parsed lazily).
+fn header_map(map: MapType) -> Headers {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: the host writes a pointer to `size` bytes it allocated through this module's
     // `proxy_on_memory_allocate` (a leaked `Vec<u8>` of capacity `size`), so the buffer is
     // ours to own and free as that Vec.
     let raw = unsafe {
-        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
             proxy_wasm::types::Status::Ok if !data.is_null() => {
                 Vec::from_raw_parts(data, size, size)
             }
@@ -304,7 +310,7 @@ fn request_header_map() -> Headers {
 
 impl Host for EnvoyHost {
     fn request_headers(&self) -> Headers {
-        request_header_map()
+        header_map(MapType::HttpRequestHeaders)
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
@@ -389,6 +395,46 @@ impl Host for EnvoyHost {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
 
+    fn response_body(&self, len: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, len)
+            .ok()
+            .flatten()
+    }
+
+    fn replace_response_body(&mut self, old_len: usize, body: &[u8]) {
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_len, body).is_err() {
+            log::warn!("modelroute: could not replace a response body piece");
+        }
+    }
+
+    fn publish(&mut self, name: &str, value: &str) {
+        if hostcalls::set_property(vec![name], Some(value.as_bytes())).is_err() {
+            log::warn!("modelroute: could not publish {name}");
+        }
+    }
+
+    fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        GAUGES.with(|ids| {
+            let Ok(mut ids) = ids.try_borrow_mut() else {
+                return;
+            };
+            let id = match ids.get(name) {
+                Some(id) => *id,
+                // Names are bounded by the configuration (models, routes, servers); the cap
+                // only guards against a bug minting names.
+                None if ids.len() < MAX_GAUGES => {
+                    let Ok(id) = hostcalls::define_metric(MetricType::Gauge, name) else {
+                        return;
+                    };
+                    ids.insert(name.to_string(), id);
+                    id
+                }
+                None => return,
+            };
+            let _ = hostcalls::increment_metric(id, delta);
+        });
+    }
+
     fn count(&mut self, counter: Counter) {
         COUNTERS.with(|ids| {
             let mut ids = ids.borrow_mut();
@@ -407,7 +453,12 @@ impl Host for EnvoyHost {
     }
 }
 
+/// Distinct gauges one VM defines at most.
+const MAX_GAUGES: usize = 4096;
+
 thread_local! {
+    /// Gauge ids by name, defined on first use in this VM.
+    static GAUGES: RefCell<std::collections::HashMap<String, u32>> = RefCell::new(std::collections::HashMap::new());
     /// This worker's in-flight releases not yet written to shared data (one per VM, so they
     /// outlive a configuration's root context).
     static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
@@ -422,6 +473,7 @@ mod timing {
     pub const HEADERS: usize = 0;
     pub const BODY: usize = 1;
     pub const DONE: usize = 2;
+    pub const RESPONSE_BODY: usize = 4;
 
     #[cfg(not(feature = "timing"))]
     #[inline(always)]
@@ -434,14 +486,15 @@ mod timing {
         use proxy_wasm::hostcalls;
         use proxy_wasm::types::MetricType;
         use std::cell::RefCell;
-        const NAMES: [&str; 4] = [
+        const NAMES: [&str; 5] = [
             "modelroute.timing.headers_ns",
             "modelroute.timing.body_ns",
             "modelroute.timing.done_ns",
             "modelroute.timing.requests",
+            "modelroute.timing.response_body_ns",
         ];
         thread_local! {
-            static IDS: RefCell<[Option<u32>; 4]> = const { RefCell::new([None; 4]) };
+            static IDS: RefCell<[Option<u32>; 5]> = const { RefCell::new([None; 5]) };
         }
         fn now_ns() -> u64 {
             hostcalls::get_current_time()

@@ -43,6 +43,14 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Increments a counter.
     fn count(&mut self, counter: Counter);
+    /// The current piece of the response body (`len` bytes).
+    fn response_body(&self, len: usize) -> Option<Vec<u8>>;
+    /// Replaces the current piece of the response body (`old_len` bytes) with `body`.
+    fn replace_response_body(&mut self, old_len: usize, body: &[u8]);
+    /// Publishes a per-request value as filter state (`wasm.<name>`) for Envoy's loggers.
+    fn publish(&mut self, name: &str, value: &str);
+    /// Adds `delta` to the gauge `name` (defined on first use; one stat across workers).
+    fn add_to_gauge(&mut self, name: &str, delta: i64);
     /// Shared data (all workers): the value under `key` and its CAS token.
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Stores `value` under `key` if its CAS token is still `cas`; false on a lost race.

@@ -12,7 +12,8 @@
 //! - [`metrics`]: engine metrics parsing and the per-pod snapshot the VMs share.
 //! - [`collector`]: which VM scrapes the pods (a lease in shared data) and what it scrapes.
 //! - [`in_flight`]: per-pod in-flight counts shared by every worker (shared data, CAS).
-//! - [`usage`]: token usage read from responses as they pass (groundwork, not wired yet).
+//! - [`usage`]: token usage read from responses as they pass.
+//! - [`accounting`]: what a request cost (tokens, timings), published for Envoy's loggers.
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`host`]: what the filter needs from Envoy: the [`host::Host`] trait, actions, counters.
@@ -20,6 +21,7 @@
 //! - [`rng`]: injected randomness.
 //! - `glue` (wasm32 only): adapts proxy-wasm's contexts to [`flow::Flow`]; nothing else calls
 //!   proxy-wasm.
+pub mod accounting;
 pub mod collector;
 pub mod errors;
 pub mod flow;

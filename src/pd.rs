@@ -15,7 +15,7 @@
 
 use filter_config::Engine;
 
-use crate::rewrite::push_json_string;
+use crate::rewrite::{json_string, push_json_string};
 use crate::scan::{scan, Key, Scan};
 
 /// How a PD ModelServer's two legs are coordinated.
@@ -92,15 +92,20 @@ pub fn prefill_body(
 }
 
 /// The decode leg's body: the client's body with the model rewritten, plus the prefill's
-/// `kv_transfer_params` (raw JSON) or SGLang's bootstrap fields.
+/// `kv_transfer_params` (raw JSON) or SGLang's bootstrap fields, and the `stream_options` the
+/// router asks for (usage accounting), if any.
 pub fn decode_body(
     body: &[u8],
     scan: &Scan<'_>,
     model: &str,
     kv_transfer_params: Option<&[u8]>,
     bootstrap: Option<&Bootstrap>,
+    stream_options: Option<&[u8]>,
 ) -> Vec<u8> {
     let mut set: Vec<(Key, Vec<u8>)> = vec![(Key::Model, json_string(model))];
+    if let Some(options) = stream_options {
+        set.push((Key::StreamOptions, options.to_vec()));
+    }
     if let Some(kv) = kv_transfer_params {
         set.push((Key::KvTransferParams, kv.to_vec()));
     }
@@ -114,12 +119,6 @@ pub fn kv_transfer_params(answer: &[u8]) -> Option<&[u8]> {
     let span = s.member(Key::KvTransferParams)?;
     let raw = answer.get(span)?;
     raw.starts_with(b"{").then_some(raw)
-}
-
-fn json_string(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(s.len() + 2);
-    push_json_string(&mut v, s);
-    v
 }
 
 /// Rebuilds a JSON object: members whose key is in `remove` or `set` are cut out where they

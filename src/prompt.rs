@@ -28,6 +28,47 @@ pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>, cap: usize) -> Cow<'a, [
     Cow::Borrowed(&[])
 }
 
+/// Kthena's estimate of a request's input tokens, made before routing: a quarter of the
+/// characters (rounded up) of the prompt as Kthena renders it - chat `messages` as
+/// `<|im_start|>{role}\n{content}<|im_end|>\n` each, else `prompt`, else `input`. Strings are
+/// counted as written in the body (an escape counts as its characters); the whole prompt is
+/// read, so this is one pass over it.
+pub fn estimate_input_tokens(body: &[u8], scan: &Scan<'_>) -> u64 {
+    /// `<|im_start|>`, `\n`, `<|im_end|>` around each message beyond our `role\ncontent\n`.
+    const CHAT_MARKUP_CHARS: u64 = 22;
+    let chars = |b: &[u8]| b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
+    let total = if let Some(span) = scan.member(Key::Messages) {
+        let raw = body.get(span).unwrap_or_default();
+        chars(&render_messages(raw, usize::MAX)) + CHAT_MARKUP_CHARS * message_count(raw)
+    } else {
+        chars(&prompt_text(body, scan, usize::MAX))
+    };
+    total.div_ceil(4)
+}
+
+/// How many objects a `messages` array holds.
+fn message_count(raw: &[u8]) -> u64 {
+    let mut w = Walker { b: raw, i: 0 };
+    w.ws();
+    if w.peek() != Some(b'[') {
+        return 0;
+    }
+    w.i += 1;
+    let mut n = 0;
+    loop {
+        w.ws();
+        match w.peek() {
+            None | Some(b']') => return n,
+            Some(b',') => w.i += 1,
+            Some(b'{') => {
+                n += 1;
+                w.skip();
+            }
+            Some(_) => w.skip(),
+        }
+    }
+}
+
 /// Renders a chat `messages` array (already validated JSON) as `role\ncontent\n` per message,
 /// stopping once `cap` bytes are out: the work is proportional to the rendered prefix, not to
 /// the body (no DOM, no copy of long contents). Strings without escapes are copied as they
@@ -337,6 +378,27 @@ mod tests {
     fn text(body: &str) -> String {
         let s = scan(body.as_bytes()).unwrap();
         String::from_utf8(prompt_text(body.as_bytes(), &s, usize::MAX).into_owned()).unwrap()
+    }
+
+    fn estimate(body: &str) -> u64 {
+        estimate_input_tokens(body.as_bytes(), &scan(body.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn input_estimate_is_kthenas_quarter_of_the_rendered_characters() {
+        // "San Francisco is a": 18 characters.
+        assert_eq!(
+            estimate(r#"{"model":"m","prompt":"San Francisco is a"}"#),
+            5
+        );
+        // <|im_start|>user\nHi<|im_end|>\n = 12 + 4 + 1 + 2 + 10 + 1 = 30 characters.
+        assert_eq!(
+            estimate(r#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#),
+            8
+        );
+        // Characters, not bytes: 8 x "é" (2 bytes each).
+        assert_eq!(estimate(r#"{"model":"m","prompt":"éééééééé"}"#), 2);
+        assert_eq!(estimate(r#"{"model":"m"}"#), 0);
     }
 
     #[test]

@@ -14,6 +14,13 @@ pub fn splice_string(body: &[u8], span: Range<usize>, value: &str) -> Vec<u8> {
     out
 }
 
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    push_json_string(&mut v, s);
+    v
+}
+
 /// Appends `s` as a JSON string literal.
 pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');

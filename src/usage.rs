@@ -4,7 +4,7 @@
 //! size, split anywhere (inside a key, a number, an escape); the scanner keeps a few dozen bytes
 //! of state, whatever the body's size or shape, and never fails: a malformed or truncated body
 //! yields what was seen. [`UsageChunkFilter`] removes the usage-only event from a stream whose
-//! client did not ask for usage. Groundwork for usage accounting (issue 12); no host calls.
+//! client did not ask for usage. No host calls: [`crate::accounting`] feeds it.
 
 /// What a response said about its tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct UsageScanner {
     sse: Option<SseLine>,
     json: JsonWalker,
     found: Usage,
+    /// SSE `data:` events seen (a stream cut before its usage counts what it delivered).
+    events: u64,
 }
 
 impl UsageScanner {
@@ -28,6 +30,7 @@ impl UsageScanner {
             sse: None,
             json: JsonWalker::default(),
             found: Usage::default(),
+            events: 0,
         }
     }
 
@@ -46,6 +49,7 @@ impl UsageScanner {
                 Some(line) => match line.step(b) {
                     SseStep::Data => self.json.step(b),
                     SseStep::EventLine => {
+                        self.events += 1;
                         self.take();
                         self.json = JsonWalker::default();
                     }
@@ -64,6 +68,11 @@ impl UsageScanner {
         } else {
             self.found
         }
+    }
+
+    /// SSE `data:` events seen so far (`[DONE]` included).
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// Keeps what the current document said, when it said anything.

@@ -76,6 +76,7 @@ fn assert_bounded(name: &str, make: impl FnOnce() -> Vec<u8>) {
             "served/model",
             Some(b"{\"a\":1}"),
             Some(&bootstrap),
+            Some(b"{\"include_usage\":true}"),
         );
         drop(leg);
     });

@@ -193,6 +193,26 @@ fn check_pairing(s: &Stack, served: &[String]) -> (HashMap<String, usize>, Vec<V
     (per_group, decodes, prefills)
 }
 
+/// Every request of `n` is accounted from its decode leg: the mock's 6-word answer as output
+/// tokens, the prefill pod of the decode pod's group, both legs' durations in the metrics.
+fn check_accounting(s: &Stack, n: usize) {
+    let log = s.access_log(n);
+    assert_eq!(log.len(), n);
+    for rec in &log {
+        assert_eq!(rec["output_tokens"], "6", "{rec}");
+        assert_ne!(rec["input_tokens"], "0", "{rec}");
+        let decode = s
+            .pod_name_of(rec["selected_pod"].as_str().unwrap())
+            .unwrap();
+        let prefill = s.pod_name_of(rec["prefill_pod"].as_str().unwrap()).unwrap();
+        assert_eq!(prefill, format!("{}-p", group_of(&decode)), "{rec}");
+    }
+    for leg in ["prefill", "decode"] {
+        let name = format!("kthena_router_request_{leg}_duration_seconds_count");
+        assert_eq!(s.series_sum(&name, &[("model", "pd")], n as f64), n as f64);
+    }
+}
+
 #[test]
 fn vllm_default_connector_prefills_one_token_then_decodes_in_the_same_group() {
     let s = Stack::start(
@@ -227,6 +247,7 @@ fn vllm_default_connector_prefills_one_token_then_decodes_in_the_same_group() {
     }
     assert_eq!(s.stat("wasmcustom.modelroute.pd.prefill_ok"), 12);
     assert_eq!(s.stat("wasmcustom.modelroute.pd.decode_ok"), 12);
+    check_accounting(&s, 12);
 }
 
 #[test]
@@ -268,6 +289,7 @@ fn nixl_kv_transfer_params_reach_the_decode_pod_verbatim() {
         assert_ne!(d["local_prefill"], true);
     }
     assert_eq!(s.stat("wasmcustom.modelroute.pd.kv_params_missing"), 0);
+    check_accounting(&s, 8);
 }
 
 #[test]
@@ -301,6 +323,7 @@ fn sglang_legs_run_concurrently_and_meet_at_the_bootstrap_room() {
     }
     let distinct: std::collections::HashSet<String> = rooms.iter().map(|r| r.to_string()).collect();
     assert_eq!(distinct.len(), rooms.len(), "one room per request");
+    check_accounting(&s, 8);
 }
 
 #[test]

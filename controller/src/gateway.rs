@@ -1,9 +1,11 @@
-//! The gateway's own behaviour, beyond the filter: what its routes do for browsers (CORS) and how
-//! long an answer may stay silent. Rendered into Envoy's route configuration (the RDS file, the
-//! ConfigMap, Istio patches); never sent to the filter. One set of flags for `render`, `watch`
-//! and `kube`.
+//! The gateway's own behaviour, beyond the filter: what its routes do for browsers (CORS), how
+//! long an answer may stay silent, and where Kthena's access log goes. Rendered into Envoy's
+//! configuration (the RDS file, the ConfigMap, Istio patches, the bootstrap); never sent to the
+//! filter. One set of flags for `render`, `watch` and `kube`.
 
 use clap::Args;
+
+use crate::render::observability::{AccessLog, AccessLogFormat, AccessLogOutput};
 
 /// What the gateway's routes need beyond the filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +14,8 @@ pub struct Gateway {
     pub cors_allow_origins: Vec<String>,
     /// Longest silent gap in an answer (and longest wait for a non-streaming one), seconds.
     pub stream_idle_timeout_s: u64,
+    /// Kthena's access log (Istio patches and the bootstrap carry it).
+    pub access_log: AccessLog,
 }
 
 /// The OpenAI SDKs' own request timeout: past it no client is waiting for the answer.
@@ -22,6 +26,7 @@ impl Default for Gateway {
         Gateway {
             cors_allow_origins: Vec::new(),
             stream_idle_timeout_s: DEFAULT_STREAM_IDLE_TIMEOUT_S,
+            access_log: AccessLog::default(),
         }
     }
 }
@@ -39,6 +44,8 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STREAM_IDLE_TIMEOUT_S,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_idle_timeout: u64,
+    #[command(flatten)]
+    pub access_log: AccessLogArgs,
 }
 
 impl GatewayArgs {
@@ -46,6 +53,28 @@ impl GatewayArgs {
         Gateway {
             cors_allow_origins: self.cors_allow_origin.clone(),
             stream_idle_timeout_s: self.stream_idle_timeout,
+            access_log: self.access_log.access_log(),
+        }
+    }
+}
+
+/// Kthena's `ACCESS_LOG_OUTPUT` / `ACCESS_LOG_FORMAT`, as flags.
+#[derive(Debug, Clone, Args)]
+pub struct AccessLogArgs {
+    /// Where Kthena's access log goes (requests under /v1/): stdout, stderr, a file path, or
+    /// off. Metrics are always on.
+    #[arg(long, value_name = "OUTPUT", default_value = "stdout", value_parser = AccessLogOutput::parse)]
+    pub access_log: AccessLogOutput,
+    /// Kthena's text line or one JSON object per request.
+    #[arg(long, value_enum, default_value = "text")]
+    pub access_log_format: AccessLogFormat,
+}
+
+impl AccessLogArgs {
+    pub fn access_log(&self) -> AccessLog {
+        AccessLog {
+            output: self.access_log.clone(),
+            format: self.access_log_format,
         }
     }
 }

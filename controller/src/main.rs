@@ -36,6 +36,24 @@ enum Command {
     Watch(WatchArgs),
     /// Watch ModelRoutes, ModelServers and Pods in Kubernetes and server-side apply the config.
     Kube(controller::kube::cli::KubeArgs),
+    /// Print the standalone Envoy bootstrap (envoy/envoy.yaml filled in): the listener, the
+    /// admin port, where `render`/`watch --out` writes, Kthena's metrics and access log.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    /// The router's port on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    listen_port: u16,
+    /// Envoy's admin port on 127.0.0.1 (/stats/prometheus).
+    #[arg(long, value_name = "PORT", default_value_t = 9901)]
+    admin_port: u16,
+    /// The directory `render`/`watch --out` writes (made absolute).
+    #[arg(long, value_name = "DIR")]
+    config_dir: PathBuf,
+    #[command(flatten)]
+    access_log: controller::gateway::AccessLogArgs,
 }
 
 #[derive(Args)]
@@ -170,6 +188,20 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     }
     log::warn!("{}: does not exist (yet); using it as given", p.display());
     Ok(std::path::absolute(p)?)
+}
+
+fn bootstrap(a: &BootstrapArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::path::absolute(&a.config_dir)?;
+    print!(
+        "{}",
+        controller::render::observability::bootstrap(
+            a.listen_port,
+            a.admin_port,
+            &dir.display().to_string(),
+            &a.access_log.access_log(),
+        )
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exits with a usage error.
@@ -354,6 +386,7 @@ fn main() -> ExitCode {
         Command::Render(a) => render(a),
         Command::Watch(a) => watch(a),
         Command::Kube(a) => controller::kube::cli::main(a),
+        Command::Bootstrap(a) => bootstrap(a),
     };
     result.unwrap_or_else(|e| {
         log::error!("{e:#}");

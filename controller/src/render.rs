@@ -6,6 +6,7 @@
 pub mod configmap;
 pub mod envoy;
 pub mod istio;
+pub mod observability;
 
 /// A Kubernetes-manifest render target (`render --target configmap|istio`).
 #[derive(Debug, Clone, PartialEq, Eq)]

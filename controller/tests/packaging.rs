@@ -668,6 +668,17 @@ fn gateway_bootstrap_passes_envoy_validate() {
         "CDS, RDS and ECDS watch the mount root (kubelet swaps ..data there)"
     );
 
+    // Kthena's metrics and access log exactly as the controller renders them (text, stdout).
+    let hcm = &parsed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    use controller::render::observability::{access_loggers, bootstrap_stats_config, AccessLog};
+    assert_eq!(
+        hcm["access_log"],
+        Value::Array(access_loggers(&AccessLog::default())),
+        "re-render with `modelroute-controller bootstrap`"
+    );
+    assert_eq!(parsed["stats_config"], bootstrap_stats_config());
+
     // Paths under /etc/modelroute do not exist here: point them at a scratch dir holding a
     // cluster-less CDS file and an ECDS file loading the real module.
     let dir = scratch("validate");

@@ -25,6 +25,45 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 /// Default number of fallback endpoints appended after the chosen one.
 pub const DEFAULT_ENDPOINT_FALLBACKS: u32 = 2;
 
+/// Per-request values the filter publishes when an inference request ends, as Envoy filter
+/// state: `set_property(name)` is readable as `%FILTER_STATE(wasm.<name>:PLAIN)%` by any access
+/// logger. The controller renders Kthena's metrics (Envoy's stats access logger) and Kthena's
+/// access log from these names; the filter writes them. Label values are bounded: `MODEL` is
+/// `unknown` for a model no route names, `PATH` is `other` outside the OpenAI paths.
+pub mod published {
+    pub const MODEL: &str = "modelroute.model";
+    pub const PATH: &str = "modelroute.path";
+    /// `namespace/name` of the ModelRoute, the ModelServer; empty when not routed.
+    pub const ROUTE: &str = "modelroute.route";
+    pub const SERVER: &str = "modelroute.server";
+    /// `model_server` when routed, `none` otherwise (Kthena's `backend_type`).
+    pub const BACKEND_TYPE: &str = "modelroute.backend_type";
+    pub const UPSTREAM_MODEL: &str = "modelroute.upstream_model";
+    /// Kthena's `error_type`: the filter's error code, `successful_request`, `request_failed`,
+    /// `client_cancelled` or `stream_interrupted`.
+    pub const ERROR_TYPE: &str = "modelroute.error_type";
+    /// The filter's own error message (local replies only).
+    pub const ERROR_MESSAGE: &str = "modelroute.error_message";
+    pub const INPUT_TOKENS: &str = "modelroute.input_tokens";
+    pub const OUTPUT_TOKENS: &str = "modelroute.output_tokens";
+    /// Seconds (decimal) from the request's headers to its end, as the filter saw them.
+    pub const DURATION: &str = "modelroute.duration";
+    /// Streams only: seconds to the first streamed byte, and per output token after it.
+    pub const TTFT: &str = "modelroute.ttft";
+    pub const TPOT: &str = "modelroute.tpot";
+    /// PD only: the prefill pod, and the seconds of each leg.
+    pub const PREFILL_POD: &str = "modelroute.prefill_pod";
+    pub const PREFILL_DURATION: &str = "modelroute.prefill_duration";
+    pub const DECODE_DURATION: &str = "modelroute.decode_duration";
+}
+
+/// Wasm gauges the filter keeps (Envoy stats `wasmcustom.<name>;label=value;...`; the shipped
+/// bootstraps' `stats_tags` turn the `;label=value` parts into Prometheus labels).
+pub mod gauges {
+    pub const ACTIVE_DOWNSTREAM: &str = "kthena_router_active_downstream_requests";
+    pub const ACTIVE_UPSTREAM: &str = "kthena_router_active_upstream_requests";
+}
+
 /// The whole plugin configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilterConfig {

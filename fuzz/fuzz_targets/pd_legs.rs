@@ -116,10 +116,18 @@ fuzz_target!(|data: &[u8]| {
     let out = prefill_body(body, &s, Protocol::Sglang, &model, Some(&bootstrap));
     check("SGLang prefill", &out, &edited(&base, &[], &sglang));
 
-    let out = decode_body(body, &s, &model, None, None);
+    let out = decode_body(body, &s, &model, None, None, None);
     check("vLLM decode", &out, &edited(&base, &[], &[("model", m())]));
+    let usage = br#"{"include_usage":true}"#;
+    let out = decode_body(body, &s, &model, None, None, Some(usage));
+    let want = edited(
+        &base,
+        &[],
+        &[("model", m()), ("stream_options", json!({"include_usage": true}))],
+    );
+    check("decode asking for usage", &out, &want);
     if let Some(raw) = kv_checkable {
-        let out = decode_body(body, &s, &model, Some(raw), None);
+        let out = decode_body(body, &s, &model, Some(raw), None, None);
         let params = must_parse::<Value>("kv_transfer_params", raw);
         let want = edited(
             &base,
@@ -128,7 +136,7 @@ fuzz_target!(|data: &[u8]| {
         );
         check("vLLM KV-transfer decode", &out, &want);
     }
-    let out = decode_body(body, &s, &model, None, Some(&bootstrap));
+    let out = decode_body(body, &s, &model, None, Some(&bootstrap), None);
     check("SGLang decode", &out, &edited(&base, &[], &sglang));
 
     // Any known keys removed, any set (a key may be in both, or set twice: the last wins).

@@ -28,9 +28,24 @@ pub struct FakeHost {
     pub header_reads: std::cell::Cell<usize>,
     /// Headers removed, in order (each a host call).
     pub removed: Vec<String>,
+    /// The response body piece being delivered, and what the flow replaced it with.
+    pub response_chunk: Vec<u8>,
+    pub response_replaced: Option<Vec<u8>>,
+    /// Published filter state, in order.
+    pub published: Vec<(String, String)>,
+    /// Gauge name -> value.
+    pub gauges: std::collections::BTreeMap<String, i64>,
 }
 
 impl FakeHost {
+    /// A published value.
+    pub fn published(&self, name: &str) -> Option<&str> {
+        self.published
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
     /// JSON body of side call `i`.
     pub fn call_json(&self, i: usize) -> serde_json::Value {
         serde_json::from_slice(&self.calls[i].3).expect("call body is JSON")
@@ -158,6 +173,23 @@ impl Host for FakeHost {
     }
     fn count(&mut self, counter: Counter) {
         self.counters.push(counter);
+    }
+    fn response_body(&self, len: usize) -> Option<Vec<u8>> {
+        self.response_chunk.get(..len).map(<[u8]>::to_vec)
+    }
+    fn replace_response_body(&mut self, old_len: usize, body: &[u8]) {
+        assert_eq!(
+            old_len,
+            self.response_chunk.len(),
+            "must replace the whole piece"
+        );
+        self.response_replaced = Some(body.to_vec());
+    }
+    fn publish(&mut self, name: &str, value: &str) {
+        self.published.push((name.into(), value.into()));
+    }
+    fn add_to_gauge(&mut self, name: &str, delta: i64) {
+        *self.gauges.entry(name.into()).or_default() += delta;
     }
     fn respond(&mut self, status: u32, _headers: &[(&str, &str)], body: &[u8]) {
         assert!(self.reply.is_none(), "answered twice");

@@ -51,6 +51,8 @@ pub(super) struct PdRequest {
     pub bootstrap_port: u16,
     /// SGLang: the room of the current attempt.
     pub bootstrap: Option<Bootstrap>,
+    /// The decode leg's `stream_options`, when the router asks for usage.
+    pub stream_options: Option<Vec<u8>>,
 }
 
 /// How a prefill leg ended.
@@ -150,6 +152,7 @@ impl Flow {
             &pd.model,
             kv_transfer_params,
             pd.bootstrap.as_ref(),
+            pd.stream_options.as_deref(),
         );
         host.replace_body(body_size, &body);
         if self.headers.contains("content-length") {
@@ -164,6 +167,7 @@ impl Flow {
         }
         self.outcome.endpoint = pair.decode.clone();
         self.outcome.prefill = pair.prefill.clone();
+        self.acct.decode_start_ms = Some(host.now_ms());
     }
 
     /// Runs when a side call of this request answers or fails (Envoy's
@@ -180,6 +184,7 @@ impl Flow {
             return;
         }
         let elapsed = host.now_ms().saturating_sub(pd.sent_ms);
+        self.acct.prefill_ms = Some(elapsed);
         let leg = match host.call_status() {
             Some(200..=299) => Leg::Ok,
             Some(504) | None if elapsed + 50 >= pd.prefill_timeout_ms => Leg::TimedOut,

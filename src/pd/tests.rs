@@ -79,7 +79,7 @@ fn nixl_prefill_asks_for_remote_decode_and_decode_gets_the_params_verbatim() {
     );
     let answer = br#"{"id":"x","choices":[],"kv_transfer_params":{"do_remote_prefill":true,"remote_engine_id":"e1","remote_block_ids":[7,8],"remote_host":"10.0.0.1","remote_port":5600,"tp_size":1}}"#;
     let kv = kv_transfer_params(answer).unwrap();
-    let d = parse(&decode_body(CHAT.as_bytes(), &s, "m", Some(kv), None));
+    let d = parse(&decode_body(CHAT.as_bytes(), &s, "m", Some(kv), None, None));
     assert_eq!(d["kv_transfer_params"]["remote_block_ids"], json!([7, 8]));
     assert_eq!(d["stream"], true, "decode keeps streaming");
     assert_eq!(d["max_tokens"], 64);
@@ -90,7 +90,7 @@ fn nixl_prefill_asks_for_remote_decode_and_decode_gets_the_params_verbatim() {
 fn a_client_supplied_kv_transfer_params_is_replaced_not_duplicated() {
     let body = br#"{"model":"pd","kv_transfer_params":{"evil":1},"prompt":"x"}"#;
     let s = scan(body).unwrap();
-    let out = decode_body(body, &s, "m", Some(br#"{"ok":true}"#), None);
+    let out = decode_body(body, &s, "m", Some(br#"{"ok":true}"#), None, None);
     assert_eq!(
         String::from_utf8_lossy(&out)
             .matches("kv_transfer_params")
@@ -122,7 +122,7 @@ fn sglang_legs_share_the_bootstrap_fields() {
         "m",
         Some(&b),
     ));
-    let d = parse(&decode_body(CHAT.as_bytes(), &s, "m", None, Some(&b)));
+    let d = parse(&decode_body(CHAT.as_bytes(), &s, "m", None, Some(&b), None));
     for leg in [&p, &d] {
         assert_eq!(leg["bootstrap_host"], "127.0.0.51");
         assert_eq!(leg["bootstrap_port"], 8998);
@@ -178,7 +178,7 @@ fn escaped_keys_are_edited_as_json_means_them() {
         Some(&br#"{"remote_block_ids":[1]}"#[..])
     );
     let client = br#"{"model":"pd","kv_transfer_p\u0061rams":{"evil":1},"prompt":"x"}"#;
-    let d = decode_body(client, &scan(client).unwrap(), "m", Some(b"{}"), None);
+    let d = decode_body(client, &scan(client).unwrap(), "m", Some(b"{}"), None, None);
     assert_eq!(
         parse(&d),
         json!({"model":"m","prompt":"x","kv_transfer_params":{}})

@@ -406,6 +406,53 @@ impl Stack {
         panic!("no mock process for {name}");
     }
 
+    /// Kthena's access log records (JSON lines) of inference requests (POST; the stack's own
+    /// readiness probes are GETs), once there are at least `n` (Envoy writes the file out
+    /// every second).
+    pub fn access_log(&self, n: usize) -> Vec<serde_json::Value> {
+        let read = || -> Vec<serde_json::Value> {
+            std::fs::read_to_string(self.dir.join("access.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+                .filter(|r: &serde_json::Value| r["method"] == "POST")
+                .collect()
+        };
+        wait_until(Duration::from_secs(10), "access log records", || {
+            read().len() >= n
+        });
+        read()
+    }
+
+    /// Envoy's `/stats/prometheus`.
+    pub fn prometheus(&self) -> String {
+        let r = http(
+            &format!("127.0.0.1:{}", self.admin),
+            "GET",
+            "/stats/prometheus",
+            &[],
+            b"",
+        )
+        .expect("admin /stats/prometheus");
+        r.text()
+    }
+
+    /// The summed value of the Prometheus series `name` whose labels include `labels`, once
+    /// it is at least `at_least` (histograms reach the admin output at Envoy's 5 s flush).
+    pub fn series_sum(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
+        let mut v = 0.0;
+        let found = wait_until_ok(Duration::from_secs(12), || {
+            v = series_sum(&self.prometheus(), name, labels);
+            v >= at_least
+        });
+        assert!(
+            found,
+            "{name}{labels:?} stayed at {v} (< {at_least}):\n{}",
+            self.prometheus()
+        );
+        v
+    }
+
     pub fn log(&self, which: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
     }
@@ -423,6 +470,34 @@ impl Drop for Stack {
             eprintln!("e2e: kept {} for inspection", self.dir.display());
         }
     }
+}
+
+/// The sum over the series `name{...}` of a Prometheus text whose labels include `labels`.
+pub fn series_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (n, rest) = head.split_once('{').unwrap_or((head, ""));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Polls `done` until it holds or `limit` passes; whether it held.
+fn wait_until_ok(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    done()
 }
 
 pub fn read_seed_resources() -> String {
@@ -470,10 +545,28 @@ spec:
     )
 }
 
+/// The shipped bootstrap as `modelroute-controller bootstrap` renders it, Kthena's access log
+/// as JSON lines in `access.log` next to `config_dir`.
 pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
-    std::fs::read_to_string(root().join("envoy/envoy.yaml"))
-        .expect("envoy/envoy.yaml")
-        .replace("@LISTEN_PORT@", &port.to_string())
-        .replace("@ADMIN_PORT@", &admin.to_string())
-        .replace("@CONFIG_DIR@", &config_dir.display().to_string())
+    let log = config_dir.with_file_name("access.log");
+    let out = Command::new(bin("modelroute-controller"))
+        .args(["bootstrap", "--listen-port", &port.to_string()])
+        .args([
+            "--admin-port",
+            &admin.to_string(),
+            "--access-log-format",
+            "json",
+        ])
+        .arg("--config-dir")
+        .arg(config_dir)
+        .arg("--access-log")
+        .arg(&log)
+        .output()
+        .expect("modelroute-controller bootstrap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 bootstrap")
 }

@@ -433,6 +433,7 @@ mod tests {
         let gateway = Gateway {
             cors_allow_origins: vec!["https://app.example".into(), "*".into()],
             stream_idle_timeout_s: 30,
+            ..Gateway::default()
         };
         let rc = route_configuration(&filter_config::Settings::default(), &gateway);
         let vhost = &rc["virtual_hosts"][0];

@@ -175,7 +175,8 @@ pub fn static_cluster(cluster: &crate::compile::Cluster, endpoint_header: &str) 
 }
 
 /// The `configPatches`, in order: EXTENSION_CONFIG, HTTP_FILTER, LISTENER, ROUTE_CONFIGURATION,
-/// HTTP_ROUTE, then one CLUSTER per ModelServer.
+/// HTTP_ROUTE, NETWORK_FILTER (the access loggers), VIRTUAL_HOST (CORS, when set), then one
+/// CLUSTER per ModelServer.
 pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
     let settings = &compiled.config.settings;
     let context = target.context.as_str();
@@ -230,6 +231,21 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
             "patch": {"operation": "INSERT_FIRST", "value": envoy::model_route(&settings.cluster_header, &compiled.gateway)},
         }),
     ];
+    // Kthena's metrics and access log, from the values the filter publishes.
+    out.push(json!({
+        "applyTo": "NETWORK_FILTER",
+        "match": {
+            "context": context,
+            "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}},
+        },
+        "patch": {
+            "operation": "MERGE",
+            "value": {"typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "access_log": super::observability::access_loggers(&compiled.gateway.access_log),
+            }},
+        },
+    }));
     if !compiled.gateway.cors_allow_origins.is_empty() {
         // Istio gateways run Envoy's CORS filter; the policy goes on every virtual host.
         out.push(json!({

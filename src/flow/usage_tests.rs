@@ -1,0 +1,140 @@
+//! Fake-host tests of usage accounting through the flow: what goes upstream, what the client
+//! gets back, what is published when the request ends.
+use super::fake::FakeHost;
+use super::*;
+use crate::in_flight::InFlight;
+use filter_config::{published, FilterConfig, Match, Route, Rule, Server};
+
+fn router() -> Router {
+    let rule = Rule::fixture("default", Match::default(), &[("ds", 100)]);
+    let config = FilterConfig::fixture(
+        vec![Route::fixture("simple", Some("ds-model"), &[], vec![rule])],
+        vec![Server::fixture("ds", "real/model", &["127.0.0.2:8000"])],
+    );
+    Router::compile(config, 7).unwrap()
+}
+
+/// Headers and the whole body through the flow (the clock at 1000 ms).
+fn send(r: &mut Router, h: &mut FakeHost) -> Flow {
+    h.now = 1_000;
+    let mut f = Flow::new();
+    if f.on_request_headers(Some(r), h, false) == Action::Pause && h.reply.is_none() {
+        let n = h.body.len();
+        f.on_request_body(Some(r), h, &mut InFlight::default(), n, true);
+    }
+    f
+}
+
+/// Delivers one response body piece; returns what the client gets.
+fn deliver(f: &mut Flow, h: &mut FakeHost, piece: &str, end: bool) -> String {
+    h.response_chunk = piece.as_bytes().to_vec();
+    h.response_replaced = None;
+    f.on_response_body(h, piece.len(), end);
+    let out = h
+        .response_replaced
+        .take()
+        .unwrap_or(h.response_chunk.clone());
+    String::from_utf8(out).unwrap()
+}
+
+const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\" b\"}}]}\n\n";
+const USAGE: &str =
+    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+#[test]
+fn a_stream_without_include_usage_is_asked_for_it_and_the_client_never_sees_it() {
+    let mut r = router();
+    let mut h = FakeHost::post(
+        "/v1/chat/completions",
+        r#"{"model":"ds-model","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#,
+        &[],
+    );
+    let mut f = send(&mut r, &mut h);
+    let upstream = h.body_json();
+    assert_eq!(upstream["model"], "real/model");
+    assert_eq!(
+        upstream["stream_options"],
+        serde_json::json!({"include_usage": true})
+    );
+    assert_eq!(
+        h.get("content-length"),
+        Some(h.body.len().to_string().as_str())
+    );
+
+    assert!(f.wants_response());
+    f.on_response_headers(&mut h, Some(200), "text/event-stream", false);
+    h.now = 1_050;
+    let mut client = deliver(&mut f, &mut h, STREAM, false);
+    h.now = 1_090;
+    client += &deliver(&mut f, &mut h, &format!("{USAGE}{DONE}"), true);
+    assert_eq!(client, format!("{STREAM}{DONE}"));
+
+    f.on_done(&mut h, &mut InFlight::default());
+    assert_eq!(h.published(published::MODEL), Some("ds-model"));
+    assert_eq!(h.published(published::ROUTE), Some("default/simple"));
+    assert_eq!(h.published(published::SERVER), Some("default/ds"));
+    assert_eq!(h.published(published::INPUT_TOKENS), Some("9"));
+    assert_eq!(h.published(published::OUTPUT_TOKENS), Some("2"));
+    assert_eq!(h.published(published::TTFT), Some("0.050"));
+    assert_eq!(h.published(published::DURATION), Some("0.090"));
+    assert_eq!(
+        h.published(published::ERROR_TYPE),
+        Some("successful_request")
+    );
+    // Every active-request gauge the request raised is back down.
+    assert_eq!(h.gauges.len(), 2, "{:?}", h.gauges);
+    assert!(h.gauges.values().all(|v| *v == 0), "{:?}", h.gauges);
+}
+
+#[test]
+fn a_client_that_asked_for_usage_is_left_alone() {
+    let mut r = router();
+    let body = r#"{"model":"ds-model","stream":true,"stream_options":{"include_usage":true},"prompt":"x"}"#;
+    let mut h = FakeHost::post("/v1/completions", body, &[]);
+    let mut f = send(&mut r, &mut h);
+    assert_eq!(
+        h.body_json()["stream_options"],
+        serde_json::json!({"include_usage": true})
+    );
+    f.on_response_headers(&mut h, Some(200), "text/event-stream", false);
+    let all = format!("{STREAM}{USAGE}{DONE}");
+    assert_eq!(deliver(&mut f, &mut h, &all, true), all);
+}
+
+#[test]
+fn unknown_models_are_published_as_unknown_with_kthenas_error_type() {
+    let mut r = router();
+    let mut h = FakeHost::post(
+        "/v1/random-path-7f",
+        r#"{"model":"no-such-model-81b2","prompt":"abcdefgh"}"#,
+        &[],
+    );
+    let mut f = send(&mut r, &mut h);
+    assert_eq!(h.reply.as_ref().map(|r| r.0), Some(404));
+    assert!(!f.wants_response());
+    f.on_done(&mut h, &mut InFlight::default());
+    assert_eq!(h.published(published::MODEL), Some("unknown"));
+    assert_eq!(h.published(published::PATH), Some("other"));
+    assert_eq!(h.published(published::ERROR_TYPE), Some("route_not_found"));
+    assert_eq!(h.published(published::INPUT_TOKENS), Some("2"));
+    assert!(h
+        .published(published::ERROR_MESSAGE)
+        .is_some_and(|m| m.contains("no-such-model-81b2")));
+    assert!(
+        h.gauges.keys().all(|g| !g.contains("no-such-model")),
+        "{:?}",
+        h.gauges
+    );
+}
+
+#[test]
+fn requests_that_are_not_inference_publish_nothing() {
+    let mut r = router();
+    let mut h = FakeHost::request("GET", "/v1/models");
+    let mut f = send(&mut r, &mut h);
+    f.on_done(&mut h, &mut InFlight::default());
+    assert!(h.published.is_empty());
+    assert!(!f.wants_response());
+}
