@@ -103,7 +103,8 @@ start_stack() {
   log "starting Envoy on 127.0.0.1:$port (admin 127.0.0.1:$admin)"
   "$BIN/modelroute-controller" bootstrap --listen-port "$port" --admin-port "$admin" \
     --config-dir "$RUN/config" --access-log "$RUN/access.log" >"$RUN/envoy.yaml"
-  "$MODELROUTE_ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning \
+  # Access log files are written out every second (Envoy's default: 10 s).
+  "$MODELROUTE_ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning --file-flush-interval-msec 1000 \
     >"$RUN/envoy.log" 2>&1 &
   PIDS+=($!)
   wait_for 30 "Envoy" curl -sf "http://127.0.0.1:$port/v1/models"
@@ -198,9 +199,9 @@ demo() {
 
   show "What the router saw: Kthena's metrics from Envoy's /stats/prometheus (admin 127.0.0.1:${MODELROUTE_ADMIN_PORT:-9901})"
   "$VENV/bin/python" scripts/usage_summary.py "${MODELROUTE_ADMIN_PORT:-9901}"
-  show "...and Kthena's access log (.run/access.log), the last line"
+  show "...and Kthena's access log (.run/access.log), the last request"
   sleep 1.2 # Envoy writes the file out every second
-  tail -n 1 "$RUN/access.log"
+  grep '"POST ' "$RUN/access.log" | tail -n 1
 
   [ "$other" -eq 0 ] || { echo "demo: $other requests failed" >&2; exit 1; }
   show "Demo done; logs in .run/"

@@ -353,7 +353,8 @@ pub fn envoy_validate(config: &Path, log: &Path) {
     );
 }
 
-/// The command that runs Envoy with `config` (two workers, warnings to `log`).
+/// The command that runs Envoy with `config` (two workers, warnings to `log`, access log
+/// files written out every second as `./build.sh up` does, not every 10 s).
 pub fn envoy_command(config: &Path, log: &Path) -> Command {
     let mut cmd = Command::new(envoy());
     cmd.arg("-c")
@@ -364,6 +365,8 @@ pub fn envoy_command(config: &Path, log: &Path) -> Command {
             "2",
             "-l",
             "warning",
+            "--file-flush-interval-msec",
+            "1000",
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
