@@ -343,7 +343,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Rep
 /// generates for a gateway plus what the patches add: listener (LISTENER merge) -> HCM with the
 /// route config (ROUTE_CONFIGURATION merge, HTTP_ROUTE inserted first before the "user's"
 /// routes) -> the Wasm from EXTENSION_CONFIG inline (istiod would serve it by ECDS) before the
-/// router; clusters from the CLUSTER patches.
+/// router; Kthena's access loggers (NETWORK_FILTER merge); clusters from the CLUSTER patches.
 fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
     let one = |apply_to: &str| -> Value {
         let p = patches(ef, apply_to);
@@ -395,6 +395,14 @@ fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
     });
     merge(&mut listener, &listener_merge);
     assert_eq!(listener["per_connection_buffer_limit_bytes"], 67108864);
+    // Kthena's metrics and access log, merged into the HTTP connection manager.
+    let hcm_merge = one("NETWORK_FILTER");
+    merge(&mut listener["filter_chains"][0]["filters"][0], &hcm_merge);
+    assert!(
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    );
     json!({
         "node": {"id": "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local", "cluster": "istio-ingressgateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -554,6 +562,22 @@ fn istio_patches_route_a_seed_request_in_envoy() {
     // A request the filter does not route falls through to the "user's" routes.
     let (status, _, _) = http(&addr, "GET", "/elsewhere", "").unwrap();
     assert_eq!(status, 404);
+    // Kthena's metrics, under Kthena's names, on Envoy's Prometheus output.
+    let series = r#"kthena_router_requests_total{model="deepseek-simple",path="/v1/completions",status_code="200""#;
+    wait_until(
+        Duration::from_secs(10),
+        "kthena_router_requests_total",
+        || {
+            test_support::http(
+                &format!("127.0.0.1:{admin}"),
+                "GET",
+                "/stats/prometheus",
+                &[],
+                b"",
+            )
+            .is_ok_and(|r| r.text().contains(series))
+        },
+    );
     drop(children);
     let _ = fs::remove_dir_all(&dir);
 }
@@ -578,8 +602,13 @@ fn configmap_files_validate_and_load_in_envoy() {
         fs::write(mount.join(key), content.as_str().unwrap()).unwrap();
     }
     let (port, admin) = (free_port(), free_port());
-    let boot = fs::read_to_string(root().join("envoy/envoy.yaml"))
-        .unwrap()
+    // The shipped bootstrap as the controller renders it, its config paths then pointed at the
+    // flat mount.
+    let off = controller::render::observability::AccessLog {
+        output: controller::render::observability::AccessLogOutput::Off,
+        ..Default::default()
+    };
+    let boot = controller::render::observability::bootstrap(port, admin, "@CONFIG_DIR@", &off)
         .replace(
             "@CONFIG_DIR@/cds/clusters.json",
             &format!("{mount_s}/cds.json"),
@@ -594,13 +623,11 @@ fn configmap_files_validate_and_load_in_envoy() {
         )
         .replace("@CONFIG_DIR@/cds", &mount_s)
         .replace("@CONFIG_DIR@/ecds", &mount_s)
-        .replace("@CONFIG_DIR@/rds", &mount_s)
-        .replace("@LISTEN_PORT@", &port.to_string())
-        .replace("@ADMIN_PORT@", &admin.to_string());
+        .replace("@CONFIG_DIR@/rds", &mount_s);
     let left: Vec<&str> = boot
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter(|l| ["@CONFIG_DIR@", "_PORT@"].iter().any(|p| l.contains(p)))
+        .filter(|l| l.contains("@CONFIG_DIR@"))
         .collect();
     assert!(left.is_empty(), "placeholders left: {left:?}");
     let config = dir.join("envoy.yaml");

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Where a per-request cost goes: Envoy CPU per request for variants of one modelroute
+deployment, measured with less noise than the load benchmark (one Envoy worker pinned to CPU
+0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
+
+usage: ablate.py [--rounds N] [--duration S] [--old-wasm PATH] VARIANT...
+
+Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
+  plain       Envoy routing to the pods, no filter (the floor)
+  old         the filter build given by --old-wasm, no access loggers
+  filter      this filter, no access loggers (what the filter itself costs)
+  main        this filter, only the metrics logger every request runs
+  metrics     this filter, Kthena's metrics (the shipped default with --access-log off)
+  all         this filter, Kthena's metrics and access log (JSON, a file)
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load as L  # noqa: E402
+
+
+def bootstrap(port, admin, conf, access_log):
+    return subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
+                           "--config-dir", conf, "--access-log", access_log, "--access-log-format", "json"],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def set_loggers(boot, keep):
+    """The bootstrap with its HTTP connection manager's access loggers cut to the first `keep`."""
+    line = re.search(r"^(\s+access_log: )(\[.*\])$", boot, re.M)
+    loggers = json.loads(line.group(2))[:keep]
+    return boot[: line.start(2)] + json.dumps(loggers) + boot[line.end(2):]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--old-wasm")
+    ap.add_argument("variants", nargs="+")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="modelroute-ablate-")
+    procs = L.Procs()
+    try:
+        pod_port = L.free_port()
+        ips = ["127.0.0.91", "127.0.0.92"]
+        pods = [f"{ip}:{pod_port}" for ip in ips]
+        logs = open(os.path.join(work, "mock.log"), "w")
+        for i, addr in enumerate(pods):
+            procs.start(["taskset", "-c", "1", os.path.join(L.BIN, "mock-llm"), "serve", "--listen", addr,
+                         "--model", L.MODEL, "--pod", f"default/bench-{i}"], logs)
+        for addr in pods:
+            L.wait_http(f"http://{addr}/health")
+        res = os.path.join(work, "resources")
+        os.makedirs(res)
+        with open(os.path.join(res, "bench.yaml"), "w") as f:
+            f.write(L.modelroute_resources(pod_port))
+        with open(os.path.join(work, "pods.yaml"), "w") as f:
+            f.write(L.pods_yaml(ips, pod_port))
+        live = {}
+        for name in args.variants:
+            port, admin = L.free_port(), L.free_port()
+            cfg = os.path.join(work, f"{name}.yaml")
+            if name == "plain":
+                boot = L.plain_bootstrap(port, admin, pods)
+            else:
+                conf = os.path.join(work, f"config-{name}")
+                wasm = args.old_wasm if name == "old" else L.WASM
+                subprocess.run([L.CONTROLLER, "render", "--resources", res, "--pods", os.path.join(work, "pods.yaml"),
+                                "--wasm", wasm, "--out", conf], check=True, capture_output=True)
+                access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
+                boot = bootstrap(port, admin, conf, access_log)
+                keep = {"old": 0, "filter": 0, "main": 1}.get(name)
+                if keep is not None:
+                    boot = set_loggers(boot, keep)
+            with open(cfg, "w") as f:
+                f.write(boot)
+            p = procs.start(["taskset", "-c", "0", L.envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "1",
+                             "-l", "error"], open(os.path.join(work, f"{name}.log"), "w"))
+            body = L.chat_body(1024).encode()
+            L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200, data=body,
+                        headers={"Content-Type": "application/json"})
+            live[name] = (port, p.pid)
+        body_file = os.path.join(work, "body.json")
+        with open(body_file, "w") as f:
+            f.write(L.chat_body(1024))
+        lua = os.path.join(work, "post.lua")
+        with open(lua, "w") as f:
+            f.write(L.WRK_LUA)
+        results = {n: [] for n in live}
+        for _ in range(args.rounds):
+            for name, (port, pid) in live.items():
+                before = L.cpu_ticks(pid)
+                env = dict(os.environ, BENCH_BODY=body_file)
+                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{args.duration}s", "-s", lua,
+                                      f"http://127.0.0.1:{port}/v1/chat/completions"], env=env, capture_output=True,
+                                     text=True).stdout
+                n = int(re.search(r"(\d+) requests in", out).group(1))
+                used = (L.cpu_ticks(pid) - before) / L.TICK
+                results[name].append(used * 1e6 / n)
+                print(json.dumps({"variant": name, "cpu_us_per_req": round(used * 1e6 / n, 2), "requests": n}), flush=True)
+        print("variant  Envoy CPU us/request per round  (median)")
+        for name, v in results.items():
+            print(f"{name:8} {', '.join(f'{x:.1f}' for x in v)}  ({sorted(v)[len(v) // 2]:.1f})")
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()
