@@ -12,6 +12,8 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   main        this filter, only the metrics logger every request runs
   metrics     this filter, Kthena's metrics (the shipped default with --access-log off)
   all         this filter, Kthena's metrics and access log (JSON, a file)
+  timed       `metrics` with the timing build (target/timing): also prints the VM's own time
+              per callback (host calls included), from its modelroute.timing.* counters
 """
 import argparse
 import json
@@ -72,7 +74,7 @@ def main():
                 boot = L.plain_bootstrap(port, admin, pods)
             else:
                 conf = os.path.join(work, f"config-{name}")
-                wasm = args.old_wasm if name == "old" else L.WASM
+                wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
                 subprocess.run([L.CONTROLLER, "render", "--resources", res, "--pods", os.path.join(work, "pods.yaml"),
                                 "--wasm", wasm, "--out", conf], check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
@@ -87,7 +89,7 @@ def main():
             body = L.chat_body(1024).encode()
             L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200, data=body,
                         headers={"Content-Type": "application/json"})
-            live[name] = (port, p.pid)
+            live[name] = (port, p.pid, admin)
         body_file = os.path.join(work, "body.json")
         with open(body_file, "w") as f:
             f.write(L.chat_body(1024))
@@ -96,8 +98,9 @@ def main():
             f.write(L.WRK_LUA)
         results = {n: [] for n in live}
         for _ in range(args.rounds):
-            for name, (port, pid) in live.items():
+            for name, (port, pid, admin) in live.items():
                 before = L.cpu_ticks(pid)
+                clocks = L.timing_stats(admin) if name == "timed" else None
                 env = dict(os.environ, BENCH_BODY=body_file)
                 out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{args.duration}s", "-s", lua,
                                       f"http://127.0.0.1:{port}/v1/chat/completions"], env=env, capture_output=True,
@@ -105,6 +108,12 @@ def main():
                 n = int(re.search(r"(\d+) requests in", out).group(1))
                 used = (L.cpu_ticks(pid) - before) / L.TICK
                 results[name].append(used * 1e6 / n)
+                if clocks is not None:
+                    after = L.timing_stats(admin)
+                    reqs = after.get("requests", 0) - clocks.get("requests", 0)
+                    vm = {k[:-3]: round((after[k] - clocks.get(k, 0)) / reqs / 1000, 2)
+                          for k in after if k.endswith("_ns") and reqs}
+                    print(json.dumps({"variant": name, "vm_us_per_request": vm}), flush=True)
                 print(json.dumps({"variant": name, "cpu_us_per_req": round(used * 1e6 / n, 2), "requests": n}), flush=True)
         print("variant  Envoy CPU us/request per round  (median)")
         for name, v in results.items():

@@ -102,7 +102,6 @@ struct ResponseScan {
     /// Removes the usage-only chunk the router caused.
     hide: Option<UsageChunkFilter>,
     first_byte_ms: Option<u64>,
-    last_byte_ms: u64,
     complete: bool,
 }
 
@@ -129,7 +128,6 @@ impl Accounting {
             scanner,
             sse,
             first_byte_ms: None,
-            last_byte_ms: 0,
             complete: end_of_stream,
         });
     }
@@ -139,8 +137,17 @@ impl Accounting {
         self.response.as_ref().is_some_and(|r| r.scanner.is_some())
     }
 
-    /// One piece of the response body. Returns the bytes to forward instead of `chunk` when
-    /// they differ (the removed usage chunk), else None.
+    /// Whether the next body piece needs the clock: a stream's first byte (its TTFT; the last
+    /// byte is taken to be the request's end).
+    pub fn wants_clock(&self) -> bool {
+        self.response
+            .as_ref()
+            .is_some_and(|r| r.sse && r.first_byte_ms.is_none())
+    }
+
+    /// One piece of the response body (`now_ms`: the clock if [`Accounting::wants_clock`]).
+    /// Returns the bytes to forward instead of `chunk` when they differ (the removed usage
+    /// chunk), else None.
     pub fn on_response_body(
         &mut self,
         chunk: &[u8],
@@ -148,9 +155,8 @@ impl Accounting {
         now_ms: u64,
     ) -> Option<Vec<u8>> {
         let r = self.response.as_mut()?;
-        if !chunk.is_empty() {
-            r.first_byte_ms.get_or_insert(now_ms);
-            r.last_byte_ms = now_ms;
+        if !chunk.is_empty() && r.sse && r.first_byte_ms.is_none() {
+            r.first_byte_ms = Some(now_ms);
         }
         if let Some(s) = r.scanner.as_mut() {
             s.feed(chunk);
@@ -233,8 +239,8 @@ impl Accounting {
                     seconds(first.saturating_sub(self.start_ms)),
                 ));
                 if output >= 2 {
-                    let per_token =
-                        r.last_byte_ms.saturating_sub(first) as f64 / (output - 1) as f64;
+                    // The last byte is the request's end, give or take the log.
+                    let per_token = now_ms.saturating_sub(first) as f64 / (output - 1) as f64;
                     out.push((published::TPOT, format!("{:.6}", per_token / 1000.0)));
                 }
             }

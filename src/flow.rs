@@ -13,17 +13,18 @@
 
 use std::borrow::Cow;
 
-use filter_config::{gauges, DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
+use filter_config::{published, vm_metrics, DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
 
 use crate::accounting::{self, Accounting, Ending, Routed};
 use crate::errors::ErrorReply;
 use crate::headers::Headers;
-use crate::host::{Action, Counter, Host};
+use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
 use crate::prompt::{estimate_input_tokens, prompt_text};
 use crate::rewrite::{json_string, splice_string};
 use crate::router::{Request, Router};
 use crate::scan::{scan, Key, Model, Scan};
+use crate::tally::metric_name;
 
 mod prefill;
 use prefill::PdRequest;
@@ -245,14 +246,11 @@ impl Flow {
         drop(prompt);
         self.outcome.model_known =
             !matches!(decision, Err(crate::router::RouteError::ModelNotFound));
-        self.hold_gauge(
-            host,
-            format!(
-                "{};model={}",
-                gauges::ACTIVE_DOWNSTREAM,
-                label(self.model_label())
-            ),
+        let name = metric_name(
+            vm_metrics::ACTIVE_DOWNSTREAM,
+            &[("model", self.model_label())],
         );
+        self.hold_gauge(host, name);
         let decision = match decision {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
@@ -383,7 +381,7 @@ impl Flow {
             in_flight.release(host, &key, n, idx);
         }
         for gauge in std::mem::take(&mut self.gauges_held) {
-            host.add_to_gauge(&gauge, -1);
+            host.add_to_metric(MetricKind::Gauge, &gauge, -1);
         }
         if self.acct.start_ms == 0 {
             return;
@@ -410,7 +408,51 @@ impl Flow {
             host.publish(name, value);
         }
         if let Some((_, message)) = &self.outcome.error {
-            host.publish(filter_config::published::ERROR_MESSAGE, message);
+            host.publish(published::ERROR_MESSAGE, message);
+        }
+        let status = match ending {
+            Some(Ending::Local(_)) => self.outcome.local_status.unwrap_or(0),
+            Some(Ending::Status(s)) => s,
+            None => 0,
+        };
+        self.count_request(host, &values, status);
+    }
+
+    /// Kthena's `requests_total` and `tokens_total` for the request whose published `values`
+    /// these are.
+    fn count_request(&self, host: &mut dyn Host, values: &[(&str, String)], status: u32) {
+        let value = |name: &str| {
+            values
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let status = status.to_string();
+        let (model, path) = (value(published::MODEL), value(published::PATH));
+        let target = [
+            ("model_route", value(published::ROUTE)),
+            ("backend_type", value(published::BACKEND_TYPE)),
+            ("backend_name", value(published::SERVER)),
+            ("upstream_model", value(published::UPSTREAM_MODEL)),
+        ];
+        let mut labels = vec![
+            ("model", model),
+            ("path", path),
+            ("status_code", status.as_str()),
+            ("error_type", value(published::ERROR_TYPE)),
+        ];
+        labels.extend(target);
+        let requests = metric_name(vm_metrics::REQUESTS_TOTAL, &labels);
+        host.add_to_metric(MetricKind::Counter, &requests, 1);
+        for (kind, name) in [
+            ("input", published::INPUT_TOKENS),
+            ("output", published::OUTPUT_TOKENS),
+        ] {
+            let mut labels = vec![("model", model), ("path", path), ("token_type", kind)];
+            labels.extend(target);
+            let tokens = value(name).parse::<i64>().unwrap_or(0);
+            let counter = metric_name(vm_metrics::TOKENS_TOTAL, &labels);
+            host.add_to_metric(MetricKind::Counter, &counter, tokens);
         }
     }
 
@@ -453,10 +495,12 @@ impl Flow {
         } else {
             host.response_body(body_size).unwrap_or_default()
         };
-        if let Some(changed) = self
-            .acct
-            .on_response_body(&chunk, end_of_stream, host.now_ms())
-        {
+        let now_ms = if self.acct.wants_clock() {
+            host.now_ms()
+        } else {
+            0
+        };
+        if let Some(changed) = self.acct.on_response_body(&chunk, end_of_stream, now_ms) {
             host.replace_response_body(body_size, &changed);
         }
     }
@@ -471,19 +515,22 @@ impl Flow {
     }
 
     fn hold_gauge(&mut self, host: &mut dyn Host, name: String) {
-        host.add_to_gauge(&name, 1);
+        host.add_to_metric(MetricKind::Gauge, &name, 1);
         self.gauges_held.push(name);
     }
 
     /// Kthena's `active_upstream_requests`, labelled by where the request went.
     fn hold_upstream_gauge(&mut self, host: &mut dyn Host) {
         let o = &self.outcome;
-        let name = format!(
-            "{};model_server={server};model_route={};backend_type=model_server;backend_name={server};upstream_model={}",
-            gauges::ACTIVE_UPSTREAM,
-            label(&o.route),
-            label(&o.upstream_model),
-            server = label(&o.server),
+        let name = metric_name(
+            vm_metrics::ACTIVE_UPSTREAM,
+            &[
+                ("model_server", &o.server),
+                ("model_route", &o.route),
+                ("backend_type", "model_server"),
+                ("backend_name", &o.server),
+                ("upstream_model", &o.upstream_model),
+            ],
         );
         self.hold_gauge(host, name);
     }
@@ -508,15 +555,6 @@ impl Flow {
             e.body().as_bytes(),
         );
         Action::Pause
-    }
-}
-
-/// A label value inside a gauge's name: `;` separates labels there.
-fn label(value: &str) -> Cow<'_, str> {
-    if value.contains(';') {
-        Cow::Owned(value.replace(';', "_"))
-    } else {
-        Cow::Borrowed(value)
     }
 }
 

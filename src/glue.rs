@@ -19,9 +19,11 @@ use std::time::Duration;
 use crate::collector::{self, Collector};
 use crate::flow::Flow;
 use crate::headers::Headers;
-use crate::host::{Action, Counter, Host};
+use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
 use crate::router::Router;
+use crate::tally::Tally;
+use std::collections::HashMap;
 
 /// Root tick with the scheduler: publishes this worker's in-flight releases; metrics are
 /// collected every `metrics_interval_ms` on the ticks that cross it.
@@ -133,6 +135,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        flush_tally();
         IN_FLIGHT.with(|f| {
             if let Ok(mut f) = f.try_borrow_mut() {
                 if !f.is_empty() {
@@ -227,11 +230,13 @@ impl HttpContext for Request {
         if !self.flow.wants_response() {
             return WasmAction::Continue;
         }
-        let headers = header_map(MapType::HttpResponseHeaders);
-        let status = headers.get(":status").and_then(|s| s.parse().ok());
-        let content_type = headers.get("content-type").unwrap_or_default();
-        self.flow
-            .on_response_headers(&mut EnvoyHost, status, content_type, end_of_stream);
+        timing::timed(timing::RESPONSE_HEADERS, || {
+            let headers = header_map(MapType::HttpResponseHeaders);
+            let status = headers.get(":status").and_then(|s| s.parse().ok());
+            let content_type = headers.get("content-type").unwrap_or_default();
+            self.flow
+                .on_response_headers(&mut EnvoyHost, status, content_type, end_of_stream);
+        });
         WasmAction::Continue
     }
 
@@ -413,25 +418,11 @@ impl Host for EnvoyHost {
         }
     }
 
-    fn add_to_gauge(&mut self, name: &str, delta: i64) {
-        GAUGES.with(|ids| {
-            let Ok(mut ids) = ids.try_borrow_mut() else {
-                return;
-            };
-            let id = match ids.get(name) {
-                Some(id) => *id,
-                // Names are bounded by the configuration (models, routes, servers); the cap
-                // only guards against a bug minting names.
-                None if ids.len() < MAX_GAUGES => {
-                    let Ok(id) = hostcalls::define_metric(MetricType::Gauge, name) else {
-                        return;
-                    };
-                    ids.insert(name.to_string(), id);
-                    id
-                }
-                None => return,
-            };
-            let _ = hostcalls::increment_metric(id, delta);
+    fn add_to_metric(&mut self, kind: MetricKind, name: &str, delta: i64) {
+        TALLY.with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.add(kind, name, delta);
+            }
         });
     }
 
@@ -453,12 +444,43 @@ impl Host for EnvoyHost {
     }
 }
 
-/// Distinct gauges one VM defines at most.
-const MAX_GAUGES: usize = 4096;
+/// Writes this VM's tally of Kthena's counters and gauges to Envoy's stats (the root tick).
+fn flush_tally() {
+    METRIC_IDS.with(|ids| {
+        TALLY.with(|t| {
+            let (Ok(mut ids), Ok(mut t)) = (ids.try_borrow_mut(), t.try_borrow_mut()) else {
+                return;
+            };
+            t.flush(|kind, name, delta| {
+                let key = (kind, name.to_string());
+                let id = match ids.get(&key) {
+                    Some(id) => *id,
+                    None if ids.len() < crate::tally::MAX_METRICS => {
+                        let metric_type = match kind {
+                            MetricKind::Counter => MetricType::Counter,
+                            MetricKind::Gauge => MetricType::Gauge,
+                        };
+                        let Ok(id) = hostcalls::define_metric(metric_type, name) else {
+                            return;
+                        };
+                        ids.insert(key, id);
+                        id
+                    }
+                    None => return,
+                };
+                if delta != 0 {
+                    let _ = hostcalls::increment_metric(id, delta);
+                }
+            });
+        })
+    });
+}
 
 thread_local! {
-    /// Gauge ids by name, defined on first use in this VM.
-    static GAUGES: RefCell<std::collections::HashMap<String, u32>> = RefCell::new(std::collections::HashMap::new());
+    /// Kthena's counters and gauges changed since the last tick.
+    static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// Stat ids by kind and name, defined on first use in this VM.
+    static METRIC_IDS: RefCell<HashMap<(MetricKind, String), u32>> = RefCell::new(HashMap::new());
     /// This worker's in-flight releases not yet written to shared data (one per VM, so they
     /// outlive a configuration's root context).
     static IN_FLIGHT: RefCell<InFlight> = RefCell::new(InFlight::default());
@@ -474,6 +496,7 @@ mod timing {
     pub const BODY: usize = 1;
     pub const DONE: usize = 2;
     pub const RESPONSE_BODY: usize = 4;
+    pub const RESPONSE_HEADERS: usize = 5;
 
     #[cfg(not(feature = "timing"))]
     #[inline(always)]
@@ -486,15 +509,16 @@ mod timing {
         use proxy_wasm::hostcalls;
         use proxy_wasm::types::MetricType;
         use std::cell::RefCell;
-        const NAMES: [&str; 5] = [
+        const NAMES: [&str; 6] = [
             "modelroute.timing.headers_ns",
             "modelroute.timing.body_ns",
             "modelroute.timing.done_ns",
             "modelroute.timing.requests",
             "modelroute.timing.response_body_ns",
+            "modelroute.timing.response_headers_ns",
         ];
         thread_local! {
-            static IDS: RefCell<[Option<u32>; 5]> = const { RefCell::new([None; 5]) };
+            static IDS: RefCell<[Option<u32>; 6]> = const { RefCell::new([None; 6]) };
         }
         fn now_ns() -> u64 {
             hostcalls::get_current_time()

@@ -4,6 +4,7 @@
 //! against it; only `glue` implements it for real.
 
 use crate::headers::Headers;
+pub use crate::tally::MetricKind;
 
 /// What the host should do after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +50,9 @@ pub trait Host {
     fn replace_response_body(&mut self, old_len: usize, body: &[u8]);
     /// Publishes a per-request value as filter state (`wasm.<name>`) for Envoy's loggers.
     fn publish(&mut self, name: &str, value: &str);
-    /// Adds `delta` to the gauge `name` (defined on first use; one stat across workers).
-    fn add_to_gauge(&mut self, name: &str, delta: i64);
+    /// Adds `delta` to the counter or gauge `name` (one stat across workers). Envoy sees the
+    /// change on the VM's next tick ([`crate::tally`]), not at once.
+    fn add_to_metric(&mut self, kind: MetricKind, name: &str, delta: i64);
     /// Shared data (all workers): the value under `key` and its CAS token.
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Stores `value` under `key` if its CAS token is still `cas`; false on a lost race.

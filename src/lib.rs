@@ -14,6 +14,7 @@
 //! - [`in_flight`]: per-pod in-flight counts shared by every worker (shared data, CAS).
 //! - [`usage`]: token usage read from responses as they pass.
 //! - [`accounting`]: what a request cost (tokens, timings), published for Envoy's loggers.
+//! - [`tally`]: Kthena's counters and gauges, added up in the VM, written out on the tick.
 //! - [`errors`]: OpenAI-style local replies.
 //! - [`pd`]: prefill/decode protocols and leg bodies.
 //! - [`host`]: what the filter needs from Envoy: the [`host::Host`] trait, actions, counters.
@@ -37,6 +38,7 @@ pub mod rng;
 pub mod router;
 pub mod scan;
 pub mod scheduler;
+pub mod tally;
 pub mod usage;
 pub mod weights;
 

@@ -43,7 +43,22 @@ impl UsageScanner {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            i += 1;
+            // Inside a string value (most of a body: the generated text) nothing matters until
+            // its closing quote, an escape, or (SSE) the end of the line.
+            if self.json.in_plain_value() && self.sse.is_none_or(|l| l == SseLine::Data) {
+                let rest = chunk.get(i - 1..).unwrap_or_default();
+                let skip = rest
+                    .iter()
+                    .position(|c| matches!(c, b'"' | b'\\' | b'\n'))
+                    .unwrap_or(rest.len());
+                if skip > 0 {
+                    i += skip - 1;
+                    continue;
+                }
+            }
             match self.sse.as_mut() {
                 None => self.json.step(b),
                 Some(line) => match line.step(b) {
@@ -170,6 +185,11 @@ struct JsonWalker {
 }
 
 impl JsonWalker {
+    /// Inside a string that is not a key, with no escape pending.
+    fn in_plain_value(&self) -> bool {
+        self.in_string && !self.reading_key && !self.escape
+    }
+
     fn step(&mut self, b: u8) {
         if self.in_string {
             return self.string_byte(b);

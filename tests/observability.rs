@@ -180,9 +180,11 @@ fn tokens_and_timings_agree_with_what_the_engines_served() {
         0.0
     );
     assert!(
-        text.contains(
-            "kthena_router_active_upstream_requests{model_server=\"default/deepseek-r1-1-5b\""
-        ),
+        text.lines()
+            .any(|l| l.starts_with("kthena_router_active_upstream_requests{")
+                && l.contains("model_server=\"default/deepseek-r1-1-5b\"")
+                && !l.contains("{model=")
+                && !l.contains(",model=")),
         "{text}"
     );
 }

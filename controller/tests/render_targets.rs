@@ -403,7 +403,14 @@ fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
             .as_array()
             .is_some_and(|l| !l.is_empty())
     );
+    // What Istio renders for ProxyConfig `extraStatTags` naming the filter's labels (see
+    // istio/README.md): one unanchored regex per label.
+    let extra_stat_tags: Vec<Value> = filter_config::vm_metrics::LABELS
+        .iter()
+        .map(|t| json!({"tag_name": t, "regex": format!("({t}=\\.=(.*?);\\.;)")}))
+        .collect();
     json!({
+        "stats_config": {"stats_tags": extra_stat_tags},
         "node": {"id": "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local", "cluster": "istio-ingressgateway"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {"listeners": [listener], "clusters": clusters},

@@ -57,11 +57,27 @@ pub mod published {
     pub const DECODE_DURATION: &str = "modelroute.decode_duration";
 }
 
-/// Wasm gauges the filter keeps (Envoy stats `wasmcustom.<name>;label=value;...`; the shipped
-/// bootstraps' `stats_tags` turn the `;label=value` parts into Prometheus labels).
-pub mod gauges {
+/// Kthena's counters and gauges the filter keeps itself (Envoy stats named
+/// `label=.=value;.;...;.;<metric>`; tag extraction on the labels, rendered by the controller
+/// into the bootstraps' `stats_tags`, makes them Prometheus labels).
+pub mod vm_metrics {
+    pub const REQUESTS_TOTAL: &str = "kthena_router_requests_total";
+    pub const TOKENS_TOTAL: &str = "kthena_router_tokens_total";
     pub const ACTIVE_DOWNSTREAM: &str = "kthena_router_active_downstream_requests";
     pub const ACTIVE_UPSTREAM: &str = "kthena_router_active_upstream_requests";
+    /// Every label those carry.
+    pub const LABELS: [&str; 10] = [
+        "model",
+        "path",
+        "status_code",
+        "error_type",
+        "token_type",
+        "model_route",
+        "model_server",
+        "backend_type",
+        "backend_name",
+        "upstream_model",
+    ];
 }
 
 /// The whole plugin configuration.

@@ -33,8 +33,9 @@ pub struct FakeHost {
     pub response_replaced: Option<Vec<u8>>,
     /// Published filter state, in order.
     pub published: Vec<(String, String)>,
-    /// Gauge name -> value.
+    /// Gauge name -> value, counter name -> value.
     pub gauges: std::collections::BTreeMap<String, i64>,
+    pub counted: std::collections::BTreeMap<String, i64>,
 }
 
 impl FakeHost {
@@ -188,8 +189,12 @@ impl Host for FakeHost {
     fn publish(&mut self, name: &str, value: &str) {
         self.published.push((name.into(), value.into()));
     }
-    fn add_to_gauge(&mut self, name: &str, delta: i64) {
-        *self.gauges.entry(name.into()).or_default() += delta;
+    fn add_to_metric(&mut self, kind: MetricKind, name: &str, delta: i64) {
+        let map = match kind {
+            MetricKind::Gauge => &mut self.gauges,
+            MetricKind::Counter => &mut self.counted,
+        };
+        *map.entry(name.into()).or_default() += delta;
     }
     fn respond(&mut self, status: u32, _headers: &[(&str, &str)], body: &[u8]) {
         assert!(self.reply.is_none(), "answered twice");

@@ -86,6 +86,17 @@ fn a_stream_without_include_usage_is_asked_for_it_and_the_client_never_sees_it()
     // Every active-request gauge the request raised is back down.
     assert_eq!(h.gauges.len(), 2, "{:?}", h.gauges);
     assert!(h.gauges.values().all(|v| *v == 0), "{:?}", h.gauges);
+    // Kthena's counters, labels in the name for Envoy's tag extraction.
+    let labels = "model=.=ds-model;.;path=.=/v1/chat/completions;.;";
+    let target = "model_route=.=default/simple;.;backend_type=.=model_server;.;backend_name=.=default/ds;.;upstream_model=.=real/model;.;";
+    let requests = format!(
+        "{labels}status_code=.=200;.;error_type=.=successful_request;.;{target}kthena_router_requests_total"
+    );
+    let output = format!("{labels}token_type=.=output;.;{target}kthena_router_tokens_total");
+    let input = format!("{labels}token_type=.=input;.;{target}kthena_router_tokens_total");
+    assert_eq!(h.counted.get(&requests), Some(&1), "{:?}", h.counted);
+    assert_eq!(h.counted.get(&output), Some(&2), "{:?}", h.counted);
+    assert_eq!(h.counted.get(&input), Some(&9), "{:?}", h.counted);
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use serde_json::{json, Value};
 
-use filter_config::{gauges, published};
+use filter_config::{published, vm_metrics};
 
 /// Where Kthena's access log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,8 @@ fn stats_config(counters: Vec<Value>, histograms: Vec<Value>) -> Value {
     })
 }
 
-/// The stats access loggers that make Kthena's request metrics.
+/// The stats access loggers that make Kthena's histograms (the filter keeps the counters and
+/// gauges itself: [`filter_config::vm_metrics`]).
 pub fn metrics_loggers() -> Vec<Value> {
     let model = ("model", fs(published::MODEL));
     let path = ("path", fs(published::PATH));
@@ -143,21 +144,8 @@ pub fn metrics_loggers() -> Vec<Value> {
             .collect();
         tags(&refs, with_target)
     };
-    let tokens = |kind: &str, value: &str| {
-        json!({
-            "stat": {"name": "kthena_router_tokens_total", "tags": t(head(&[model.clone(), path.clone(), ("token_type", kind.to_string())]), true)},
-            "value_format": fs(value),
-        })
-    };
     let every_request = stats_config(
-        vec![
-            json!({
-                "stat": {"name": "kthena_router_requests_total", "tags": t(head(&[model.clone(), path.clone(), status.clone(), ("error_type", fs(published::ERROR_TYPE))]), true)},
-                "value_fixed": 1,
-            }),
-            tokens("input", published::INPUT_TOKENS),
-            tokens("output", published::OUTPUT_TOKENS),
-        ],
+        vec![],
         vec![histogram(
             "kthena_router_request_duration_seconds",
             t(head(&[model.clone(), path.clone(), status.clone()]), true),
@@ -347,38 +335,22 @@ pub fn access_loggers(log: &AccessLog) -> Vec<Value> {
     v
 }
 
-/// The gauges' labels, as Envoy tag extractors over the filter's gauge names
-/// (`<gauge>;label=value;...`): what makes them Prometheus labels.
-fn gauge_tags() -> Vec<Value> {
-    let mut out = vec![];
-    for (gauge, labels) in [
-        (gauges::ACTIVE_DOWNSTREAM, &["model"][..]),
-        (
-            gauges::ACTIVE_UPSTREAM,
-            &[
-                "model_server",
-                "model_route",
-                "backend_type",
-                "backend_name",
-                "upstream_model",
-            ][..],
-        ),
-    ] {
-        for label in labels {
-            out.push(json!({
-                "tag_name": label,
-                "regex": format!("^{SCOPE}\\.{gauge}.*?(;{label}=([^;]*))"),
-            }));
-        }
-    }
-    out
+/// The labels of the filter's own counters and gauges, as Envoy tag extractors over their
+/// names (`label=.=value;.;...;.;<metric>`, Istio's encoding): what makes them Prometheus
+/// labels. A label starts after `wasmcustom.` or a `;.;`, so `model` is never read out of
+/// `upstream_model` (Istio's own `extraStatTags` regexes are not anchored this way).
+pub fn label_tags() -> Vec<Value> {
+    vm_metrics::LABELS
+        .iter()
+        .map(|label| json!({"tag_name": label, "regex": format!("[.;]({label}=\\.=(.*?);\\.;)")}))
+        .collect()
 }
 
 /// The bootstrap's `stats_config`: Kthena's histogram buckets and the gauges' labels.
 pub fn bootstrap_stats_config() -> Value {
     let buckets = |prefix: &str, b: &[f64]| json!({"match": {"prefix": format!("{SCOPE}.{prefix}")}, "buckets": b});
     json!({
-        "stats_tags": gauge_tags(),
+        "stats_tags": label_tags(),
         "histogram_bucket_settings": [
             buckets("kthena_router_time_per_output_token_seconds", &TPOT_BUCKETS),
             buckets("kthena_router_", &DURATION_BUCKETS),

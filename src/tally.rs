@@ -1,0 +1,138 @@
+//! Kthena's counters and gauges, added up inside the VM and written to Envoy's stats on the root
+//! context's tick: a request costs a few map updates, not a host call per metric, and a gauge
+//! raised and lowered within one tick costs no host call at all.
+//!
+//! Labels travel in the stat name the way Istio encodes them (`label=.=value;.;` before the
+//! metric's name), and Envoy's tag extraction (`stats_tags` in the shipped bootstraps, the
+//! regexes Istio generates for `extraStatTags`) turns them into Prometheus labels; Envoy's
+//! Prometheus output drops wasm's `wasmcustom` namespace, so the series read as Kthena's.
+
+use std::collections::HashMap;
+
+/// Envoy's kinds of stat the tally feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// Distinct stats one VM tallies at most; names are bounded by the configuration (models,
+/// routes, servers, status codes), the cap only guards against a bug minting names.
+pub const MAX_METRICS: usize = 4096;
+
+/// Pending changes, by stat name.
+#[derive(Debug, Default)]
+pub struct Tally {
+    counters: HashMap<String, i64>,
+    gauges: HashMap<String, i64>,
+}
+
+impl Tally {
+    /// Adds `delta` to the stat `name` (written out on the next [`Tally::flush`]).
+    pub fn add(&mut self, kind: MetricKind, name: &str, delta: i64) {
+        let map = match kind {
+            MetricKind::Counter => &mut self.counters,
+            MetricKind::Gauge => &mut self.gauges,
+        };
+        if let Some(v) = map.get_mut(name) {
+            *v += delta;
+        } else if map.len() < MAX_METRICS {
+            map.insert(name.to_string(), delta);
+        }
+    }
+
+    /// Hands every stat touched since the last flush to `write` with its net change (0 for a
+    /// gauge that came back where it was: the stat still exists for the scrape) and forgets
+    /// them.
+    pub fn flush(&mut self, mut write: impl FnMut(MetricKind, &str, i64)) {
+        for (kind, map) in [
+            (MetricKind::Counter, &mut self.counters),
+            (MetricKind::Gauge, &mut self.gauges),
+        ] {
+            for (name, delta) in map.drain() {
+                write(kind, &name, delta);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.gauges.is_empty()
+    }
+}
+
+/// The stat name carrying `labels` for `metric`: `l1=.=v1;.;l2=.=v2;.;metric`. A `;` in a value
+/// becomes `_`, so no value can end its label early or forge another.
+pub fn metric_name(metric: &str, labels: &[(&str, &str)]) -> String {
+    let len = labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum::<usize>()
+        + metric.len();
+    let mut out = String::with_capacity(len);
+    for (k, v) in labels {
+        out.push_str(k);
+        out.push_str("=.=");
+        if v.contains(';') {
+            out.push_str(&v.replace(';', "_"));
+        } else {
+            out.push_str(v);
+        }
+        out.push_str(";.;");
+    }
+    out.push_str(metric);
+    out
+}
+
+/// The Envoy tag-extraction regex for `label` in names made by [`metric_name`] (the same
+/// Istio generates for an `extraStatTags` entry).
+pub fn tag_regex(label: &str) -> String {
+    format!("({label}=\\.=(.*?);\\.;)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_add_up_until_flushed() {
+        let mut t = Tally::default();
+        t.add(MetricKind::Counter, "a", 1);
+        t.add(MetricKind::Counter, "a", 2);
+        t.add(MetricKind::Gauge, "g", 1);
+        t.add(MetricKind::Gauge, "g", -1);
+        let mut seen = vec![];
+        t.flush(|k, n, d| seen.push((k, n.to_string(), d)));
+        seen.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            seen,
+            vec![
+                (MetricKind::Counter, "a".to_string(), 3),
+                (MetricKind::Gauge, "g".to_string(), 0)
+            ]
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn names_carry_labels_that_cannot_be_forged() {
+        assert_eq!(
+            metric_name("m_total", &[("model", "x"), ("path", "/v1/completions")]),
+            "model=.=x;.;path=.=/v1/completions;.;m_total"
+        );
+        assert_eq!(
+            metric_name("m", &[("model", "a;.;path=.=b")]),
+            "model=.=a_._path=.=b;.;m"
+        );
+    }
+
+    #[test]
+    fn the_map_is_bounded() {
+        let mut t = Tally::default();
+        for i in 0..MAX_METRICS + 10 {
+            t.add(MetricKind::Counter, &i.to_string(), 1);
+        }
+        let mut n = 0;
+        t.flush(|_, _, _| n += 1);
+        assert_eq!(n, MAX_METRICS);
+    }
+}
