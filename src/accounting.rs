@@ -90,6 +90,9 @@ pub struct Accounting {
     /// PD: the prefill leg's duration, and when the decode leg was released.
     pub prefill_ms: Option<u64>,
     pub decode_start_ms: Option<u64>,
+    /// With the prefix-cache plugin: the chosen pod's share of the prompt's blocks, in
+    /// thousandths.
+    pub prefix_match: Option<u16>,
     response: Option<ResponseScan>,
 }
 
@@ -229,14 +232,14 @@ impl Accounting {
             (published::OUTPUT_TOKENS, output.to_string()),
             (
                 published::DURATION,
-                seconds(now_ms.saturating_sub(self.start_ms)),
+                thousandths(now_ms.saturating_sub(self.start_ms)),
             ),
         ];
         if let Some(r) = self.response.as_ref().filter(|r| r.sse) {
             if let Some(first) = r.first_byte_ms {
                 out.push((
                     published::TTFT,
-                    seconds(first.saturating_sub(self.start_ms)),
+                    thousandths(first.saturating_sub(self.start_ms)),
                 ));
                 if output >= 2 {
                     // The last byte is the request's end, give or take the log.
@@ -245,15 +248,18 @@ impl Accounting {
                 }
             }
         }
+        if let Some(ratio) = self.prefix_match {
+            out.push((published::PREFIX_MATCH, thousandths(u64::from(ratio))));
+        }
         if let Some(r) = routed.filter(|r| !r.prefill_pod.is_empty()) {
             out.push((published::PREFILL_POD, r.prefill_pod.to_string()));
             if let Some(ms) = self.prefill_ms {
-                out.push((published::PREFILL_DURATION, seconds(ms)));
+                out.push((published::PREFILL_DURATION, thousandths(ms)));
             }
             if let Some(start) = self.decode_start_ms {
                 out.push((
                     published::DECODE_DURATION,
-                    seconds(now_ms.saturating_sub(start)),
+                    thousandths(now_ms.saturating_sub(start)),
                 ));
             }
         }
@@ -284,8 +290,9 @@ fn kthena_error_type(code: &str) -> &str {
     }
 }
 
-fn seconds(ms: u64) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
+/// `n` thousandths as a decimal: milliseconds as seconds, a per-mille share as a ratio.
+fn thousandths(n: u64) -> String {
+    format!("{}.{:03}", n / 1000, n % 1000)
 }
 
 #[cfg(test)]

@@ -255,6 +255,7 @@ impl Flow {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
+        self.acct.prefix_match = decision.prefix_match;
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
         let stream_options =

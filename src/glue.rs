@@ -22,7 +22,7 @@ use crate::headers::Headers;
 use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
 use crate::router::Router;
-use crate::tally::Tally;
+use crate::tally::{PrefixReport, Tally};
 use std::collections::HashMap;
 
 /// Root tick with the scheduler: publishes this worker's in-flight releases; metrics are
@@ -125,6 +125,14 @@ impl RootContext for Root {
                     Ok(mut slot) => *slot = Some(router),
                     Err(_) => return false,
                 }
+                // The new router's prefix indexes start empty.
+                with_tally(|t| {
+                    PREFIX_REPORT.with(|r| {
+                        if let Ok(mut r) = r.try_borrow_mut() {
+                            r.restart(t);
+                        }
+                    })
+                });
                 true
             }
             Err(e) => {
@@ -135,6 +143,16 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Ok(Some(r)) = self.router.try_borrow().as_deref() {
+            let (entries, evicted) = r.prefix_totals();
+            with_tally(|t| {
+                PREFIX_REPORT.with(|p| {
+                    if let Ok(mut p) = p.try_borrow_mut() {
+                        p.report(entries, evicted, t);
+                    }
+                })
+            });
+        }
         flush_tally();
         IN_FLIGHT.with(|f| {
             if let Ok(mut f) = f.try_borrow_mut() {
@@ -419,11 +437,7 @@ impl Host for EnvoyHost {
     }
 
     fn add_to_metric(&mut self, kind: MetricKind, name: &str, delta: i64) {
-        TALLY.with(|t| {
-            if let Ok(mut t) = t.try_borrow_mut() {
-                t.add(kind, name, delta);
-            }
-        });
+        with_tally(|t| t.add(kind, name, delta));
     }
 
     fn count(&mut self, counter: Counter) {
@@ -442,6 +456,15 @@ impl Host for EnvoyHost {
             }
         });
     }
+}
+
+/// Runs `f` on this VM's tally (skipped if it is already borrowed, which never happens).
+fn with_tally(f: impl FnOnce(&mut Tally)) {
+    TALLY.with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            f(&mut t);
+        }
+    });
 }
 
 /// Writes this VM's tally of Kthena's counters and gauges to Envoy's stats (the root tick).
@@ -479,6 +502,8 @@ fn flush_tally() {
 thread_local! {
     /// Kthena's counters and gauges changed since the last tick.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// What this VM last reported of its prefix indexes (outlives a configuration's root).
+    static PREFIX_REPORT: RefCell<PrefixReport> = RefCell::new(PrefixReport::default());
     /// Stat ids by kind and name, defined on first use in this VM.
     static METRIC_IDS: RefCell<HashMap<(MetricKind, String), u32>> = RefCell::new(HashMap::new());
     /// This worker's in-flight releases not yet written to shared data (one per VM, so they

@@ -107,6 +107,7 @@ pub struct PrefixIndex {
     entries: BlockMap<Entry>,
     capacity: usize,
     clock: u64,
+    evicted: u64,
 }
 
 impl PrefixIndex {
@@ -120,6 +121,7 @@ impl PrefixIndex {
             entries: BlockMap::with_hasher(BlockHash(key)),
             capacity: capacity.max(8),
             clock: 0,
+            evicted: 0,
         }
     }
 
@@ -209,6 +211,22 @@ impl PrefixIndex {
                 true
             }
         });
+        self.evicted += dropped as u64;
+    }
+
+    /// Entries dropped to stay within capacity, since the index was made.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The share of `hashes`' leading blocks `pod` has served (0 when there are none).
+    pub fn match_ratio(&self, hashes: &[u64], pod: u32) -> f32 {
+        let matched = self.matches(hashes, &[pod]).first().copied().unwrap_or(0);
+        if hashes.is_empty() {
+            0.0
+        } else {
+            matched as f32 / hashes.len() as f32
+        }
     }
 }
 
@@ -263,6 +281,12 @@ mod tests {
             "the blocks fully inside the shared prefix"
         );
         assert_eq!(idx.matches(&ha, &[7])[0], ha.len());
+        // Kthena's match ratio: the share of the prompt's blocks.
+        assert_eq!(idx.match_ratio(&ha, 7), 1.0);
+        assert_eq!(idx.match_ratio(&ha, 8), 0.0);
+        let shared = (base.len() / 64) as f32 / hb.len() as f32;
+        assert_eq!(idx.match_ratio(&hb, 7), shared);
+        assert_eq!(idx.match_ratio(&[], 7), 0.0);
     }
 
     #[test]
@@ -286,6 +310,13 @@ mod tests {
             assert!(idx.len() <= 1000, "len {} at {i}", idx.len());
         }
         assert!(idx.len() >= 1000 - 1000 / 8 - 8);
+        // Every entry ever made is either held or was evicted (one block per model here).
+        let mut small = PrefixIndex::new(8);
+        for i in 0..100 {
+            small.insert(&block_hashes(&format!("m{i}"), b"x", 64, 128), 0);
+        }
+        assert_eq!(small.len() as u64 + small.evicted(), 100);
+        assert!(small.evicted() > 0);
         // The most recent prompt survives eviction.
         let last = block_hashes("m", b"prompt number 49999 with its own text", 8, 128);
         assert_eq!(idx.matches(&last, &[49_999 % 16])[0], last.len());

@@ -167,6 +167,9 @@ pub struct Decision {
     pub pairs: Vec<Pair>,
     /// When the scheduler picked: the chosen pod's index in the server's endpoints.
     pub pod_index: Option<usize>,
+    /// With the prefix-cache plugin: the share of the prompt's blocks the chosen pod had
+    /// served (Kthena's `prefix_cache_match_ratio`), in thousandths.
+    pub prefix_match: Option<u16>,
 }
 
 /// What the router needs to know about a request.
@@ -439,6 +442,14 @@ impl Router {
     }
 
     /// Whether pods are picked by the scheduler (and metrics must be collected).
+    /// This VM's prefix indexes: entries held, and entries evicted since they were made.
+    pub fn prefix_totals(&self) -> (u64, u64) {
+        self.servers
+            .iter()
+            .filter_map(|s| s.prefix.as_ref())
+            .fold((0, 0), |(n, e), p| (n + p.len() as u64, e + p.evicted()))
+    }
+
     pub fn scheduling(&self) -> bool {
         self.scheduling
     }

@@ -60,6 +60,36 @@ impl Tally {
     }
 }
 
+/// What a VM last reported of its prefix indexes (Kthena's `prefix_cache_entries` gauge and
+/// `prefix_cache_evictions_total` counter are sums over every worker's indexes): turns the
+/// VM's totals into the changes to add.
+#[derive(Debug, Default)]
+pub struct PrefixReport {
+    entries: u64,
+    evicted: u64,
+}
+
+impl PrefixReport {
+    /// The VM's indexes hold `entries` and have evicted `evicted` since they were made.
+    pub fn report(&mut self, entries: u64, evicted: u64, tally: &mut Tally) {
+        use filter_config::vm_metrics::{PREFIX_ENTRIES, PREFIX_EVICTIONS};
+        let change = entries as i64 - self.entries as i64;
+        tally.add(MetricKind::Gauge, PREFIX_ENTRIES, change);
+        tally.add(
+            MetricKind::Counter,
+            PREFIX_EVICTIONS,
+            evicted.saturating_sub(self.evicted) as i64,
+        );
+        (self.entries, self.evicted) = (entries, evicted);
+    }
+
+    /// New indexes (a configuration replaced the router): what the old ones held is gone.
+    pub fn restart(&mut self, tally: &mut Tally) {
+        self.report(0, 0, tally);
+        self.evicted = 0;
+    }
+}
+
 /// The stat name carrying `labels` for `metric`: `l1=.=v1;.;l2=.=v2;.;metric`. A `;` in a value
 /// becomes `_`, so no value can end its label early or forge another.
 pub fn metric_name(metric: &str, labels: &[(&str, &str)]) -> String {
@@ -123,6 +153,25 @@ mod tests {
             metric_name("m", &[("model", "a;.;path=.=b")]),
             "model=.=a_._path=.=b;.;m"
         );
+    }
+
+    #[test]
+    fn prefix_totals_become_changes() {
+        use filter_config::vm_metrics::{PREFIX_ENTRIES, PREFIX_EVICTIONS};
+        let mut t = Tally::default();
+        let mut r = PrefixReport::default();
+        let mut seen = std::collections::BTreeMap::new();
+        let mut drain = |t: &mut Tally| {
+            t.flush(|_, n, d| *seen.entry(n.to_string()).or_insert(0) += d);
+        };
+        r.report(100, 0, &mut t);
+        r.report(80, 30, &mut t);
+        drain(&mut t);
+        r.restart(&mut t);
+        r.report(5, 2, &mut t);
+        drain(&mut t);
+        assert_eq!(seen[PREFIX_ENTRIES], 5);
+        assert_eq!(seen[PREFIX_EVICTIONS], 32);
     }
 
     #[test]

@@ -199,6 +199,12 @@ impl JsonWalker {
                 self.number = Some(n.saturating_mul(10).saturating_add(u64::from(b - b'0')));
                 return;
             }
+            if matches!(b, b'.' | b'e' | b'E') {
+                // A fraction or an exponent is not a token count.
+                self.number = None;
+                self.field = None;
+                return;
+            }
             self.finish_number(n);
         }
         match b {

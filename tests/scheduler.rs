@@ -91,6 +91,24 @@ fn requests_sharing_a_long_prefix_go_to_one_pod() {
     });
     let top = counts.values().max().copied().unwrap_or(0);
     assert!(top as f64 >= 0.9 * 40.0, "{counts:?}");
+    // Kthena's prefix-cache metrics: every request's match ratio, most of them near 1 (the
+    // shared system prompt), and the entries the workers' indexes hold.
+    let ratio = "kthena_router_prefix_cache_match_ratio";
+    s.series_sum(&format!("{ratio}_count"), &[("model", "pool")], 40.0);
+    let high = s.series_sum(
+        &format!("{ratio}_bucket"),
+        &[("model", "pool"), ("le", "0.5")],
+        0.0,
+    );
+    let all = s.series_sum(&format!("{ratio}_count"), &[("model", "pool")], 40.0);
+    assert!(
+        all - high >= 30.0,
+        "{high} of {all} matched at most half their blocks"
+    );
+    assert!(s.series_sum("kthena_router_prefix_cache_entries", &[], 1.0) >= 1.0);
+    assert!(s
+        .prometheus()
+        .contains("kthena_router_prefix_cache_evictions_total{} 0"));
     // Unrelated prompts still spread over the pods.
     let other = spread(&s, 30, "pool", |i| {
         format!("unrelated prompt number {i} {}", "x".repeat(i * 7))

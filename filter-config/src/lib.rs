@@ -55,6 +55,9 @@ pub mod published {
     pub const PREFILL_POD: &str = "modelroute.prefill_pod";
     pub const PREFILL_DURATION: &str = "modelroute.prefill_duration";
     pub const DECODE_DURATION: &str = "modelroute.decode_duration";
+    /// With the prefix-cache plugin: the share (0..1) of the prompt's blocks the chosen pod
+    /// had served.
+    pub const PREFIX_MATCH: &str = "modelroute.prefix_match";
 }
 
 /// Kthena's counters and gauges the filter keeps itself (Envoy stats named
@@ -65,6 +68,9 @@ pub mod vm_metrics {
     pub const TOKENS_TOTAL: &str = "kthena_router_tokens_total";
     pub const ACTIVE_DOWNSTREAM: &str = "kthena_router_active_downstream_requests";
     pub const ACTIVE_UPSTREAM: &str = "kthena_router_active_upstream_requests";
+    /// The prefix indexes of every worker: entries held, entries evicted.
+    pub const PREFIX_ENTRIES: &str = "kthena_router_prefix_cache_entries";
+    pub const PREFIX_EVICTIONS: &str = "kthena_router_prefix_cache_evictions_total";
     /// Every label those carry.
     pub const LABELS: [&str; 10] = [
         "model",

@@ -42,7 +42,7 @@ impl Router {
                 }
                 None => (server.round_robin(wanted), Vec::new()),
             };
-            return Ok(decision(target, endpoints, pairs, None));
+            return Ok(decision(target, endpoints, pairs, None, None));
         }
 
         let cfg = &self.settings.scheduler;
@@ -76,7 +76,11 @@ impl Router {
             };
             (ranked, pairs)
         };
+        let mut prefix_match = None;
         if let (Some(index), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
+            if !hashes.is_empty() {
+                prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
+            }
             index.insert(&hashes, *best);
         }
         let pod_index = ranked.first().map(|i| *i as usize);
@@ -84,7 +88,7 @@ impl Router {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
-        Ok(decision(target, endpoints, pairs, pod_index))
+        Ok(decision(target, endpoints, pairs, pod_index, prefix_match))
     }
 }
 
@@ -93,6 +97,7 @@ fn decision(
     endpoints: String,
     pairs: Vec<Pair>,
     pod_index: Option<usize>,
+    prefix_match: Option<u16>,
 ) -> Decision {
     Decision {
         route: target.route,
@@ -101,6 +106,7 @@ fn decision(
         endpoints,
         pairs,
         pod_index,
+        prefix_match,
     }
 }
 

@@ -71,6 +71,22 @@ data: [DONE]\n\n";
 }
 
 #[test]
+fn fractions_and_exponents_are_not_token_counts() {
+    // Found by the fuzzer: the digits before the `.` were taken as the count.
+    for value in ["4444444.4444444446", "12e3", "7E1", "3.0"] {
+        let body = format!(r#"{{"usage":{{"prompt_tokens":1,"completion_tokens":{value}}}}}"#);
+        assert_eq!(
+            scan_whole(body.as_bytes(), false),
+            Usage {
+                prompt_tokens: Some(1),
+                completion_tokens: None
+            },
+            "{value}"
+        );
+    }
+}
+
+#[test]
 fn huge_numbers_saturate() {
     let body = br#"{"usage":{"completion_tokens":99999999999999999999999999}}"#;
     assert_eq!(scan_whole(body, false).completion_tokens, Some(u64::MAX));

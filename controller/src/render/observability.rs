@@ -63,6 +63,8 @@ impl Default for AccessLog {
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
+/// Buckets for the prefix-cache match ratio (0..1).
+pub const RATIO_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// Buckets for time per output token, seconds.
 pub const TPOT_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
@@ -180,6 +182,17 @@ pub fn metrics_loggers() -> Vec<Value> {
                     "kthena_router_time_per_output_token_seconds",
                     per_server(),
                     published::TPOT,
+                )],
+            ),
+        ),
+        stats_logger(
+            published::PREFIX_MATCH,
+            stats_config(
+                vec![],
+                vec![histogram(
+                    "kthena_router_prefix_cache_match_ratio",
+                    t(head(std::slice::from_ref(&model)), false),
+                    published::PREFIX_MATCH,
                 )],
             ),
         ),
@@ -353,6 +366,7 @@ pub fn bootstrap_stats_config() -> Value {
         "stats_tags": label_tags(),
         "histogram_bucket_settings": [
             buckets("kthena_router_time_per_output_token_seconds", &TPOT_BUCKETS),
+            buckets("kthena_router_prefix_cache_match_ratio", &RATIO_BUCKETS),
             buckets("kthena_router_", &DURATION_BUCKETS),
         ],
     })
@@ -407,6 +421,7 @@ mod tests {
                     published::PREFILL_POD,
                     published::PREFILL_DURATION,
                     published::DECODE_DURATION,
+                    published::PREFIX_MATCH,
                 ]
                 .contains(&name),
                 "{name} is not published by the filter"
