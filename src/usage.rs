@@ -196,13 +196,19 @@ impl JsonWalker {
         }
         if let Some(n) = self.number {
             if b.is_ascii_digit() {
-                self.number = Some(n.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+                match n
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(b - b'0')))
+                {
+                    Some(n) => self.number = Some(n),
+                    // Beyond u64 is not a token count (serde_json reads it as a float).
+                    None => self.discard_number(),
+                }
                 return;
             }
             if matches!(b, b'.' | b'e' | b'E') {
                 // A fraction or an exponent is not a token count.
-                self.number = None;
-                self.field = None;
+                self.discard_number();
                 return;
             }
             self.finish_number(n);
@@ -237,6 +243,8 @@ impl JsonWalker {
                 self.field = None;
             }
             b':' => self.expect_key = false,
+            // A negative number is not a token count.
+            b'-' => self.field = None,
             b'0'..=b'9' if self.field.is_some() && self.depth == 2 && self.in_usage => {
                 self.number = Some(u64::from(b - b'0'));
             }
@@ -295,6 +303,12 @@ impl JsonWalker {
             }
             _ => {}
         }
+    }
+
+    /// The number being read is not a count: its remaining digits and its field are ignored.
+    fn discard_number(&mut self) {
+        self.number = None;
+        self.field = None;
     }
 
     fn finish_number(&mut self, n: u64) {

@@ -71,9 +71,9 @@ data: [DONE]\n\n";
 }
 
 #[test]
-fn fractions_and_exponents_are_not_token_counts() {
-    // Found by the fuzzer: the digits before the `.` were taken as the count.
-    for value in ["4444444.4444444446", "12e3", "7E1", "3.0"] {
+fn fractions_exponents_and_negatives_are_not_token_counts() {
+    // Found by the fuzzer: the digits before the `.` (after the `-`) were taken as the count.
+    for value in ["4444444.4444444446", "12e3", "7E1", "3.0", "-2"] {
         let body = format!(r#"{{"usage":{{"prompt_tokens":1,"completion_tokens":{value}}}}}"#);
         assert_eq!(
             scan_whole(body.as_bytes(), false),
@@ -87,9 +87,21 @@ fn fractions_and_exponents_are_not_token_counts() {
 }
 
 #[test]
-fn huge_numbers_saturate() {
-    let body = br#"{"usage":{"completion_tokens":99999999999999999999999999}}"#;
-    assert_eq!(scan_whole(body, false).completion_tokens, Some(u64::MAX));
+fn counts_beyond_u64_are_not_counts() {
+    // As serde_json reads them (found by the fuzzer, which checks the two agree).
+    let body = br#"{"usage":{"prompt_tokens":99999999999999999999999999,"completion_tokens":6}}"#;
+    assert_eq!(
+        scan_whole(body, false),
+        Usage {
+            prompt_tokens: None,
+            completion_tokens: Some(6)
+        }
+    );
+    let max = format!(r#"{{"usage":{{"completion_tokens":{}}}}}"#, u64::MAX);
+    assert_eq!(
+        scan_whole(max.as_bytes(), false).completion_tokens,
+        Some(u64::MAX)
+    );
 }
 
 #[test]
