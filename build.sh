@@ -10,7 +10,8 @@
 #   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
-# MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena),
+# MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena and
+# examples/rate-limit),
 # MODELROUTE_PODS (Pod list, default examples/pods.yaml).
 set -euo pipefail
 
@@ -84,7 +85,10 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 
 start_stack() {
   local port="${MODELROUTE_PORT:-8080}" admin="${MODELROUTE_ADMIN_PORT:-9901}"
-  local resources="${MODELROUTE_RESOURCES:-$ROOT/examples/kthena}" pods="${MODELROUTE_PODS:-$ROOT/examples/pods.yaml}"
+  local pods="${MODELROUTE_PODS:-$ROOT/examples/pods.yaml}"
+  # The seed's YAML plus Kthena's rate-limit example, unless the user names their own.
+  local resources=("$ROOT/examples/kthena" "$ROOT/examples/rate-limit")
+  [ -n "${MODELROUTE_RESOURCES:-}" ] && resources=("$MODELROUTE_RESOURCES")
   rm -rf "$RUN"; mkdir -p "$RUN/config"
   trap cleanup EXIT
   trap 'exit 130' INT TERM
@@ -94,8 +98,8 @@ start_stack() {
   PIDS+=($!)
   wait_for 20 "mock pods" grep -q "mock-llm pods ready" "$RUN/mock-llm.log"
 
-  log "starting modelroute-controller watch on $resources"
-  "$BIN/modelroute-controller" watch --resources "$resources" --pods "$pods" \
+  log "starting modelroute-controller watch on ${resources[*]}"
+  "$BIN/modelroute-controller" watch --resources "${resources[@]}" --pods "$pods" \
     --wasm "$WASM" --out "$RUN/config" >"$RUN/controller.log" 2>&1 &
   PIDS+=($!)
   wait_for 20 "the controller's first render" test -s "$RUN/config/ecds/modelroute.json"
@@ -192,6 +196,19 @@ demo() {
   show "Errors are OpenAI-style JSON"
   completion no-such-model; echo
   curl -sS "http://$ROUTER/v1/completions" -H "Content-Type: application/json" -d '{"model": '; echo
+
+  show "Token rate limits: deepseek-r1-with-rate-limit allows 30 input tokens a minute (Kthena's example)"
+  local code i
+  for i in $(seq 1 12); do
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \
+      -d '{"model": "deepseek-r1-with-rate-limit", "prompt": "San Francisco is a", "temperature": 0}')
+    printf '%s ' "$code"
+    [ "$code" = 429 ] && break
+  done
+  echo
+  curl -sS -D - "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \
+    -d '{"model": "deepseek-r1-with-rate-limit", "prompt": "San Francisco is a"}' | grep -iE '^(HTTP|retry-after|x-ratelimit)|error'
+  echo
 
   show "Streams are accounted too: a client that did not ask for usage gets none, the router still counts it"
   curl -sSN "http://$ROUTER/v1/chat/completions" -H "Content-Type: application/json" \

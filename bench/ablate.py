@@ -12,6 +12,8 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   main        this filter, only the metrics logger every request runs
   metrics     this filter, Kthena's metrics (the shipped default with --access-log off)
   all         this filter, Kthena's metrics and access log (JSON, a file)
+  limited     `metrics` with a token rate limit on the route (budgets never exhausted): what
+              local rate limiting costs a request
   timed       `metrics` with the timing build (target/timing): also prints the VM's own time
               per callback (host calls included), from its modelroute.timing.* counters
 """
@@ -64,6 +66,11 @@ def main():
         os.makedirs(res)
         with open(os.path.join(res, "bench.yaml"), "w") as f:
             f.write(L.modelroute_resources(pod_port))
+        res_limited = os.path.join(work, "resources-limited")
+        os.makedirs(res_limited)
+        with open(os.path.join(res_limited, "bench.yaml"), "w") as f:
+            limit = "  rateLimit: { inputTokensPerUnit: 1000000000, outputTokensPerUnit: 1000000000 }\n"
+            f.write(L.modelroute_resources(pod_port).replace("  rules:\n", limit + "  rules:\n", 1))
         with open(os.path.join(work, "pods.yaml"), "w") as f:
             f.write(L.pods_yaml(ips, pod_port))
         live = {}
@@ -75,7 +82,8 @@ def main():
             else:
                 conf = os.path.join(work, f"config-{name}")
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
-                subprocess.run([L.CONTROLLER, "render", "--resources", res, "--pods", os.path.join(work, "pods.yaml"),
+                resources = res_limited if name == "limited" else res
+                subprocess.run([L.CONTROLLER, "render", "--resources", resources, "--pods", os.path.join(work, "pods.yaml"),
                                 "--wasm", wasm, "--out", conf], check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log)

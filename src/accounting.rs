@@ -286,6 +286,7 @@ pub struct Routed<'a> {
 fn kthena_error_type(code: &str) -> &str {
     match code {
         "model_not_found" => "route_not_found",
+        "rate_limit_exceeded" => "rate_limit",
         other => other,
     }
 }

@@ -86,6 +86,14 @@ impl ErrorReply {
         )
     }
 
+    /// 429 with Kthena's message; the OpenAI shape's type for token limits is `tokens`.
+    pub fn rate_limited(direction: crate::rate_limit::Direction) -> Self {
+        ErrorReply {
+            kind: "tokens",
+            ..Self::new(429, "rate_limit_exceeded", direction.message())
+        }
+    }
+
     pub fn not_configured() -> Self {
         Self::new(
             503,

@@ -21,6 +21,7 @@ use crate::headers::Headers;
 use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
 use crate::prompt::{estimate_input_tokens, prompt_text};
+use crate::rate_limit::{self, Direction, Draw};
 use crate::rewrite::{json_string, splice_string};
 use crate::router::{Request, Router};
 use crate::scan::{scan, Key, Model, Scan};
@@ -89,6 +90,8 @@ pub struct Flow {
     acct: Accounting,
     /// The active-request gauges this request holds (+1 now, -1 when it ends).
     gauges_held: Vec<String>,
+    /// The output budget the answer's tokens are debited from when the request ends.
+    output_limit: Option<filter_config::RateLimit>,
 }
 
 impl Flow {
@@ -214,6 +217,21 @@ impl Flow {
         };
         self.outcome.model.clone_from(&model);
         self.acct.input_estimate = estimate_input_tokens(&body, &scanned);
+        if let Some(limit) = router.rate_limit(&model).copied() {
+            // Kthena's order of checks, output first since it takes nothing: a request refused
+            // for output does not spend input budget.
+            let now = host.now_ms();
+            for (direction, draw) in [
+                (Direction::Output, Draw::Require),
+                (Direction::Input, Draw::Take(self.acct.input_estimate)),
+            ] {
+                if let Err(refusal) = rate_limit::draw(host, &model, &limit, direction, draw, now) {
+                    self.outcome.model_known = true;
+                    return self.refuse(host, &refusal);
+                }
+            }
+            self.output_limit = Some(limit);
+        }
 
         let prompt = match router.prompt_cap() {
             0 => Cow::Borrowed(&[][..]),
@@ -417,6 +435,23 @@ impl Flow {
             None => 0,
         };
         self.count_request(host, &values, status);
+        if let Some(limit) = self.output_limit.take() {
+            let output = values
+                .iter()
+                .find(|(k, _)| *k == published::OUTPUT_TOKENS)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let now = host.now_ms();
+            let debit = Draw::Debit(output);
+            let _ = rate_limit::draw(
+                host,
+                &self.outcome.model,
+                &limit,
+                Direction::Output,
+                debit,
+                now,
+            );
+        }
     }
 
     /// Kthena's `requests_total` and `tokens_total` for the request whose published `values`
@@ -546,15 +581,38 @@ impl Flow {
         Action::Pause
     }
 
+    /// 429 with the headers OpenAI's SDKs back off by, counted in Kthena's
+    /// `rate_limit_exceeded_total`.
+    fn refuse(&mut self, host: &mut dyn Host, r: &rate_limit::Refusal) -> Action {
+        let name = metric_name(
+            vm_metrics::RATE_LIMIT_EXCEEDED,
+            &[
+                ("model", &self.outcome.model),
+                ("limit_type", r.direction.limit_type()),
+                ("path", accounting::path_label(&self.path)),
+            ],
+        );
+        host.add_to_metric(MetricKind::Counter, &name, 1);
+        self.fail_with(host, &ErrorReply::rate_limited(r.direction), &r.headers())
+    }
+
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
+        self.fail_with(host, e, &[])
+    }
+
+    /// Answers with the error `e` (JSON) and `extra` headers; the request ends here.
+    fn fail_with(
+        &mut self,
+        host: &mut dyn Host,
+        e: &ErrorReply,
+        extra: &[(&str, String)],
+    ) -> Action {
         self.phase = Phase::Idle;
         self.outcome.local_status = Some(e.status);
         self.outcome.error = Some((e.code, e.message.clone()));
-        host.respond(
-            e.status,
-            &[("content-type", "application/json")],
-            e.body().as_bytes(),
-        );
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        host.respond(e.status, &headers, e.body().as_bytes());
         Action::Pause
     }
 }

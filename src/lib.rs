@@ -11,6 +11,7 @@
 //! - [`prefix`]: prompt block hashes and the per-server prefix index.
 //! - [`metrics`]: engine metrics parsing and the per-pod snapshot the VMs share.
 //! - [`collector`]: which VM scrapes the pods (a lease in shared data) and what it scrapes.
+//! - [`rate_limit`]: Kthena's token rate limits, buckets shared by every worker.
 //! - [`in_flight`]: per-pod in-flight counts shared by every worker (shared data, CAS).
 //! - [`usage`]: token usage read from responses as they pass.
 //! - [`accounting`]: what a request cost (tokens, timings), published for Envoy's loggers.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod pd;
 pub mod prefix;
 pub mod prompt;
+pub mod rate_limit;
 pub mod rewrite;
 pub mod rng;
 pub mod router;

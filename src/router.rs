@@ -97,6 +97,7 @@ struct Rule {
 struct Route {
     name: String,
     rules: Vec<Rule>,
+    rate_limit: Option<filter_config::RateLimit>,
 }
 
 /// A ModelServer as the filter uses it.
@@ -334,6 +335,8 @@ impl Router {
             routes.push(Route {
                 name: r.name.clone(),
                 rules,
+                // Kthena limits requests for a route's modelName, never its LoRA adapters.
+                rate_limit: r.rate_limit.filter(|_| r.model_name.is_some()),
             });
         }
         let settings_scheduler = cfg.settings.scheduler.clone();
@@ -371,6 +374,15 @@ impl Router {
 
     pub fn server(&self, i: usize) -> Option<&Server> {
         self.servers.get(i)
+    }
+
+    /// The token rate limits for requests naming `model`: the oldest route with that
+    /// `modelName` and a limit decides (the controller reports the others).
+    pub fn rate_limit(&self, model: &str) -> Option<&filter_config::RateLimit> {
+        self.by_model
+            .get(model)?
+            .iter()
+            .find_map(|&i| self.routes.get(i)?.rate_limit.as_ref())
     }
 
     pub fn route_name(&self, i: usize) -> &str {

@@ -106,10 +106,11 @@ pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> 
         }
     }
     sort_routes(&mut sorted);
-    let routes = sorted
+    let routes: Vec<Route> = sorted
         .into_iter()
         .filter_map(|r| compile_route(r, &server_keys, diags))
         .collect();
+    report_shadowed_rate_limits(&routes, diags);
 
     let mut servers: Vec<&Object<ModelServerSpec>> = inputs.servers.iter().collect();
     servers.sort_by_key(|s| s.meta.key());
@@ -141,6 +142,26 @@ pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> 
     }
 }
 
+/// Kthena lets two routes with one modelName overwrite each other's limiter; here the oldest
+/// route's limit applies (the filter takes the first in this order) and the others are named.
+fn report_shadowed_rate_limits(routes: &[Route], diags: &mut Diagnostics) {
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in routes.iter().filter(|r| r.rate_limit.is_some()) {
+        let Some(model) = r.model_name.as_deref() else {
+            continue;
+        };
+        match first.get(model) {
+            Some(oldest) => diags.warn(format!(
+                "ModelRoute {}: spec.rateLimit: modelName {model:?} is already limited by the older ModelRoute {oldest}; its limit applies, this one is ignored",
+                r.name
+            )),
+            None => {
+                first.insert(model, &r.name);
+            }
+        }
+    }
+}
+
 fn compile_route(
     r: &Object<ModelRouteSpec>,
     server_keys: &BTreeSet<String>,
@@ -151,9 +172,20 @@ fn compile_route(
     let warn = |diags: &mut Diagnostics, path: &str, msg: &str| {
         diags.warn(object_line(&r.file, "ModelRoute", &key, path, msg))
     };
-    if r.spec.rate_limit.is_some() {
-        warn(diags, "spec.rateLimit", "accepted but not enforced yet");
-    }
+    let rate_limit = r.spec.rate_limit.as_ref().and_then(|rl| {
+        if r.spec.model_name.as_deref().unwrap_or("").is_empty() {
+            warn(diags, "spec.rateLimit", "a route without modelName is not limited (LoRA adapters never are, as in Kthena)");
+            return None;
+        }
+        if rl.global.is_some() {
+            warn(diags, "spec.rateLimit.global", "global (Redis) limits are not supported yet: each Envoy enforces the limits on its own");
+        }
+        Some(filter_config::RateLimit {
+            input_per_unit: rl.input_tokens_per_unit,
+            output_per_unit: rl.output_tokens_per_unit,
+            unit_seconds: rl.unit_seconds()?,
+        })
+    });
     let mut rules = Vec::new();
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let mut targets = Vec::new();
@@ -211,6 +243,7 @@ fn compile_route(
         model_name: r.spec.model_name.clone().filter(|m| !m.is_empty()),
         lora_adapters: r.spec.lora_adapters.clone(),
         rules,
+        rate_limit,
     })
 }
 

@@ -83,8 +83,33 @@ pub struct ModelRouteSpec {
     /// Gateway API parent references: only meaningful in Kthena's Gateway mode; ignored.
     pub parent_refs: Option<serde_json::Value>,
     pub rules: Vec<RouteRule>,
-    /// Token rate limits: accepted, not enforced yet.
-    pub rate_limit: Option<serde_json::Value>,
+    /// Token rate limits of requests for `modelName`.
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// `spec.rateLimit`: tokens per unit of time, per Envoy unless `global` names a Redis.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSpec {
+    pub input_tokens_per_unit: Option<u64>,
+    pub output_tokens_per_unit: Option<u64>,
+    /// second (default) | minute | hour | day | month (30 days).
+    pub unit: Option<String>,
+    pub global: Option<serde_json::Value>,
+}
+
+impl RateLimitSpec {
+    /// The unit in seconds, None if it is not one of Kthena's.
+    pub fn unit_seconds(&self) -> Option<u64> {
+        Some(match self.unit.as_deref().unwrap_or("second") {
+            "second" => 1,
+            "minute" => 60,
+            "hour" => 3_600,
+            "day" => 86_400,
+            "month" => 30 * 86_400,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -102,6 +102,25 @@ pub fn validate_route(spec: &ModelRouteSpec) -> Findings {
             ));
         }
     }
+    if let Some(rl) = &spec.rate_limit {
+        for (field, v) in [
+            ("inputTokensPerUnit", rl.input_tokens_per_unit),
+            ("outputTokensPerUnit", rl.output_tokens_per_unit),
+        ] {
+            if v == Some(0) {
+                f.push((
+                    format!("spec.rateLimit.{field}"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if rl.unit_seconds().is_none() {
+            f.push((
+                "spec.rateLimit.unit".into(),
+                "must be one of second, minute, hour, day, month".into(),
+            ));
+        }
+    }
     if spec.rules.is_empty() {
         f.push(("spec.rules".into(), "at least one rule is required".into()));
     }

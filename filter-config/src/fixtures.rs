@@ -3,8 +3,8 @@
 //! controller's: ModelServer `default/<name>` with cluster `modelserver|default|<name>`.
 
 use crate::{
-    Endpoint, Engine, FilterConfig, Match, Pd, Retry, Role, Route, Rule, Scheduler, Server,
-    Settings, Target, SCHEMA_VERSION,
+    Endpoint, Engine, FilterConfig, Match, Pd, RateLimit, Retry, Role, Route, Rule, Scheduler,
+    Server, Settings, Target, SCHEMA_VERSION,
 };
 
 impl FilterConfig {
@@ -116,7 +116,14 @@ impl Route {
             model_name: model.map(Into::into),
             lora_adapters: lora.iter().map(|s| s.to_string()).collect(),
             rules,
+            rate_limit: None,
         }
+    }
+
+    /// The route with Kthena's token rate limits.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
     }
 }
 

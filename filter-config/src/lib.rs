@@ -71,13 +71,15 @@ pub mod vm_metrics {
     /// The prefix indexes of every worker: entries held, entries evicted.
     pub const PREFIX_ENTRIES: &str = "kthena_router_prefix_cache_entries";
     pub const PREFIX_EVICTIONS: &str = "kthena_router_prefix_cache_evictions_total";
+    pub const RATE_LIMIT_EXCEEDED: &str = "kthena_router_rate_limit_exceeded_total";
     /// Every label those carry.
-    pub const LABELS: [&str; 10] = [
+    pub const LABELS: [&str; 11] = [
         "model",
         "path",
         "status_code",
         "error_type",
         "token_type",
+        "limit_type",
         "model_route",
         "model_server",
         "backend_type",
@@ -231,6 +233,21 @@ pub struct Route {
     pub lora_adapters: Vec<String>,
     /// Ordered rules; the first whose match holds decides.
     pub rules: Vec<Rule>,
+    /// Kthena's `spec.rateLimit`: token budgets of requests for `model_name` (never for LoRA
+    /// adapters), shared by every worker of one Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Token budgets per unit of time: a bucket of `per_unit` tokens refilled continuously over
+/// `unit_seconds` (Kthena's `x/time/rate` limiter: rate = limit / unit, burst = limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_per_unit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_per_unit: Option<u64>,
+    pub unit_seconds: u64,
 }
 
 /// One rule of a route.
@@ -464,6 +481,11 @@ mod tests {
                         weight: 100,
                     }],
                 }],
+                rate_limit: Some(RateLimit {
+                    input_per_unit: Some(30),
+                    output_per_unit: None,
+                    unit_seconds: 60,
+                }),
             }],
             servers: vec![Server {
                 name: "default/s".into(),

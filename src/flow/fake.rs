@@ -10,6 +10,8 @@ pub struct FakeHost {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub reply: Option<(u32, String)>,
+    /// The local reply's headers.
+    pub reply_headers: Vec<(String, String)>,
     pub replaced: usize,
     /// Side calls sent: (token, cluster, headers, body, timeout ms).
     pub calls: Vec<Call>,
@@ -39,6 +41,14 @@ pub struct FakeHost {
 }
 
 impl FakeHost {
+    /// A header of the local reply.
+    pub fn reply_header(&self, name: &str) -> Option<&str> {
+        self.reply_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// A published value.
     pub fn published(&self, name: &str) -> Option<&str> {
         self.published
@@ -196,8 +206,12 @@ impl Host for FakeHost {
         };
         *map.entry(name.into()).or_default() += delta;
     }
-    fn respond(&mut self, status: u32, _headers: &[(&str, &str)], body: &[u8]) {
+    fn respond(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         assert!(self.reply.is_none(), "answered twice");
+        self.reply_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.reply = Some((status, String::from_utf8_lossy(body).into_owned()));
     }
 }

@@ -149,3 +149,99 @@ fn requests_that_are_not_inference_publish_nothing() {
     assert!(h.published.is_empty());
     assert!(!f.wants_response());
 }
+
+/// `ds-model` limited to `input` / `output` tokens a minute.
+fn limited_router(input: Option<u64>, output: Option<u64>) -> Router {
+    let rule = Rule::fixture("default", Match::default(), &[("ds", 100)]);
+    let limit = filter_config::RateLimit {
+        input_per_unit: input,
+        output_per_unit: output,
+        unit_seconds: 60,
+    };
+    let config = FilterConfig::fixture(
+        vec![
+            Route::fixture("simple", Some("ds-model"), &[], vec![rule.clone()])
+                .with_rate_limit(limit),
+            Route::fixture("lora", None, &["ds-lora"], vec![rule]).with_rate_limit(limit),
+        ],
+        vec![Server::fixture("ds", "real/model", &["127.0.0.2:8000"])],
+    );
+    Router::compile(config, 7).unwrap()
+}
+
+/// A completion whose prompt Kthena estimates at 5 tokens (20 characters).
+fn five_token_request(model: &str) -> FakeHost {
+    FakeHost::post(
+        "/v1/completions",
+        &format!(r#"{{"model":"{model}","prompt":"abcdefghijklmnopqrst"}}"#),
+        &[],
+    )
+}
+
+#[test]
+fn input_budgets_admit_what_fits_and_refuse_the_rest_with_openai_headers() {
+    let mut r = limited_router(Some(30), None);
+    let mut shared = std::collections::HashMap::new();
+    let mut statuses = vec![];
+    let mut last = None;
+    for _ in 0..8 {
+        let mut h = five_token_request("ds-model");
+        h.shared = std::mem::take(&mut shared);
+        let mut f = send(&mut r, &mut h);
+        f.on_done(&mut h, &mut InFlight::default());
+        statuses.push(h.reply.as_ref().map_or(200, |r| r.0));
+        shared = std::mem::take(&mut h.shared);
+        last = Some(h);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
+    let h = last.unwrap();
+    let (status, body) = h.reply_json();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["message"], "input token rate limit exceeded");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(h.reply_header("retry-after"), Some("10"));
+    assert_eq!(h.reply_header("x-ratelimit-limit-tokens"), Some("30"));
+    assert_eq!(h.reply_header("x-ratelimit-remaining-tokens"), Some("0"));
+    assert_eq!(h.published(published::ERROR_TYPE), Some("rate_limit"));
+    let exceeded = "model=.=ds-model;.;limit_type=.=input_tokens;.;path=.=/v1/completions;.;kthena_router_rate_limit_exceeded_total";
+    assert_eq!(h.counted.get(exceeded), Some(&1), "{:?}", h.counted);
+}
+
+#[test]
+fn a_long_answer_puts_the_output_budget_in_deficit_until_it_refills() {
+    let mut r = limited_router(None, Some(100));
+    let mut h = five_token_request("ds-model");
+    let mut f = send(&mut r, &mut h);
+    assert!(h.reply.is_none());
+    f.on_response_headers(&mut h, Some(200), "application/json", false);
+    let answer = r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":250}}"#;
+    deliver(&mut f, &mut h, answer, true);
+    f.on_done(&mut h, &mut InFlight::default());
+    // -150 tokens: refused, and still refused a minute later (+100), not after 91 s.
+    for (now, want) in [(1_000, Some(429)), (61_000, Some(429)), (92_000, None)] {
+        let mut next = five_token_request("ds-model");
+        next.shared = h.shared.clone();
+        let mut f = Flow::new();
+        next.now = now;
+        f.on_request_headers(Some(&r), &mut next, false);
+        let n = next.body.len();
+        f.on_request_body(Some(&mut r), &mut next, &mut InFlight::default(), n, true);
+        assert_eq!(next.reply.as_ref().map(|r| r.0), want, "at {now} ms");
+        if want.is_some() {
+            assert_eq!(
+                next.reply_json().1["error"]["message"],
+                "output token rate limit exceeded"
+            );
+        }
+    }
+}
+
+#[test]
+fn lora_requests_are_never_limited() {
+    let mut r = limited_router(Some(1), Some(1));
+    for _ in 0..5 {
+        let mut h = five_token_request("ds-lora");
+        send(&mut r, &mut h);
+        assert!(h.reply.is_none(), "{:?}", h.reply);
+    }
+}

@@ -150,13 +150,77 @@ fn header_names_are_lower_cased() {
 }
 
 #[test]
-fn rate_limit_and_https_warn() {
+fn https_warns() {
     let (c, diags) = compile_yaml(
-        "apiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata: {name: s}\nspec: {inferenceEngine: vLLM, workloadSelector: {matchLabels: {app: x}}, workloadPort: {port: 443, protocol: https}}\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec: {modelName: m, rateLimit: {inputTokensPerUnit: 10}, rules: [{name: a, targetModels: [{modelServerName: s}]}]}",
+        "apiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata: {name: s}\nspec: {inferenceEngine: vLLM, workloadSelector: {matchLabels: {app: x}}, workloadPort: {port: 443, protocol: https}}\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata: {name: r}\nspec: {modelName: m, rules: [{name: a, targetModels: [{modelServerName: s}]}]}",
     );
     assert!(c.clusters[0].tls);
-    assert_eq!(diags.warnings.len(), 2, "{:?}", diags.warnings);
-    assert!(diags.warnings[0].contains("spec.rateLimit: accepted but not enforced yet"));
+    assert_eq!(diags.warnings.len(), 1, "{:?}", diags.warnings);
+}
+
+/// A ModelRoute `name` (created at `minute`) for `model` (or LoRA adapter `lora`) with `limit`.
+fn limited_route(name: &str, minute: u32, model: &str, limit: &str) -> String {
+    let names = if model.starts_with("lora") {
+        format!("loraAdapters: [{model}]")
+    } else {
+        format!("modelName: {model}")
+    };
+    format!("---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {name}, creationTimestamp: '2026-01-01T00:{minute:02}:00Z'}}\nspec: {{{names}, rateLimit: {limit}, rules: [{{name: a, targetModels: [{{modelServerName: s}}]}}]}}\n")
+}
+
+#[test]
+fn rate_limits_compile_with_kthenas_units_and_the_oldest_route_wins() {
+    let yaml = format!(
+        "{SERVER}{}{}{}{}",
+        limited_route(
+            "old",
+            1,
+            "m",
+            "{inputTokensPerUnit: 30, outputTokensPerUnit: 100, unit: minute}"
+        ),
+        limited_route("new", 2, "m", "{inputTokensPerUnit: 5}"),
+        limited_route(
+            "monthly",
+            3,
+            "mm",
+            "{outputTokensPerUnit: 7, unit: month, global: {redis: {address: 'r:6379'}}}"
+        ),
+        limited_route("adapters", 4, "lora-x", "{inputTokensPerUnit: 1}"),
+    );
+    let (c, diags) = compile_yaml(&yaml);
+    let limit = |name: &str| {
+        c.config
+            .routes
+            .iter()
+            .find(|r| r.name == format!("default/{name}"))
+            .and_then(|r| r.rate_limit)
+    };
+    assert_eq!(
+        limit("old"),
+        Some(filter_config::RateLimit {
+            input_per_unit: Some(30),
+            output_per_unit: Some(100),
+            unit_seconds: 60
+        })
+    );
+    assert_eq!(
+        limit("new").map(|l| l.unit_seconds),
+        Some(1),
+        "second by default"
+    );
+    assert_eq!(limit("monthly").map(|l| l.unit_seconds), Some(30 * 86_400));
+    assert_eq!(limit("adapters"), None, "LoRA adapters are never limited");
+    let w = diags.warnings.join("\n");
+    assert!(w.contains("default/new: spec.rateLimit: modelName \"m\" is already limited by the older ModelRoute default/old"), "{w}");
+    assert!(
+        w.contains("spec.rateLimit.global: global (Redis) limits are not supported yet"),
+        "{w}"
+    );
+    assert!(
+        w.contains("a route without modelName is not limited"),
+        "{w}"
+    );
+    assert!(!w.contains("not enforced"), "{w}");
 }
 
 // ---------------------------------------------------------------- PD disaggregation

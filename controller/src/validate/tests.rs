@@ -415,3 +415,18 @@ spec: {rules: [{name: a, targetModels: [{modelServerName: s}]}]}
         ]
     );
 }
+
+#[test]
+fn rate_limits_are_at_least_one_token_per_known_unit() {
+    let f = validate_route(&route(
+        "modelName: m\nrateLimit: {inputTokensPerUnit: 0, outputTokensPerUnit: 5, unit: week}\nrules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert_eq!(
+        paths(&f),
+        vec!["spec.rateLimit.inputTokensPerUnit", "spec.rateLimit.unit"]
+    );
+    let f = validate_route(&route(
+        "modelName: m\nrateLimit: {outputTokensPerUnit: 5, unit: month}\nrules: [{name: a, targetModels: [{modelServerName: s}]}]",
+    ));
+    assert!(f.is_empty(), "{f:?}");
+}

@@ -1,0 +1,245 @@
+//! Kthena's token rate limits (`ModelRoute.spec.rateLimit`), one budget per Envoy: a token
+//! bucket per model and direction (input, output) in Envoy's shared data, so every worker
+//! draws from the same budget (compare-and-swap, as [`crate::in_flight`]).
+//!
+//! Kthena's semantics, with its known flaw fixed: a bucket holds at most `per_unit` tokens
+//! and refills continuously at `per_unit / unit` (full at start); the input estimate is taken
+//! before routing or the request is refused; output needs at least one token before routing
+//! and the engine-reported completion tokens are taken after the answer *even into deficit*,
+//! so a burst of long answers is paid for by the requests after it (Kthena's `AllowN` takes
+//! nothing when short, so they went uncounted).
+
+use filter_config::RateLimit;
+
+use crate::host::Host;
+
+/// CAS attempts before an update is given up (other workers kept winning).
+const MAX_TRIES: usize = 16;
+
+/// Which budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Input,
+    Output,
+}
+
+impl Direction {
+    /// Kthena's `limit_type` label.
+    pub fn limit_type(self) -> &'static str {
+        match self {
+            Direction::Input => "input_tokens",
+            Direction::Output => "output_tokens",
+        }
+    }
+
+    /// Kthena's rejection message.
+    pub fn message(self) -> &'static str {
+        match self {
+            Direction::Input => "input token rate limit exceeded",
+            Direction::Output => "output token rate limit exceeded",
+        }
+    }
+}
+
+/// One bucket: thousandths of a token (negative: a deficit) as of `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub milli: i64,
+    pub at_ms: u64,
+}
+
+/// A bucket's shape: capacity and refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub per_unit: u64,
+    pub unit_ms: u64,
+}
+
+impl Shape {
+    pub fn of(limit: &RateLimit, direction: Direction) -> Option<Shape> {
+        let per_unit = match direction {
+            Direction::Input => limit.input_per_unit,
+            Direction::Output => limit.output_per_unit,
+        }?;
+        Some(Shape {
+            per_unit,
+            unit_ms: limit.unit_seconds.max(1).saturating_mul(1000),
+        })
+    }
+
+    fn capacity_milli(self) -> i64 {
+        i64::try_from(self.per_unit.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    /// A new bucket: full.
+    pub fn full(self, now_ms: u64) -> Bucket {
+        Bucket {
+            milli: self.capacity_milli(),
+            at_ms: now_ms,
+        }
+    }
+
+    /// `b` refilled up to `now_ms` (never above capacity; a clock going back refills nothing).
+    pub fn refill(self, b: Bucket, now_ms: u64) -> Bucket {
+        let elapsed = now_ms.saturating_sub(b.at_ms);
+        // per_unit tokens per unit_ms = per_unit * 1000 milli-tokens per unit_ms.
+        let gained =
+            i128::from(elapsed) * i128::from(self.per_unit) * 1000 / i128::from(self.unit_ms);
+        let milli = (i128::from(b.milli) + gained).min(i128::from(self.capacity_milli()));
+        Bucket {
+            milli: i64::try_from(milli).unwrap_or(i64::MAX),
+            at_ms: now_ms.max(b.at_ms),
+        }
+    }
+
+    /// Milliseconds until `b` holds `tokens` (0 if it does; None if it never can).
+    pub fn wait_ms(self, b: Bucket, tokens: u64) -> Option<u64> {
+        let want = i128::from(tokens) * 1000;
+        if want > i128::from(self.capacity_milli()) {
+            return None;
+        }
+        let short = want - i128::from(b.milli);
+        if short <= 0 {
+            return Some(0);
+        }
+        // Rounded up: after this many ms the bucket holds enough.
+        let rate = i128::from(self.per_unit) * 1000;
+        let ms = (short * i128::from(self.unit_ms) + rate - 1) / rate;
+        Some(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+}
+
+/// Whole tokens in a bucket (0 when in deficit).
+pub fn tokens(b: Bucket) -> u64 {
+    u64::try_from(b.milli / 1000).unwrap_or(0)
+}
+
+/// What a refusal tells the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub direction: Direction,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Milliseconds until the request would fit (None: it never can, it exceeds the limit).
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Refusal {
+    /// The response headers OpenAI's SDKs back off by: `retry-after` (seconds),
+    /// `x-ratelimit-limit-tokens`, `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-tokens`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let reset_ms = self.retry_after_ms.unwrap_or(0);
+        let mut h = vec![
+            ("x-ratelimit-limit-tokens", self.limit.to_string()),
+            ("x-ratelimit-remaining-tokens", self.remaining.to_string()),
+            ("x-ratelimit-reset-tokens", format!("{}ms", reset_ms)),
+        ];
+        if let Some(ms) = self.retry_after_ms {
+            h.push(("retry-after", ms.div_ceil(1000).max(1).to_string()));
+        }
+        h
+    }
+}
+
+/// How a request draws on a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draw {
+    /// Take `n` tokens now, or refuse (input).
+    Take(u64),
+    /// Require at least one token, take nothing (output, before routing).
+    Require,
+    /// Take `n` even into deficit (output, after the answer).
+    Debit(u64),
+}
+
+/// The shared-data key of a model's bucket in one direction.
+pub fn key(model: &str, direction: Direction) -> String {
+    format!("modelroute.rl.{}.{model}", direction.limit_type())
+}
+
+fn decode(bytes: &[u8]) -> Option<Bucket> {
+    let milli = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let at_ms = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some(Bucket { milli, at_ms })
+}
+
+fn encode(b: Bucket) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let bytes = b
+        .milli
+        .to_le_bytes()
+        .into_iter()
+        .chain(b.at_ms.to_le_bytes());
+    for (o, byte) in out.iter_mut().zip(bytes) {
+        *o = byte;
+    }
+    out
+}
+
+/// The pure decision: the bucket after `draw`, or the refusal.
+pub fn apply(shape: Shape, b: Bucket, draw: Draw, direction: Direction) -> Result<Bucket, Refusal> {
+    let refuse = |need: u64| Refusal {
+        direction,
+        limit: shape.per_unit,
+        remaining: tokens(b),
+        retry_after_ms: shape.wait_ms(b, need),
+    };
+    match draw {
+        Draw::Take(n) => {
+            let n_milli = i64::try_from(n.saturating_mul(1000)).unwrap_or(i64::MAX);
+            if b.milli >= n_milli {
+                Ok(Bucket {
+                    milli: b.milli - n_milli,
+                    ..b
+                })
+            } else {
+                Err(refuse(n))
+            }
+        }
+        Draw::Require if b.milli >= 1000 => Ok(b),
+        Draw::Require => Err(refuse(1)),
+        Draw::Debit(n) => Ok(Bucket {
+            milli: b
+                .milli
+                .saturating_sub(i64::try_from(n.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            ..b
+        }),
+    }
+}
+
+/// Draws on the shared bucket of `model` in `direction` (refilled to `now_ms`). Ok when the
+/// request may go on (also when the shared data could not be updated: a limiter that cannot
+/// count lets traffic through rather than failing it).
+pub fn draw(
+    host: &mut dyn Host,
+    model: &str,
+    limit: &RateLimit,
+    direction: Direction,
+    d: Draw,
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let Some(shape) = Shape::of(limit, direction) else {
+        return Ok(());
+    };
+    let key = key(model, direction);
+    for _ in 0..MAX_TRIES {
+        let (bytes, cas) = host.shared_get(&key);
+        let stored = bytes.as_deref().and_then(decode);
+        let bucket = match stored {
+            Some(b) => shape.refill(b, now_ms),
+            None => shape.full(now_ms),
+        };
+        let next = apply(shape, bucket, d, direction)?;
+        if matches!(d, Draw::Require) {
+            return Ok(());
+        }
+        if host.shared_set(&key, &encode(next), cas) {
+            return Ok(());
+        }
+    }
+    log::warn!("modelroute: rate limit bucket {key} could not be updated");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

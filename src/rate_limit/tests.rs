@@ -1,0 +1,125 @@
+use super::*;
+use crate::flow::fake::FakeHost;
+
+const PER_MINUTE_30: RateLimit = RateLimit {
+    input_per_unit: Some(30),
+    output_per_unit: Some(100),
+    unit_seconds: 60,
+};
+
+fn input() -> Shape {
+    Shape::of(&PER_MINUTE_30, Direction::Input).unwrap()
+}
+
+#[test]
+fn a_bucket_starts_full_and_refills_continuously_up_to_its_burst() {
+    let s = input();
+    let b = s.full(1_000);
+    assert_eq!(tokens(b), 30);
+    let b = apply(s, b, Draw::Take(30), Direction::Input).unwrap();
+    assert_eq!(tokens(b), 0);
+    // 30 per minute: one token every 2 s, continuously (not a fixed window).
+    assert_eq!(tokens(s.refill(b, 3_000)), 1);
+    assert_eq!(s.refill(b, 2_000).milli, 500);
+    assert_eq!(tokens(s.refill(b, 61_000)), 30);
+    // Never above the burst, however long idle.
+    assert_eq!(tokens(s.refill(b, 10_000_000)), 30);
+    // A clock going back refills nothing.
+    assert_eq!(s.refill(b, 0), b);
+}
+
+#[test]
+fn takes_that_do_not_fit_are_refused_with_the_wait() {
+    let s = input();
+    let b = apply(s, s.full(0), Draw::Take(25), Direction::Input).unwrap();
+    let r = apply(s, b, Draw::Take(10), Direction::Input).unwrap_err();
+    assert_eq!(r.remaining, 5);
+    assert_eq!(r.limit, 30);
+    // 5 tokens short at 0.5 token/s: 10 s.
+    assert_eq!(r.retry_after_ms, Some(10_000));
+    let h = r.headers();
+    assert!(h.contains(&("retry-after", "10".to_string())), "{h:?}");
+    assert!(h.contains(&("x-ratelimit-remaining-tokens", "5".to_string())));
+    assert!(h.contains(&("x-ratelimit-limit-tokens", "30".to_string())));
+    // More than the whole budget never fits: no retry-after.
+    let never = apply(s, s.full(0), Draw::Take(31), Direction::Input).unwrap_err();
+    assert_eq!(never.retry_after_ms, None);
+    assert!(!never.headers().iter().any(|(k, _)| *k == "retry-after"));
+}
+
+#[test]
+fn output_is_debited_into_deficit_and_refused_until_it_refills() {
+    let s = Shape::of(&PER_MINUTE_30, Direction::Output).unwrap();
+    let b = s.full(0);
+    assert!(apply(s, b, Draw::Require, Direction::Output).is_ok());
+    // A long answer: 250 tokens against a budget of 100.
+    let b = apply(s, b, Draw::Debit(250), Direction::Output).unwrap();
+    assert_eq!(b.milli, -150_000);
+    let r = apply(s, b, Draw::Require, Direction::Output).unwrap_err();
+    assert_eq!(r.direction, Direction::Output);
+    // 151 tokens to come back to one, at 100/min: 90.6 s.
+    assert_eq!(r.retry_after_ms, Some(90_600));
+    assert!(apply(s, s.refill(b, 90_600), Draw::Require, Direction::Output).is_ok());
+}
+
+#[test]
+fn units_convert_to_milliseconds() {
+    for (unit_seconds, per_ms_of_refill) in [
+        (1u64, 1_000u64),
+        (3_600, 3_600_000),
+        (2_592_000, 2_592_000_000),
+    ] {
+        let s = Shape::of(
+            &RateLimit {
+                input_per_unit: Some(1),
+                output_per_unit: None,
+                unit_seconds,
+            },
+            Direction::Input,
+        )
+        .unwrap();
+        let empty = Bucket { milli: 0, at_ms: 0 };
+        assert_eq!(
+            s.wait_ms(empty, 1),
+            Some(per_ms_of_refill),
+            "unit {unit_seconds}s"
+        );
+    }
+    assert_eq!(
+        Shape::of(&PER_MINUTE_30, Direction::Output)
+            .unwrap()
+            .per_unit,
+        100
+    );
+    let input_only = RateLimit {
+        output_per_unit: None,
+        ..PER_MINUTE_30
+    };
+    assert_eq!(Shape::of(&input_only, Direction::Output), None);
+}
+
+fn take(h: &mut FakeHost, model: &str, n: u64) -> Result<(), Refusal> {
+    draw(h, model, &PER_MINUTE_30, Direction::Input, Draw::Take(n), 0)
+}
+
+#[test]
+fn every_worker_draws_from_one_shared_bucket() {
+    // The draws of both workers go through the same shared data: 30 tokens in all.
+    let mut h = FakeHost::default();
+    let admitted = (0..40).filter(|_| take(&mut h, "m", 1).is_ok()).count();
+    assert_eq!(admitted, 30);
+    let refused = take(&mut h, "m", 1).unwrap_err();
+    assert_eq!(refused.retry_after_ms, Some(2_000));
+    // Other models have their own buckets.
+    assert!(take(&mut h, "other", 30).is_ok());
+}
+
+#[test]
+fn the_bucket_is_stored_as_drawn() {
+    let mut h = FakeHost::default();
+    for _ in 0..2 {
+        take(&mut h, "m", 10).unwrap();
+    }
+    let stored = &h.shared[&key("m", Direction::Input)].0;
+    assert_eq!(decode(stored).map(tokens), Some(10));
+}
