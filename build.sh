@@ -206,9 +206,9 @@ demo() {
     [ "$code" = 429 ] && break
   done
   echo
-  curl -sS -D - "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \
-    -d '{"model": "deepseek-r1-with-rate-limit", "prompt": "San Francisco is a"}' | grep -iE '^(HTTP|retry-after|x-ratelimit)|error'
-  echo
+  curl -sS -D "$RUN/429.headers" -o "$RUN/429.body" "http://$ROUTER/v1/completions" -H "Content-Type: application/json" \
+    -d '{"model": "deepseek-r1-with-rate-limit", "prompt": "San Francisco is a"}'
+  grep -iE '^(HTTP|retry-after|x-ratelimit)' "$RUN/429.headers"; cat "$RUN/429.body"; echo
 
   show "Streams are accounted too: a client that did not ask for usage gets none, the router still counts it"
   curl -sSN "http://$ROUTER/v1/chat/completions" -H "Content-Type: application/json" \

@@ -219,16 +219,16 @@ impl Flow {
         self.acct.input_estimate = estimate_input_tokens(&body, &scanned);
         if let Some(limit) = router.rate_limit(&model).copied() {
             // Kthena's order of checks, output first since it takes nothing: a request refused
-            // for output does not spend input budget.
-            let now = host.now_ms();
-            for (direction, draw) in [
+            // for output does not spend input budget. Both buckets in one shared-data update, at
+            // the time the request arrived.
+            let draws = [
                 (Direction::Output, Draw::Require),
                 (Direction::Input, Draw::Take(self.acct.input_estimate)),
-            ] {
-                if let Err(refusal) = rate_limit::draw(host, &model, &limit, direction, draw, now) {
-                    self.outcome.model_known = true;
-                    return self.refuse(host, &refusal);
-                }
+            ];
+            let now = self.acct.start_ms;
+            if let Err(refusal) = rate_limit::draw(host, &model, &limit, &draws, now) {
+                self.outcome.model_known = true;
+                return self.refuse(host, &refusal);
             }
             self.output_limit = Some(limit);
         }
@@ -416,13 +416,10 @@ impl Flow {
             (None, Some(status)) => Some(Ending::Status(status)),
             (None, None) => None,
         };
-        let values = self.acct.published(
-            self.model_label(),
-            &self.path,
-            routed,
-            ending,
-            host.now_ms(),
-        );
+        let now_ms = host.now_ms();
+        let values = self
+            .acct
+            .published(self.model_label(), &self.path, routed, ending, now_ms);
         for (name, value) in &values {
             host.publish(name, value);
         }
@@ -441,16 +438,8 @@ impl Flow {
                 .find(|(k, _)| *k == published::OUTPUT_TOKENS)
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0);
-            let now = host.now_ms();
-            let debit = Draw::Debit(output);
-            let _ = rate_limit::draw(
-                host,
-                &self.outcome.model,
-                &limit,
-                Direction::Output,
-                debit,
-                now,
-            );
+            let debit = [(Direction::Output, Draw::Debit(output))];
+            let _ = rate_limit::draw(host, &self.outcome.model, &limit, &debit, now_ms);
         }
     }
 

@@ -16,11 +16,11 @@ use crate::host::Host;
 /// CAS attempts before an update is given up (other workers kept winning).
 const MAX_TRIES: usize = 16;
 
-/// Which budget.
+/// Which budget (the discriminant is its slot in the shared value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
-    Input,
-    Output,
+    Input = 0,
+    Output = 1,
 }
 
 impl Direction {
@@ -152,24 +152,27 @@ pub enum Draw {
     Debit(u64),
 }
 
-/// The shared-data key of a model's bucket in one direction.
-pub fn key(model: &str, direction: Direction) -> String {
-    format!("modelroute.rl.{}.{model}", direction.limit_type())
+/// The shared-data key of a model's buckets: input then output, 16 bytes each, so admitting a
+/// request reads and writes shared data once.
+pub fn key(model: &str) -> String {
+    format!("modelroute.rl.{model}")
 }
 
-fn decode(bytes: &[u8]) -> Option<Bucket> {
-    let milli = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let at_ms = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+fn decode(bytes: Option<&[u8]>, slot: usize) -> Option<Bucket> {
+    let b = bytes?.get(slot * 16..slot * 16 + 16)?;
+    let milli = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let at_ms = u64::from_le_bytes(b.get(8..)?.try_into().ok()?);
     Some(Bucket { milli, at_ms })
 }
 
-fn encode(b: Bucket) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let bytes = b
-        .milli
-        .to_le_bytes()
-        .into_iter()
-        .chain(b.at_ms.to_le_bytes());
+fn encode(buckets: [Bucket; 2]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let bytes = buckets.iter().flat_map(|b| {
+        b.milli
+            .to_le_bytes()
+            .into_iter()
+            .chain(b.at_ms.to_le_bytes())
+    });
     for (o, byte) in out.iter_mut().zip(bytes) {
         *o = byte;
     }
@@ -207,37 +210,56 @@ pub fn apply(shape: Shape, b: Bucket, draw: Draw, direction: Direction) -> Resul
     }
 }
 
-/// Draws on the shared bucket of `model` in `direction` (refilled to `now_ms`). Ok when the
-/// request may go on (also when the shared data could not be updated: a limiter that cannot
-/// count lets traffic through rather than failing it).
+/// Draws on the shared buckets of `model` (refilled to `now_ms`): each `(direction, draw)` in
+/// order, all or none. Ok when the request may go on (also when the shared data could not be
+/// updated: a limiter that cannot count lets traffic through rather than failing it).
 pub fn draw(
     host: &mut dyn Host,
     model: &str,
     limit: &RateLimit,
-    direction: Direction,
-    d: Draw,
+    draws: &[(Direction, Draw)],
     now_ms: u64,
 ) -> Result<(), Refusal> {
-    let Some(shape) = Shape::of(limit, direction) else {
+    let shaped: Vec<(usize, Shape, Draw)> = draws
+        .iter()
+        .filter_map(|&(dir, d)| Some((dir as usize, Shape::of(limit, dir)?, d)))
+        .collect();
+    if shaped.is_empty() {
         return Ok(());
-    };
-    let key = key(model, direction);
+    }
+    let key = key(model);
     for _ in 0..MAX_TRIES {
         let (bytes, cas) = host.shared_get(&key);
-        let stored = bytes.as_deref().and_then(decode);
-        let bucket = match stored {
-            Some(b) => shape.refill(b, now_ms),
-            None => shape.full(now_ms),
-        };
-        let next = apply(shape, bucket, d, direction)?;
-        if matches!(d, Draw::Require) {
-            return Ok(());
+        let mut buckets = [Direction::Input, Direction::Output].map(|dir| {
+            let slot = dir as usize;
+            match (Shape::of(limit, dir), decode(bytes.as_deref(), slot)) {
+                (Some(shape), Some(b)) => shape.refill(b, now_ms),
+                (Some(shape), None) => shape.full(now_ms),
+                (None, stored) => stored.unwrap_or(Bucket {
+                    milli: 0,
+                    at_ms: now_ms,
+                }),
+            }
+        });
+        let mut changed = false;
+        for &(slot, shape, d) in &shaped {
+            let direction = if slot == 0 {
+                Direction::Input
+            } else {
+                Direction::Output
+            };
+            let Some(b) = buckets.get_mut(slot) else {
+                continue;
+            };
+            let next = apply(shape, *b, d, direction)?;
+            changed |= next != *b;
+            *b = next;
         }
-        if host.shared_set(&key, &encode(next), cas) {
+        if !changed || host.shared_set(&key, &encode(buckets), cas) {
             return Ok(());
         }
     }
-    log::warn!("modelroute: rate limit bucket {key} could not be updated");
+    log::warn!("modelroute: rate limit buckets {key} could not be updated");
     Ok(())
 }
 

@@ -99,7 +99,13 @@ fn units_convert_to_milliseconds() {
 }
 
 fn take(h: &mut FakeHost, model: &str, n: u64) -> Result<(), Refusal> {
-    draw(h, model, &PER_MINUTE_30, Direction::Input, Draw::Take(n), 0)
+    draw(
+        h,
+        model,
+        &PER_MINUTE_30,
+        &[(Direction::Input, Draw::Take(n))],
+        0,
+    )
 }
 
 #[test]
@@ -115,11 +121,35 @@ fn every_worker_draws_from_one_shared_bucket() {
 }
 
 #[test]
-fn the_bucket_is_stored_as_drawn() {
+fn both_budgets_live_in_one_shared_value_updated_all_or_nothing() {
     let mut h = FakeHost::default();
-    for _ in 0..2 {
-        take(&mut h, "m", 10).unwrap();
-    }
-    let stored = &h.shared[&key("m", Direction::Input)].0;
-    assert_eq!(decode(stored).map(tokens), Some(10));
+    let admit = |h: &mut FakeHost, n: u64| {
+        let draws = [
+            (Direction::Output, Draw::Require),
+            (Direction::Input, Draw::Take(n)),
+        ];
+        draw(h, "m", &PER_MINUTE_30, &draws, 0)
+    };
+    admit(&mut h, 10).unwrap();
+    admit(&mut h, 10).unwrap();
+    let debit = [(Direction::Output, Draw::Debit(150))];
+    draw(&mut h, "m", &PER_MINUTE_30, &debit, 0).unwrap();
+    let stored = h.shared[&key("m")].0.clone();
+    assert_eq!(decode(Some(&stored), 0).map(tokens), Some(10));
+    assert_eq!(decode(Some(&stored), 1).map(|b| b.milli), Some(-50_000));
+    // Refused for output: the input budget is left as it was.
+    let r = admit(&mut h, 5).unwrap_err();
+    assert_eq!(r.direction, Direction::Output);
+    let after = &h.shared[&key("m")].0;
+    assert_eq!(decode(Some(after), 0).map(tokens), Some(10));
+    // A refusal and a `Require` alone write nothing.
+    let writes = h.shared[&key("m")].1;
+    let _ = draw(
+        &mut h,
+        "m",
+        &PER_MINUTE_30,
+        &[(Direction::Output, Draw::Require)],
+        0,
+    );
+    assert_eq!(h.shared[&key("m")].1, writes);
 }
