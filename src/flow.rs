@@ -90,8 +90,9 @@ pub struct Flow {
     acct: Accounting,
     /// The active-request gauges this request holds (+1 now, -1 when it ends).
     gauges_held: Vec<String>,
-    /// The output budget the answer's tokens are debited from when the request ends.
-    output_limit: Option<filter_config::RateLimit>,
+    /// The output budget (its limits and shared-data key) the answer's tokens are debited
+    /// from when the request ends.
+    output_limit: Option<(filter_config::RateLimit, String)>,
 }
 
 impl Flow {
@@ -217,7 +218,7 @@ impl Flow {
         };
         self.outcome.model.clone_from(&model);
         self.acct.input_estimate = estimate_input_tokens(&body, &scanned);
-        if let Some(limit) = router.rate_limit(&model).copied() {
+        if let Some(limit) = router.rate_limit(&model).cloned() {
             // Kthena's order of checks, output first since it takes nothing: a request refused
             // for output does not spend input budget. Both buckets in one shared-data update, at
             // the time the request arrived.
@@ -226,11 +227,16 @@ impl Flow {
                 (Direction::Input, Draw::Take(self.acct.input_estimate)),
             ];
             let now = self.acct.start_ms;
-            if let Err(refusal) = rate_limit::draw(host, &model, &limit, &draws, now) {
+            let client = limit
+                .client_header
+                .as_deref()
+                .and_then(|h| self.headers.get(h));
+            let key = rate_limit::key(&model, &limit, client);
+            if let Err(refusal) = rate_limit::draw(host, &key, &limit, &draws, now) {
                 self.outcome.model_known = true;
                 return self.refuse(host, &refusal);
             }
-            self.output_limit = Some(limit);
+            self.output_limit = Some((limit, key));
         }
 
         let prompt = match router.prompt_cap() {
@@ -432,14 +438,14 @@ impl Flow {
             None => 0,
         };
         self.count_request(host, &values, status);
-        if let Some(limit) = self.output_limit.take() {
+        if let Some((limit, key)) = self.output_limit.take() {
             let output = values
                 .iter()
                 .find(|(k, _)| *k == published::OUTPUT_TOKENS)
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0);
             let debit = [(Direction::Output, Draw::Debit(output))];
-            let _ = rate_limit::draw(host, &self.outcome.model, &limit, &debit, now_ms);
+            let _ = rate_limit::draw(host, &key, &limit, &debit, now_ms);
         }
     }
 

@@ -152,10 +152,20 @@ pub enum Draw {
     Debit(u64),
 }
 
-/// The shared-data key of a model's buckets: input then output, 16 bytes each, so admitting a
-/// request reads and writes shared data once.
-pub fn key(model: &str) -> String {
-    format!("modelroute.rl.{model}")
+/// The shared-data key of the buckets a request draws on: input then output, 16 bytes each,
+/// so admitting a request reads and writes shared data once. Per model, or with a client
+/// header per client slot: `client` is that header's value (absent: the empty value), spread
+/// over `client_slots` buckets by hash, so the shared data a model uses stays bounded (clients
+/// whose values collide share a budget).
+pub fn key(model: &str, limit: &RateLimit, client: Option<&str>) -> String {
+    match &limit.client_header {
+        Some(_) => {
+            let slot = crate::prefix::hash(0, client.unwrap_or("").as_bytes())
+                % u64::from(limit.client_slots.max(1));
+            format!("modelroute.rl.{model}.{slot}")
+        }
+        None => format!("modelroute.rl.{model}"),
+    }
 }
 
 fn decode(bytes: Option<&[u8]>, slot: usize) -> Option<Bucket> {
@@ -210,12 +220,12 @@ pub fn apply(shape: Shape, b: Bucket, draw: Draw, direction: Direction) -> Resul
     }
 }
 
-/// Draws on the shared buckets of `model` (refilled to `now_ms`): each `(direction, draw)` in
+/// Draws on the shared buckets under `key` ([`key`]; refilled to `now_ms`): each `(direction, draw)` in
 /// order, all or none. Ok when the request may go on (also when the shared data could not be
 /// updated: a limiter that cannot count lets traffic through rather than failing it).
 pub fn draw(
     host: &mut dyn Host,
-    model: &str,
+    key: &str,
     limit: &RateLimit,
     draws: &[(Direction, Draw)],
     now_ms: u64,
@@ -227,9 +237,8 @@ pub fn draw(
     if shaped.is_empty() {
         return Ok(());
     }
-    let key = key(model);
     for _ in 0..MAX_TRIES {
-        let (bytes, cas) = host.shared_get(&key);
+        let (bytes, cas) = host.shared_get(key);
         let mut buckets = [Direction::Input, Direction::Output].map(|dir| {
             let slot = dir as usize;
             match (Shape::of(limit, dir), decode(bytes.as_deref(), slot)) {
@@ -255,7 +264,7 @@ pub fn draw(
             changed |= next != *b;
             *b = next;
         }
-        if !changed || host.shared_set(&key, &encode(buckets), cas) {
+        if !changed || host.shared_set(key, &encode(buckets), cas) {
             return Ok(());
         }
     }

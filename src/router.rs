@@ -336,7 +336,7 @@ impl Router {
                 name: r.name.clone(),
                 rules,
                 // Kthena limits requests for a route's modelName, never its LoRA adapters.
-                rate_limit: r.rate_limit.filter(|_| r.model_name.is_some()),
+                rate_limit: r.rate_limit.clone().filter(|_| r.model_name.is_some()),
             });
         }
         let settings_scheduler = cfg.settings.scheduler.clone();

@@ -105,3 +105,38 @@ fn envoys_workers_share_one_budget_under_concurrency() {
     // Input is taken before routing, atomically across workers: exactly 30 / 5 get through.
     assert_eq!((admitted, refused), (6, 18), "{statuses:?}");
 }
+
+#[test]
+fn per_client_budgets_follow_the_header_the_operator_names() {
+    let resources = pool_resources("served", &[])
+        .replace(
+            "metadata: { name: pool, namespace: default }\nspec:\n  modelName",
+            "metadata:\n  name: pool\n  namespace: default\n  annotations: { modelroute.io/rate-limit-client-header: x-user-id }\nspec:\n  modelName",
+        )
+        .replace(
+            "  modelName: \"pool\"\n",
+            "  modelName: \"pool\"\n  rateLimit: {inputTokensPerUnit: 10, unit: hour}\n",
+        );
+    assert!(
+        resources.contains("rate-limit-client-header"),
+        "{resources}"
+    );
+    let s = Stack::start(
+        &resources,
+        vec![Pod::new("a", &[("app", "pool")], "served")],
+        Options::default(),
+    );
+    let as_user = |user: &str| {
+        s.post(
+            "/v1/completions",
+            r#"{"model":"pool","prompt":"abcdefghijklmnopqrst"}"#,
+            &[("x-user-id", user)],
+        )
+        .status
+    };
+    // 10 tokens an hour each: two 5-token requests per user, whoever else is busy.
+    let alice: Vec<u16> = (0..3).map(|_| as_user("alice")).collect();
+    let bob: Vec<u16> = (0..3).map(|_| as_user("bob")).collect();
+    assert_eq!(alice, [200, 200, 429]);
+    assert_eq!(bob, [200, 200, 429]);
+}

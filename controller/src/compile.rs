@@ -180,10 +180,28 @@ fn compile_route(
         if rl.global.is_some() {
             warn(diags, "spec.rateLimit.global", "global (Redis) limits are not supported yet: each Envoy enforces the limits on its own");
         }
+        let annotations = &r.meta.annotations;
+        let client_header = annotations
+            .get(kthena::RATE_LIMIT_CLIENT_HEADER_ANNOTATION)
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty());
+        let slots_path = kthena::annotation_path(kthena::RATE_LIMIT_CLIENTS_ANNOTATION);
+        let client_slots = match annotations.get(kthena::RATE_LIMIT_CLIENTS_ANNOTATION) {
+            None => kthena::DEFAULT_RATE_LIMIT_CLIENTS,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => n,
+                _ => {
+                    warn(diags, &slots_path, &format!("{v:?} is not a number from 1 to 1000000; using {}", kthena::DEFAULT_RATE_LIMIT_CLIENTS));
+                    kthena::DEFAULT_RATE_LIMIT_CLIENTS
+                }
+            },
+        };
         Some(filter_config::RateLimit {
             input_per_unit: rl.input_tokens_per_unit,
             output_per_unit: rl.output_tokens_per_unit,
             unit_seconds: rl.unit_seconds()?,
+            client_slots: if client_header.is_some() { client_slots } else { 0 },
+            client_header,
         })
     });
     let mut rules = Vec::new();

@@ -48,6 +48,12 @@ impl ObjectMeta {
 /// ModelServer annotation: the SGLang prefill pods' disaggregation bootstrap port (decimal
 /// 1..65535), sent to both legs as `bootstrap_port`. Absent: the filter's default (8998).
 pub const SGLANG_BOOTSTRAP_PORT_ANNOTATION: &str = "modelroute.io/sglang-bootstrap-port";
+/// On a ModelRoute with `spec.rateLimit`: apply the budgets per value of this request header
+/// (a client id a JWT filter or API gateway sets), not per model. Kthena ignores it.
+pub const RATE_LIMIT_CLIENT_HEADER_ANNOTATION: &str = "modelroute.io/rate-limit-client-header";
+/// How many clients get budgets of their own (more share them, by hash); default 4096.
+pub const RATE_LIMIT_CLIENTS_ANNOTATION: &str = "modelroute.io/rate-limit-clients";
+pub const DEFAULT_RATE_LIMIT_CLIENTS: u32 = 4096;
 
 /// The field path of annotation `key` in messages: `metadata.annotations[key]`.
 pub fn annotation_path(key: &str) -> String {

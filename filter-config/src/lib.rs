@@ -241,13 +241,23 @@ pub struct Route {
 
 /// Token budgets per unit of time: a bucket of `per_unit` tokens refilled continuously over
 /// `unit_seconds` (Kthena's `x/time/rate` limiter: rate = limit / unit, burst = limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_per_unit: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_per_unit: Option<u64>,
     pub unit_seconds: u64,
+    /// Beyond Kthena: the budgets apply per value of this request header (lower-case), not
+    /// per model; clients are spread over `client_slots` buckets (bounded shared data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_header: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_slots: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One rule of a route.
@@ -485,6 +495,8 @@ mod tests {
                     input_per_unit: Some(30),
                     output_per_unit: None,
                     unit_seconds: 60,
+                    client_header: Some("x-user".into()),
+                    client_slots: 64,
                 }),
             }],
             servers: vec![Server {

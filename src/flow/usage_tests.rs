@@ -157,11 +157,13 @@ fn limited_router(input: Option<u64>, output: Option<u64>) -> Router {
         input_per_unit: input,
         output_per_unit: output,
         unit_seconds: 60,
+        client_header: None,
+        client_slots: 0,
     };
     let config = FilterConfig::fixture(
         vec![
             Route::fixture("simple", Some("ds-model"), &[], vec![rule.clone()])
-                .with_rate_limit(limit),
+                .with_rate_limit(limit.clone()),
             Route::fixture("lora", None, &["ds-lora"], vec![rule]).with_rate_limit(limit),
         ],
         vec![Server::fixture("ds", "real/model", &["127.0.0.2:8000"])],

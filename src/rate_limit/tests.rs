@@ -5,6 +5,8 @@ const PER_MINUTE_30: RateLimit = RateLimit {
     input_per_unit: Some(30),
     output_per_unit: Some(100),
     unit_seconds: 60,
+    client_header: None,
+    client_slots: 0,
 };
 
 fn input() -> Shape {
@@ -74,6 +76,8 @@ fn units_convert_to_milliseconds() {
                 input_per_unit: Some(1),
                 output_per_unit: None,
                 unit_seconds,
+                client_header: None,
+                client_slots: 0,
             },
             Direction::Input,
         )
@@ -128,28 +132,56 @@ fn both_budgets_live_in_one_shared_value_updated_all_or_nothing() {
             (Direction::Output, Draw::Require),
             (Direction::Input, Draw::Take(n)),
         ];
-        draw(h, "m", &PER_MINUTE_30, &draws, 0)
+        draw(
+            h,
+            &key("m", &PER_MINUTE_30, None),
+            &PER_MINUTE_30,
+            &draws,
+            0,
+        )
     };
     admit(&mut h, 10).unwrap();
     admit(&mut h, 10).unwrap();
     let debit = [(Direction::Output, Draw::Debit(150))];
-    draw(&mut h, "m", &PER_MINUTE_30, &debit, 0).unwrap();
-    let stored = h.shared[&key("m")].0.clone();
+    let k = key("m", &PER_MINUTE_30, None);
+    draw(&mut h, &k, &PER_MINUTE_30, &debit, 0).unwrap();
+    let stored = h.shared[&k].0.clone();
     assert_eq!(decode(Some(&stored), 0).map(tokens), Some(10));
     assert_eq!(decode(Some(&stored), 1).map(|b| b.milli), Some(-50_000));
     // Refused for output: the input budget is left as it was.
     let r = admit(&mut h, 5).unwrap_err();
     assert_eq!(r.direction, Direction::Output);
-    let after = &h.shared[&key("m")].0;
+    let after = &h.shared[&k].0;
     assert_eq!(decode(Some(after), 0).map(tokens), Some(10));
     // A refusal and a `Require` alone write nothing.
-    let writes = h.shared[&key("m")].1;
-    let _ = draw(
-        &mut h,
-        "m",
-        &PER_MINUTE_30,
-        &[(Direction::Output, Draw::Require)],
-        0,
-    );
-    assert_eq!(h.shared[&key("m")].1, writes);
+    let writes = h.shared[&k].1;
+    let require = [(Direction::Output, Draw::Require)];
+    let _ = draw(&mut h, &k, &PER_MINUTE_30, &require, 0);
+    assert_eq!(h.shared[&k].1, writes);
+}
+
+#[test]
+fn per_client_budgets_are_separate_and_bounded() {
+    let per_user = RateLimit {
+        client_header: Some("x-user".into()),
+        client_slots: 8,
+        ..PER_MINUTE_30
+    };
+    let keys: std::collections::HashSet<String> = (0..1000)
+        .map(|i| key("m", &per_user, Some(&format!("user-{i}"))))
+        .collect();
+    assert_eq!(keys.len(), 8, "a thousand clients share 8 buckets");
+    let mut h = FakeHost::default();
+    let alice = key("m", &per_user, Some("alice"));
+    // Another client, in another slot.
+    let bob = (0..)
+        .map(|i| key("m", &per_user, Some(&format!("client-{i}"))))
+        .find(|k| *k != alice)
+        .unwrap();
+    let take =
+        |h: &mut FakeHost, k: &str| draw(h, k, &per_user, &[(Direction::Input, Draw::Take(30))], 0);
+    take(&mut h, &alice).unwrap();
+    assert!(take(&mut h, &alice).is_err());
+    take(&mut h, &bob).unwrap();
+    assert_eq!(key("m", &PER_MINUTE_30, Some("alice")), "modelroute.rl.m");
 }

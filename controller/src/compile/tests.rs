@@ -193,14 +193,16 @@ fn rate_limits_compile_with_kthenas_units_and_the_oldest_route_wins() {
             .routes
             .iter()
             .find(|r| r.name == format!("default/{name}"))
-            .and_then(|r| r.rate_limit)
+            .and_then(|r| r.rate_limit.clone())
     };
     assert_eq!(
         limit("old"),
         Some(filter_config::RateLimit {
             input_per_unit: Some(30),
             output_per_unit: Some(100),
-            unit_seconds: 60
+            unit_seconds: 60,
+            client_header: None,
+            client_slots: 0,
         })
     );
     assert_eq!(
@@ -221,6 +223,30 @@ fn rate_limits_compile_with_kthenas_units_and_the_oldest_route_wins() {
         "{w}"
     );
     assert!(!w.contains("not enforced"), "{w}");
+}
+
+#[test]
+fn per_client_budgets_come_from_annotations() {
+    let route = limited_route("r", 1, "m", "{inputTokensPerUnit: 30}").replace(
+        "metadata: {name: r,",
+        "metadata: {annotations: {modelroute.io/rate-limit-client-header: X-User-Id, modelroute.io/rate-limit-clients: '64'}, name: r,",
+    );
+    let (c, diags) = compile_yaml(&format!("{SERVER}{route}"));
+    let limit = c.config.routes[0].rate_limit.clone().unwrap();
+    assert_eq!(limit.client_header.as_deref(), Some("x-user-id"));
+    assert_eq!(limit.client_slots, 64);
+    assert!(diags.warnings.is_empty(), "{:?}", diags.warnings);
+    let bad = route.replace("'64'", "'lots'");
+    let (c, diags) = compile_yaml(&format!("{SERVER}{bad}"));
+    assert_eq!(
+        c.config.routes[0].rate_limit.as_ref().unwrap().client_slots,
+        4096
+    );
+    assert!(
+        diags.warnings[0].contains("metadata.annotations[modelroute.io/rate-limit-clients]"),
+        "{:?}",
+        diags.warnings
+    );
 }
 
 // ---------------------------------------------------------------- PD disaggregation
