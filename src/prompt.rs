@@ -29,44 +29,43 @@ pub fn prompt_text<'a>(body: &'a [u8], scan: &Scan<'_>, cap: usize) -> Cow<'a, [
 }
 
 /// Kthena's estimate of a request's input tokens, made before routing: a quarter of the
-/// characters (rounded up) of the prompt as Kthena renders it - chat `messages` as
-/// `<|im_start|>{role}\n{content}<|im_end|>\n` each, else `prompt`, else `input`. Strings are
-/// counted as written in the body (an escape counts as its characters); the whole prompt is
-/// read, so this is one pass over it.
+/// prompt's characters, rounded up. Counted on the JSON text of `messages` (else `prompt`,
+/// else `input`) as the client wrote it, without rendering or copying it: for compact chat
+/// JSON, `{"role":"user","content":"..."},` is within one character per message of Kthena's
+/// `<|im_start|>user\n...<|im_end|>\n` rendering (escapes and whitespace count as written).
+/// Eight bytes a step, so a long prompt costs little next to copying it out of Envoy.
 pub fn estimate_input_tokens(body: &[u8], scan: &Scan<'_>) -> u64 {
-    /// `<|im_start|>`, `\n`, `<|im_end|>` around each message beyond our `role\ncontent\n`.
-    const CHAT_MARKUP_CHARS: u64 = 22;
-    let chars = |b: &[u8]| b.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u64;
-    let total = if let Some(span) = scan.member(Key::Messages) {
-        let raw = body.get(span).unwrap_or_default();
-        chars(&render_messages(raw, usize::MAX)) + CHAT_MARKUP_CHARS * message_count(raw)
-    } else {
-        chars(&prompt_text(body, scan, usize::MAX))
+    let span = [Key::Messages, Key::Prompt, Key::Input]
+        .into_iter()
+        .find_map(|k| scan.member(k));
+    let Some(raw) = span.and_then(|s| body.get(s)) else {
+        return 0;
     };
-    total.div_ceil(4)
+    // A string's quotes are not the prompt's.
+    let text = raw
+        .strip_prefix(b"\"")
+        .and_then(|r| r.strip_suffix(b"\""))
+        .unwrap_or(raw);
+    utf8_chars(text).div_ceil(4)
 }
 
-/// How many objects a `messages` array holds.
-fn message_count(raw: &[u8]) -> u64 {
-    let mut w = Walker { b: raw, i: 0 };
-    w.ws();
-    if w.peek() != Some(b'[') {
-        return 0;
+/// UTF-8 characters in `bytes`: the bytes that are not continuation bytes (`10xxxxxx`),
+/// counted eight at a time.
+fn utf8_chars(bytes: &[u8]) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    let mut continuation = 0u64;
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        // Bit 7 set and bit 6 clear, read at each byte's bit 7.
+        continuation += u64::from((x & !(x << 1) & HIGH).count_ones());
     }
-    w.i += 1;
-    let mut n = 0;
-    loop {
-        w.ws();
-        match w.peek() {
-            None | Some(b']') => return n,
-            Some(b',') => w.i += 1,
-            Some(b'{') => {
-                n += 1;
-                w.skip();
-            }
-            Some(_) => w.skip(),
-        }
-    }
+    continuation += words
+        .remainder()
+        .iter()
+        .filter(|&&b| b & 0xC0 == 0x80)
+        .count() as u64;
+    bytes.len() as u64 - continuation
 }
 
 /// Renders a chat `messages` array (already validated JSON) as `role\ncontent\n` per message,
