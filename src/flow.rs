@@ -5,7 +5,8 @@
 //! `POST /v1/...` requests (pause for the body), let everything else pass untouched.
 //! Body: wait for end of stream (enforcing the size limit), scan once, decide, rewrite `model`
 //! by splicing, set the cluster / endpoint / request-id / upstream-policy headers, continue.
-//! PD servers hand over to `prefill` (the prefill side call, then the decode leg).
+//! PD servers hand over to `prefill` (the prefill side call, then the decode leg); what a
+//! request reports for Kthena's metrics lives in `metrics`.
 //!
 //! Every hook documents when Envoy calls it and what its return means. A hook that answers the
 //! request locally returns [`Action::Pause`]: the local reply ends the stream, and continuing
@@ -449,44 +450,6 @@ impl Flow {
         }
     }
 
-    /// Kthena's `requests_total` and `tokens_total` for the request whose published `values`
-    /// these are.
-    fn count_request(&self, host: &mut dyn Host, values: &[(&str, String)], status: u32) {
-        let value = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
-        let status = status.to_string();
-        let (model, path) = (value(published::MODEL), value(published::PATH));
-        let target = [
-            ("model_route", value(published::ROUTE)),
-            ("backend_type", value(published::BACKEND_TYPE)),
-            ("backend_name", value(published::SERVER)),
-            ("upstream_model", value(published::UPSTREAM_MODEL)),
-        ];
-        let mut labels = vec![
-            ("model", model),
-            ("path", path),
-            ("status_code", status.as_str()),
-            ("error_type", value(published::ERROR_TYPE)),
-        ];
-        labels.extend(target);
-        let requests = metric_name(vm_metrics::REQUESTS_TOTAL, &labels);
-        host.add_to_metric(MetricKind::Counter, &requests, 1);
-        for (kind, name) in [
-            ("input", published::INPUT_TOKENS),
-            ("output", published::OUTPUT_TOKENS),
-        ] {
-            let mut labels = vec![("model", model), ("path", path), ("token_type", kind)];
-            labels.extend(target);
-            let tokens = value(name).parse::<i64>().unwrap_or(0);
-            let counter = metric_name(vm_metrics::TOKENS_TOTAL, &labels);
-            host.add_to_metric(MetricKind::Counter, &counter, tokens);
-        }
-    }
-
     /// Whether the response matters: for inference requests that went upstream (usage,
     /// timings, PD decode counters). Other requests skip reading it.
     pub fn wants_response(&self) -> bool {
@@ -545,27 +508,6 @@ impl Flow {
         }
     }
 
-    fn hold_gauge(&mut self, host: &mut dyn Host, name: String) {
-        host.add_to_metric(MetricKind::Gauge, &name, 1);
-        self.gauges_held.push(name);
-    }
-
-    /// Kthena's `active_upstream_requests`, labelled by where the request went.
-    fn hold_upstream_gauge(&mut self, host: &mut dyn Host) {
-        let o = &self.outcome;
-        let name = metric_name(
-            vm_metrics::ACTIVE_UPSTREAM,
-            &[
-                ("model_server", &o.server),
-                ("model_route", &o.route),
-                ("backend_type", "model_server"),
-                ("backend_name", &o.server),
-                ("upstream_model", &o.upstream_model),
-            ],
-        );
-        self.hold_gauge(host, name);
-    }
-
     fn answer_json(&mut self, host: &mut dyn Host, body: &str) -> Action {
         host.respond(
             200,
@@ -574,21 +516,6 @@ impl Flow {
         );
         self.outcome.local_status = Some(200);
         Action::Pause
-    }
-
-    /// 429 with the headers OpenAI's SDKs back off by, counted in Kthena's
-    /// `rate_limit_exceeded_total`.
-    fn refuse(&mut self, host: &mut dyn Host, r: &rate_limit::Refusal) -> Action {
-        let name = metric_name(
-            vm_metrics::RATE_LIMIT_EXCEEDED,
-            &[
-                ("model", &self.outcome.model),
-                ("limit_type", r.direction.limit_type()),
-                ("path", accounting::path_label(&self.path)),
-            ],
-        );
-        host.add_to_metric(MetricKind::Counter, &name, 1);
-        self.fail_with(host, &ErrorReply::rate_limited(r.direction), &r.headers())
     }
 
     fn fail(&mut self, host: &mut dyn Host, e: &ErrorReply) -> Action {
@@ -645,6 +572,8 @@ pub fn request_id(a: u64, b: u64) -> String {
         b & 0xFFFF_FFFF_FFFF
     )
 }
+
+mod metrics;
 
 #[cfg(test)]
 pub(crate) mod fake;

@@ -170,15 +170,7 @@ fn tokens_and_timings_agree_with_what_the_engines_served() {
         2.0
     );
     // Nothing left in flight.
-    let text = s.prometheus();
-    assert_eq!(
-        series_sum(&text, "kthena_router_active_downstream_requests", &[]),
-        0.0
-    );
-    assert_eq!(
-        series_sum(&text, "kthena_router_active_upstream_requests", &[]),
-        0.0
-    );
+    let text = assert_nothing_active(&s);
     assert!(
         text.lines()
             .any(|l| l.starts_with("kthena_router_active_upstream_requests{")
@@ -249,6 +241,18 @@ fn errors_are_counted_with_their_status_and_kthenas_error_type() {
     }
 }
 
+/// Both active-request gauges are back at 0; returns the scrape.
+fn assert_nothing_active(s: &Stack) -> String {
+    let text = s.prometheus();
+    for gauge in [
+        "kthena_router_active_downstream_requests",
+        "kthena_router_active_upstream_requests",
+    ] {
+        assert_eq!(series_sum(&text, gauge, &[]), 0.0, "{gauge}");
+    }
+    text
+}
+
 /// The model `pool` served by one pod.
 fn one_pod() -> Stack {
     Stack::start(
@@ -288,15 +292,7 @@ fn a_client_that_leaves_mid_stream_is_counted_for_what_it_got() {
         "{rec}"
     );
     // The request no longer counts as active.
-    let text = s.prometheus();
-    assert_eq!(
-        series_sum(&text, "kthena_router_active_downstream_requests", &[]),
-        0.0
-    );
-    assert_eq!(
-        series_sum(&text, "kthena_router_active_upstream_requests", &[]),
-        0.0
-    );
+    assert_nothing_active(&s);
 }
 
 #[test]
