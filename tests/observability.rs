@@ -241,13 +241,21 @@ fn errors_are_counted_with_their_status_and_kthenas_error_type() {
     }
 }
 
-/// Both active-request gauges are back at 0; returns the scrape.
+/// Both active-request gauges are back at 0 (the filter writes them on its tick, so this
+/// waits for one); returns the scrape.
 fn assert_nothing_active(s: &Stack) -> String {
-    let text = s.prometheus();
-    for gauge in [
+    const GAUGES: [&str; 2] = [
         "kthena_router_active_downstream_requests",
         "kthena_router_active_upstream_requests",
-    ] {
+    ];
+    let idle = |text: &str| GAUGES.iter().all(|g| series_sum(text, g, &[]) == 0.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut text = s.prometheus();
+    while !idle(&text) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        text = s.prometheus();
+    }
+    for gauge in GAUGES {
         assert_eq!(series_sum(&text, gauge, &[]), 0.0, "{gauge}");
     }
     text
