@@ -131,12 +131,6 @@ pub fn metric_name(metric: &str, labels: &[(&str, &str)]) -> String {
     out
 }
 
-/// The Envoy tag-extraction regex for `label` in names made by [`metric_name`] (the same
-/// Istio generates for an `extraStatTags` entry).
-pub fn tag_regex(label: &str) -> String {
-    format!("({label}=\\.=(.*?);\\.;)")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
