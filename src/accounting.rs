@@ -11,7 +11,7 @@
 
 use filter_config::published;
 
-use crate::usage::{UsageChunkFilter, UsageScanner};
+use crate::usage::{Usage, UsageChunkFilter, UsageScanner};
 
 /// Label value for a model no route names (Kthena's), so clients cannot mint series.
 pub const UNKNOWN_MODEL: &str = "unknown";
@@ -173,6 +173,27 @@ impl Accounting {
         (out != chunk).then_some(out)
     }
 
+    fn usage(&self) -> Usage {
+        self.response
+            .as_ref()
+            .and_then(|r| r.scanner.as_ref())
+            .map(UsageScanner::usage)
+            .unwrap_or_default()
+    }
+
+    /// The answer's tokens so far: the engine's `completion_tokens`, else the events a stream
+    /// delivered.
+    pub fn output_tokens(&self) -> u64 {
+        let delivered = self
+            .response
+            .as_ref()
+            .filter(|r| r.sse)
+            .and_then(|r| r.scanner.as_ref())
+            .map(UsageScanner::events)
+            .unwrap_or(0);
+        self.usage().completion_tokens.unwrap_or(delivered)
+    }
+
     /// The values to publish when the request ends (`now_ms`), in
     /// [`filter_config::published`]'s names. `ending`: None when no response was seen (the
     /// client left first). `routed` holds (route, server, upstream model, prefill pod).
@@ -184,21 +205,8 @@ impl Accounting {
         ending: Option<Ending<'_>>,
         now_ms: u64,
     ) -> Vec<(&'static str, String)> {
-        let usage = self
-            .response
-            .as_ref()
-            .and_then(|r| r.scanner.as_ref())
-            .map(UsageScanner::usage)
-            .unwrap_or_default();
-        let delivered = self
-            .response
-            .as_ref()
-            .filter(|r| r.sse)
-            .and_then(|r| r.scanner.as_ref())
-            .map(UsageScanner::events)
-            .unwrap_or(0);
-        let input = usage.prompt_tokens.unwrap_or(self.input_estimate);
-        let output = usage.completion_tokens.unwrap_or(delivered);
+        let input = self.usage().prompt_tokens.unwrap_or(self.input_estimate);
+        let output = self.output_tokens();
         let error_type = match (ending, &self.response) {
             (Some(Ending::Local(code)), _) => kthena_error_type(code).to_string(),
             (Some(Ending::Status(s)), Some(r)) if s < 400 && r.scanner.is_some() && !r.complete => {

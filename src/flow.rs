@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 
-use filter_config::{published, vm_metrics, DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER};
+use filter_config::{
+    global_rate_limit, published, vm_metrics, DEFAULT_CLUSTER_HEADER, DEFAULT_ENDPOINT_HEADER,
+};
 
 use crate::accounting::{self, Accounting, Ending, Routed};
 use crate::errors::ErrorReply;
@@ -94,6 +96,9 @@ pub struct Flow {
     /// The output budget (its limits and shared-data key) the answer's tokens are debited
     /// from when the request ends.
     output_limit: Option<(filter_config::RateLimit, String)>,
+    /// The request draws on a global budget: Envoy's rate-limit filter admits it and debits
+    /// the answer's tokens, which this filter publishes when the answer ends.
+    global_budget: bool,
 }
 
 impl Flow {
@@ -220,24 +225,42 @@ impl Flow {
         self.outcome.model.clone_from(&model);
         self.acct.input_estimate = estimate_input_tokens(&body, &scanned);
         if let Some(limit) = router.rate_limit(&model).cloned() {
-            // Kthena's order of checks, output first since it takes nothing: a request refused
-            // for output does not spend input budget. Both buckets in one shared-data update, at
-            // the time the request arrived.
-            let draws = [
-                (Direction::Output, Draw::Require),
-                (Direction::Input, Draw::Take(self.acct.input_estimate)),
-            ];
-            let now = self.acct.start_ms;
             let client = limit
                 .client_header
                 .as_deref()
                 .and_then(|h| self.headers.get(h));
-            let key = rate_limit::key(&model, &limit, client);
-            if let Err(refusal) = rate_limit::draw(host, &key, &limit, &draws, now) {
-                self.outcome.model_known = true;
-                return self.refuse(host, &refusal);
+            if let Some(global) = &limit.global {
+                // Envoy's rate-limit filter, after this one, asks the rate-limit service
+                // before routing and debits the answer when the stream is done.
+                let budget = global_rate_limit::Budget {
+                    model: &model,
+                    input_per_unit: limit.input_per_unit,
+                    output_per_unit: limit.output_per_unit,
+                    unit_seconds: limit.unit_seconds,
+                    redis: &global.redis,
+                    deny_on_redis_failure: global.deny_on_redis_failure,
+                    client_slot: rate_limit::client_slot(&limit, client),
+                };
+                host.publish(global_rate_limit::BUDGET, &budget.descriptor());
+                let admit = self.acct.input_estimate.to_string();
+                host.publish(global_rate_limit::ADMIT_HITS, &admit);
+                self.global_budget = true;
+            } else {
+                // Kthena's order of checks, output first since it takes nothing: a request
+                // refused for output does not spend input budget. Both buckets in one
+                // shared-data update, at the time the request arrived.
+                let draws = [
+                    (Direction::Output, Draw::Require),
+                    (Direction::Input, Draw::Take(self.acct.input_estimate)),
+                ];
+                let now = self.acct.start_ms;
+                let key = rate_limit::key(&model, &limit, client);
+                if let Err(refusal) = rate_limit::draw(host, &key, &limit, &draws, now) {
+                    self.outcome.model_known = true;
+                    return self.refuse(host, &refusal);
+                }
+                self.output_limit = Some((limit, key));
             }
-            self.output_limit = Some((limit, key));
         }
 
         let prompt = match router.prompt_cap() {
@@ -465,7 +488,20 @@ impl Flow {
         status: Option<u32>,
         content_type: &str,
         end_of_stream: bool,
+        refused: Option<&str>,
     ) {
+        if let Some(limit_type) = refused.filter(|_| self.global_budget) {
+            self.global_budget = false;
+            let direction = if limit_type == Direction::Input.limit_type() {
+                Direction::Input
+            } else {
+                Direction::Output
+            };
+            return self.refused_globally(host, direction);
+        }
+        if end_of_stream {
+            self.publish_global_debit(host);
+        }
         if matches!(self.phase, Phase::Decoding(_)) && self.outcome.local_status.is_none() {
             host.count(if matches!(status, Some(s) if s < 500) {
                 Counter::DecodeOk
@@ -482,6 +518,9 @@ impl Flow {
     /// passes, and cuts the usage-only chunk the router caused. The response always continues.
     pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) {
         if !self.acct.reads_body() {
+            if end_of_stream {
+                self.publish_global_debit(host);
+            }
             return;
         }
         let chunk = if body_size == 0 {
@@ -496,6 +535,25 @@ impl Flow {
         };
         if let Some(changed) = self.acct.on_response_body(&chunk, end_of_stream, now_ms) {
             host.replace_response_body(body_size, &changed);
+        }
+        if end_of_stream {
+            self.publish_global_debit(host);
+        }
+    }
+
+    /// Whether the response may be the rate-limit service's refusal (the request drew on a
+    /// global budget): the glue then reads and removes [`global_rate_limit::REFUSED_HEADER`].
+    pub fn awaits_global_verdict(&self) -> bool {
+        self.global_budget
+    }
+
+    /// The answer ended: the completion tokens Envoy's rate-limit filter debits from the
+    /// global budget when the stream is done (its stream-done hook runs before `on_log`, so
+    /// they cannot wait for [`Flow::on_done`]). A stream the client cut is not debited.
+    fn publish_global_debit(&mut self, host: &mut dyn Host) {
+        if std::mem::take(&mut self.global_budget) {
+            let output = self.acct.output_tokens().to_string();
+            host.publish(global_rate_limit::DEBIT_HITS, &output);
         }
     }
 

@@ -16,6 +16,8 @@ use proxy_wasm::types::{
 
 use std::time::Duration;
 
+use filter_config::global_rate_limit;
+
 use crate::collector::{self, Collector};
 use crate::flow::Flow;
 use crate::headers::Headers;
@@ -252,8 +254,23 @@ impl HttpContext for Request {
             let headers = header_map(MapType::HttpResponseHeaders);
             let status = headers.get(":status").and_then(|s| s.parse().ok());
             let content_type = headers.get("content-type").unwrap_or_default();
-            self.flow
-                .on_response_headers(&mut EnvoyHost, status, content_type, end_of_stream);
+            // The rate-limit service's refusal is for this filter's metrics, not the client.
+            let refused = if self.flow.awaits_global_verdict() {
+                let refused = headers.get(global_rate_limit::REFUSED_HEADER);
+                if refused.is_some() {
+                    self.set_http_response_header(global_rate_limit::REFUSED_HEADER, None);
+                }
+                refused
+            } else {
+                None
+            };
+            self.flow.on_response_headers(
+                &mut EnvoyHost,
+                status,
+                content_type,
+                end_of_stream,
+                refused,
+            );
         });
         WasmAction::Continue
     }

@@ -158,14 +158,17 @@ pub enum Draw {
 /// over `client_slots` buckets by hash, so the shared data a model uses stays bounded (clients
 /// whose values collide share a budget).
 pub fn key(model: &str, limit: &RateLimit, client: Option<&str>) -> String {
-    match &limit.client_header {
-        Some(_) => {
-            let slot = crate::prefix::hash(0, client.unwrap_or("").as_bytes())
-                % u64::from(limit.client_slots.max(1));
-            format!("modelroute.rl.{model}.{slot}")
-        }
+    match client_slot(limit, client) {
+        Some(slot) => format!("modelroute.rl.{model}.{slot}"),
         None => format!("modelroute.rl.{model}"),
     }
+}
+
+/// With per-client budgets, the slot of the client whose header value is `client` (absent:
+/// the empty value); None when the budget is the model's.
+pub fn client_slot(limit: &RateLimit, client: Option<&str>) -> Option<u64> {
+    limit.client_header.as_ref()?;
+    Some(crate::prefix::hash(0, client.unwrap_or("").as_bytes()) % u64::from(limit.client_slots.max(1)))
 }
 
 fn decode(bytes: Option<&[u8]>, slot: usize) -> Option<Bucket> {

@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod global_rate_limit;
+
 /// Version of this schema. The filter rejects a config whose `version` differs.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -254,6 +256,20 @@ pub struct RateLimit {
     pub client_header: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub client_slots: u32,
+    /// Kthena's `global`: one budget for every Envoy, in this Redis, enforced by Envoy's
+    /// rate-limit filter and `modelroute-ratelimit` ([`global_rate_limit`]); absent: the
+    /// buckets live in this Envoy's shared data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalRateLimit>,
+}
+
+/// Where a global budget lives, and what requests get while it cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRateLimit {
+    /// `host:port`.
+    pub redis: String,
+    #[serde(default)]
+    pub deny_on_redis_failure: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -497,6 +513,7 @@ mod tests {
                     unit_seconds: 60,
                     client_header: Some("x-user".into()),
                     client_slots: 64,
+                    global: None,
                 }),
             }],
             servers: vec![Server {

@@ -8,7 +8,7 @@ use super::Flow;
 use crate::accounting;
 use crate::errors::ErrorReply;
 use crate::host::{Action, Host, MetricKind};
-use crate::rate_limit;
+use crate::rate_limit::{self, Direction};
 use crate::tally::metric_name;
 
 impl Flow {
@@ -79,15 +79,37 @@ impl Flow {
     /// 429 with the headers OpenAI's SDKs back off by, counted in Kthena's
     /// `rate_limit_exceeded_total`.
     pub(super) fn refuse(&mut self, host: &mut dyn Host, r: &rate_limit::Refusal) -> Action {
+        self.count_refusal(host, r.direction);
+        self.fail_with(host, &ErrorReply::rate_limited(r.direction), &r.headers())
+    }
+
+    /// The rate-limit service refused the request (a global budget; Envoy's rate-limit filter
+    /// sent the 429, with the service's headers and body): counted and logged as if this
+    /// filter had refused it, and nothing was routed.
+    pub(super) fn refused_globally(&mut self, host: &mut dyn Host, direction: Direction) {
+        self.count_refusal(host, direction);
+        let e = ErrorReply::rate_limited(direction);
+        self.outcome.local_status = Some(e.status);
+        self.outcome.error = Some((e.code, e.message));
+        for routed in [
+            &mut self.outcome.route,
+            &mut self.outcome.server,
+            &mut self.outcome.upstream_model,
+            &mut self.outcome.prefill,
+        ] {
+            routed.clear();
+        }
+    }
+
+    fn count_refusal(&self, host: &mut dyn Host, direction: Direction) {
         let name = metric_name(
             vm_metrics::RATE_LIMIT_EXCEEDED,
             &[
                 ("model", &self.outcome.model),
-                ("limit_type", r.direction.limit_type()),
+                ("limit_type", direction.limit_type()),
                 ("path", accounting::path_label(&self.path)),
             ],
         );
         host.add_to_metric(MetricKind::Counter, &name, 1);
-        self.fail_with(host, &ErrorReply::rate_limited(r.direction), &r.headers())
     }
 }

@@ -265,7 +265,7 @@ fn decode_outcome_is_counted_from_the_response_status() {
     let mut h = FakeHost::post("/v1/completions", BODY, &[]);
     let mut f = Flow::new();
     start_with(&mut f, &mut r, &mut h);
-    f.on_response_headers(&mut h, Some(500), "application/json", true);
+    f.on_response_headers(&mut h, Some(500), "application/json", true, None);
     assert_eq!(h.counters, vec![Counter::DecodeFailed]);
 }
 

@@ -64,7 +64,7 @@ fn a_stream_without_include_usage_is_asked_for_it_and_the_client_never_sees_it()
     );
 
     assert!(f.wants_response());
-    f.on_response_headers(&mut h, Some(200), "text/event-stream", false);
+    f.on_response_headers(&mut h, Some(200), "text/event-stream", false, None);
     h.now = 1_050;
     let mut client = deliver(&mut f, &mut h, STREAM, false);
     h.now = 1_090;
@@ -109,7 +109,7 @@ fn a_client_that_asked_for_usage_is_left_alone() {
         h.body_json()["stream_options"],
         serde_json::json!({"include_usage": true})
     );
-    f.on_response_headers(&mut h, Some(200), "text/event-stream", false);
+    f.on_response_headers(&mut h, Some(200), "text/event-stream", false, None);
     let all = format!("{STREAM}{USAGE}{DONE}");
     assert_eq!(deliver(&mut f, &mut h, &all, true), all);
 }
@@ -159,6 +159,7 @@ fn limited_router(input: Option<u64>, output: Option<u64>) -> Router {
         unit_seconds: 60,
         client_header: None,
         client_slots: 0,
+        global: None,
     };
     let config = FilterConfig::fixture(
         vec![
@@ -215,7 +216,7 @@ fn a_long_answer_puts_the_output_budget_in_deficit_until_it_refills() {
     let mut h = five_token_request("ds-model");
     let mut f = send(&mut r, &mut h);
     assert!(h.reply.is_none());
-    f.on_response_headers(&mut h, Some(200), "application/json", false);
+    f.on_response_headers(&mut h, Some(200), "application/json", false, None);
     let answer = r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":250}}"#;
     deliver(&mut f, &mut h, answer, true);
     f.on_done(&mut h, &mut InFlight::default());

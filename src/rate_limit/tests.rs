@@ -7,6 +7,7 @@ const PER_MINUTE_30: RateLimit = RateLimit {
     unit_seconds: 60,
     client_header: None,
     client_slots: 0,
+    global: None,
 };
 
 fn input() -> Shape {
@@ -78,6 +79,7 @@ fn units_convert_to_milliseconds() {
                 unit_seconds,
                 client_header: None,
                 client_slots: 0,
+                global: None,
             },
             Direction::Input,
         )
@@ -165,6 +167,7 @@ fn per_client_budgets_are_separate_and_bounded() {
     let per_user = RateLimit {
         client_header: Some("x-user".into()),
         client_slots: 8,
+        global: None,
         ..PER_MINUTE_30
     };
     let keys: std::collections::HashSet<String> = (0..1000)

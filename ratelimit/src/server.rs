@@ -1,0 +1,130 @@
+//! The one gRPC method, `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, over
+//! HTTP/2: a length-prefixed protobuf message in, one out, `grpc-status` in the trailers.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tokio::net::TcpListener;
+
+use crate::limiter::Limiter;
+use crate::proto::RateLimitRequest;
+
+const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+/// A request holds a few descriptors of a few hundred bytes.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Serves connections from `listener` until the process ends.
+pub async fn serve(listener: TcpListener, limiter: Arc<Limiter>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let limiter = limiter.clone();
+                async move { Ok::<_, Infallible>(handle(req, &limiter).await) }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                log::debug!("modelroute-ratelimit: connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, limiter: &Limiter) -> Response<Frames> {
+    if req.uri().path() != METHOD {
+        return status_only(12, "unknown method"); // UNIMPLEMENTED
+    }
+    let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status_only(8, "request too large or cut"), // RESOURCE_EXHAUSTED
+    };
+    let Some(message) = unframe(body) else {
+        return status_only(3, "not one uncompressed gRPC message"); // INVALID_ARGUMENT
+    };
+    let Ok(request) = RateLimitRequest::decode(message) else {
+        return status_only(3, "not a RateLimitRequest");
+    };
+    let reply = limiter.should_rate_limit(&request).await.encode_to_vec();
+    let mut framed = Vec::with_capacity(reply.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(reply.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(&reply);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    grpc_response(Frames(VecDeque::from([
+        Frame::data(Bytes::from(framed)),
+        Frame::trailers(trailers),
+    ])))
+}
+
+/// The message of a gRPC body: one uncompressed, length-prefixed message.
+fn unframe(mut body: Bytes) -> Option<Bytes> {
+    if body.len() < 5 || body.get_u8() != 0 {
+        return None;
+    }
+    let len = usize::try_from(body.get_u32()).ok()?;
+    (body.len() == len).then_some(body)
+}
+
+fn grpc_response(body: Frames) -> Response<Frames> {
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    r
+}
+
+/// A trailers-only error response.
+fn status_only(code: u8, message: &'static str) -> Response<Frames> {
+    let mut r = grpc_response(Frames(VecDeque::new()));
+    r.headers_mut().insert("grpc-status", HeaderValue::from(u16::from(code)));
+    r.headers_mut()
+        .insert("grpc-message", HeaderValue::from_static(message));
+    r
+}
+
+/// A body of frames known in advance (the message, then the trailers).
+pub struct Frames(VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_one_uncompressed_length_prefixed_frame() {
+        let framed = Bytes::from_static(b"\0\0\0\0\x02hi");
+        assert_eq!(unframe(framed), Some(Bytes::from_static(b"hi")));
+        for bad in [&b""[..], b"\0\0\0", b"\x01\0\0\0\x02hi", b"\0\0\0\0\x03hi", b"\0\0\0\0\x01hi"] {
+            assert_eq!(unframe(Bytes::copy_from_slice(bad)), None, "{bad:?}");
+        }
+    }
+}
