@@ -64,7 +64,7 @@ build() {
   log "building the filter (wasm32-wasip1, release)"
   cargo build -q --release --target wasm32-wasip1 -p modelroute
   log "building the controller and mock-llm"
-  cargo build -q -p controller -p mock-llm
+  cargo build -q -p controller -p mock-llm -p ratelimit
   log "modelroute.wasm: $(wc -c <"$WASM") bytes; Envoy $("$MODELROUTE_ENVOY" --version | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p')"
 }
 

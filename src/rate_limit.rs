@@ -168,7 +168,10 @@ pub fn key(model: &str, limit: &RateLimit, client: Option<&str>) -> String {
 /// the empty value); None when the budget is the model's.
 pub fn client_slot(limit: &RateLimit, client: Option<&str>) -> Option<u64> {
     limit.client_header.as_ref()?;
-    Some(crate::prefix::hash(0, client.unwrap_or("").as_bytes()) % u64::from(limit.client_slots.max(1)))
+    Some(
+        crate::prefix::hash(0, client.unwrap_or("").as_bytes())
+            % u64::from(limit.client_slots.max(1)),
+    )
 }
 
 fn decode(bytes: Option<&[u8]>, slot: usize) -> Option<Bucket> {

@@ -356,7 +356,7 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     assert!(status.success());
     // The bootstrap as shipped.
     let boot = dir.join("envoy.yaml");
-    std::fs::write(&boot, render_bootstrap(18080, 18081, &out)).expect("write");
+    std::fs::write(&boot, render_bootstrap(18080, 18081, &out, &[])).expect("write");
     validate(&boot);
     // The controller's clusters and ECDS filter, loaded statically so validate checks them too.
     let cds: serde_json::Value =

@@ -46,6 +46,27 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Sets how the gateway behaves (compile leaves the default). A global budget
+    /// (`spec.rateLimit.global`) needs the gateway's rate-limit service; without one
+    /// (`--rate-limit-service`) each Envoy enforces it on its own, and the routes are named.
+    pub fn with_gateway(mut self, gateway: Gateway, diags: &mut Diagnostics) -> Compiled {
+        if gateway.rate_limit_service.is_none() {
+            for r in &mut self.config.routes {
+                let Some(limit) = r.rate_limit.as_mut() else {
+                    continue;
+                };
+                if limit.global.take().is_some() {
+                    diags.warn(format!(
+                        "ModelRoute {}: spec.rateLimit.global: no rate-limit service configured (--rate-limit-service): each Envoy enforces the limits on its own",
+                        r.name
+                    ));
+                }
+            }
+        }
+        self.gateway = gateway;
+        self
+    }
+
     pub fn endpoint_count(&self) -> usize {
         self.config.servers.iter().map(|s| s.endpoints.len()).sum()
     }
@@ -174,13 +195,46 @@ fn compile_route(
     };
     let rate_limit = r.spec.rate_limit.as_ref().and_then(|rl| {
         if r.spec.model_name.as_deref().unwrap_or("").is_empty() {
-            warn(diags, "spec.rateLimit", "a route without modelName is not limited (LoRA adapters never are, as in Kthena)");
+            warn(
+                diags,
+                "spec.rateLimit",
+                "a route without modelName is not limited (LoRA adapters never are, as in Kthena)",
+            );
             return None;
         }
-        if rl.global.is_some() {
-            warn(diags, "spec.rateLimit.global", "global (Redis) limits are not supported yet: each Envoy enforces the limits on its own");
-        }
         let annotations = &r.meta.annotations;
+        let global = rl.global.as_ref().and_then(|g| {
+            let address = g
+                .pointer("/redis/address")
+                .and_then(|a| a.as_str())
+                .unwrap_or("")
+                .trim();
+            if address.is_empty() {
+                warn(
+                    diags,
+                    "spec.rateLimit.global.redis.address",
+                    "missing: each Envoy enforces the limits on its own",
+                );
+                return None;
+            }
+            let failure = kthena::RATE_LIMIT_REDIS_FAILURE_ANNOTATION;
+            let deny_on_redis_failure = match annotations.get(failure).map(|v| v.trim()) {
+                None | Some("allow") => false,
+                Some("deny") => true,
+                Some(v) => {
+                    warn(
+                        diags,
+                        &kthena::annotation_path(failure),
+                        &format!("{v:?} is neither allow nor deny; using allow"),
+                    );
+                    false
+                }
+            };
+            Some(filter_config::GlobalRateLimit {
+                redis: address.to_string(),
+                deny_on_redis_failure,
+            })
+        });
         let client_header = annotations
             .get(kthena::RATE_LIMIT_CLIENT_HEADER_ANNOTATION)
             .map(|h| h.trim().to_ascii_lowercase())
@@ -191,7 +245,14 @@ fn compile_route(
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(n) if (1..=1_000_000).contains(&n) => n,
                 _ => {
-                    warn(diags, &slots_path, &format!("{v:?} is not a number from 1 to 1000000; using {}", kthena::DEFAULT_RATE_LIMIT_CLIENTS));
+                    warn(
+                        diags,
+                        &slots_path,
+                        &format!(
+                            "{v:?} is not a number from 1 to 1000000; using {}",
+                            kthena::DEFAULT_RATE_LIMIT_CLIENTS
+                        ),
+                    );
                     kthena::DEFAULT_RATE_LIMIT_CLIENTS
                 }
             },
@@ -200,8 +261,13 @@ fn compile_route(
             input_per_unit: rl.input_tokens_per_unit,
             output_per_unit: rl.output_tokens_per_unit,
             unit_seconds: rl.unit_seconds()?,
-            client_slots: if client_header.is_some() { client_slots } else { 0 },
+            client_slots: if client_header.is_some() {
+                client_slots
+            } else {
+                0
+            },
             client_header,
+            global,
         })
     });
     let mut rules = Vec::new();

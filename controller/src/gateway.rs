@@ -16,6 +16,9 @@ pub struct Gateway {
     pub stream_idle_timeout_s: u64,
     /// Kthena's access log (Istio patches and the bootstrap carry it).
     pub access_log: AccessLog,
+    /// `host:port` of `modelroute-ratelimit`, which Envoy's rate-limit filter calls for the
+    /// global budgets; None: no global budgets (each Envoy enforces them on its own).
+    pub rate_limit_service: Option<String>,
 }
 
 /// The OpenAI SDKs' own request timeout: past it no client is waiting for the answer.
@@ -27,6 +30,7 @@ impl Default for Gateway {
             cors_allow_origins: Vec::new(),
             stream_idle_timeout_s: DEFAULT_STREAM_IDLE_TIMEOUT_S,
             access_log: AccessLog::default(),
+            rate_limit_service: None,
         }
     }
 }
@@ -46,6 +50,28 @@ pub struct GatewayArgs {
     pub stream_idle_timeout: u64,
     #[command(flatten)]
     pub access_log: AccessLogArgs,
+    #[command(flatten)]
+    pub rate_limit: RateLimitServiceArgs,
+}
+
+/// Where Envoy's rate-limit filter finds `modelroute-ratelimit`.
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitServiceArgs {
+    /// `host:port` of modelroute-ratelimit (gRPC), for ModelRoutes with
+    /// spec.rateLimit.global: one budget in Redis for every Envoy. Without it each Envoy
+    /// enforces global limits on its own. Give the same value to `bootstrap`.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub rate_limit_service: Option<String>,
+}
+
+/// `host:port` with a port number.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("{s:?} is not host:port")),
+    }
 }
 
 impl GatewayArgs {
@@ -54,6 +80,7 @@ impl GatewayArgs {
             cors_allow_origins: self.cors_allow_origin.clone(),
             stream_idle_timeout_s: self.stream_idle_timeout,
             access_log: self.access_log.access_log(),
+            rate_limit_service: self.rate_limit.rate_limit_service.clone(),
         }
     }
 }

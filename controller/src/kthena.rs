@@ -54,6 +54,10 @@ pub const RATE_LIMIT_CLIENT_HEADER_ANNOTATION: &str = "modelroute.io/rate-limit-
 /// How many clients get budgets of their own (more share them, by hash); default 4096.
 pub const RATE_LIMIT_CLIENTS_ANNOTATION: &str = "modelroute.io/rate-limit-clients";
 pub const DEFAULT_RATE_LIMIT_CLIENTS: u32 = 4096;
+/// On a ModelRoute with `spec.rateLimit.global`: what requests get while its Redis cannot be
+/// reached, `allow` (default: the gateway keeps serving, unlimited) or `deny` (429, as
+/// Kthena does once it has connected).
+pub const RATE_LIMIT_REDIS_FAILURE_ANNOTATION: &str = "modelroute.io/rate-limit-on-redis-failure";
 
 /// The field path of annotation `key` in messages: `metadata.annotations[key]`.
 pub fn annotation_path(key: &str) -> String {

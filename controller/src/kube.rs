@@ -204,9 +204,8 @@ fn build(stores: &Stores, opts: &Options) -> Build {
     );
     crate::validate::validate(&inputs, &mut diags);
     let compiled = (!diags.has_errors()).then(|| {
-        let mut c = crate::compile::compile(&inputs, settings, &mut diags);
-        c.gateway = opts.gateway.clone();
-        c
+        crate::compile::compile(&inputs, settings, &mut diags)
+            .with_gateway(opts.gateway.clone(), &mut diags)
     });
     Build { diags, compiled }
 }

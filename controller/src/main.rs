@@ -54,6 +54,8 @@ struct BootstrapArgs {
     config_dir: PathBuf,
     #[command(flatten)]
     access_log: controller::gateway::AccessLogArgs,
+    #[command(flatten)]
+    rate_limit: controller::gateway::RateLimitServiceArgs,
 }
 
 #[derive(Args)]
@@ -199,6 +201,7 @@ fn bootstrap(a: &BootstrapArgs) -> anyhow::Result<ExitCode> {
             a.admin_port,
             &dir.display().to_string(),
             &a.access_log.access_log(),
+            a.rate_limit.rate_limit_service.as_deref(),
         )
     );
     Ok(ExitCode::SUCCESS)
@@ -294,11 +297,12 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         build(&sources, c.settings(), &mut diags)
+            .map(|compiled| compiled.with_gateway(c.gateway.gateway(), &mut diags))
     };
     for w in &diags.warnings {
         log::warn!("{w}");
     }
-    let Some(mut compiled) = compiled else {
+    let Some(compiled) = compiled else {
         for e in &diags.errors {
             log::error!("{e}");
         }
@@ -308,7 +312,6 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     };
-    compiled.gateway = c.gateway.gateway();
     if let Some(m) = manifests {
         let yaml = m
             .yaml(&compiled)

@@ -7,6 +7,7 @@ pub mod configmap;
 pub mod envoy;
 pub mod istio;
 pub mod observability;
+pub mod rate_limit;
 
 /// A Kubernetes-manifest render target (`render --target configmap|istio`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -336,10 +336,8 @@ fn attempt(
     let compiled = if diags.has_errors() {
         None
     } else {
-        build(sources, cfg.settings.clone(), &mut diags).map(|mut c| {
-            c.gateway = cfg.gateway.clone();
-            c
-        })
+        build(sources, cfg.settings.clone(), &mut diags)
+            .map(|c| c.with_gateway(cfg.gateway.clone(), &mut diags))
     };
     for w in &diags.warnings {
         log::warn!("{w}");

@@ -615,22 +615,23 @@ fn configmap_files_validate_and_load_in_envoy() {
         output: controller::render::observability::AccessLogOutput::Off,
         ..Default::default()
     };
-    let boot = controller::render::observability::bootstrap(port, admin, "@CONFIG_DIR@", &off)
-        .replace(
-            "@CONFIG_DIR@/cds/clusters.json",
-            &format!("{mount_s}/cds.json"),
-        )
-        .replace(
-            "@CONFIG_DIR@/ecds/modelroute.json",
-            &format!("{mount_s}/ecds.json"),
-        )
-        .replace(
-            "@CONFIG_DIR@/rds/routes.json",
-            &format!("{mount_s}/rds.json"),
-        )
-        .replace("@CONFIG_DIR@/cds", &mount_s)
-        .replace("@CONFIG_DIR@/ecds", &mount_s)
-        .replace("@CONFIG_DIR@/rds", &mount_s);
+    let boot =
+        controller::render::observability::bootstrap(port, admin, "@CONFIG_DIR@", &off, None)
+            .replace(
+                "@CONFIG_DIR@/cds/clusters.json",
+                &format!("{mount_s}/cds.json"),
+            )
+            .replace(
+                "@CONFIG_DIR@/ecds/modelroute.json",
+                &format!("{mount_s}/ecds.json"),
+            )
+            .replace(
+                "@CONFIG_DIR@/rds/routes.json",
+                &format!("{mount_s}/rds.json"),
+            )
+            .replace("@CONFIG_DIR@/cds", &mount_s)
+            .replace("@CONFIG_DIR@/ecds", &mount_s)
+            .replace("@CONFIG_DIR@/rds", &mount_s);
     let left: Vec<&str> = boot
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))

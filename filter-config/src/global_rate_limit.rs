@@ -164,6 +164,9 @@ mod tests {
             ..budget()
         };
         assert_eq!(b.key("input"), "kthena:ratelimit:deep;seek=r1:input");
-        assert_eq!(budget().key("output"), "kthena:ratelimit:deep;seek=r1:client-7:output");
+        assert_eq!(
+            budget().key("output"),
+            "kthena:ratelimit:deep;seek=r1:client-7:output"
+        );
     }
 }

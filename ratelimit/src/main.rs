@@ -47,7 +47,10 @@ fn main() -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("modelroute-ratelimit: cannot listen on {}: {e}", args.listen);
+                eprintln!(
+                    "modelroute-ratelimit: cannot listen on {}: {e}",
+                    args.listen
+                );
                 return ExitCode::FAILURE;
             }
         };

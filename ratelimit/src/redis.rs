@@ -95,7 +95,12 @@ impl Redis {
         result
     }
 
-    async fn eval_on(&self, conn: &mut Conn, keys: &[&str], args: &[String]) -> Result<Reply, Error> {
+    async fn eval_on(
+        &self,
+        conn: &mut Conn,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Reply, Error> {
         let sha = self.sha.lock().await.clone();
         let sha = match sha {
             Some(sha) => sha,
@@ -165,8 +170,13 @@ pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin + Send>(
         return Err(Error::Protocol("nested too deep"));
     }
     let line = read_line(r).await?;
-    let (kind, rest) = line.split_at_checked(1).ok_or(Error::Protocol("empty line"))?;
-    let number = || rest.parse::<i64>().map_err(|_| Error::Protocol("not a number"));
+    let (kind, rest) = line
+        .split_at_checked(1)
+        .ok_or(Error::Protocol("empty line"))?;
+    let number = || {
+        rest.parse::<i64>()
+            .map_err(|_| Error::Protocol("not a number"))
+    };
     Ok(match kind {
         "+" => Reply::Status(rest.to_string()),
         "-" => Reply::Error(rest.to_string()),
@@ -206,7 +216,10 @@ pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin + Send>(
 
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<String, Error> {
     let mut line = Vec::new();
-    let n = (&mut *r).take(MAX_BULK as u64).read_until(b'\n', &mut line).await?;
+    let n = (&mut *r)
+        .take(MAX_BULK as u64)
+        .read_until(b'\n', &mut line)
+        .await?;
     if n == 0 {
         return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
@@ -237,7 +250,9 @@ mod tests {
         assert_eq!(parse(b":-12\r\n").await.unwrap(), Reply::Int(-12));
         assert_eq!(parse(b"$-1\r\n").await.unwrap(), Reply::Bulk(None));
         assert_eq!(
-            parse(b"*4\r\n:0\r\n$6\r\noutput\r\n:3\r\n:1500\r\n").await.unwrap(),
+            parse(b"*4\r\n:0\r\n$6\r\noutput\r\n:3\r\n:1500\r\n")
+                .await
+                .unwrap(),
             Reply::Array(vec![
                 Reply::Int(0),
                 Reply::Bulk(Some(b"output".to_vec())),
@@ -259,7 +274,11 @@ mod tests {
             b"*99999\r\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
         ] {
-            assert!(parse(bad).await.is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse(bad).await.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

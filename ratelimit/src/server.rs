@@ -90,7 +90,8 @@ fn grpc_response(body: Frames) -> Response<Frames> {
 /// A trailers-only error response.
 fn status_only(code: u8, message: &'static str) -> Response<Frames> {
     let mut r = grpc_response(Frames(VecDeque::new()));
-    r.headers_mut().insert("grpc-status", HeaderValue::from(u16::from(code)));
+    r.headers_mut()
+        .insert("grpc-status", HeaderValue::from(u16::from(code)));
     r.headers_mut()
         .insert("grpc-message", HeaderValue::from_static(message));
     r
@@ -123,7 +124,13 @@ mod tests {
     fn a_message_is_one_uncompressed_length_prefixed_frame() {
         let framed = Bytes::from_static(b"\0\0\0\0\x02hi");
         assert_eq!(unframe(framed), Some(Bytes::from_static(b"hi")));
-        for bad in [&b""[..], b"\0\0\0", b"\x01\0\0\0\x02hi", b"\0\0\0\0\x03hi", b"\0\0\0\0\x01hi"] {
+        for bad in [
+            &b""[..],
+            b"\0\0\0",
+            b"\x01\0\0\0\x02hi",
+            b"\0\0\0\0\x03hi",
+            b"\0\0\0\0\x01hi",
+        ] {
             assert_eq!(unframe(Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
     }

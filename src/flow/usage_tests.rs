@@ -152,6 +152,15 @@ fn requests_that_are_not_inference_publish_nothing() {
 
 /// `ds-model` limited to `input` / `output` tokens a minute.
 fn limited_router(input: Option<u64>, output: Option<u64>) -> Router {
+    limited_router_in(input, output, None)
+}
+
+/// As [`limited_router`], the budget `global` when given.
+fn limited_router_in(
+    input: Option<u64>,
+    output: Option<u64>,
+    global: Option<filter_config::GlobalRateLimit>,
+) -> Router {
     let rule = Rule::fixture("default", Match::default(), &[("ds", 100)]);
     let limit = filter_config::RateLimit {
         input_per_unit: input,
@@ -159,7 +168,7 @@ fn limited_router(input: Option<u64>, output: Option<u64>) -> Router {
         unit_seconds: 60,
         client_header: None,
         client_slots: 0,
-        global: None,
+        global,
     };
     let config = FilterConfig::fixture(
         vec![
@@ -247,4 +256,79 @@ fn lora_requests_are_never_limited() {
         send(&mut r, &mut h);
         assert!(h.reply.is_none(), "{:?}", h.reply);
     }
+}
+
+#[test]
+fn a_global_budget_is_left_to_envoys_rate_limit_filter_and_its_refusal_is_counted() {
+    use filter_config::global_rate_limit::{Budget, ADMIT_HITS, BUDGET, DEBIT_HITS};
+    let global = filter_config::GlobalRateLimit {
+        redis: "redis:6379".into(),
+        deny_on_redis_failure: true,
+    };
+    let mut r = limited_router_in(Some(30), Some(100), Some(global));
+    // Admitted here: the budget and the estimate are published, nothing is drawn locally.
+    let mut h = five_token_request("ds-model");
+    let mut f = send(&mut r, &mut h);
+    assert!(h.reply.is_none());
+    assert!(
+        h.shared.is_empty(),
+        "no local bucket: {:?}",
+        h.shared.keys()
+    );
+    let budget = Budget::parse(h.published(BUDGET).unwrap()).unwrap();
+    assert_eq!(
+        (
+            budget.model,
+            budget.input_per_unit,
+            budget.output_per_unit,
+            budget.unit_seconds
+        ),
+        ("ds-model", Some(30), Some(100), 60)
+    );
+    assert_eq!(
+        (budget.redis, budget.deny_on_redis_failure),
+        ("redis:6379", true)
+    );
+    assert_eq!(h.published(ADMIT_HITS), Some("5"));
+    // The answer's tokens, once it has ended (before the stream is done).
+    f.on_response_headers(&mut h, Some(200), "application/json", false, None);
+    let answer = r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":250}}"#;
+    deliver(&mut f, &mut h, answer, false);
+    assert_eq!(h.published(DEBIT_HITS), None);
+    deliver(&mut f, &mut h, "", true);
+    assert_eq!(h.published(DEBIT_HITS), Some("250"));
+
+    // Refused by the service: counted and published as this filter's own refusal would be.
+    let mut h = five_token_request("ds-model");
+    let mut f = send(&mut r, &mut h);
+    f.on_response_headers(
+        &mut h,
+        Some(429),
+        "application/json",
+        true,
+        Some("output_tokens"),
+    );
+    f.on_done(&mut h, &mut InFlight::default());
+    assert_eq!(h.published(published::ERROR_TYPE), Some("rate_limit"));
+    assert_eq!(h.published(published::BACKEND_TYPE), Some("none"));
+    assert_eq!(h.published(DEBIT_HITS), None);
+    let exceeded = "model=.=ds-model;.;limit_type=.=output_tokens;.;path=.=/v1/completions;.;kthena_router_rate_limit_exceeded_total";
+    assert_eq!(h.counted.get(exceeded), Some(&1), "{:?}", h.counted);
+
+    // An engine's header of that name means nothing for a request without a global budget.
+    let mut local = limited_router(Some(30), None);
+    let mut h = five_token_request("ds-model");
+    let mut f = send(&mut local, &mut h);
+    f.on_response_headers(
+        &mut h,
+        Some(200),
+        "application/json",
+        true,
+        Some("input_tokens"),
+    );
+    f.on_done(&mut h, &mut InFlight::default());
+    assert_eq!(
+        h.published(published::ERROR_TYPE),
+        Some("successful_request")
+    );
 }

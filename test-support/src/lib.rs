@@ -187,6 +187,48 @@ impl Drop for Proc {
     }
 }
 
+/// A real Redis (Debian's `redis-server`, installed by `./build.sh test`) on a loopback port,
+/// nothing saved to disk, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(ReservedPort::new().release())
+    }
+
+    /// On `port` (a Redis restarted where the old one was).
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (./build.sh test installs Debian's)");
+        let proc = Proc(child);
+        wait_until(Duration::from_secs(10), "redis-server listening", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        RedisServer { port, _proc: proc }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` with `args` against this server: its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP/1.1
 

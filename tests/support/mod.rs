@@ -125,6 +125,8 @@ pub struct Options {
     /// can wait it out. Each `from` must be in the file, so a test never silently checks a
     /// setting the file no longer has.
     pub bootstrap_edits: Vec<(&'static str, &'static str)>,
+    /// More `modelroute-controller bootstrap` flags (e.g. `--rate-limit-service`).
+    pub bootstrap_args: Vec<String>,
 }
 
 impl Stack {
@@ -217,7 +219,7 @@ impl Stack {
         });
 
         // Envoy.
-        let mut yaml = render_bootstrap(s.port, s.admin, &dir.join("config"));
+        let mut yaml = render_bootstrap(s.port, s.admin, &dir.join("config"), &opts.bootstrap_args);
         for (from, to) in &opts.bootstrap_edits {
             assert!(yaml.contains(from), "envoy/envoy.yaml has no {from:?}");
             yaml = yaml.replace(from, to);
@@ -547,7 +549,7 @@ spec:
 
 /// The shipped bootstrap as `modelroute-controller bootstrap` renders it, Kthena's access log
 /// as JSON lines in `access.log` next to `config_dir`.
-pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
+pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path, extra: &[String]) -> String {
     let log = config_dir.with_file_name("access.log");
     let out = Command::new(bin("modelroute-controller"))
         .args(["bootstrap", "--listen-port", &port.to_string()])
@@ -561,6 +563,7 @@ pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path) -> String {
         .arg(config_dir)
         .arg("--access-log")
         .arg(&log)
+        .args(extra)
         .output()
         .expect("modelroute-controller bootstrap");
     assert!(

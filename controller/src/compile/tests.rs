@@ -203,6 +203,7 @@ fn rate_limits_compile_with_kthenas_units_and_the_oldest_route_wins() {
             unit_seconds: 60,
             client_header: None,
             client_slots: 0,
+            global: None,
         })
     );
     assert_eq!(
@@ -214,15 +215,100 @@ fn rate_limits_compile_with_kthenas_units_and_the_oldest_route_wins() {
     assert_eq!(limit("adapters"), None, "LoRA adapters are never limited");
     let w = diags.warnings.join("\n");
     assert!(w.contains("default/new: spec.rateLimit: modelName \"m\" is already limited by the older ModelRoute default/old"), "{w}");
-    assert!(
-        w.contains("spec.rateLimit.global: global (Redis) limits are not supported yet"),
-        "{w}"
+    assert_eq!(
+        limit("monthly").and_then(|l| l.global),
+        Some(filter_config::GlobalRateLimit {
+            redis: "r:6379".into(),
+            deny_on_redis_failure: false,
+        })
     );
     assert!(
         w.contains("a route without modelName is not limited"),
         "{w}"
     );
     assert!(!w.contains("not enforced"), "{w}");
+}
+
+#[test]
+fn a_global_budget_needs_the_gateways_rate_limit_service() {
+    let route = |name: &str, n: u32, annotations: &str| {
+        limited_route(
+            name,
+            n,
+            name,
+            "{inputTokensPerUnit: 3, global: {redis: {address: 'redis:6379'}}}",
+        )
+        .replace(
+            "metadata: {name:",
+            &format!("metadata: {{annotations: {{{annotations}}}, name:"),
+        )
+    };
+    let yaml = format!(
+        "{SERVER}{}{}{}",
+        route("deny", 1, "modelroute.io/rate-limit-on-redis-failure: deny"),
+        route(
+            "typo",
+            2,
+            "modelroute.io/rate-limit-on-redis-failure: closed"
+        ),
+        limited_route(
+            "noaddr",
+            3,
+            "noaddr",
+            "{inputTokensPerUnit: 3, global: {redis: {}}}"
+        ),
+    );
+    let (c, diags) = compile_yaml(&yaml);
+    let global = |c: &crate::compile::Compiled, name: &str| {
+        c.config
+            .routes
+            .iter()
+            .find(|r| r.name == format!("default/{name}"))
+            .and_then(|r| r.rate_limit.clone())
+            .and_then(|l| l.global)
+            .map(|g| (g.redis, g.deny_on_redis_failure))
+    };
+    assert_eq!(global(&c, "deny"), Some(("redis:6379".into(), true)));
+    assert_eq!(global(&c, "typo"), Some(("redis:6379".into(), false)));
+    assert_eq!(global(&c, "noaddr"), None);
+    let w = diags.warnings.join("\n");
+    assert!(
+        w.contains("\"closed\" is neither allow nor deny; using allow"),
+        "{w}"
+    );
+    assert!(
+        w.contains("spec.rateLimit.global.redis.address: missing"),
+        "{w}"
+    );
+
+    let service = crate::gateway::Gateway {
+        rate_limit_service: Some("rls:8081".into()),
+        ..Default::default()
+    };
+    let mut diags = crate::diag::Diagnostics::default();
+    let with = c.clone().with_gateway(service, &mut diags);
+    assert_eq!(global(&with, "deny"), Some(("redis:6379".into(), true)));
+    assert!(diags.warnings.is_empty(), "{:?}", diags.warnings);
+    let without = c.with_gateway(Default::default(), &mut diags);
+    assert_eq!(global(&without, "deny"), None, "enforced per Envoy instead");
+    let local = without
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name == "default/deny");
+    assert_eq!(
+        local
+            .and_then(|r| r.rate_limit.as_ref())
+            .and_then(|l| l.input_per_unit),
+        Some(3)
+    );
+    let w = diags.warnings.join("\n");
+    assert!(
+        w.contains(
+            "ModelRoute default/deny: spec.rateLimit.global: no rate-limit service configured"
+        ),
+        "{w}"
+    );
 }
 
 #[test]

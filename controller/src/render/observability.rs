@@ -373,8 +373,23 @@ pub fn bootstrap_stats_config() -> Value {
 }
 
 /// The standalone bootstrap (`envoy/envoy.yaml`) with its placeholders filled.
-pub fn bootstrap(listen_port: u16, admin_port: u16, config_dir: &str, log: &AccessLog) -> String {
+pub fn bootstrap(
+    listen_port: u16,
+    admin_port: u16,
+    config_dir: &str,
+    log: &AccessLog,
+    rate_limit_service: Option<&str>,
+) -> String {
+    let (rate_limit_filter, rate_limit_clusters) = match rate_limit_service {
+        Some(service) => (
+            format!("- {}", super::rate_limit::filter()),
+            Value::Array(vec![super::rate_limit::cluster(service)]),
+        ),
+        None => (String::new(), Value::Array(vec![])),
+    };
     BOOTSTRAP_TEMPLATE
+        .replace("@RATE_LIMIT_FILTER@", &rate_limit_filter)
+        .replace("@RATE_LIMIT_CLUSTERS@", &rate_limit_clusters.to_string())
         .replace("@LISTEN_PORT@", &listen_port.to_string())
         .replace("@ADMIN_PORT@", &admin_port.to_string())
         .replace("@CONFIG_DIR@", config_dir)
@@ -446,7 +461,7 @@ mod tests {
 
     #[test]
     fn the_bootstrap_has_no_placeholder_left() {
-        let b = bootstrap(1, 2, "/x", &AccessLog::default());
+        let b = bootstrap(1, 2, "/x", &AccessLog::default(), None);
         for p in [
             "@LISTEN_PORT@",
             "@ADMIN_PORT@",

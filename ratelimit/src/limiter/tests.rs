@@ -1,54 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Child, Command, Stdio};
+use test_support::RedisServer;
 
 use super::*;
 
-/// A real Redis (Debian's `redis-server`) on a free loopback port, killed when dropped.
-pub struct RedisServer {
-    pub port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (./build.sh test installs it)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { port, child }
-    }
-
-    pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer::start_on(port)
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn hget(&self, key: &str, field: &str) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "HGET", key, field])
-            .output()
-            .unwrap();
-        let s = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        (!s.is_empty()).then_some(s)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn hget(redis: &RedisServer, key: &str, field: &str) -> Option<String> {
+    Some(redis.cli(&["HGET", key, field])).filter(|s| !s.is_empty())
 }
 
 fn budget<'a>(redis: &'a str, model: &'a str) -> Budget<'a> {
@@ -90,9 +47,12 @@ async fn input_is_taken_until_it_runs_out_and_a_refusal_takes_nothing() {
     // 5 tokens at 30 a minute: at most 10 s.
     assert!(matches!(r.retry_after_ms, Some(1..=10_000)), "{r:?}");
     // Kthena's layout; the refusal wrote nothing (Kthena's script does: its issue #1456).
-    let tokens: f64 = redis.hget("kthena:ratelimit:m:input", "tokens").unwrap().parse().unwrap();
+    let tokens: f64 = hget(&redis, "kthena:ratelimit:m:input", "tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(tokens < 1.0, "{tokens}");
-    assert!(redis.hget("kthena:ratelimit:m:input", "last_update").is_some());
+    assert!(hget(&redis, "kthena:ratelimit:m:input", "last_update").is_some());
     // More than the whole budget never fits.
     let v = l.apply(Mode::Admit, &budget(&addr, "other"), 31).await;
     assert_eq!(refused(&v).retry_after_ms, None);
@@ -106,7 +66,10 @@ async fn a_long_answer_puts_output_in_deficit_and_the_next_request_waits() {
     let l = limiter();
     assert_eq!(l.apply(Mode::Admit, &b, 1).await, Verdict::Allowed);
     assert_eq!(l.apply(Mode::Debit, &b, 250).await, Verdict::Allowed);
-    let tokens: f64 = redis.hget("kthena:ratelimit:m:output", "tokens").unwrap().parse().unwrap();
+    let tokens: f64 = hget(&redis, "kthena:ratelimit:m:output", "tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((-151.0..=-149.0).contains(&tokens), "{tokens}");
     let v = l.apply(Mode::Admit, &b, 1).await;
     let r = refused(&v);
@@ -114,8 +77,11 @@ async fn a_long_answer_puts_output_in_deficit_and_the_next_request_waits() {
     // 151 tokens short at 100 a minute: about 90 s.
     assert!(matches!(r.retry_after_ms, Some(89_000..=91_000)), "{r:?}");
     // A zero debit (a refused or failed request) touches nothing.
-    assert_eq!(l.apply(Mode::Debit, &budget(&addr, "none"), 0).await, Verdict::Allowed);
-    assert_eq!(redis.hget("kthena:ratelimit:none:output", "tokens"), None);
+    assert_eq!(
+        l.apply(Mode::Debit, &budget(&addr, "none"), 0).await,
+        Verdict::Allowed
+    );
+    assert_eq!(hget(&redis, "kthena:ratelimit:none:output", "tokens"), None);
 }
 
 #[tokio::test]
@@ -126,16 +92,22 @@ async fn a_bucket_kthena_wrote_is_honoured() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let status = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "HSET", "kthena:ratelimit:k:input", "tokens", "2", "last_update"])
-        .arg(now.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let now = now.to_string();
+    redis.cli(&[
+        "HSET",
+        "kthena:ratelimit:k:input",
+        "tokens",
+        "2",
+        "last_update",
+        &now,
+    ]);
     let l = limiter();
     let v = l.apply(Mode::Admit, &budget(&addr, "k"), 5).await;
     assert_eq!(refused(&v).direction, Direction::Input);
-    assert_eq!(l.apply(Mode::Admit, &budget(&addr, "k"), 2).await, Verdict::Allowed);
+    assert_eq!(
+        l.apply(Mode::Admit, &budget(&addr, "k"), 2).await,
+        Verdict::Allowed
+    );
 }
 
 #[tokio::test]
@@ -161,7 +133,10 @@ async fn redis_down_lets_through_or_refuses_as_the_budget_says_and_recovery_is_i
     // A fresh Redis (empty, its scripts flushed) is used at once: full bucket, script reloaded.
     let _redis = RedisServer::start_on(port);
     assert_eq!(l.apply(Mode::Admit, &closed, 30).await, Verdict::Allowed);
-    assert_eq!(refused(&l.apply(Mode::Admit, &closed, 1).await).direction, Direction::Input);
+    assert_eq!(
+        refused(&l.apply(Mode::Admit, &closed, 1).await).direction,
+        Direction::Input
+    );
 }
 
 #[tokio::test]
@@ -182,9 +157,13 @@ async fn a_call_with_our_descriptors_answers_as_envoy_expects() {
         hits_addend: 0,
     };
     let l = limiter();
-    let ok = l.should_rate_limit(&call(descriptor(contract::ADMIT, 30))).await;
+    let ok = l
+        .should_rate_limit(&call(descriptor(contract::ADMIT, 30)))
+        .await;
     assert_eq!(ok.overall_code, proto::OK);
-    let over = l.should_rate_limit(&call(descriptor(contract::ADMIT, 30))).await;
+    let over = l
+        .should_rate_limit(&call(descriptor(contract::ADMIT, 30)))
+        .await;
     assert_eq!(over.overall_code, proto::OVER_LIMIT);
     let header = |name: &str| {
         over.response_headers_to_add
@@ -200,8 +179,14 @@ async fn a_call_with_our_descriptors_answers_as_envoy_expects() {
     assert_eq!(body["error"]["message"], "input token rate limit exceeded");
     // Someone else's descriptors are not ours to judge.
     let foreign = proto::RateLimitDescriptor {
-        entries: vec![proto::Entry { key: "remote_address".into(), value: "1.2.3.4".into() }],
+        entries: vec![proto::Entry {
+            key: "remote_address".into(),
+            value: "1.2.3.4".into(),
+        }],
         hits_addend: None,
     };
-    assert_eq!(l.should_rate_limit(&call(foreign)).await.overall_code, proto::OK);
+    assert_eq!(
+        l.should_rate_limit(&call(foreign)).await.overall_code,
+        proto::OK
+    );
 }

@@ -1,0 +1,80 @@
+//! Envoy's rate-limit filter and the cluster of `modelroute-ratelimit`, for the global token
+//! budgets (`spec.rateLimit.global`; the contract is [`filter_config::global_rate_limit`]).
+//!
+//! The filter goes right after ours. Ours decides the model only once it has the body, and
+//! Envoy runs the next filter's request-headers hook only when ours lets the request go on,
+//! so the budget it published is there when the rate-limit filter builds its descriptors:
+//! [`global_rate_limit::ADMIT`] before routing (hits: the input estimate) and
+//! [`global_rate_limit::DEBIT`] when the stream is done (hits: the completion tokens). A
+//! request without a global budget publishes nothing, yields no descriptor and is not sent to
+//! the service.
+
+use filter_config::global_rate_limit;
+use serde_json::{json, Value};
+
+/// The service's cluster.
+pub const CLUSTER: &str = "modelroute_ratelimit";
+/// The rate-limit filter waits this long for the service; past it the request goes on (fail
+/// open, counted by Envoy as `ratelimit.failure_mode_allowed`). The service bounds its Redis
+/// calls (50 ms by default) below this, so a budget's own failure mode answers first.
+pub const TIMEOUT: &str = "0.1s";
+
+/// The rate-limit filter (an `http_filters` entry).
+pub fn filter() -> Value {
+    let descriptor = |key: &str, hits: &str| {
+        json!({
+            "actions": [{
+                "extension": {
+                    "name": "envoy.rate_limit_descriptors.expr",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor",
+                        "descriptor_key": key,
+                        "text": format!("filter_state['wasm.{}']", global_rate_limit::BUDGET),
+                        "skip_if_error": true,
+                    },
+                },
+            }],
+            "hits_addend": { "format": format!("%FILTER_STATE(wasm.{hits}:PLAIN)%") },
+        })
+    };
+    let admit = descriptor(global_rate_limit::ADMIT, global_rate_limit::ADMIT_HITS);
+    let mut debit = descriptor(global_rate_limit::DEBIT, global_rate_limit::DEBIT_HITS);
+    debit["apply_on_stream_done"] = json!(true);
+    json!({
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "modelroute",
+            "timeout": TIMEOUT,
+            "failure_mode_deny": false,
+            "rate_limits": [admit, debit],
+            "rate_limit_service": {
+                "transport_api_version": "V3",
+                "grpc_service": { "envoy_grpc": { "cluster_name": CLUSTER } },
+            },
+        },
+    })
+}
+
+/// The service's cluster: `host:port` (a name is resolved by DNS), HTTP/2.
+pub fn cluster(service: &str) -> Value {
+    let (host, port) = service.rsplit_once(':').unwrap_or((service, "8081"));
+    let port: u16 = port.parse().unwrap_or(8081);
+    json!({
+        "name": CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "0.25s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": host, "port_value": port },
+            } } }] }],
+        },
+    })
+}
