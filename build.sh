@@ -12,7 +12,8 @@
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
 # MODELROUTE_RESOURCES (Kthena YAML file or directory, default examples/kthena and
 # examples/rate-limit),
-# MODELROUTE_PODS (Pod list, default examples/pods.yaml).
+# MODELROUTE_PODS (Pod list, default examples/pods.yaml), MODELROUTE_REDIS (host:port: global
+# token budgets in this Redis, through modelroute-ratelimit; a loopback one is started).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +60,14 @@ EOF
   export MODELROUTE_ENVOY="$ENVOY"
 }
 
+# Debian's redis-server (and redis-cli): the global rate-limit tests and MODELROUTE_REDIS.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    log "installing redis-server"
+    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+  fi
+}
+
 build() {
   ensure_tools
   log "building the filter (wasm32-wasip1, release)"
@@ -69,7 +78,8 @@ build() {
 }
 
 # --- the running stack (demo / up) -------------------------------------------------------
-PIDS=()
+PIDS=() NAMES=()
+track() { PIDS+=($!); NAMES+=("$1"); } # track NAME: the process just started in background
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
@@ -95,22 +105,41 @@ start_stack() {
 
   log "starting one mock-llm per Pod in $pods"
   "$BIN/mock-llm" pods --file "$pods" >"$RUN/mock-llm.log" 2>&1 &
-  PIDS+=($!)
+  track mock-llm
   wait_for 20 "mock pods" grep -q "mock-llm pods ready" "$RUN/mock-llm.log"
+
+  # Global token budgets: Redis (started here if it is on loopback and not running) and
+  # modelroute-ratelimit, which Envoy's rate-limit filter calls.
+  local rate_limit=()
+  if [ -n "${MODELROUTE_REDIS:-}" ]; then
+    ensure_redis
+    local redis_host=${MODELROUTE_REDIS%:*} redis_port=${MODELROUTE_REDIS##*:}
+    if ! redis-cli -h "$redis_host" -p "$redis_port" ping >/dev/null 2>&1; then
+      log "starting redis-server on $MODELROUTE_REDIS"
+      redis-server --bind "$redis_host" --port "$redis_port" --save "" --appendonly no >"$RUN/redis.log" 2>&1 &
+      track redis
+      wait_for 10 "redis-server" redis-cli -h "$redis_host" -p "$redis_port" ping
+    fi
+    local rls="127.0.0.1:$((port + 2))"
+    log "starting modelroute-ratelimit on $rls (Redis $MODELROUTE_REDIS)"
+    "$BIN/modelroute-ratelimit" --listen "$rls" --redis "$MODELROUTE_REDIS" >"$RUN/ratelimit.log" 2>&1 &
+    track ratelimit
+    rate_limit=(--rate-limit-service "$rls")
+  fi
 
   log "starting modelroute-controller watch on ${resources[*]}"
   "$BIN/modelroute-controller" watch --resources "${resources[@]}" --pods "$pods" \
-    --wasm "$WASM" --out "$RUN/config" >"$RUN/controller.log" 2>&1 &
-  PIDS+=($!)
+    --wasm "$WASM" --out "$RUN/config" "${rate_limit[@]}" >"$RUN/controller.log" 2>&1 &
+  track controller
   wait_for 20 "the controller's first render" test -s "$RUN/config/ecds/modelroute.json"
 
   log "starting Envoy on 127.0.0.1:$port (admin 127.0.0.1:$admin)"
   "$BIN/modelroute-controller" bootstrap --listen-port "$port" --admin-port "$admin" \
-    --config-dir "$RUN/config" --access-log "$RUN/access.log" >"$RUN/envoy.yaml"
+    --config-dir "$RUN/config" --access-log "$RUN/access.log" "${rate_limit[@]}" >"$RUN/envoy.yaml"
   # Access log files are written out every second (Envoy's default: 10 s).
   "$MODELROUTE_ENVOY" -c "$RUN/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning --file-flush-interval-msec 1000 \
     >"$RUN/envoy.log" 2>&1 &
-  PIDS+=($!)
+  track envoy
   wait_for 30 "Envoy" curl -sf "http://127.0.0.1:$port/v1/models"
   ROUTER="127.0.0.1:$port"
 }
@@ -229,12 +258,12 @@ up() {
   start_stack
   log "router ready on http://$ROUTER (Ctrl-C to stop); edit the YAML in ${MODELROUTE_RESOURCES:-examples/kthena} and the change applies live"
   # A stack with a dead part must not look alive: the first process to exit stops it all.
-  local names=(mock-llm controller envoy) status=0 i
+  local status=0 i
   wait -n "${PIDS[@]}" || status=$?
   for i in "${!PIDS[@]}"; do
     if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
-      echo "${names[$i]} exited (status $status); its log: $RUN/${names[$i]}.log" >&2
-      tail -n 5 "$RUN/${names[$i]}.log" >&2 || true
+      echo "${NAMES[$i]} exited (status $status); its log: $RUN/${NAMES[$i]}.log" >&2
+      tail -n 5 "$RUN/${NAMES[$i]}.log" >&2 || true
     fi
   done
   echo "stopping the stack" >&2
@@ -250,6 +279,7 @@ test_all() {
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute -- -D warnings
   cargo clippy -q --release --target wasm32-wasip1 -p modelroute --features timing -- -D warnings
   build
+  ensure_redis
   log "tests (unit, property, golden, fake-host, end-to-end in Envoy $ENVOY_VERSION)"
   MODELROUTE_WASM="$WASM" MODELROUTE_BIN_DIR="$BIN" cargo test --workspace
   log "fuzzing every parser and body editor briefly (scripts/fuzz.sh; longer runs: fuzz/README.md)"

@@ -3,7 +3,7 @@
 deployment, measured with less noise than the load benchmark (one Envoy worker pinned to CPU
 0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
 
-usage: ablate.py [--rounds N] [--duration S] [--old-wasm PATH] VARIANT...
+usage: ablate.py [--rounds N] [--duration S] [--connections N] [--old-wasm PATH] VARIANT...
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -14,6 +14,8 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   all         this filter, Kthena's metrics and access log (JSON, a file)
   limited     `metrics` with a token rate limit on the route (budgets never exhausted): what
               local rate limiting costs a request
+  global      `limited` with the budget global: Envoy's rate-limit filter, modelroute-ratelimit
+              and a real Redis (both on CPU 1): what a global budget costs a request
   timed       `metrics` with the timing build (target/timing): also prints the VM's own time
               per callback (host calls included), from its modelroute.timing.* counters
 """
@@ -30,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load as L  # noqa: E402
 
 
-def bootstrap(port, admin, conf, access_log):
+def bootstrap(port, admin, conf, access_log, extra=()):
     return subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
-                           "--config-dir", conf, "--access-log", access_log, "--access-log-format", "json"],
+                           "--config-dir", conf, "--access-log", access_log, "--access-log-format", "json", *extra],
                           check=True, capture_output=True, text=True).stdout
 
 
@@ -48,6 +50,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--old-wasm")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (1: unloaded latency)")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="modelroute-ablate-")
@@ -71,6 +74,20 @@ def main():
         with open(os.path.join(res_limited, "bench.yaml"), "w") as f:
             limit = "  rateLimit: { inputTokensPerUnit: 1000000000, outputTokensPerUnit: 1000000000 }\n"
             f.write(L.modelroute_resources(pod_port).replace("  rules:\n", limit + "  rules:\n", 1))
+        rate_limit_service = None
+        if "global" in args.variants:
+            redis_port, rls_port = L.free_port(), L.free_port()
+            procs.start(["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                         "--save", "", "--appendonly", "no"], logs)
+            rate_limit_service = f"127.0.0.1:{rls_port}"
+            procs.start(["taskset", "-c", "1", os.path.join(L.BIN, "modelroute-ratelimit"), "--listen",
+                         rate_limit_service], logs)
+            res_global = os.path.join(work, "resources-global")
+            os.makedirs(res_global)
+            with open(os.path.join(res_global, "bench.yaml"), "w") as f:
+                limit = ("  rateLimit: { inputTokensPerUnit: 1000000000, outputTokensPerUnit: 1000000000, "
+                         f"global: {{ redis: {{ address: '127.0.0.1:{redis_port}' }} }} }}\n")
+                f.write(L.modelroute_resources(pod_port).replace("  rules:\n", limit + "  rules:\n", 1))
         with open(os.path.join(work, "pods.yaml"), "w") as f:
             f.write(L.pods_yaml(ips, pod_port))
         live = {}
@@ -82,11 +99,12 @@ def main():
             else:
                 conf = os.path.join(work, f"config-{name}")
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
-                resources = res_limited if name == "limited" else res
+                resources = {"limited": res_limited, "global": res_global if name == "global" else None}.get(name, res)
+                service = ["--rate-limit-service", rate_limit_service] if name == "global" else []
                 subprocess.run([L.CONTROLLER, "render", "--resources", resources, "--pods", os.path.join(work, "pods.yaml"),
-                                "--wasm", wasm, "--out", conf], check=True, capture_output=True)
+                                "--wasm", wasm, "--out", conf] + service, check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
-                boot = bootstrap(port, admin, conf, access_log)
+                boot = bootstrap(port, admin, conf, access_log, service)
                 keep = {"old": 0, "filter": 0, "main": 1}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)
@@ -105,17 +123,20 @@ def main():
         with open(lua, "w") as f:
             f.write(L.WRK_LUA)
         results = {n: [] for n in live}
+        latencies = {n: [] for n in live}
         for _ in range(args.rounds):
             for name, (port, pid, admin) in live.items():
                 before = L.cpu_ticks(pid)
                 clocks = L.timing_stats(admin) if name == "timed" else None
                 env = dict(os.environ, BENCH_BODY=body_file)
-                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{args.duration}s", "-s", lua,
+                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{args.connections}", "--latency", f"-d{args.duration}s", "-s", lua,
                                       f"http://127.0.0.1:{port}/v1/chat/completions"], env=env, capture_output=True,
                                      text=True).stdout
                 n = int(re.search(r"(\d+) requests in", out).group(1))
                 used = (L.cpu_ticks(pid) - before) / L.TICK
                 results[name].append(used * 1e6 / n)
+                p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+                latencies[name].append(p50.group(1) if p50 else "?")
                 if clocks is not None:
                     after = L.timing_stats(admin)
                     reqs = after.get("requests", 0) - clocks.get("requests", 0)
@@ -125,7 +146,8 @@ def main():
                 print(json.dumps({"variant": name, "cpu_us_per_req": round(used * 1e6 / n, 2), "requests": n}), flush=True)
         print("variant  Envoy CPU us/request per round  (median)")
         for name, v in results.items():
-            print(f"{name:8} {', '.join(f'{x:.1f}' for x in v)}  ({sorted(v)[len(v) // 2]:.1f})")
+            print(f"{name:8} {', '.join(f'{x:.1f}' for x in v)}  ({sorted(v)[len(v) // 2]:.1f})"
+                  f"  latency p50 at {args.connections} connections: {', '.join(latencies[name])}")
     finally:
         procs.stop_all()
 

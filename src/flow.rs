@@ -96,9 +96,9 @@ pub struct Flow {
     /// The output budget (its limits and shared-data key) the answer's tokens are debited
     /// from when the request ends.
     output_limit: Option<(filter_config::RateLimit, String)>,
-    /// The request draws on a global budget: Envoy's rate-limit filter admits it and debits
-    /// the answer's tokens, which this filter publishes when the answer ends.
-    global_budget: bool,
+    /// The request draws on a global budget (Envoy's rate-limit filter admits it): Some(whether
+    /// its output is limited, so the answer's tokens are published for the debit when it ends).
+    global_budget: Option<bool>,
 }
 
 impl Flow {
@@ -244,7 +244,7 @@ impl Flow {
                 host.publish(global_rate_limit::BUDGET, &budget.descriptor());
                 let admit = self.acct.input_estimate.to_string();
                 host.publish(global_rate_limit::ADMIT_HITS, &admit);
-                self.global_budget = true;
+                self.global_budget = Some(limit.output_per_unit.is_some());
             } else {
                 // Kthena's order of checks, output first since it takes nothing: a request
                 // refused for output does not spend input budget. Both buckets in one
@@ -490,8 +490,8 @@ impl Flow {
         end_of_stream: bool,
         refused: Option<&str>,
     ) {
-        if let Some(limit_type) = refused.filter(|_| self.global_budget) {
-            self.global_budget = false;
+        if let Some(limit_type) = refused.filter(|_| self.global_budget.is_some()) {
+            self.global_budget = None;
             let direction = if limit_type == Direction::Input.limit_type() {
                 Direction::Input
             } else {
@@ -544,16 +544,19 @@ impl Flow {
     /// Whether the response may be the rate-limit service's refusal (the request drew on a
     /// global budget): the glue then reads and removes [`global_rate_limit::REFUSED_HEADER`].
     pub fn awaits_global_verdict(&self) -> bool {
-        self.global_budget
+        self.global_budget.is_some()
     }
 
     /// The answer ended: the completion tokens Envoy's rate-limit filter debits from the
     /// global budget when the stream is done (its stream-done hook runs before `on_log`, so
-    /// they cannot wait for [`Flow::on_done`]). A stream the client cut is not debited.
+    /// they cannot wait for [`Flow::on_done`]). Nothing to debit, nothing published: the
+    /// rate-limit filter then makes no call. A stream the client cut is not debited.
     fn publish_global_debit(&mut self, host: &mut dyn Host) {
-        if std::mem::take(&mut self.global_budget) {
-            let output = self.acct.output_tokens().to_string();
-            host.publish(global_rate_limit::DEBIT_HITS, &output);
+        if self.global_budget.take() == Some(true) {
+            let output = self.acct.output_tokens();
+            if output > 0 {
+                host.publish(global_rate_limit::DEBIT_HITS, &output.to_string());
+            }
         }
     }
 

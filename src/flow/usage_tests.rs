@@ -265,7 +265,7 @@ fn a_global_budget_is_left_to_envoys_rate_limit_filter_and_its_refusal_is_counte
         redis: "redis:6379".into(),
         deny_on_redis_failure: true,
     };
-    let mut r = limited_router_in(Some(30), Some(100), Some(global));
+    let mut r = limited_router_in(Some(30), Some(100), Some(global.clone()));
     // Admitted here: the budget and the estimate are published, nothing is drawn locally.
     let mut h = five_token_request("ds-model");
     let mut f = send(&mut r, &mut h);
@@ -314,6 +314,15 @@ fn a_global_budget_is_left_to_envoys_rate_limit_filter_and_its_refusal_is_counte
     assert_eq!(h.published(DEBIT_HITS), None);
     let exceeded = "model=.=ds-model;.;limit_type=.=output_tokens;.;path=.=/v1/completions;.;kthena_router_rate_limit_exceeded_total";
     assert_eq!(h.counted.get(exceeded), Some(&1), "{:?}", h.counted);
+
+    // Nothing to debit without an output limit: nothing published, so no call.
+    let mut input_only = limited_router_in(Some(30), None, Some(global));
+    let mut h = five_token_request("ds-model");
+    let mut f = send(&mut input_only, &mut h);
+    assert!(h.published(BUDGET).is_some());
+    f.on_response_headers(&mut h, Some(200), "application/json", false, None);
+    deliver(&mut f, &mut h, answer, true);
+    assert_eq!(h.published(DEBIT_HITS), None);
 
     // An engine's header of that name means nothing for a request without a global budget.
     let mut local = limited_router(Some(30), None);

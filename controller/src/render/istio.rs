@@ -246,6 +246,26 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
             }},
         },
     }));
+    if let Some(service) = &compiled.gateway.rate_limit_service {
+        // Global token budgets: Envoy's rate-limit filter right after ours (both are inserted
+        // before the router, in this order), and the service's cluster.
+        out.push(json!({
+            "applyTo": "HTTP_FILTER",
+            "match": {
+                "context": context,
+                "listener": {"filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": "envoy.filters.http.router"},
+                }}},
+            },
+            "patch": {"operation": "INSERT_BEFORE", "value": super::rate_limit::filter()},
+        }));
+        out.push(json!({
+            "applyTo": "CLUSTER",
+            "match": {"context": context},
+            "patch": {"operation": "ADD", "value": super::rate_limit::cluster(service)},
+        }));
+    }
     if !compiled.gateway.cors_allow_origins.is_empty() {
         // Istio gateways run Envoy's CORS filter; the policy goes on every virtual host.
         out.push(json!({
@@ -387,5 +407,30 @@ mod tests {
             r["value"]["route"]["cluster_header"],
             "x-modelroute-cluster"
         );
+    }
+
+    #[test]
+    fn a_rate_limit_service_adds_envoys_rate_limit_filter_after_ours_and_its_cluster() {
+        let mut c = compiled();
+        let target = IstioTarget::new(WasmSource::parse("file:///m.wasm", None).unwrap());
+        let without = patches(&c, &target);
+        c.gateway.rate_limit_service = Some("rls.modelroute-system:8081".into());
+        let with = patches(&c, &target);
+        let filters: Vec<&Value> = with
+            .iter()
+            .filter(|p| p["applyTo"] == "HTTP_FILTER")
+            .map(|p| &p["patch"]["value"]["name"])
+            .collect();
+        // Each is inserted before the router in turn: ours, then the rate-limit filter.
+        assert_eq!(filters, ["modelroute", "envoy.filters.http.ratelimit"]);
+        let cluster = with
+            .iter()
+            .find(|p| p["patch"]["value"]["name"] == super::super::rate_limit::CLUSTER)
+            .unwrap();
+        let address = &cluster["patch"]["value"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            [0]["endpoint"]["address"]["socket_address"];
+        assert_eq!(address["address"], "rls.modelroute-system");
+        assert_eq!(address["port_value"], 8081);
+        assert_eq!(with.len(), without.len() + 2);
     }
 }

@@ -21,25 +21,37 @@ pub const TIMEOUT: &str = "0.1s";
 
 /// The rate-limit filter (an `http_filters` entry).
 pub fn filter() -> Value {
-    let descriptor = |key: &str, hits: &str| {
+    // A descriptor entry from the filter state `published`; absent, the whole descriptor is
+    // skipped (no call is made for a request without any).
+    let entry = |key: &str, published: &str| {
         json!({
-            "actions": [{
-                "extension": {
-                    "name": "envoy.rate_limit_descriptors.expr",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor",
-                        "descriptor_key": key,
-                        "text": format!("filter_state['wasm.{}']", global_rate_limit::BUDGET),
-                        "skip_if_error": true,
-                    },
+            "extension": {
+                "name": "envoy.rate_limit_descriptors.expr",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor",
+                    "descriptor_key": key,
+                    "text": format!("filter_state['wasm.{published}']"),
+                    "skip_if_error": true,
                 },
-            }],
-            "hits_addend": { "format": format!("%FILTER_STATE(wasm.{hits}:PLAIN)%") },
+            },
         })
     };
-    let admit = descriptor(global_rate_limit::ADMIT, global_rate_limit::ADMIT_HITS);
-    let mut debit = descriptor(global_rate_limit::DEBIT, global_rate_limit::DEBIT_HITS);
-    debit["apply_on_stream_done"] = json!(true);
+    let hits =
+        |published: &str| json!({ "format": format!("%FILTER_STATE(wasm.{published}:PLAIN)%") });
+    let admit = json!({
+        "actions": [entry(global_rate_limit::ADMIT, global_rate_limit::BUDGET)],
+        "hits_addend": hits(global_rate_limit::ADMIT_HITS),
+    });
+    // Only when the filter published tokens to debit: refused requests, budgets without an
+    // output limit and empty answers make no call.
+    let debit = json!({
+        "actions": [
+            entry(global_rate_limit::DEBIT, global_rate_limit::BUDGET),
+            entry("tokens", global_rate_limit::DEBIT_HITS),
+        ],
+        "hits_addend": hits(global_rate_limit::DEBIT_HITS),
+        "apply_on_stream_done": true,
+    });
     json!({
         "name": "envoy.filters.http.ratelimit",
         "typed_config": {
