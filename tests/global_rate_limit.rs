@@ -73,15 +73,6 @@ fn gateway(redis: &RedisServer, service: &Service, limit: &str, annotations: &st
     )
 }
 
-/// A completion Kthena estimates at 5 input tokens (a 20-character prompt).
-fn five_tokens(s: &Stack) -> Response {
-    s.post(
-        "/v1/completions",
-        r#"{"model":"pool","prompt":"abcdefghijklmnopqrst"}"#,
-        &[],
-    )
-}
-
 #[test]
 fn two_envoys_share_one_budget_in_redis() {
     let redis = RedisServer::start();

@@ -27,15 +27,6 @@ fn limited(limit: &str) -> Stack {
     )
 }
 
-/// A completion Kthena estimates at 5 input tokens (a 20-character prompt).
-fn five_tokens(s: &Stack) -> Response {
-    s.post(
-        "/v1/completions",
-        r#"{"model":"pool","prompt":"abcdefghijklmnopqrst"}"#,
-        &[],
-    )
-}
-
 #[test]
 fn an_input_budget_admits_what_fits_and_refuses_the_rest() {
     let s = limited("{inputTokensPerUnit: 30, unit: minute}");

@@ -573,3 +573,13 @@ pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path, extra: &[Strin
     );
     String::from_utf8(out.stdout).expect("UTF-8 bootstrap")
 }
+
+/// A completion for the model `pool` that Kthena estimates at 5 input tokens (a 20-character
+/// prompt): the unit the rate-limit tests count in.
+pub fn five_tokens(s: &Stack) -> Response {
+    s.post(
+        "/v1/completions",
+        r#"{"model":"pool","prompt":"abcdefghijklmnopqrst"}"#,
+        &[],
+    )
+}

@@ -191,17 +191,7 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
                 "value": envoy::extension_config(&config_json, target.wasm.code()),
             },
         }),
-        json!({
-            "applyTo": "HTTP_FILTER",
-            "match": {
-                "context": context,
-                "listener": {"filterChain": {"filter": {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "subFilter": {"name": "envoy.filters.http.router"},
-                }}},
-            },
-            "patch": {"operation": "INSERT_BEFORE", "value": ecds_http_filter()},
-        }),
+        before_router(context, ecds_http_filter()),
         // Long prompts are buffered whole; Istio gateways default to 32 KiB per connection.
         json!({
             "applyTo": "LISTENER",
@@ -249,17 +239,7 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
     if let Some(service) = &compiled.gateway.rate_limit_service {
         // Global token budgets: Envoy's rate-limit filter right after ours (both are inserted
         // before the router, in this order), and the service's cluster.
-        out.push(json!({
-            "applyTo": "HTTP_FILTER",
-            "match": {
-                "context": context,
-                "listener": {"filterChain": {"filter": {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "subFilter": {"name": "envoy.filters.http.router"},
-                }}},
-            },
-            "patch": {"operation": "INSERT_BEFORE", "value": super::rate_limit::filter()},
-        }));
+        out.push(before_router(context, super::rate_limit::filter()));
         out.push(json!({
             "applyTo": "CLUSTER",
             "match": {"context": context},
@@ -287,6 +267,21 @@ pub fn patches(compiled: &Compiled, target: &IstioTarget) -> Vec<Value> {
         })
     }));
     out
+}
+
+/// A patch inserting the HTTP filter `filter` right before the router.
+fn before_router(context: &str, filter: Value) -> Value {
+    json!({
+        "applyTo": "HTTP_FILTER",
+        "match": {
+            "context": context,
+            "listener": {"filterChain": {"filter": {
+                "name": "envoy.filters.network.http_connection_manager",
+                "subFilter": {"name": "envoy.filters.http.router"},
+            }}},
+        },
+        "patch": {"operation": "INSERT_BEFORE", "value": filter},
+    })
 }
 
 /// The EnvoyFilter object.
