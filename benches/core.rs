@@ -13,7 +13,7 @@ use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
-use modelroute::router::{no_in_flight, Request, Router};
+use modelroute::router::{no_in_flight, no_load_reports, Request, Router};
 use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate};
 
@@ -163,6 +163,7 @@ fn decide(c: &mut Criterion) {
                     header: &header,
                     prompt: &p,
                     in_flight: &no_in_flight,
+                    load_reports: &no_load_reports,
                     now_ms: 0,
                 })
                 .map(|d| d.endpoints.len())
@@ -267,6 +268,7 @@ fn route_lookup(c: &mut Criterion) {
                             header: &header,
                             prompt: &[],
                             in_flight: &no_in_flight,
+                            load_reports: &no_load_reports,
                             now_ms: 0,
                         })
                         .map(|d| d.server)

@@ -53,6 +53,9 @@ pub struct Target {
     pub cluster: String,
     pub address: String,
     pub engine: Engine,
+    /// Where its in-band load reports are shared (load key, pods, its index), for engines
+    /// that send them.
+    pub load_slot: Option<(String, usize, usize)>,
 }
 
 /// The collecting VM's state.
@@ -97,7 +100,29 @@ impl Collector {
         host.shared_set(SNAPSHOT_KEY, &encode(&self.snapshot()), None);
         self.calls.clear();
         let timeout = self.interval_ms.max(100);
+        // A pod that reported its load in-band within the interval is busy and its reports
+        // are fresher than a scrape: it is not scraped (its models, once known, need no
+        // refresh either). One read per server's reports.
+        let mut reports: HashMap<&str, Vec<Option<crate::load_report::Reported>>> = HashMap::new();
         for (i, t) in self.targets.iter().enumerate() {
+            if let Some((key, n, idx)) = &t.load_slot {
+                let of_server = reports
+                    .entry(key.as_str())
+                    .or_insert_with(|| crate::load_report::read(&*host, key, *n));
+                let fresh = of_server
+                    .get(*idx)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|r| now_ms.saturating_sub(r.at_ms) < self.interval_ms);
+                let models_known = self
+                    .stats
+                    .get(&t.address)
+                    .is_some_and(|s| s.models.is_some());
+                if fresh && models_known {
+                    host.count(Counter::ScrapeSkipped);
+                    continue;
+                }
+            }
             for (kind, path) in [(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")] {
                 let headers = [
                     (":method", "GET"),
@@ -224,6 +249,7 @@ mod tests {
             cluster: "c".into(),
             address: "127.0.0.2:8000".into(),
             engine: Engine::Vllm,
+            load_slot: None,
         };
         let mut c = Collector::new(vec![t], 1, 1000, "x-gateway-destination-endpoint");
         c.on_answer(
@@ -275,8 +301,65 @@ mod tests {
                 cluster: "modelserver|default|s".into(),
                 address: format!("127.0.0.{}:8000", i + 2),
                 engine: Engine::Vllm,
+                load_slot: Some(("modelroute.load.s".into(), n, i)),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pod_that_reported_in_band_within_the_interval_is_not_scraped() {
+        use crate::load_report::{record, LoadReport};
+        let mut host = crate::flow::fake::FakeHost::default();
+        let mut c = Collector::new(pods(2), 7, 1000, "x-gateway-destination-endpoint");
+        let scraped = |host: &crate::flow::fake::FakeHost| -> Vec<String> {
+            host.calls
+                .iter()
+                .map(|(_, _, h, _, _)| {
+                    let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                    format!(
+                        "{} {}",
+                        get(":path").unwrap(),
+                        get("x-gateway-destination-endpoint").unwrap()
+                    )
+                })
+                .collect()
+        };
+        // Models unknown yet: scraped whatever it reports.
+        let busy = LoadReport {
+            kv: Some(0.5),
+            waiting: Some(4.0),
+        };
+        assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 500));
+        c.round(&mut host, 1000);
+        assert_eq!(scraped(&host).len(), 4);
+        for pod in 0..2 {
+            c.on_answer(
+                pod,
+                Kind::Models,
+                Some(200),
+                br#"{"data":[{"id":"m"}]}"#,
+                1000,
+            );
+        }
+        host.calls.clear();
+        // Pod 0 reported 600 ms ago: only pod 1 (idle, no reports) is scraped.
+        assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 1_400));
+        c.round(&mut host, 2000);
+        assert_eq!(
+            scraped(&host),
+            ["/metrics 127.0.0.3:8000", "/v1/models 127.0.0.3:8000"]
+        );
+        assert_eq!(
+            host.counters
+                .iter()
+                .filter(|c| **c == Counter::ScrapeSkipped)
+                .count(),
+            1
+        );
+        // Reports stopped (the pod went quiet or away): scraped again, so it can be marked down.
+        host.calls.clear();
+        c.round(&mut host, 3000);
+        assert_eq!(scraped(&host).len(), 4);
     }
 
     #[test]

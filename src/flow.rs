@@ -23,6 +23,7 @@ use crate::errors::ErrorReply;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
+use crate::load_report;
 use crate::prompt::{estimate_input_tokens, prompt_text};
 use crate::rate_limit::{self, Direction, Draw};
 use crate::rewrite::{json_string, splice_string};
@@ -99,6 +100,8 @@ pub struct Flow {
     /// The request draws on a global budget (Envoy's rate-limit filter admits it): Some(whether
     /// its output is limited, so the answer's tokens are published for the debit when it ends).
     global_budget: Option<bool>,
+    /// The pod was asked for an in-band load report: where to share it (load key, pods, index).
+    load_report_slot: Option<(String, usize, usize)>,
 }
 
 impl Flow {
@@ -132,6 +135,7 @@ impl Flow {
             ENVOY_TIMEOUT_HEADER,
             ENVOY_PER_TRY_TIMEOUT_HEADER,
             ENVOY_MAX_RETRIES_HEADER,
+            load_report::FORMAT_HEADER,
         ] {
             if headers.contains(h) {
                 host.remove_header(h);
@@ -283,12 +287,14 @@ impl Flow {
             *last_read.borrow_mut() = Some(read);
             view
         };
+        let reports = |key: &str, n: usize| load_report::read(&*host, key, n);
         let decision = router.decide(&Request {
             model: &model,
             path: &self.path,
             header: &header,
             prompt: &prompt,
             in_flight: &counts,
+            load_reports: &reports,
             now_ms,
         });
         drop(prompt);
@@ -332,6 +338,11 @@ impl Flow {
             let n = server.endpoint_count();
             if in_flight.acquire(host, &server.in_flight_key, n, idx, last_read.take()) {
                 self.counted = Some((server.in_flight_key.clone(), n, idx));
+            }
+            // The scheduler picked it: ask a vLLM pod for its load with the answer.
+            if let Some(key) = &server.load_key {
+                host.set_header(load_report::FORMAT_HEADER, load_report::FORMAT);
+                self.load_report_slot = Some((key.clone(), n, idx));
             }
         }
         self.outcome.route = router.route_name(decision.route).to_string();
@@ -538,6 +549,26 @@ impl Flow {
         }
         if end_of_stream {
             self.publish_global_debit(host);
+        }
+    }
+
+    /// Whether the answer may carry the pod's in-band load report (it was asked for one): the
+    /// glue then reads and removes [`load_report::REPORT_HEADER`] and hands it to
+    /// [`Flow::on_load_report`].
+    pub fn wants_load_report(&self) -> bool {
+        self.load_report_slot.is_some()
+    }
+
+    /// The pod's answer carried `value` as its load report (runs before
+    /// [`Flow::on_response_headers`]): shared at once with every worker, so the next pick,
+    /// here or elsewhere, sees it. A report that does not parse is ignored.
+    pub fn on_load_report(&mut self, host: &mut dyn Host, value: &str) {
+        let Some((key, n, idx)) = self.load_report_slot.take() else {
+            return;
+        };
+        if let Some(report) = load_report::parse(value) {
+            let now = host.now_ms();
+            load_report::record(host, &key, n, idx, report, now);
         }
     }
 

@@ -23,6 +23,7 @@ use crate::flow::Flow;
 use crate::headers::Headers;
 use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
+use crate::load_report;
 use crate::router::Router;
 use crate::tally::{PrefixReport, Tally};
 use std::collections::HashMap;
@@ -254,6 +255,13 @@ impl HttpContext for Request {
             let headers = header_map(MapType::HttpResponseHeaders);
             let status = headers.get(":status").and_then(|s| s.parse().ok());
             let content_type = headers.get("content-type").unwrap_or_default();
+            // The pod's load report is for the scheduler, not the client.
+            if self.flow.wants_load_report() {
+                if let Some(report) = headers.get(load_report::REPORT_HEADER) {
+                    self.set_http_response_header(load_report::REPORT_HEADER, None);
+                    self.flow.on_load_report(&mut EnvoyHost, report);
+                }
+            }
             // The rate-limit service's refusal is for this filter's metrics, not the client.
             let refused = if self.flow.awaits_global_verdict() {
                 let refused = headers.get(global_rate_limit::REFUSED_HEADER);

@@ -74,10 +74,12 @@ pub enum Counter {
     /// Engine-metrics scrapes (collector VM) that answered 2xx / did not.
     ScrapeOk,
     ScrapeFailed,
+    /// Scrapes not made: the pod reported its load in-band within the interval.
+    ScrapeSkipped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::PrefillOk,
         Counter::PrefillFailed,
         Counter::PrefillUnreachable,
@@ -89,6 +91,7 @@ impl Counter {
         Counter::DecodeFailed,
         Counter::ScrapeOk,
         Counter::ScrapeFailed,
+        Counter::ScrapeSkipped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Counter {
             Counter::DecodeFailed => "modelroute.pd.decode_failed",
             Counter::ScrapeOk => "modelroute.metrics.scrape_ok",
             Counter::ScrapeFailed => "modelroute.metrics.scrape_failed",
+            Counter::ScrapeSkipped => "modelroute.metrics.scrape_skipped_in_band",
         }
     }
 }

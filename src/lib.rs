@@ -30,6 +30,7 @@ pub mod flow;
 pub mod headers;
 pub mod host;
 pub mod in_flight;
+pub mod load_report;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;

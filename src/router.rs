@@ -115,6 +115,9 @@ pub struct Server {
     next: usize,
     /// Shared-data key of this server's in-flight counts (changes with the pod list).
     pub in_flight_key: String,
+    /// Shared-data key of its pods' in-band load reports: vLLM servers only (the engines
+    /// that answer `endpoint-load-metrics-format`).
+    pub load_key: Option<String>,
     prefix: Option<PrefixIndex>,
 }
 
@@ -184,6 +187,8 @@ pub struct Request<'a> {
     pub prompt: &'a [u8],
     /// Requests in flight per pod of a ModelServer, from all workers (by in-flight key).
     pub in_flight: &'a dyn Fn(&str, usize) -> Vec<u32>,
+    /// The pods' latest in-band load reports, from all workers (by load key).
+    pub load_reports: &'a dyn Fn(&str, usize) -> Vec<Option<crate::load_report::Reported>>,
     /// Host clock, for metrics freshness.
     pub now_ms: u64,
 }
@@ -191,6 +196,11 @@ pub struct Request<'a> {
 /// A no-op in-flight source (tests, or no shared state).
 pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
     vec![0; n]
+}
+
+/// A no-op load-report source (tests, or no shared state).
+pub fn no_load_reports(_: &str, n: usize) -> Vec<Option<crate::load_report::Reported>> {
+    vec![None; n]
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin
@@ -251,6 +261,8 @@ impl Router {
                 next_group: 0,
             });
             let key = in_flight_key(&s.cluster, &s.endpoints);
+            let load_key =
+                (s.engine == filter_config::Engine::Vllm).then(|| crate::load_report::key_of(&key));
             servers.push(Server {
                 name: s.name,
                 cluster: s.cluster,
@@ -260,6 +272,7 @@ impl Router {
                 engine: s.engine,
                 pd,
                 in_flight_key: key,
+                load_key,
                 prefix: uses_prefix.then(|| {
                     PrefixIndex::with_key(
                         cfg.settings.scheduler.prefix_max_hashes as usize,
@@ -471,12 +484,14 @@ impl Router {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for s in &self.servers {
-            for a in &s.endpoints {
+            let n = s.endpoints.len();
+            for (i, a) in s.endpoints.iter().enumerate() {
                 if seen.insert(a.clone()) {
                     out.push(crate::collector::Target {
                         cluster: s.cluster.clone(),
                         address: a.clone(),
                         engine: s.engine,
+                        load_slot: s.load_key.as_ref().map(|k| (k.clone(), n, i)),
                     });
                 }
             }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use modelroute::metrics::{PodStats, Snapshot};
-use modelroute::router::{Request, Router};
+use modelroute::router::{no_load_reports, Request, Router};
 use modelroute_fuzz::{must_parse, parts};
 use serde_json::Value;
 
@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
             header: &header,
             prompt,
             in_flight: &in_flight,
+            load_reports: &no_load_reports,
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

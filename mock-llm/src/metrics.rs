@@ -350,6 +350,26 @@ impl Metrics {
     }
 }
 
+/// vLLM's in-band load report (ORCA), the value of its `endpoint-load-metrics` response
+/// header for a request that asked with `endpoint-load-metrics-format: format` (TEXT or JSON,
+/// any case; None otherwise): KV-cache usage and waiting requests, as vLLM sends them.
+pub fn load_report(format: &str, e: &Effective) -> Option<String> {
+    // Python floats: vLLM renders its gauges with repr(float), always with a fraction.
+    let kv = format!("{:?}", e.kv_cache_usage);
+    let waiting = format!("{:?}", e.waiting as f64);
+    if format.eq_ignore_ascii_case("text") {
+        Some(format!(
+            "TEXT named_metrics.kv_cache_usage_perc={kv}, named_metrics.num_requests_waiting={waiting}"
+        ))
+    } else if format.eq_ignore_ascii_case("json") {
+        Some(format!(
+            r#"JSON {{"named_metrics": {{"kv_cache_usage_perc": {kv}, "num_requests_waiting": {waiting}}}}}"#
+        ))
+    } else {
+        None
+    }
+}
+
 /// Prometheus text for `/metrics`, in the engine's own metric names. `e` gives the gauges.
 pub fn render(
     served: &Served,

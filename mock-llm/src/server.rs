@@ -116,6 +116,8 @@ struct State {
     /// Run slots (`--max-running`); `None` = unlimited.
     slots: Option<Arc<Semaphore>>,
     success: AtomicU64,
+    /// `GET /metrics` answered (reported by `GET /mock/metrics` as `scrapes`).
+    scrapes: AtomicU64,
     metrics: Mutex<Metrics>,
     log: Mutex<Log>,
     id_seed: std::collections::hash_map::RandomState,
@@ -362,6 +364,7 @@ pub async fn serve(
             ))
         }),
         success: AtomicU64::new(0),
+        scrapes: AtomicU64::new(0),
         metrics: Mutex::new(metrics),
         log: Mutex::new(Log::default()),
         id_seed: std::collections::hash_map::RandomState::new(),
@@ -402,6 +405,7 @@ async fn handle(
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/health") => plain(StatusCode::OK, None, MockBody::empty()),
         (&Method::GET, "/metrics") => {
+            state.scrapes.fetch_add(1, Ordering::Relaxed);
             let live = state.live();
             let text = state.with_metrics(|m| m.scrape(&state.served, live));
             plain(
@@ -455,7 +459,11 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 fn mock_metrics_status(state: &State) -> Response<MockBody> {
     let live = state.live();
     let effective = state.with_metrics(|m| m.effective(live));
-    match serde_json::to_string(&effective) {
+    let status = serde_json::to_value(&effective).map(|mut v| {
+        v["scrapes"] = state.scrapes.load(Ordering::Relaxed).into();
+        v.to_string()
+    });
+    match status {
         Ok(b) => json_response(200, b),
         Err(e) => error_response(500, &format!("cannot serialize metrics: {e}")),
     }
@@ -588,6 +596,16 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
     }
 
     let ok = (200..300).contains(&status);
+    // vLLM reports its load in-band on a non-streaming answer, when asked.
+    let load_report = match (&reply, state.served.engine) {
+        (Reply::Json { .. }, EngineKind::Vllm) if ok => {
+            header_str(&parts.headers, "endpoint-load-metrics-format").and_then(|format| {
+                let live = state.live();
+                metrics::load_report(format, &state.with_metrics(|m| m.effective(live)))
+            })
+        }
+        _ => None,
+    };
     let finish = |body: MockBody| {
         let body = body.slotted(slot);
         if ok {
@@ -597,7 +615,13 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
         }
     };
     match reply {
-        Reply::Json { status, body } => json_response(status, body).map(finish),
+        Reply::Json { status, body } => {
+            let mut resp = json_response(status, body).map(finish);
+            if let Some(v) = load_report.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                resp.headers_mut().insert("endpoint-load-metrics", v);
+            }
+            resp
+        }
         Reply::Stream { events } => {
             let delay = Duration::from_millis(
                 header_u64(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0),

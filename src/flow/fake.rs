@@ -24,8 +24,8 @@ pub struct FakeHost {
     pub counters: Vec<Counter>,
     /// Shared data: key -> (value, cas).
     pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
-    /// Shared-data reads (host calls).
-    pub shared_gets: std::cell::Cell<usize>,
+    /// Shared-data reads (host calls), by key.
+    pub shared_gets: std::cell::RefCell<Vec<String>>,
     /// How often the flow read the request headers (one host call each).
     pub header_reads: std::cell::Cell<usize>,
     /// Headers removed, in order (each a host call).
@@ -167,7 +167,7 @@ impl Host for FakeHost {
         self.now
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        self.shared_gets.set(self.shared_gets.get() + 1);
+        self.shared_gets.borrow_mut().push(key.to_string());
         match self.shared.get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),

@@ -348,11 +348,13 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
     f1.on_request_headers(Some(&r), &mut h1, false);
     let n = h1.body.len();
     f1.on_request_body(Some(&mut r), &mut h1, &mut w1, n, true);
-    assert_eq!(
-        h1.shared_gets.get(),
-        1,
-        "one read feeds the pick and the count"
-    );
+    // One read of the in-flight counts feeds the pick and the count; the pods' load reports
+    // (vLLM) are one read more.
+    let reads = h1.shared_gets.borrow().clone();
+    let of = |prefix: &str| reads.iter().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(of("modelroute.inflight."), 1, "{reads:?}");
+    assert_eq!(of("modelroute.load."), 1, "{reads:?}");
+    assert_eq!(reads.len(), 2, "{reads:?}");
     let first = h1
         .get("x-gateway-destination-endpoint")
         .unwrap()
@@ -387,4 +389,55 @@ fn scheduled_picks_count_in_flight_across_workers_and_release_on_done() {
         1,
         "released once, at once: the worker's only request"
     );
+}
+
+#[test]
+fn a_pods_in_band_load_report_steers_the_next_pick_on_every_worker() {
+    let mut cfg = router_config();
+    cfg.settings.scheduler = filter_config::Scheduler::default();
+    let mut r = Router::compile(cfg, 1).unwrap();
+    let first_pod = |h: &FakeHost| {
+        h.get("x-gateway-destination-endpoint")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // A client cannot ask the engine for its load itself.
+    let body = r#"{"model":"deepseek-simple"}"#;
+    let mut h1 = FakeHost::post(
+        "/v1/completions",
+        body,
+        &[("endpoint-load-metrics-format", "JSON")],
+    );
+    let mut f1 = Flow::new();
+    f1.on_request_headers(Some(&r), &mut h1, false);
+    assert!(h1
+        .removed
+        .contains(&"endpoint-load-metrics-format".to_string()));
+    let n = h1.body.len();
+    let mut w1 = InFlight::default();
+    f1.on_request_body(Some(&mut r), &mut h1, &mut w1, n, true);
+    // The router asks the vLLM pod it picked for a report with the answer.
+    assert_eq!(h1.get("endpoint-load-metrics-format"), Some("TEXT"));
+    assert!(f1.wants_load_report());
+    let reported = first_pod(&h1);
+    h1.now = 5_000;
+    f1.on_load_report(
+        &mut h1,
+        "TEXT named_metrics.kv_cache_usage_perc=0.99, named_metrics.num_requests_waiting=1000.0",
+    );
+    assert!(!f1.wants_load_report(), "one report per answer");
+    f1.on_done(&mut h1, &mut w1);
+    // Another worker's next picks avoid the pod whose queue is past least-request's limit.
+    for _ in 0..6 {
+        let mut h2 = FakeHost::post("/v1/completions", body, &[]);
+        h2.shared = h1.shared.clone();
+        h2.now = 5_100;
+        let mut f2 = Flow::new();
+        f2.on_request_headers(Some(&r), &mut h2, false);
+        f2.on_request_body(Some(&mut r), &mut h2, &mut InFlight::default(), n, true);
+        assert_ne!(first_pod(&h2), reported);
+    }
 }

@@ -45,6 +45,13 @@ impl Router {
             return Ok(decision(target, endpoints, pairs, None, None));
         }
 
+        if let Some(key) = &server.load_key {
+            apply_load_reports(
+                &mut self.stats,
+                &server.endpoints,
+                (req.load_reports)(key, server.endpoints.len()),
+            );
+        }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
         let ask = Ask {
@@ -299,6 +306,32 @@ impl<'a> PodView<'a> {
             stats,
             in_flight: self.counts.get(i).copied().unwrap_or(0),
         }
+    }
+}
+
+/// Folds in-band reports newer than the stats into them (this worker's copy of the snapshot;
+/// the next snapshot replaces it and the reports are folded in again): KV usage and queue
+/// from the report, the rest from the last scrape; a pod that reported is up.
+fn apply_load_reports(
+    stats: &mut Snapshot,
+    endpoints: &[String],
+    reports: Vec<Option<crate::load_report::Reported>>,
+) {
+    for (address, reported) in endpoints.iter().zip(reports) {
+        let Some(reported) = reported else {
+            continue;
+        };
+        if stats
+            .get(address)
+            .is_some_and(|s| s.at_ms >= reported.at_ms)
+        {
+            continue;
+        }
+        let s = stats.entry(address.clone()).or_default();
+        s.kv = reported.report.kv.unwrap_or(s.kv);
+        s.waiting = reported.report.waiting.unwrap_or(s.waiting);
+        s.up = true;
+        s.at_ms = reported.at_ms;
     }
 }
 

@@ -100,6 +100,7 @@ fn decide(
         header: headers,
         prompt: b"",
         in_flight: &no_in_flight,
+        load_reports: &no_load_reports,
         now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
@@ -254,6 +255,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         header: &team,
         prompt: b"",
         in_flight: &no_in_flight,
+        load_reports: &no_load_reports,
         now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
@@ -264,6 +266,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         header: &team,
         prompt: b"",
         in_flight: &no_in_flight,
+        load_reports: &no_load_reports,
         now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();

@@ -316,3 +316,29 @@ fn hold_updates_are_validated() {
     let e = parse_update(br#"{"wating": 1}"#).unwrap_err();
     assert!(e.contains("wating") && e.contains("waiting"), "{e}");
 }
+
+#[test]
+fn the_in_band_load_report_is_vllms() {
+    let mut m = Metrics::new(EngineKind::Vllm, None);
+    let e = m.effective(Live {
+        running: 16,
+        waiting: 2,
+        success_total: 0,
+    });
+    assert_eq!(
+        load_report("TEXT", &e).as_deref(),
+        Some("TEXT named_metrics.kv_cache_usage_perc=0.25, named_metrics.num_requests_waiting=2.0")
+    );
+    assert_eq!(
+        load_report("json", &e).as_deref(),
+        Some(
+            r#"JSON {"named_metrics": {"kv_cache_usage_perc": 0.25, "num_requests_waiting": 2.0}}"#
+        )
+    );
+    assert_eq!(load_report("yaml", &e), None);
+    m.apply(parse_update(br#"{"kv_cache_usage": 0.9}"#).unwrap());
+    let e = m.effective(Live::default());
+    assert!(load_report("TEXT", &e)
+        .unwrap()
+        .contains("kv_cache_usage_perc=0.9,"));
+}
