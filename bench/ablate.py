@@ -3,7 +3,7 @@
 deployment, measured with less noise than the load benchmark (one Envoy worker pinned to CPU
 0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
 
-usage: ablate.py [--rounds N] [--duration S] [--connections N] [--old-wasm PATH] VARIANT...
+usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old-wasm PATH] VARIANT...
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -51,13 +51,14 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--old-wasm")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (1: unloaded latency)")
+    ap.add_argument("--pods", type=int, default=2, help="mock pods (1: every variant picks the same pod)")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="modelroute-ablate-")
     procs = L.Procs()
     try:
         pod_port = L.free_port()
-        ips = ["127.0.0.91", "127.0.0.92"]
+        ips = [f"127.0.0.{91 + i}" for i in range(args.pods)]
         pods = [f"{ip}:{pod_port}" for ip in ips]
         logs = open(os.path.join(work, "mock.log"), "w")
         for i, addr in enumerate(pods):

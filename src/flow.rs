@@ -287,7 +287,13 @@ impl Flow {
             *last_read.borrow_mut() = Some(read);
             view
         };
-        let reports = |key: &str, n: usize| load_report::read(&*host, key, n);
+        // The pods' reports as read for the pick also tell whether the chosen one is due.
+        let last_reports = std::cell::RefCell::new(Vec::new());
+        let reports = |key: &str, n: usize| {
+            let read = load_report::read(&*host, key, n);
+            last_reports.borrow_mut().clone_from(&read);
+            read
+        };
         let decision = router.decide(&Request {
             model: &model,
             path: &self.path,
@@ -339,8 +345,11 @@ impl Flow {
             if in_flight.acquire(host, &server.in_flight_key, n, idx, last_read.take()) {
                 self.counted = Some((server.in_flight_key.clone(), n, idx));
             }
-            // The scheduler picked it: ask a vLLM pod for its load with the answer.
-            if let Some(key) = &server.load_key {
+            // The scheduler picked it: ask a vLLM pod for its load with the answer, unless
+            // it reported a moment ago.
+            let last = last_reports.borrow().get(idx).copied().flatten();
+            let due = router.scheduling() && load_report::due(last, now_ms);
+            if let Some(key) = server.load_key.as_ref().filter(|_| due) {
                 host.set_header(load_report::FORMAT_HEADER, load_report::FORMAT);
                 self.load_report_slot = Some((key.clone(), n, idx));
             }

@@ -14,6 +14,16 @@ pub const FORMAT: &str = "TEXT";
 /// The response header that carries it.
 pub const REPORT_HEADER: &str = "endpoint-load-metrics";
 
+/// A pod is asked again once its last report is this old: a busy pod reports about 20 times
+/// a second (each costs the router a header each way and a shared-data write, ~8 us of Envoy
+/// CPU: bench/LOAD_SIGNALS.md), an idle one with every request.
+pub const ASK_INTERVAL_MS: u64 = 50;
+
+/// Whether to ask the pod whose last report is `last` (None: never reported) at `now_ms`.
+pub fn due(last: Option<Reported>, now_ms: u64) -> bool {
+    last.is_none_or(|r| now_ms.saturating_sub(r.at_ms) >= ASK_INTERVAL_MS)
+}
+
 /// Longest header read; longer ones are ignored (vLLM's is under 100 bytes).
 const MAX_HEADER: usize = 4096;
 /// Largest value believed (an absurd queue length is an error, not load).
@@ -244,6 +254,20 @@ mod tests {
             " ".repeat(5000)
         );
         assert_eq!(parse(&long), None);
+    }
+
+    #[test]
+    fn a_pod_is_asked_again_once_its_report_is_a_moment_old() {
+        let at = |at_ms| {
+            Some(Reported {
+                at_ms,
+                report: LoadReport::default(),
+            })
+        };
+        assert!(due(None, 0));
+        assert!(!due(at(1_000), 1_000 + ASK_INTERVAL_MS - 1));
+        assert!(due(at(1_000), 1_000 + ASK_INTERVAL_MS));
+        assert!(!due(at(2_000), 1_000), "a clock behind the report");
     }
 
     #[test]
