@@ -58,6 +58,10 @@ pub struct Target {
     pub load_slot: Option<(String, usize, usize)>,
 }
 
+/// Scrape calls in flight at most: pods slower than the interval (or a fleet of thousands)
+/// never pile calls up in Envoy; pods not served this tick are first on the next.
+pub const MAX_CALLS: usize = 256;
+
 /// The collecting VM's state.
 #[derive(Debug, Default)]
 pub struct Collector {
@@ -70,45 +74,89 @@ pub struct Collector {
     endpoint_header: String,
     /// Scrape calls in flight: token -> (target, what).
     calls: HashMap<u32, (usize, Kind)>,
+    /// Per target: when its next scrape is due (host ms; None: not placed yet), and its calls
+    /// in flight (a pod is not scraped again before its last scrape answered or timed out).
+    due_ms: Vec<Option<u64>>,
+    pending: Vec<u8>,
+    /// Whether this VM holds the lease, and when it next renews it and publishes.
+    collecting: bool,
+    next_publish_ms: u64,
+    /// Where the last pass stopped when the call budget ran out.
+    cursor: usize,
 }
 
 impl Collector {
     pub fn new(targets: Vec<Target>, me: u64, interval_ms: u64, endpoint_header: &str) -> Self {
+        let n = targets.len();
         Collector {
             targets,
             stats: Snapshot::new(),
             me,
-            interval_ms,
+            interval_ms: interval_ms.max(1),
             endpoint_header: endpoint_header.to_string(),
             calls: HashMap::new(),
+            due_ms: vec![None; n],
+            pending: vec![0; n],
+            collecting: false,
+            next_publish_ms: 0,
+            cursor: 0,
         }
     }
 
-    /// One round, run by every VM each metrics interval: if this VM holds the lease (or takes
-    /// it: free or expired), it publishes what it gathered, then scrapes `/metrics` and
-    /// `/v1/models` of every pod with side calls pinned to the pod. Returns whether this VM
-    /// collected. Answers of the previous round that never came are forgotten.
-    pub fn round(&mut self, host: &mut dyn Host, now_ms: u64) -> bool {
-        let (current, cas) = host.shared_get(LEASE_KEY);
-        let Some(lease) = take_lease(current.as_deref(), self.me, now_ms, 3 * self.interval_ms)
-        else {
-            return false;
-        };
-        if !host.shared_set(LEASE_KEY, &lease, cas) {
-            return false;
+    /// Run by every VM on each root tick. Once per interval: take or renew the lease, and if
+    /// this VM holds it, publish what it gathered. Then, if it collects, scrape `/metrics` and
+    /// `/v1/models` of the pods that are due, with side calls pinned to each pod: every pod
+    /// once per interval, at its own offset in the interval (a hash of its address, so a
+    /// fleet's scrapes are spread evenly), at most [`MAX_CALLS`] in flight. Returns whether
+    /// this VM collects.
+    pub fn tick(&mut self, host: &mut dyn Host, now_ms: u64) -> bool {
+        if now_ms >= self.next_publish_ms {
+            self.next_publish_ms = now_ms + self.interval_ms;
+            let (current, cas) = host.shared_get(LEASE_KEY);
+            let lease = take_lease(current.as_deref(), self.me, now_ms, 3 * self.interval_ms);
+            self.collecting = lease.is_some_and(|l| host.shared_set(LEASE_KEY, &l, cas));
+            if self.collecting {
+                host.shared_set(SNAPSHOT_KEY, &encode(&self.snapshot()), None);
+            }
         }
-        host.shared_set(SNAPSHOT_KEY, &encode(&self.snapshot()), None);
-        self.calls.clear();
+        if self.collecting {
+            self.scrape_due(host, now_ms);
+        }
+        self.collecting
+    }
+
+    fn scrape_due(&mut self, host: &mut dyn Host, now_ms: u64) {
+        let n = self.targets.len();
         let timeout = self.interval_ms.max(100);
         // A pod that reported its load in-band within the interval is busy and its reports
         // are fresher than a scrape: it is not scraped (its models, once known, need no
-        // refresh either). One read per server's reports.
-        let mut reports: HashMap<&str, Vec<Option<crate::load_report::Reported>>> = HashMap::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            if let Some((key, n, idx)) = &t.load_slot {
+        // refresh either). One read per server's reports, only when such a pod is due.
+        let mut reports: HashMap<String, Vec<Option<crate::load_report::Reported>>> =
+            HashMap::new();
+        for step in 0..n {
+            let i = (self.cursor + step) % n;
+            if self.calls.len() + 2 > MAX_CALLS {
+                self.cursor = i;
+                return;
+            }
+            let (Some(t), Some(due), Some(&pending)) = (
+                self.targets.get(i),
+                self.due_ms.get_mut(i),
+                self.pending.get(i),
+            ) else {
+                continue;
+            };
+            let at = *due.get_or_insert_with(|| {
+                now_ms + crate::prefix::hash(0, t.address.as_bytes()) % self.interval_ms
+            });
+            if at > now_ms || pending > 0 {
+                continue;
+            }
+            *due = Some(now_ms + self.interval_ms);
+            if let Some((key, count, idx)) = &t.load_slot {
                 let of_server = reports
-                    .entry(key.as_str())
-                    .or_insert_with(|| crate::load_report::read(&*host, key, *n));
+                    .entry(key.clone())
+                    .or_insert_with(|| crate::load_report::read(&*host, key, *count));
                 let fresh = of_server
                     .get(*idx)
                     .copied()
@@ -132,18 +180,24 @@ impl Collector {
                 ];
                 if let Some(token) = host.dispatch(&t.cluster, &headers, b"", timeout) {
                     self.calls.insert(token, (i, kind));
+                    if let Some(p) = self.pending.get_mut(i) {
+                        *p += 1;
+                    }
                 }
             }
         }
-        true
+        self.cursor = 0;
     }
 
-    /// A scrape of this round answered or failed (the root context's
-    /// `on_http_call_response`; `body_size` is the answer's). Other calls are ignored.
+    /// A scrape answered or failed (the root context's `on_http_call_response`;
+    /// `body_size` is the answer's). Other calls are ignored.
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, body_size: usize) {
         let Some((target, kind)) = self.calls.remove(&token) else {
             return;
         };
+        if let Some(p) = self.pending.get_mut(target) {
+            *p = p.saturating_sub(1);
+        }
         let status = host.call_status();
         let body = host.call_body(body_size).unwrap_or_default();
         host.count(if matches!(status, Some(200..=299)) {
@@ -226,6 +280,7 @@ pub fn read_snapshot(host: &dyn Host, seen: &mut Option<u32>) -> Option<Snapshot
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::fake::FakeHost;
 
     #[test]
     fn lease_is_taken_when_free_or_expired_and_renewed_only_by_its_owner() {
@@ -306,45 +361,55 @@ mod tests {
             .collect()
     }
 
+    /// The pods' paths and addresses of the calls sent so far, sorted.
+    fn scraped(host: &FakeHost) -> Vec<String> {
+        let mut out: Vec<String> = host
+            .calls
+            .iter()
+            .map(|(_, _, h, _, _)| {
+                let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                format!("{} {}", get(":path").unwrap(), get("x-pod").unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Answers every call sent so far with `body` (200), then forgets them.
+    fn answer_all(c: &mut Collector, host: &mut FakeHost, body: &[u8]) {
+        for (token, ..) in std::mem::take(&mut host.calls) {
+            host.call_answer = Some((Some(200), body.to_vec()));
+            c.on_call_response(host, token, body.len());
+        }
+    }
+
+    /// Ticks every 100 ms from `from` to `to` (both included).
+    fn ticks(c: &mut Collector, host: &mut FakeHost, from: u64, to: u64) {
+        for now in (from..=to).step_by(100) {
+            host.now = now;
+            c.tick(host, now);
+        }
+    }
+
+    const MODELS: &[u8] = br#"{"data":[{"id":"m"}]}"#;
+
     #[test]
     fn a_pod_that_reported_in_band_within_the_interval_is_not_scraped() {
         use crate::load_report::{record, LoadReport};
-        let mut host = crate::flow::fake::FakeHost::default();
-        let mut c = Collector::new(pods(2), 7, 1000, "x-gateway-destination-endpoint");
-        let scraped = |host: &crate::flow::fake::FakeHost| -> Vec<String> {
-            host.calls
-                .iter()
-                .map(|(_, _, h, _, _)| {
-                    let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                    format!(
-                        "{} {}",
-                        get(":path").unwrap(),
-                        get("x-gateway-destination-endpoint").unwrap()
-                    )
-                })
-                .collect()
-        };
+        let mut host = FakeHost::default();
+        let mut c = Collector::new(pods(2), 7, 1000, "x-pod");
         // Models unknown yet: scraped whatever it reports.
         let busy = LoadReport {
             kv: Some(0.5),
             waiting: Some(4.0),
         };
-        assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 500));
-        c.round(&mut host, 1000);
+        assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 1));
+        ticks(&mut c, &mut host, 0, 900);
         assert_eq!(scraped(&host).len(), 4);
-        for pod in 0..2 {
-            c.on_answer(
-                pod,
-                Kind::Models,
-                Some(200),
-                br#"{"data":[{"id":"m"}]}"#,
-                1000,
-            );
-        }
-        host.calls.clear();
-        // Pod 0 reported 600 ms ago: only pod 1 (idle, no reports) is scraped.
+        answer_all(&mut c, &mut host, MODELS);
+        // Pod 0 keeps reporting: only pod 1 (idle, no reports) is scraped in the next interval.
         assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 1_400));
-        c.round(&mut host, 2000);
+        ticks(&mut c, &mut host, 1000, 1900);
         assert_eq!(
             scraped(&host),
             ["/metrics 127.0.0.3:8000", "/v1/models 127.0.0.3:8000"]
@@ -356,50 +421,97 @@ mod tests {
                 .count(),
             1
         );
+        answer_all(&mut c, &mut host, MODELS);
         // Reports stopped (the pod went quiet or away): scraped again, so it can be marked down.
-        host.calls.clear();
-        c.round(&mut host, 3000);
+        ticks(&mut c, &mut host, 2000, 2900);
         assert_eq!(scraped(&host).len(), 4);
     }
 
     #[test]
     fn one_vm_collects_and_pins_each_scrape_to_its_pod() {
-        let mut host = crate::flow::fake::FakeHost::default();
-        let mut a = Collector::new(pods(2), 7, 1000, "x-my-pod");
-        let mut b = Collector::new(pods(2), 8, 1000, "x-my-pod");
-        assert!(a.round(&mut host, 0));
-        assert!(!b.round(&mut host, 500), "the lease is a's until 3000");
-        let paths: Vec<(&str, &str)> = host
-            .calls
-            .iter()
-            .map(|(_, _, h, _, _)| {
-                let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-                (get(":path").unwrap(), get("x-my-pod").unwrap())
-            })
-            .collect();
+        let mut host = FakeHost::default();
+        let mut a = Collector::new(pods(2), 7, 1000, "x-pod");
+        let mut b = Collector::new(pods(2), 8, 1000, "x-pod");
+        assert!(a.tick(&mut host, 0));
+        assert!(!b.tick(&mut host, 500), "the lease is a's until 3000");
+        ticks(&mut a, &mut host, 100, 900);
         assert_eq!(
-            paths,
+            scraped(&host),
             [
-                ("/metrics", "127.0.0.2:8000"),
-                ("/v1/models", "127.0.0.2:8000"),
-                ("/metrics", "127.0.0.3:8000"),
-                ("/v1/models", "127.0.0.3:8000")
+                "/metrics 127.0.0.2:8000",
+                "/metrics 127.0.0.3:8000",
+                "/v1/models 127.0.0.2:8000",
+                "/v1/models 127.0.0.3:8000"
             ]
         );
-        assert!(a.round(&mut host, 1000), "renewal");
-        assert!(
-            b.round(&mut host, 1000 + 3001),
-            "a stopped renewing: b takes over"
+        assert!(a.tick(&mut host, 1000), "renewal");
+        assert!(b.tick(&mut host, 4001), "a stopped renewing: b takes over");
+    }
+
+    #[test]
+    fn scrapes_are_spread_over_the_interval_bounded_and_never_pile_up() {
+        let mut host = FakeHost::default();
+        let mut c = Collector::new(pods(200), 7, 1000, "x-pod");
+        // Each pod at its own offset in the interval: every pod once per interval, no tick
+        // sending them all.
+        let mut per_tick = vec![];
+        let mut seen = std::collections::HashSet::new();
+        for now in (0..=1000).step_by(100) {
+            c.tick(&mut host, now);
+            per_tick.push(host.calls.len());
+            seen.extend(scraped(&host));
+            answer_all(&mut c, &mut host, b"");
+        }
+        assert_eq!(
+            seen.len(),
+            400,
+            "every pod's two scrapes within the interval"
         );
+        // Only the pods scraped at 0 are due again at 1000.
+        assert_eq!(
+            per_tick.iter().sum::<usize>(),
+            400 + per_tick[0],
+            "{per_tick:?}"
+        );
+        assert!(per_tick.iter().all(|n| *n <= 100), "{per_tick:?}");
+        // Slow pods (nothing answers): at most MAX_CALLS in flight, and a pod still waiting for
+        // its answer is not scraped again, however many intervals pass.
+        let mut slow = Collector::new(pods(200), 7, 1000, "x-pod");
+        let mut host = FakeHost::default();
+        ticks(&mut slow, &mut host, 0, 5000);
+        assert_eq!(host.calls.len(), MAX_CALLS);
+        // Once they answer, the passes go on where the budget stopped them: the pods not
+        // served yet are all served within the next two ticks.
+        let mut served: std::collections::HashSet<String> = scraped(&host).into_iter().collect();
+        assert_eq!(served.len(), MAX_CALLS);
+        for now in [5100, 5200] {
+            answer_all(&mut slow, &mut host, b"");
+            ticks(&mut slow, &mut host, now, now);
+            served.extend(scraped(&host));
+        }
+        assert_eq!(served.len(), 400);
     }
 
     #[test]
     fn answers_reach_every_vm_through_the_published_snapshot() {
-        let mut host = crate::flow::fake::FakeHost::default();
-        let mut c = Collector::new(pods(2), 7, 1000, "x-gateway-destination-endpoint");
-        c.round(&mut host, 0);
-        let (metrics_a, metrics_b) = (host.calls[0].0, host.calls[2].0);
-        host.now = 10;
+        let mut host = FakeHost::default();
+        let mut c = Collector::new(pods(2), 7, 1000, "x-pod");
+        ticks(&mut c, &mut host, 0, 900);
+        let token = |path: &str, pod: &str| {
+            host.calls
+                .iter()
+                .find(|(_, _, h, _, _)| {
+                    h.iter().any(|(k, v)| k == ":path" && v == path)
+                        && h.iter().any(|(k, v)| k == "x-pod" && v == pod)
+                })
+                .unwrap()
+                .0
+        };
+        let (metrics_a, metrics_b) = (
+            token("/metrics", "127.0.0.2:8000"),
+            token("/metrics", "127.0.0.3:8000"),
+        );
+        host.now = 950;
         host.call_answer = Some((Some(200), b"vllm:num_requests_waiting 4\n".to_vec()));
         c.on_call_response(&mut host, metrics_a, 28);
         host.call_answer = Some((None, vec![]));
@@ -414,8 +526,8 @@ mod tests {
             None,
             "unchanged: not decoded again"
         );
-        c.round(&mut host, 1000);
-        let snapshot = read_snapshot(&host, &mut seen).expect("the next round publishes");
+        c.tick(&mut host, 1000);
+        let snapshot = read_snapshot(&host, &mut seen).expect("the next interval publishes");
         assert_eq!(snapshot["127.0.0.2:8000"].waiting, 4.0);
         assert!(snapshot["127.0.0.2:8000"].up);
         assert!(!snapshot["127.0.0.3:8000"].up);

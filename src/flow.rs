@@ -100,7 +100,8 @@ pub struct Flow {
     /// The request draws on a global budget (Envoy's rate-limit filter admits it): Some(whether
     /// its output is limited, so the answer's tokens are published for the debit when it ends).
     global_budget: Option<bool>,
-    /// The pod was asked for an in-band load report: where to share it (load key, pods, index).
+    /// The pod was asked for an in-band load report: where to share it (load key, pods, the
+    /// server's index).
     load_report_slot: Option<(String, usize, usize)>,
 }
 
@@ -351,7 +352,7 @@ impl Flow {
             let due = router.scheduling() && load_report::due(last, now_ms);
             if let Some(key) = server.load_key.as_ref().filter(|_| due) {
                 host.set_header(load_report::FORMAT_HEADER, load_report::FORMAT);
-                self.load_report_slot = Some((key.clone(), n, idx));
+                self.load_report_slot = Some((key.clone(), n, decision.server));
             }
         }
         self.outcome.route = router.route_name(decision.route).to_string();
@@ -570,12 +571,24 @@ impl Flow {
 
     /// The pod's answer carried `value` as its load report (runs before
     /// [`Flow::on_response_headers`]): shared at once with every worker, so the next pick,
-    /// here or elsewhere, sees it. A report that does not parse is ignored.
-    pub fn on_load_report(&mut self, host: &mut dyn Host, value: &str) {
-        let Some((key, n, idx)) = self.load_report_slot.take() else {
+    /// here or elsewhere, sees it. It is the report of the pod that answered, which after a
+    /// connect failure is a fallback, not the one picked (`upstream`: which, found by address
+    /// among the server's pods). A report that does not parse is ignored.
+    pub fn on_load_report(&mut self, host: &mut dyn Host, router: Option<&Router>, value: &str) {
+        let Some((key, n, server)) = self.load_report_slot.take() else {
             return;
         };
-        if let Some(report) = load_report::parse(value) {
+        let Some(report) = load_report::parse(value) else {
+            return;
+        };
+        // The same server still (the configuration may have changed since the pick).
+        let server = router
+            .and_then(|r| r.server(server))
+            .filter(|s| s.load_key.as_deref() == Some(key.as_str()));
+        let idx = host
+            .upstream_address()
+            .and_then(|a| server.and_then(|s| s.endpoint_index(&a)));
+        if let Some(idx) = idx {
             let now = host.now_ms();
             load_report::record(host, &key, n, idx, report, now);
         }

@@ -28,8 +28,8 @@ use crate::router::Router;
 use crate::tally::{PrefixReport, Tally};
 use std::collections::HashMap;
 
-/// Root tick with the scheduler: publishes this worker's in-flight releases; metrics are
-/// collected every `metrics_interval_ms` on the ticks that cross it.
+/// Root tick with the scheduler: publishes this worker's in-flight releases and lets the
+/// collector scrape the pods that are due; the snapshot is read every `metrics_interval_ms`.
 const TICK_MS: u64 = 100;
 /// Root tick without the scheduler: only the VM memory gauge.
 const IDLE_TICK_MS: u64 = 1000;
@@ -48,7 +48,7 @@ struct Root {
     /// Present while the scheduler needs engine metrics.
     collector: Option<Collector>,
     interval_ms: u64,
-    /// When the next collection round (and snapshot refresh) is due.
+    /// When the snapshot is next read.
     next_collect_ms: u64,
     /// CAS of the last snapshot read, to decode it only when it changed.
     snapshot_cas: Option<u32>,
@@ -165,17 +165,15 @@ impl RootContext for Root {
             }
         });
         vm::record_memory();
-        if self.collector.is_none() {
+        let Some(c) = self.collector.as_mut() else {
             return;
-        }
+        };
         let now = EnvoyHost.now_ms();
+        c.tick(&mut EnvoyHost, now);
         if now < self.next_collect_ms {
             return;
         }
         self.next_collect_ms = now + self.interval_ms;
-        if let Some(c) = self.collector.as_mut() {
-            c.round(&mut EnvoyHost, now);
-        }
         self.refresh();
     }
 
@@ -259,7 +257,9 @@ impl HttpContext for Request {
             if self.flow.wants_load_report() {
                 if let Some(report) = headers.get(load_report::REPORT_HEADER) {
                     self.set_http_response_header(load_report::REPORT_HEADER, None);
-                    self.flow.on_load_report(&mut EnvoyHost, report);
+                    let router = self.router.try_borrow().ok();
+                    let router = router.as_deref().and_then(Option::as_ref);
+                    self.flow.on_load_report(&mut EnvoyHost, router, report);
                 }
             }
             // The rate-limit service's refusal is for this filter's metrics, not the client.
@@ -425,6 +425,11 @@ impl Host for EnvoyHost {
         if hostcalls::resume_http_request().is_err() {
             log::warn!("modelroute: could not resume the request");
         }
+    }
+
+    fn upstream_address(&self) -> Option<String> {
+        let bytes = hostcalls::get_property(vec!["upstream", "address"]).ok()??;
+        String::from_utf8(bytes).ok()
     }
 
     fn now_ms(&self) -> u64 {

@@ -42,6 +42,8 @@ pub trait Host {
     fn resume(&mut self);
     /// Milliseconds on the host's clock.
     fn now_ms(&self) -> u64;
+    /// `ip:port` of the upstream host that answered the request (response hooks).
+    fn upstream_address(&self) -> Option<String>;
     /// Increments a counter.
     fn count(&mut self, counter: Counter);
     /// The current piece of the response body (`len` bytes).

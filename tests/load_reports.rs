@@ -91,7 +91,16 @@ fn a_pod_reporting_in_band_is_not_scraped_and_an_idle_one_is() {
     // pod-1's queue is long (as its scrapes say): every request goes to pod-0, which reports
     // with each answer.
     s.hold_metrics("pod-1", r#"{"waiting": 50}"#);
-    s.wait_for_scrapes(2);
+    // Until a scrape taken after the hold has reached the workers, pod-1 may still be picked:
+    // wait for two more scrapes of it, then for the snapshot to be published (next interval)
+    // and read by every worker (theirs).
+    let held_at = scrapes(&s, "pod-1");
+    wait_until(
+        Duration::from_secs(10),
+        "pod-1 scraped after the hold",
+        || scrapes(&s, "pod-1") >= held_at + 2,
+    );
+    std::thread::sleep(Duration::from_millis(600));
     let before = (scrapes(&s, "pod-0"), scrapes(&s, "pod-1"));
     let skipped = s.stat("wasmcustom.modelroute.metrics.scrape_skipped_in_band");
     let until = Instant::now() + Duration::from_secs(2);

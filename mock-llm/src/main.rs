@@ -28,7 +28,9 @@ usage:
                  [--role prefill|decode] [--kv-connector http|lmcache|nixl|mooncake]
                  [--bootstrap-port N] [--bootstrap-timeout-ms N]
                  [--delay-ms N] [--status CODE] [--max-running N]
-  mock-llm pods --file PODS.yaml [--port PORT]";
+  mock-llm pods --file PODS.yaml [--port PORT]
+  mock-llm fleet --count N --listen IP:PORT --model NAME [serve flags]...
+                 N pods in one process, on IP, IP+1, ... (a fleet for scale benchmarks)";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Cli {
@@ -42,6 +44,11 @@ enum Cli {
     Pods {
         file: String,
         port: Option<u16>,
+    },
+    /// `count` pods like `serve`'s, on consecutive addresses from its `listen`.
+    Fleet {
+        count: u32,
+        serve: Box<Cli>,
     },
     Help,
 }
@@ -85,6 +92,22 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
         return Ok(Cli::Help);
     }
     match cmd.as_str() {
+        "fleet" => {
+            let count = flags
+                .iter()
+                .find(|(k, _)| k == "--count")
+                .and_then(|(_, v)| v.parse::<u32>().ok())
+                .filter(|n| (1..=60_000).contains(n))
+                .ok_or("fleet: --count N (1..60000) is required")?;
+            let mut serve = vec!["serve".to_string()];
+            for (k, v) in flags.into_iter().filter(|(k, _)| k != "--count") {
+                serve.extend([k, v]);
+            }
+            Ok(Cli::Fleet {
+                count,
+                serve: Box::new(parse_cli(&serve)?),
+            })
+        }
         "serve" => {
             let mut listen = None;
             let mut model = None;
@@ -266,6 +289,39 @@ fn main() -> ExitCode {
                 server::serve(listen, config, shutdown)
                     .await
                     .map_err(|e| format!("serve on {listen}: {e}"))
+            }
+            Cli::Fleet { count, serve } => {
+                let Cli::Serve {
+                    listen,
+                    served,
+                    pod,
+                    pd,
+                    steer,
+                } = *serve
+                else {
+                    return Err("fleet: not a serve command".into());
+                };
+                let std::net::IpAddr::V4(first) = listen.ip() else {
+                    return Err("fleet: --listen must be IPv4".into());
+                };
+                let shutdown = shutdown_signal(true).map_err(|e| e.to_string())?;
+                for i in 0..count {
+                    let ip = std::net::Ipv4Addr::from(u32::from(first).wrapping_add(i));
+                    let config = server::PodConfig {
+                        served: served.clone(),
+                        pod: Some(format!("{}-{i}", pod.as_deref().unwrap_or("default/fleet"))),
+                        pd,
+                        steer,
+                    };
+                    let addr = SocketAddr::new(ip.into(), listen.port());
+                    tokio::spawn(async move {
+                        if let Err(e) = server::serve(addr, config, std::future::pending()).await {
+                            eprintln!("mock-llm: serve on {addr}: {e}");
+                        }
+                    });
+                }
+                shutdown.await;
+                Ok(())
             }
             Cli::Pods { file, port } => {
                 let shutdown = shutdown_signal(true).map_err(|e| e.to_string())?;

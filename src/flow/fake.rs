@@ -21,6 +21,8 @@ pub struct FakeHost {
     pub refuse_dispatch: bool,
     pub resumed: usize,
     pub now: u64,
+    /// The upstream host that answered (`upstream.address`).
+    pub upstream: Option<String>,
     pub counters: Vec<Counter>,
     /// Shared data: key -> (value, cas).
     pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
@@ -165,6 +167,9 @@ impl Host for FakeHost {
     }
     fn now_ms(&self) -> u64 {
         self.now
+    }
+    fn upstream_address(&self) -> Option<String> {
+        self.upstream.clone()
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.shared_gets.borrow_mut().push(key.to_string());

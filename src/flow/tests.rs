@@ -422,12 +422,31 @@ fn a_pods_in_band_load_report_steers_the_next_pick_on_every_worker() {
     // The router asks the vLLM pod it picked for a report with the answer.
     assert_eq!(h1.get("endpoint-load-metrics-format"), Some("TEXT"));
     assert!(f1.wants_load_report());
-    let reported = first_pod(&h1);
+    // The picked pod refused the connection and Envoy's retry reached the fallback, which
+    // answered: the report is the fallback's, and is shared as its own.
+    let picked = first_pod(&h1);
+    let endpoints = h1
+        .get("x-gateway-destination-endpoint")
+        .unwrap()
+        .to_string();
+    let reported = endpoints
+        .split(',')
+        .find(|a| *a != picked)
+        .unwrap()
+        .to_string();
+    h1.upstream = Some(reported.clone());
     h1.now = 5_000;
     f1.on_load_report(
         &mut h1,
+        Some(&r),
         "TEXT named_metrics.kv_cache_usage_perc=0.99, named_metrics.num_requests_waiting=1000.0",
     );
+    let server = r.server(0).unwrap();
+    let key = server.load_key.clone().unwrap();
+    let slots = crate::load_report::read(&h1, &key, 2);
+    let of = |a: &str| slots[server.endpoint_index(a).unwrap()];
+    assert_eq!(of(&reported).map(|r| r.report.waiting), Some(Some(1000.0)));
+    assert_eq!(of(&picked), None);
     assert!(!f1.wants_load_report(), "one report per answer");
     f1.on_done(&mut h1, &mut w1);
     // Another worker's next picks avoid the pod whose queue is past least-request's limit.

@@ -149,6 +149,11 @@ impl Server {
         join_addresses(&self.endpoints, (0..take).map(|k| (start + k) % n))
     }
 
+    /// The index of the pod at `address`, if it is one of this server's.
+    pub fn endpoint_index(&self, address: &str) -> Option<usize> {
+        self.endpoints.iter().position(|a| a == address)
+    }
+
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
     }
