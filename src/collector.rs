@@ -11,7 +11,8 @@
 //! [`Collector::round`], [`Collector::on_call_response`] and [`read_snapshot`] from the root
 //! context.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use filter_config::Engine;
 
@@ -59,8 +60,11 @@ pub struct Target {
 }
 
 /// Scrape calls in flight at most: pods slower than the interval (or a fleet of thousands)
-/// never pile calls up in Envoy; pods not served this tick are first on the next.
+/// never pile calls up in Envoy. Each answer frees a place for the pod due next.
 pub const MAX_CALLS: usize = 256;
+/// `/v1/models` is scraped with every this many `/metrics` of a pod (and until known): the
+/// models a pod serves change far less often than its load, and it halves the calls.
+pub const MODELS_EVERY: u8 = 10;
 
 /// The collecting VM's state.
 #[derive(Debug, Default)]
@@ -74,15 +78,17 @@ pub struct Collector {
     endpoint_header: String,
     /// Scrape calls in flight: token -> (target, what).
     calls: HashMap<u32, (usize, Kind)>,
-    /// Per target: when its next scrape is due (host ms; None: not placed yet), and its calls
-    /// in flight (a pod is not scraped again before its last scrape answered or timed out).
-    due_ms: Vec<Option<u64>>,
+    /// Every target by when its next scrape is due (host ms), earliest first: placed at its
+    /// offset in the first interval, then one interval after each scrape (or skip).
+    due: BinaryHeap<Reverse<(u64, usize)>>,
+    placed: bool,
+    /// Per target, its calls in flight (a pod is not scraped again before its last scrape
+    /// answered or timed out), and its scrapes since its models were last fetched.
     pending: Vec<u8>,
+    since_models: Vec<u8>,
     /// Whether this VM holds the lease, and when it next renews it and publishes.
     collecting: bool,
     next_publish_ms: u64,
-    /// Where the last pass stopped when the call budget ran out.
-    cursor: usize,
 }
 
 impl Collector {
@@ -95,11 +101,12 @@ impl Collector {
             interval_ms: interval_ms.max(1),
             endpoint_header: endpoint_header.to_string(),
             calls: HashMap::new(),
-            due_ms: vec![None; n],
+            due: BinaryHeap::with_capacity(n),
+            placed: false,
             pending: vec![0; n],
+            since_models: vec![0; n],
             collecting: false,
             next_publish_ms: 0,
-            cursor: 0,
         }
     }
 
@@ -125,34 +132,36 @@ impl Collector {
         self.collecting
     }
 
+    /// Scrapes the pods that are due, earliest first, while the call budget allows.
     fn scrape_due(&mut self, host: &mut dyn Host, now_ms: u64) {
-        let n = self.targets.len();
+        if !self.placed {
+            self.placed = true;
+            for (i, t) in self.targets.iter().enumerate() {
+                let offset = crate::prefix::hash(0, t.address.as_bytes()) % self.interval_ms;
+                self.due.push(Reverse((now_ms + offset, i)));
+            }
+        }
         let timeout = self.interval_ms.max(100);
         // A pod that reported its load in-band within the interval is busy and its reports
         // are fresher than a scrape: it is not scraped (its models, once known, need no
         // refresh either). One read per server's reports, only when such a pod is due.
         let mut reports: HashMap<String, Vec<Option<crate::load_report::Reported>>> =
             HashMap::new();
-        for step in 0..n {
-            let i = (self.cursor + step) % n;
-            if self.calls.len() + 2 > MAX_CALLS {
-                self.cursor = i;
+        while self.calls.len() + 2 <= MAX_CALLS {
+            let Some(&Reverse((at, i))) = self.due.peek() else {
+                return;
+            };
+            if at > now_ms {
                 return;
             }
-            let (Some(t), Some(due), Some(&pending)) = (
-                self.targets.get(i),
-                self.due_ms.get_mut(i),
-                self.pending.get(i),
-            ) else {
+            self.due.pop();
+            self.due.push(Reverse((now_ms + self.interval_ms, i)));
+            let (Some(t), Some(&pending)) = (self.targets.get(i), self.pending.get(i)) else {
                 continue;
             };
-            let at = *due.get_or_insert_with(|| {
-                now_ms + crate::prefix::hash(0, t.address.as_bytes()) % self.interval_ms
-            });
-            if at > now_ms || pending > 0 {
+            if pending > 0 {
                 continue;
             }
-            *due = Some(now_ms + self.interval_ms);
             if let Some((key, count, idx)) = &t.load_slot {
                 let of_server = reports
                     .entry(key.clone())
@@ -171,7 +180,21 @@ impl Collector {
                     continue;
                 }
             }
-            for (kind, path) in [(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")] {
+            let models_known = self
+                .stats
+                .get(&t.address)
+                .is_some_and(|s| s.models.is_some());
+            let since = self.since_models.get(i).copied().unwrap_or(0);
+            let with_models = !models_known || since + 1 >= MODELS_EVERY;
+            if let Some(s) = self.since_models.get_mut(i) {
+                *s = if with_models { 0 } else { since + 1 };
+            }
+            let kinds: &[(Kind, &str)] = if with_models {
+                &[(Kind::Metrics, "/metrics"), (Kind::Models, "/v1/models")]
+            } else {
+                &[(Kind::Metrics, "/metrics")]
+            };
+            for &(kind, path) in kinds {
                 let headers = [
                     (":method", "GET"),
                     (":path", path),
@@ -186,7 +209,6 @@ impl Collector {
                 }
             }
         }
-        self.cursor = 0;
     }
 
     /// A scrape answered or failed (the root context's `on_http_call_response`;
@@ -207,6 +229,10 @@ impl Collector {
         });
         let now = host.now_ms();
         self.on_answer(target, kind, status, &body, now);
+        if self.collecting {
+            // The answer freed a place: the pod due next need not wait for the tick.
+            self.scrape_due(host, now);
+        }
     }
 
     /// A scrape answered: `status` None (or Envoy's own 503) means the pod was unreachable.
@@ -410,10 +436,8 @@ mod tests {
         // Pod 0 keeps reporting: only pod 1 (idle, no reports) is scraped in the next interval.
         assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, 1_400));
         ticks(&mut c, &mut host, 1000, 1900);
-        assert_eq!(
-            scraped(&host),
-            ["/metrics 127.0.0.3:8000", "/v1/models 127.0.0.3:8000"]
-        );
+        // (Its models are known now: only its load.)
+        assert_eq!(scraped(&host), ["/metrics 127.0.0.3:8000"]);
         assert_eq!(
             host.counters
                 .iter()
@@ -424,7 +448,21 @@ mod tests {
         answer_all(&mut c, &mut host, MODELS);
         // Reports stopped (the pod went quiet or away): scraped again, so it can be marked down.
         ticks(&mut c, &mut host, 2000, 2900);
-        assert_eq!(scraped(&host).len(), 4);
+        assert_eq!(
+            scraped(&host),
+            ["/metrics 127.0.0.2:8000", "/metrics 127.0.0.3:8000"]
+        );
+        // Models again with every MODELS_EVERY-th scrape of a pod.
+        let mut models = 0;
+        for interval in 3..3 + u64::from(MODELS_EVERY) {
+            answer_all(&mut c, &mut host, MODELS);
+            ticks(&mut c, &mut host, interval * 1000, interval * 1000 + 900);
+            models += scraped(&host)
+                .iter()
+                .filter(|s| s.starts_with("/v1/models"))
+                .count();
+        }
+        assert_eq!(models, 2, "once per pod in {MODELS_EVERY} intervals");
     }
 
     #[test]
