@@ -23,6 +23,18 @@ import load as L  # noqa: E402
 
 FIRST = (127, 2, 0, 1)
 
+# Chat requests whose prompts differ from the first byte, so every Envoy's scheduler spreads
+# them over all pods (a fixed prompt would pin each Envoy to the pod its prefix index chose).
+VARIED_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"model":"%s","messages":[{"role":"user","content":"' .. n .. ' ' .. math.random(1e9)
+    .. ' tell me about the fleet"}],"max_tokens":8}'
+  return wrk.format("POST", "/v1/chat/completions", {["Content-Type"] = "application/json"}, body)
+end
+""" % L.MODEL
+
 
 def ip(i):
     n = (FIRST[1] << 16 | FIRST[2] << 8 | FIRST[3]) + i
@@ -67,9 +79,14 @@ def stats(admin, prefix):
     return out
 
 
+def pod_counts(port, idx):
+    """(scrapes, successful requests) a mock pod has answered so far."""
+    r = json.loads(urllib.request.urlopen(f"http://{ip(idx)}:{port}/mock/metrics", timeout=10).read())
+    return r["scrapes"], r["requests_ok"]
+
+
 def scrapes(port, idx):
-    r = urllib.request.urlopen(f"http://{ip(idx)}:{port}/mock/metrics", timeout=10).read()
-    return json.loads(r)["scrapes"]
+    return pod_counts(port, idx)[0]
 
 
 def setup(work, count, pod_port):
@@ -128,25 +145,30 @@ def many(args):
         time.sleep(5)
 
         def rate(seconds, load):
-            before = [scrapes(pod_port, i) for i in range(args.pods)]
+            before = [pod_counts(pod_port, i) for i in range(args.pods)]
             wrks = []
             if load:
-                body = os.path.join(work, "body.json")
-                with open(body, "w") as f:
-                    f.write(L.chat_body(1024))
-                lua = os.path.join(work, "post.lua")
+                lua = os.path.join(work, "varied.lua")
                 with open(lua, "w") as f:
-                    f.write(L.WRK_LUA)
-                env = dict(os.environ, BENCH_BODY=body)
+                    f.write(VARIED_LUA)
                 wrks = [subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", lua,
-                                          f"http://127.0.0.1:{port}/v1/chat/completions"], env=env,
+                                          f"http://127.0.0.1:{port}/v1/chat/completions"],
                                          stdout=subprocess.PIPE, text=True) for port, _, _ in envoys]
             time.sleep(seconds)
             for w in wrks:
                 w.wait()
-            after = [scrapes(pod_port, i) for i in range(args.pods)]
-            per_pod = sorted((a - b) / seconds for a, b in zip(after, before))
-            return {"mean": round(sum(per_pod) / len(per_pod), 2), "min": per_pod[0], "max": per_pod[-1]}
+            after = [pod_counts(pod_port, i) for i in range(args.pods)]
+            # Busy: served at least 10 requests a second in the window.
+            rows = [((a[0] - b[0]) / seconds, (a[1] - b[1]) / seconds) for a, b in zip(after, before)]
+
+            def summary(sel):
+                if not sel:
+                    return None
+                return {"pods": len(sel), "scrapes_per_s_mean": round(sum(sel) / len(sel), 2),
+                        "min": min(sel), "max": max(sel)}
+            return {"busy": summary([s for s, r in rows if r >= 10]),
+                    "idle": summary([s for s, r in rows if r < 10]),
+                    "requests_per_s": round(sum(r for _, r in rows), 1)}
 
         idle = rate(args.seconds, False)
         busy = rate(args.seconds, True)

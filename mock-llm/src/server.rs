@@ -116,7 +116,8 @@ struct State {
     /// Run slots (`--max-running`); `None` = unlimited.
     slots: Option<Arc<Semaphore>>,
     success: AtomicU64,
-    /// `GET /metrics` answered (reported by `GET /mock/metrics` as `scrapes`).
+    /// `GET /metrics` answered (reported by `GET /mock/metrics` as `scrapes`, beside
+    /// `requests_ok`).
     scrapes: AtomicU64,
     metrics: Mutex<Metrics>,
     log: Mutex<Log>,
@@ -461,6 +462,7 @@ fn mock_metrics_status(state: &State) -> Response<MockBody> {
     let effective = state.with_metrics(|m| m.effective(live));
     let status = serde_json::to_value(&effective).map(|mut v| {
         v["scrapes"] = state.scrapes.load(Ordering::Relaxed).into();
+        v["requests_ok"] = state.success.load(Ordering::Relaxed).into();
         v.to_string()
     });
     match status {
