@@ -555,6 +555,7 @@ pub fn metrics_text(served: &Served, load: Load) -> String {
             running: load.running,
             waiting: 0,
             success_total: load.success_total,
+            kv_usage: None,
         },
     )
 }

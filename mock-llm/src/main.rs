@@ -14,6 +14,7 @@ mod metrics;
 mod pd;
 mod pods;
 mod server;
+mod sim;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ usage:
                  [--role prefill|decode] [--kv-connector http|lmcache|nixl|mooncake]
                  [--bootstrap-port N] [--bootstrap-timeout-ms N]
                  [--delay-ms N] [--status CODE] [--max-running N]
+                 [--sim-kv-blocks N [--sim-prefill-us-per-block N] [--sim-decode-ms-per-token N]]
   mock-llm pods --file PODS.yaml [--port PORT]
   mock-llm fleet --count N --listen IP:PORT --model NAME [serve flags]...
                  N pods in one process, on IP, IP+1, ... (a fleet for scale benchmarks)";
@@ -117,6 +119,8 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
             let mut engine = EngineKind::Vllm;
             let mut pd = PdSettings::default();
             let mut steer = server::Steer::default();
+            let (mut sim_blocks, mut sim_prefill, mut sim_decode) = (None, 200u32, 5u32);
+            let number = |k: &str, v: &str| v.parse::<u32>().map_err(|e| format!("{k} {v:?}: {e}"));
             for (k, v) in flags {
                 match k.as_str() {
                     "--listen" => {
@@ -162,6 +166,9 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
                                 .map_err(|e| format!("--delay-ms {v:?}: {e}"))?,
                         )
                     }
+                    "--sim-kv-blocks" => sim_blocks = Some(number(&k, &v)?),
+                    "--sim-prefill-us-per-block" => sim_prefill = number(&k, &v)?,
+                    "--sim-decode-ms-per-token" => sim_decode = number(&k, &v)?,
                     "--max-running" => {
                         steer.max_running = Some(
                             v.parse::<u64>()
@@ -181,6 +188,11 @@ fn parse_cli(args: &[String]) -> Result<Cli, String> {
                     _ => return Err(format!("serve: unknown flag {k}")),
                 }
             }
+            steer.sim = sim_blocks.map(|kv_blocks| sim::SimSettings {
+                kv_blocks,
+                prefill_us_per_block: sim_prefill,
+                decode_ms_per_token: sim_decode,
+            });
             let model = model
                 .filter(|m| !m.is_empty())
                 .ok_or("serve: --model is required")?;
@@ -418,6 +430,7 @@ mod tests {
                 delay_ms: Some(200),
                 status: Some(503),
                 max_running: Some(4),
+                sim: None,
             }
         );
         let base = "serve --listen 127.0.0.1:8000 --model m";

@@ -208,7 +208,7 @@ impl Holds {
 }
 
 /// The pod's real load at the moment of a scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Live {
     /// Requests being answered (holding a run slot).
     pub running: u64,
@@ -216,6 +216,8 @@ pub struct Live {
     pub waiting: u64,
     /// Answers with a 2xx status so far.
     pub success_total: u64,
+    /// The simulated engine's KV-cache usage (`--sim-kv-blocks`), when it runs one.
+    pub kv_usage: Option<f64>,
 }
 
 /// The values `/metrics` reports now (held or derived); the `GET /mock/metrics` body.
@@ -328,6 +330,7 @@ impl Metrics {
             // Derived from the real load, not a held `running`: each knob stays independent.
             kv_cache_usage: h
                 .kv_cache_usage
+                .or(live.kv_usage)
                 .unwrap_or_else(|| (live.running as f64 / KV_REQUESTS_FULL).min(1.0)),
             ttft_seconds: h.ttft_seconds.unwrap_or_else(|| self.real_ttft.get()),
             tpot_seconds: h.tpot_seconds.unwrap_or_else(|| self.real_tpot.get()),

@@ -349,6 +349,7 @@ pub fn parse_pods(yaml: &str, port: Option<u16>) -> Result<Vec<PodPlan>, Invalid
             max_running: get(&p, &pod, "MAX_RUNNING", "an integer >= 1", |v| {
                 v.parse::<u64>().ok().filter(|n| *n >= 1)
             })?,
+            sim: None,
         };
         let port = port.or_else(|| p.container_port()).unwrap_or(DEFAULT_PORT);
         plans.push(PodPlan {

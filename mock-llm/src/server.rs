@@ -63,6 +63,8 @@ pub struct Steer {
     /// At most this many inference requests are answered at once; the others queue (and count
     /// as waiting). `None` = unlimited.
     pub max_running: Option<u64>,
+    /// A simulated engine (prefix KV cache, prefill and decode time), for the quality bench.
+    pub sim: Option<crate::sim::SimSettings>,
 }
 
 /// One entry of `/mock/requests`.
@@ -119,6 +121,8 @@ struct State {
     /// `GET /metrics` answered (reported by `GET /mock/metrics` as `scrapes`, beside
     /// `requests_ok`).
     scrapes: AtomicU64,
+    /// The simulated engine's prefix cache (`--sim-kv-blocks`).
+    kv: Option<Mutex<crate::sim::KvCache>>,
     metrics: Mutex<Metrics>,
     log: Mutex<Log>,
     id_seed: std::collections::hash_map::RandomState,
@@ -172,6 +176,7 @@ impl State {
             running: self.running.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             success_total: self.success.load(Ordering::Relaxed),
+            kv_usage: self.kv.as_ref().map(|kv| lock(kv).usage()),
         }
     }
 
@@ -366,6 +371,10 @@ pub async fn serve(
         }),
         success: AtomicU64::new(0),
         scrapes: AtomicU64::new(0),
+        kv: config
+            .steer
+            .sim
+            .map(|s| Mutex::new(crate::sim::KvCache::new(s.kv_blocks))),
         metrics: Mutex::new(metrics),
         log: Mutex::new(Log::default()),
         id_seed: std::collections::hash_map::RandomState::new(),
@@ -463,6 +472,10 @@ fn mock_metrics_status(state: &State) -> Response<MockBody> {
     let status = serde_json::to_value(&effective).map(|mut v| {
         v["scrapes"] = state.scrapes.load(Ordering::Relaxed).into();
         v["requests_ok"] = state.success.load(Ordering::Relaxed).into();
+        if let Some(kv) = &state.kv {
+            let kv = lock(kv);
+            v["sim"] = serde_json::json!({"block_queries": kv.queries, "block_hits": kv.hits});
+        }
         v.to_string()
     });
     match status {
@@ -558,6 +571,28 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
     if let Some(ms) = header_u64(&parts.headers, "x-mock-delay-ms").or(state.steer.delay_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    // The simulated engine: prefill what its cache lacks; a non-streaming answer also
+    // decodes before it is sent (a stream decodes between its chunks).
+    let mut decode_ms_per_chunk = None;
+    if let (Some(sim), Some(kv), Ok(body)) = (state.steer.sim, &state.kv, &parsed) {
+        let text = crate::sim::prompt_text(body);
+        let (cached, total) = lock(kv).admit(text.as_bytes());
+        tokio::time::sleep(Duration::from_micros(sim.prefill_us(total - cached))).await;
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        if stream {
+            decode_ms_per_chunk = Some(u64::from(sim.decode_ms_per_token));
+        } else {
+            let tokens = body
+                .get("max_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(16)
+                .min(4096);
+            tokio::time::sleep(Duration::from_millis(
+                tokens * u64::from(sim.decode_ms_per_token),
+            ))
+            .await;
+        }
+    }
 
     let mut note = PdNote::default();
     let reply = match admitted {
@@ -626,7 +661,9 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
         }
         Reply::Stream { events } => {
             let delay = Duration::from_millis(
-                header_u64(&parts.headers, "x-mock-chunk-delay-ms").unwrap_or(0),
+                header_u64(&parts.headers, "x-mock-chunk-delay-ms")
+                    .or(decode_ms_per_chunk)
+                    .unwrap_or(0),
             );
             let mut resp = plain(
                 StatusCode::OK,
@@ -645,3 +682,8 @@ mod pd_steps;
 
 use body::{error_response, json_response, plain, MockBody};
 use pd_steps::{admit_pd, kv_blocks, run_pd};
+
+/// A mutex's guard, poisoned or not (what it guards stays consistent if a holder panicked).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

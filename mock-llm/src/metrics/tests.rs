@@ -125,6 +125,7 @@ fn vllm_exposition_parses_back_with_gauges_and_three_histograms() {
         running: 16,
         waiting: 3,
         success_total: 4,
+        kv_usage: None,
     };
     let s = parse(&m.scrape(&served(EngineKind::Vllm), live));
     assert_eq!(value(&s, "vllm:num_requests_running"), 16.0);
@@ -159,6 +160,7 @@ fn sglang_exposition_uses_sglang_names() {
         running: 100,
         waiting: 7,
         success_total: 0,
+        kv_usage: None,
     };
     let text = m.scrape(&served(EngineKind::Sglang), live);
     let s = parse(&text);
@@ -180,6 +182,7 @@ fn held_gauges_replace_derived_ones_until_released() {
         running: 2,
         waiting: 1,
         success_total: 0,
+        kv_usage: None,
     };
     let e = m.effective(live);
     assert_eq!((e.running, e.waiting, e.kv_cache_usage), (2, 1, 2.0 / 64.0));
@@ -324,6 +327,7 @@ fn the_in_band_load_report_is_vllms() {
         running: 16,
         waiting: 2,
         success_total: 0,
+        kv_usage: None,
     });
     assert_eq!(
         load_report("TEXT", &e).as_deref(),

@@ -359,6 +359,7 @@ fn mock_delay_and_status_env_make_a_slow_or_failing_pod() {
             delay_ms: Some(250),
             status: Some(500),
             max_running: None,
+            sim: None,
         }
     );
     let args = plans[0].serve_args();

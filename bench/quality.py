@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Routing quality: the same seeded workload, on the same simulated engines, through each
+router; how often the engines' prefix caches hit and what clients wait. Writes
+bench/QUALITY.md, bench/quality.json and bench/quality.svg.
+
+usage: quality.py [--requests 900] [--rate 60] [--pods 4] [--seed 7] [--routers a,b,...]
+
+Engines: `mock-llm fleet` with the simulated engine (`--sim-kv-blocks`: a prefix KV cache of
+bounded size, LRU; prefill time per uncached block; decode time per token; `--max-running`:
+the batch limit, beyond which requests queue). Restarted for every router (cold caches).
+Workload: users sharing a few long system prompts, multi-turn conversations that grow, one-off
+short and long prompts, Poisson arrivals with bursts; streamed chat completions. TTFT is the
+time to the first SSE event at the client.
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load as L  # noqa: E402
+
+ROOT = L.ROOT
+SIM = ["--max-running", "4", "--sim-kv-blocks", "400", "--sim-prefill-us-per-block", "400",
+       "--sim-decode-ms-per-token", "4"]
+SCHEDULER_TUNED = """scheduler:
+  pluginConfig:
+  - name: least-request
+    args:
+      maxWaitingRequests: 4
+  plugins:
+    Filter:
+      enabled: [least-request]
+    Score:
+      enabled:
+      - name: prefix-cache
+        weight: 3
+      - name: least-request
+        weight: 1
+"""
+ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "sglang-router", "vllm-router"]
+
+
+def ip(i):
+    return f"127.3.0.{i + 1}"
+
+
+def words(rng, n):
+    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel", "india", "juliet",
+             "kilo", "lima", "mike", "nova", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
+    return " ".join(rng.choice(vocab) + str(rng.randrange(100)) for _ in range(n))
+
+
+def workload(seed, n, rate):
+    """[(arrival seconds, messages)]: seeded, the same for every router."""
+    rng = random.Random(seed)
+    systems = [words(rng, 500) for _ in range(4)]  # ~3.5 KB each
+    users = [{"system": rng.randrange(4), "history": []} for _ in range(48)]
+    out, t = [], 0.0
+    for i in range(n):
+        # Bursts: every 10 s, 2 s at three times the rate.
+        burst = (t % 10.0) < 2.0
+        t += rng.expovariate(rate * (3 if burst else 1))
+        r = rng.random()
+        if r < 0.1:
+            msgs = [{"role": "user", "content": words(rng, 20)}]
+        elif r < 0.2:
+            msgs = [{"role": "user", "content": words(rng, 900)}]
+        else:
+            u = rng.choice(users)
+            if len(u["history"]) >= 12:
+                u["history"] = []  # a new conversation
+            u["history"].append({"role": "user", "content": words(rng, 30)})
+            msgs = [{"role": "system", "content": systems[u["system"]]}] + list(u["history"])
+            u["history"].append({"role": "assistant", "content": words(rng, 20)})
+        out.append((t, msgs))
+    return out
+
+
+def one_request(port, msgs):
+    body = json.dumps({"model": L.MODEL, "messages": msgs, "stream": True, "max_tokens": 16})
+    start = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            r.read()
+            return None
+        ttft = None
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            if ttft is None and line.startswith(b"data:"):
+                ttft = time.monotonic() - start
+        return ttft, time.monotonic() - start
+    except OSError:
+        return None
+    finally:
+        c.close()
+
+
+def replay(port, trace, threads=96):
+    results = [None] * len(trace)
+    begin = time.monotonic() + 0.5
+    lock = threading.Lock()
+    nxt = [0]
+
+    def worker():
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= len(trace):
+                return
+            at, msgs = trace[i]
+            delay = begin + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            results[i] = one_request(port, msgs)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results, time.monotonic() - begin
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(p / 100 * len(v)))] if v else float("nan")
+
+
+def start_router(name, procs, work, pods, pod_port):
+    port, admin = L.free_port(), L.free_port()
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    urls = [f"http://{ip(i)}:{pod_port}" for i in range(pods)]
+    if name in ("sglang-router", "vllm-router"):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+        if name == "vllm-router":
+            cmd = [os.path.join(L.VENV, "bin", "vllm-router"), "--host", "127.0.0.1", "--port", str(port),
+                   "--prometheus-host", "127.0.0.1", "--prometheus-port", str(L.free_port()),
+                   "--policy", "cache_aware", "--worker-urls", *urls]
+        else:
+            exe = shutil.which("smg", path=os.path.join(L.VENV, "bin")) or os.path.join(L.VENV, "bin", "smg")
+            cmd = [exe, "launch", "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
+                   "--prometheus-port", str(L.free_port()), "--policy", "cache_aware", "--worker-urls", *urls]
+        if not os.path.exists(cmd[0]):
+            return None
+        procs.start(cmd, log, env=env)
+    else:
+        res = os.path.join(work, f"res-{name}")
+        os.makedirs(res, exist_ok=True)
+        with open(os.path.join(res, "r.yaml"), "w") as f:
+            f.write(L.modelroute_resources(pod_port))
+        pods_file = os.path.join(work, "pods.yaml")
+        with open(pods_file, "w") as f:
+            f.write(L.pods_yaml([ip(i) for i in range(pods)], pod_port))
+        conf = os.path.join(work, f"config-{name}")
+        render = [L.CONTROLLER, "render", "--resources", res, "--pods", pods_file, "--wasm", L.WASM, "--out", conf,
+                  "--metrics-interval-ms", "200"]
+        sched = {"round-robin": L.SCHEDULER_OFF, "modelroute-tuned": SCHEDULER_TUNED}.get(name)
+        if sched:
+            path = os.path.join(work, f"sched-{name}.yaml")
+            with open(path, "w") as f:
+                f.write(sched)
+            render += ["--scheduler-config", path]
+        subprocess.run(render, check=True, capture_output=True)
+        boot = subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
+                               "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True,
+                              text=True).stdout
+        cfg = os.path.join(work, f"{name}.yaml")
+        with open(cfg, "w") as f:
+            f.write(boot)
+        procs.start([L.envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
+    L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200,
+                data=json.dumps({"model": L.MODEL, "messages": [{"role": "user", "content": "warm"}],
+                                 "max_tokens": 1}).encode(), headers={"Content-Type": "application/json"})
+    return port
+
+
+def cache_stats(pods, pod_port):
+    q = h = 0
+    for i in range(pods):
+        s = json.loads(urllib.request.urlopen(f"http://{ip(i)}:{pod_port}/mock/metrics", timeout=10).read())["sim"]
+        q, h = q + s["block_queries"], h + s["block_hits"]
+    return q, h
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=900)
+    ap.add_argument("--rate", type=float, default=60.0)
+    ap.add_argument("--pods", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--routers", default=",".join(ROUTERS))
+    args = ap.parse_args()
+    trace = workload(args.seed, args.requests, args.rate)
+    rows = []
+    for name in args.routers.split(","):
+        work = tempfile.mkdtemp(prefix=f"modelroute-quality-{name}-")
+        procs = L.Procs()
+        try:
+            pod_port = L.free_port()
+            procs.start([os.path.join(L.BIN, "mock-llm"), "fleet", "--count", str(args.pods), "--listen",
+                         f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
+            for i in range(args.pods):
+                L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
+            port = start_router(name, procs, work, args.pods, pod_port)
+            if port is None:
+                print(f"skipping {name}: not installed", file=sys.stderr)
+                continue
+            time.sleep(1)
+            q0, h0 = cache_stats(args.pods, pod_port)
+            results, wall = replay(port, trace)
+            q1, h1 = cache_stats(args.pods, pod_port)
+            ok = [r for r in results if r]
+            ttft = [r[0] * 1000 for r in ok if r[0] is not None]
+            e2e = [r[1] * 1000 for r in ok]
+            row = {"router": name, "ok": len(ok), "failed": len(results) - len(ok),
+                   "cache_hit_rate": round((h1 - h0) / max(1, q1 - q0), 3),
+                   "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
+                   "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
+                   "throughput_rps": round(len(ok) / wall, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        finally:
+            procs.stop_all()
+    with open(os.path.join(ROOT, "bench", "quality.json"), "w") as f:
+        json.dump({"args": vars(args), "sim": SIM, "results": rows}, f, indent=1)
+    write_svg(os.path.join(ROOT, "bench", "quality.svg"), rows)
+
+
+def write_svg(path, rows):
+    """Bars: cache hit rate (%), TTFT p50 and p99 (ms), one group per router."""
+    metrics = [("cache_hit_rate", "cache hit %", 100.0), ("ttft_p50_ms", "TTFT p50 ms", 1.0),
+               ("ttft_p99_ms", "TTFT p99 ms", 1.0)]
+    colors = ["#1f77b4", "#ff7f0e", "#d62728"]
+    w, h, pad = 760, 320, 40
+    group = (w - 2 * pad) / max(1, len(rows))
+    top = max([r[k] * s for r in rows for k, _, s in metrics] + [1])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for gi, r in enumerate(rows):
+        x0 = pad + gi * group
+        for mi, (k, _, s) in enumerate(metrics):
+            v = r[k] * s
+            bh = (h - 2 * pad) * v / top
+            x = x0 + 10 + mi * (group - 20) / 3
+            out.append(f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{(group - 20) / 3 - 4:.1f}" height="{bh:.1f}" fill="{colors[mi]}"/>')
+            out.append(f'<text x="{x:.1f}" y="{h - pad - bh - 3:.1f}">{v:.0f}</text>')
+        out.append(f'<text x="{x0 + 10:.1f}" y="{h - pad + 14}">{r["router"]}</text>')
+    for mi, (_, label, _) in enumerate(metrics):
+        out.append(f'<rect x="{pad + mi * 140}" y="10" width="10" height="10" fill="{colors[mi]}"/>')
+        out.append(f'<text x="{pad + mi * 140 + 14}" y="19">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
