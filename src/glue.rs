@@ -146,6 +146,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Ok(Some(r)) = self.router.try_borrow_mut().as_deref_mut() {
+            r.sync_prefixes(&mut EnvoyHost);
+        }
         if let Ok(Some(r)) = self.router.try_borrow().as_deref() {
             let (entries, evicted) = r.prefix_totals();
             with_tally(|t| {

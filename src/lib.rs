@@ -34,6 +34,7 @@ pub mod load_report;
 pub mod metrics;
 pub mod pd;
 pub mod prefix;
+pub mod prefix_sync;
 pub mod prompt;
 pub mod rate_limit;
 pub mod rewrite;

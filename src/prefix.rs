@@ -101,6 +101,10 @@ struct Entry {
     last_use: u64,
 }
 
+/// What one index learned and the other workers' indexes have not yet: (block hash, pod),
+/// at most this many between two syncs (beyond, the oldest are dropped).
+pub const OUTBOX_MAX: usize = 4096;
+
 /// Block hash -> pods that recently served a prompt with that prefix.
 #[derive(Debug, Clone)]
 pub struct PrefixIndex {
@@ -108,6 +112,9 @@ pub struct PrefixIndex {
     capacity: usize,
     clock: u64,
     evicted: u64,
+    /// New (block hash, pod) facts since the last [`PrefixIndex::take_outbox`], for
+    /// `prefix_sync` to share with the other workers.
+    outbox: Vec<(u64, u32)>,
 }
 
 impl PrefixIndex {
@@ -122,6 +129,7 @@ impl PrefixIndex {
             capacity: capacity.max(8),
             clock: 0,
             evicted: 0,
+            outbox: Vec::new(),
         }
     }
 
@@ -156,12 +164,53 @@ impl PrefixIndex {
         matched
     }
 
-    /// Records that `pod` served a prompt with these block hashes.
+    /// Records that `pod` served a prompt with these block hashes. What is new (the pod was
+    /// not the block's most recent one) goes to the outbox too.
     pub fn insert(&mut self, hashes: &[u64], pod: u32) {
         self.clock += 1;
         for h in hashes {
+            if self.touch(*h, pod) {
+                if self.outbox.len() >= OUTBOX_MAX {
+                    self.outbox.remove(0);
+                }
+                self.outbox.push((*h, pod));
+            }
+        }
+        if self.entries.len() > self.capacity {
+            self.evict();
+        }
+    }
+
+    /// Records what another worker's index learned (`prefix_sync`): `pod` served block `h`.
+    pub fn insert_shared(&mut self, learned: &[(u64, u32)]) {
+        self.clock += 1;
+        for &(h, pod) in learned {
+            self.touch(h, pod);
+        }
+        if self.entries.len() > self.capacity {
+            self.evict();
+        }
+    }
+
+    /// What this index learned since the last call.
+    pub fn take_outbox(&mut self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Puts back news that could not be shared, before what was learned since (bounded).
+    pub fn insert_outbox(&mut self, mut news: Vec<(u64, u32)>) {
+        news.append(&mut self.outbox);
+        if news.len() > OUTBOX_MAX {
+            news.drain(..news.len() - OUTBOX_MAX);
+        }
+        self.outbox = news;
+    }
+
+    /// Makes `pod` block `h`'s most recent pod; whether it was not already.
+    fn touch(&mut self, h: u64, pod: u32) -> bool {
+        {
             let clock = self.clock;
-            let e = self.entries.entry(*h).or_insert(Entry {
+            let e = self.entries.entry(h).or_insert(Entry {
                 pods: [0; PODS_PER_BLOCK],
                 len: 0,
                 last_use: clock,
@@ -186,9 +235,7 @@ impl PrefixIndex {
             if pos.is_none() && len < PODS_PER_BLOCK {
                 e.len += 1;
             }
-        }
-        if self.entries.len() > self.capacity {
-            self.evict();
+            pos != Some(0)
         }
     }
 

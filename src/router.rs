@@ -119,6 +119,10 @@ pub struct Server {
     /// that answer `endpoint-load-metrics-format`).
     pub load_key: Option<String>,
     prefix: Option<PrefixIndex>,
+    /// Shared-data key of the journal that keeps the workers' prefix indexes in step, and
+    /// how far this worker has read it ([`crate::prefix_sync`]).
+    prefix_journal: String,
+    journal_seen: u64,
 }
 
 /// A PD-disaggregated ModelServer: its protocol and its complete groups.
@@ -271,6 +275,8 @@ impl Router {
                 retry_attempts: s.retry.map(|r| r.attempts),
                 engine: s.engine,
                 pd,
+                prefix_journal: crate::prefix_sync::key_of(&key),
+                journal_seen: 0,
                 in_flight_key: key,
                 load_key,
                 prefix: uses_prefix.then(|| {
@@ -467,6 +473,16 @@ impl Router {
     }
 
     /// Whether pods are picked by the scheduler (and metrics must be collected).
+    /// Root tick: shares what this worker's prefix indexes learned with the other workers and
+    /// takes what they learned ([`crate::prefix_sync`]).
+    pub fn sync_prefixes(&mut self, host: &mut dyn crate::host::Host) {
+        for s in &mut self.servers {
+            if let Some(index) = s.prefix.as_mut() {
+                crate::prefix_sync::sync(host, &s.prefix_journal, index, &mut s.journal_seen);
+            }
+        }
+    }
+
     /// This VM's prefix indexes: entries held, and entries evicted since they were made.
     pub fn prefix_totals(&self) -> (u64, u64) {
         self.servers
