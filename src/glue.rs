@@ -28,9 +28,12 @@ use crate::router::Router;
 use crate::tally::{PrefixReport, Tally};
 use std::collections::HashMap;
 
-/// Root tick with the scheduler: publishes this worker's in-flight releases and lets the
+/// Root tick with the scheduler: keeps the workers' prefix indexes in step (their staleness is
+/// a tick: 100 ms cost 3 points of cache hits against 25 in bench/QUALITY.md) and lets the
 /// collector scrape the pods that are due; the snapshot is read every `metrics_interval_ms`.
-const TICK_MS: u64 = 100;
+const TICK_MS: u64 = 25;
+/// Every this many ticks (100 ms): metrics flushed, in-flight releases published, memory.
+const HOUSEKEEPING_TICKS: u32 = 4;
 /// Root tick without the scheduler: only the VM memory gauge.
 const IDLE_TICK_MS: u64 = 1000;
 
@@ -39,7 +42,7 @@ type Shared = Rc<RefCell<Option<Router>>>;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { router: Rc::new(RefCell::new(None)), collector: None, interval_ms: 1000, next_collect_ms: 0, snapshot_cas: None })
+        Box::new(Root { router: Rc::new(RefCell::new(None)), collector: None, interval_ms: 1000, next_collect_ms: 0, snapshot_cas: None, ticks: 0 })
     });
 }}
 
@@ -52,6 +55,8 @@ struct Root {
     next_collect_ms: u64,
     /// CAS of the last snapshot read, to decode it only when it changed.
     snapshot_cas: Option<u32>,
+    /// Root ticks so far (housekeeping runs on every [`HOUSEKEEPING_TICKS`]-th).
+    ticks: u32,
 }
 
 impl Context for Root {
@@ -149,6 +154,13 @@ impl RootContext for Root {
         if let Ok(Some(r)) = self.router.try_borrow_mut().as_deref_mut() {
             r.sync_prefixes(&mut EnvoyHost);
         }
+        if let Some(c) = self.collector.as_mut() {
+            c.tick(&mut EnvoyHost, EnvoyHost.now_ms());
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.collector.is_some() && self.ticks % HOUSEKEEPING_TICKS != 0 {
+            return;
+        }
         if let Ok(Some(r)) = self.router.try_borrow().as_deref() {
             let (entries, evicted) = r.prefix_totals();
             with_tally(|t| {
@@ -168,11 +180,10 @@ impl RootContext for Root {
             }
         });
         vm::record_memory();
-        let Some(c) = self.collector.as_mut() else {
+        if self.collector.is_none() {
             return;
-        };
+        }
         let now = EnvoyHost.now_ms();
-        c.tick(&mut EnvoyHost, now);
         if now < self.next_collect_ms {
             return;
         }

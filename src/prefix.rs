@@ -192,6 +192,11 @@ impl PrefixIndex {
         }
     }
 
+    /// Whether it learned anything the other workers do not know yet.
+    pub fn has_news(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// What this index learned since the last call.
     pub fn take_outbox(&mut self) -> Vec<(u64, u32)> {
         std::mem::take(&mut self.outbox)

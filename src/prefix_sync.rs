@@ -25,10 +25,23 @@ pub fn key_of(in_flight_key: &str) -> String {
     in_flight_key.replacen(".inflight.", ".prefix.", 1)
 }
 
+/// The key of the journal's sequence number alone, so that a worker with no news reads 8
+/// bytes, not the ring, when nothing changed.
+fn version_key(key: &str) -> String {
+    format!("{key}.seq")
+}
+
 /// One worker's sync of one index: applies the others' news since `seen` (the sequence this
 /// worker has read up to) and appends its own. Returns whether its news was stored (else it
 /// is kept for the next tick).
 pub fn sync(host: &mut dyn Host, key: &str, index: &mut PrefixIndex, seen: &mut u64) -> bool {
+    let version = version_key(key);
+    if !index.has_news() {
+        let (bytes, _) = host.shared_get(&version);
+        if read_u64(&bytes.unwrap_or_default(), 0) == *seen {
+            return true;
+        }
+    }
     let mut news = index.take_outbox();
     if news.len() > RECORDS {
         news.drain(..news.len() - RECORDS);
@@ -66,12 +79,26 @@ pub fn sync(host: &mut dyn Host, key: &str, index: &mut PrefixIndex, seen: &mut 
         }
         if host.shared_set(key, &journal, cas) {
             *seen = end;
+            publish_version(host, &version, end);
             return true;
         }
     }
     // Others kept writing: keep the news for the next tick.
     index.insert_outbox(news);
     false
+}
+
+/// Raises the journal's published sequence number to `end` (another writer may have raised
+/// it further already: never lowered).
+fn publish_version(host: &mut dyn Host, version: &str, end: u64) {
+    for _ in 0..MAX_TRIES {
+        let (bytes, cas) = host.shared_get(version);
+        if read_u64(&bytes.unwrap_or_default(), 0) >= end
+            || host.shared_set(version, &end.to_le_bytes(), cas)
+        {
+            return;
+        }
+    }
 }
 
 fn read_u64(b: &[u8], at: usize) -> u64 {
@@ -136,6 +163,10 @@ mod tests {
             "only the two new blocks were sent"
         );
         assert_eq!(seen_a, 12);
+        // Nothing new anywhere: a sync reads the 8-byte sequence number, not the ring.
+        host.shared_gets.borrow_mut().clear();
+        assert!(sync(&mut host, &key, &mut a, &mut seen_a));
+        assert_eq!(*host.shared_gets.borrow(), [format!("{key}.seq")]);
     }
 
     #[test]
