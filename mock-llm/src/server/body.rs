@@ -96,10 +96,14 @@ impl Body for MockBody {
                 Poll::Ready(None)
             }
             Some(chunk) => {
-                if let Some(o) = self.observer.as_mut() {
+                // TTFT and the inter-token gaps are the tokens' (not the usage chunk's or
+                // `[DONE]`'s, sent with the last token).
+                if let Some(o) = self.observer.as_mut().filter(|_| paced(&chunk)) {
                     o.frame();
                 }
-                if !self.chunks.is_empty() && !self.delay.is_zero() {
+                // A token takes a decode step; the usage chunk and `[DONE]` follow the last one
+                // at once, as an engine sends them.
+                if self.chunks.front().is_some_and(paced) && !self.delay.is_zero() {
                     let delay = self.delay;
                     self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
                 }
@@ -119,6 +123,12 @@ impl Body for MockBody {
             SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
         }
     }
+}
+
+/// Whether an SSE event carries generated text (or the finish), i.e. comes a decode step after
+/// the one before it.
+fn paced(event: &Bytes) -> bool {
+    !event.starts_with(b"data: [DONE]") && !event.windows(13).any(|w| w == b"\"choices\":[]")
 }
 
 pub(super) fn plain(
