@@ -410,11 +410,12 @@ impl Stack {
 
     /// Kthena's access log records (JSON lines) of inference requests (POST; the stack's own
     /// readiness probes are GETs), once there are at least `n` (Envoy writes the file out
-    /// every second).
+    /// every second). Only whole lines: the file may be read while Envoy writes its last one.
     pub fn access_log(&self, n: usize) -> Vec<serde_json::Value> {
         let read = || -> Vec<serde_json::Value> {
-            std::fs::read_to_string(self.dir.join("access.log"))
-                .unwrap_or_default()
+            let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+            whole
                 .lines()
                 .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
                 .filter(|r: &serde_json::Value| r["method"] == "POST")
