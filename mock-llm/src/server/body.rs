@@ -128,7 +128,23 @@ impl Body for MockBody {
 /// Whether an SSE event carries generated text (or the finish), i.e. comes a decode step after
 /// the one before it.
 fn paced(event: &Bytes) -> bool {
-    !event.starts_with(b"data: [DONE]") && !event.windows(13).any(|w| w == b"\"choices\":[]")
+    const NO_CHOICES: &[u8] = b"\"choices\":[]";
+    !event.starts_with(b"data: [DONE]") && !event.windows(NO_CHOICES.len()).any(|w| w == NO_CHOICES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_paced_and_the_usage_chunk_and_done_are_not() {
+        let token =
+            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        let usage = Bytes::from_static(b"data: {\"id\":\"x\",\"choices\":[],\"usage\":{}}\n\n");
+        assert!(paced(&token));
+        assert!(!paced(&usage));
+        assert!(!paced(&Bytes::from_static(b"data: [DONE]\n\n")));
+    }
 }
 
 pub(super) fn plain(
