@@ -132,21 +132,6 @@ fn paced(event: &Bytes) -> bool {
     !event.starts_with(b"data: [DONE]") && !event.windows(NO_CHOICES.len()).any(|w| w == NO_CHOICES)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_paced_and_the_usage_chunk_and_done_are_not() {
-        let token =
-            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
-        let usage = Bytes::from_static(b"data: {\"id\":\"x\",\"choices\":[],\"usage\":{}}\n\n");
-        assert!(paced(&token));
-        assert!(!paced(&usage));
-        assert!(!paced(&Bytes::from_static(b"data: [DONE]\n\n")));
-    }
-}
-
 pub(super) fn plain(
     status: StatusCode,
     content_type: Option<&'static str>,
@@ -168,4 +153,19 @@ pub(super) fn json_response(status: u16, body: String) -> Response<MockBody> {
 
 pub(super) fn error_response(status: u16, message: &str) -> Response<MockBody> {
     json_response(status, engine::error_body(status, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_paced_and_the_usage_chunk_and_done_are_not() {
+        let token =
+            Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        let usage = Bytes::from_static(b"data: {\"id\":\"x\",\"choices\":[],\"usage\":{}}\n\n");
+        assert!(paced(&token));
+        assert!(!paced(&usage));
+        assert!(!paced(&Bytes::from_static(b"data: [DONE]\n\n")));
+    }
 }
