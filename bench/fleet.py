@@ -51,18 +51,7 @@ def start_fleet(procs, work, count, port):
 
 
 def start_envoy(procs, work, name, pods_file, res_dir):
-    port, admin = L.free_port(), L.free_port()
-    conf = os.path.join(work, f"config-{name}")
-    subprocess.run([L.CONTROLLER, "render", "--resources", res_dir, "--pods", pods_file, "--wasm", L.WASM,
-                    "--out", conf, "--metrics-interval-ms", "1000"], check=True, capture_output=True)
-    boot = subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
-                           "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True,
-                          text=True).stdout
-    cfg = os.path.join(work, f"{name}.yaml")
-    with open(cfg, "w") as f:
-        f.write(boot)
-    p = procs.start([L.envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"],
-                    open(os.path.join(work, f"{name}.log"), "w"))
+    port, admin, p = L.start_modelroute(procs, work, name, res_dir, pods_file, ["--metrics-interval-ms", "1000"])
     L.wait_http(f"http://127.0.0.1:{port}/v1/models", 60, ok=lambda s: s == 200)
     return port, admin, p
 

@@ -173,6 +173,25 @@ static_resources:
 """
 
 
+def start_modelroute(procs, work, name, res_dir, pods_file, render_args=()):
+    """Envoy with the filter as deployed, for the pods in `pods_file`: the controller renders
+    `res_dir` (with `render_args`) and the shipped bootstrap (access log off); two workers.
+    Returns (port, admin port, process); the caller waits for it to answer."""
+    port, admin = free_port(), free_port()
+    conf = os.path.join(work, f"config-{name}")
+    subprocess.run([CONTROLLER, "render", "--resources", res_dir, "--pods", pods_file, "--wasm", WASM, "--out", conf,
+                    *render_args], check=True, capture_output=True)
+    boot = subprocess.run([CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
+                           "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True,
+                          text=True).stdout
+    cfg = os.path.join(work, f"{name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(boot)
+    p = procs.start([envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"],
+                    open(os.path.join(work, f"{name}.log"), "w"))
+    return port, admin, p
+
+
 def modelroute_resources(pod_port):
     return f"""apiVersion: networking.serving.volcano.sh/v1alpha1
 kind: ModelServer

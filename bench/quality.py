@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -142,10 +141,10 @@ def pct(v, p):
 
 
 def start_router(name, procs, work, pods, pod_port):
-    port, admin = L.free_port(), L.free_port()
-    log = open(os.path.join(work, f"{name}.log"), "w")
     urls = [f"http://{ip(i)}:{pod_port}" for i in range(pods)]
     if name in ("sglang-router", "vllm-router"):
+        port = L.free_port()
+        log = open(os.path.join(work, f"{name}.log"), "w")
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
         if name == "vllm-router":
             cmd = [os.path.join(L.VENV, "bin", "vllm-router"), "--host", "127.0.0.1", "--port", str(port),
@@ -166,23 +165,14 @@ def start_router(name, procs, work, pods, pod_port):
         pods_file = os.path.join(work, "pods.yaml")
         with open(pods_file, "w") as f:
             f.write(L.pods_yaml([ip(i) for i in range(pods)], pod_port))
-        conf = os.path.join(work, f"config-{name}")
-        render = [L.CONTROLLER, "render", "--resources", res, "--pods", pods_file, "--wasm", L.WASM, "--out", conf,
-                  "--metrics-interval-ms", "200"]
+        render = ["--metrics-interval-ms", "200"]
         sched = {"round-robin": L.SCHEDULER_OFF, "modelroute-tuned": SCHEDULER_TUNED}.get(name)
         if sched:
             path = os.path.join(work, f"sched-{name}.yaml")
             with open(path, "w") as f:
                 f.write(sched)
             render += ["--scheduler-config", path]
-        subprocess.run(render, check=True, capture_output=True)
-        boot = subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
-                               "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True,
-                              text=True).stdout
-        cfg = os.path.join(work, f"{name}.yaml")
-        with open(cfg, "w") as f:
-            f.write(boot)
-        procs.start([L.envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"], log)
+        port, _, _ = L.start_modelroute(procs, work, name, res, pods_file, render)
     L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200,
                 data=json.dumps({"model": L.MODEL, "messages": [{"role": "user", "content": "warm"}],
                                  "max_tokens": 1}).encode(), headers={"Content-Type": "application/json"})

@@ -143,10 +143,7 @@ impl State {
     }
 
     fn record(&self, mut rec: Record) {
-        let mut log = match self.log.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut log = lock(&self.log);
         log.next_seq += 1;
         rec.seq = log.next_seq;
         if log.entries.len() >= LOG_CAPACITY {
@@ -156,19 +153,11 @@ impl State {
     }
 
     fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
-        let mut log = match self.log.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut log)
+        f(&mut lock(&self.log))
     }
 
     fn with_metrics<T>(&self, f: impl FnOnce(&mut Metrics) -> T) -> T {
-        let mut m = match self.metrics.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut m)
+        f(&mut lock(&self.metrics))
     }
 
     fn live(&self) -> Live {
@@ -465,43 +454,6 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     header_str(headers, name).and_then(|v| v.parse().ok())
 }
 
-/// `GET /mock/metrics`: the values `/metrics` reports now (held or derived), as JSON.
-fn mock_metrics_status(state: &State) -> Response<MockBody> {
-    let live = state.live();
-    let effective = state.with_metrics(|m| m.effective(live));
-    let status = serde_json::to_value(&effective).map(|mut v| {
-        v["scrapes"] = state.scrapes.load(Ordering::Relaxed).into();
-        v["requests_ok"] = state.success.load(Ordering::Relaxed).into();
-        if let Some(kv) = &state.kv {
-            let kv = lock(kv);
-            v["sim"] = serde_json::json!({"block_queries": kv.queries, "block_hits": kv.hits});
-        }
-        v.to_string()
-    });
-    match status {
-        Ok(b) => json_response(200, b),
-        Err(e) => error_response(500, &format!("cannot serialize metrics: {e}")),
-    }
-}
-
-/// `POST /mock/metrics`: hold (value) or release (null) gauges and latencies; 204, or 400.
-async fn hold_metrics(state: &State, req: Request<Incoming>) -> Response<MockBody> {
-    let bytes = match Limited::new(req.into_body(), CONTROL_BODY_LIMIT)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return error_response(400, &format!("Cannot read request body: {e}")),
-    };
-    match metrics::parse_update(&bytes) {
-        Ok(update) => {
-            state.with_metrics(|m| m.apply(update));
-            plain(StatusCode::NO_CONTENT, None, MockBody::empty())
-        }
-        Err(msg) => error_response(400, &msg),
-    }
-}
-
 async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
     let arrived = Instant::now();
     let (parts, incoming) = req.into_parts();
@@ -679,9 +631,11 @@ async fn inference(state: &Arc<State>, req: Request<Incoming>) -> Response<MockB
 
 mod body;
 mod pd_steps;
+mod steering;
 
 use body::{error_response, json_response, plain, MockBody};
 use pd_steps::{admit_pd, kv_blocks, run_pd};
+use steering::{hold_metrics, mock_metrics_status};
 
 /// A mutex's guard, poisoned or not (what it guards stays consistent if a holder panicked).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
