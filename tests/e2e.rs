@@ -136,6 +136,38 @@ fn chat_streaming_and_chunked_uploads_pass_through() {
 }
 
 #[test]
+fn the_gateway_manifest_serves_the_seed_from_the_controllers_configmap() {
+    // deploy/envoy-gateway.yaml's bootstrap, unchanged but for addresses and paths, on the
+    // files of the ConfigMap the controller renders: validate mode never reads those.
+    let s = Stack::start(
+        &read_seed_resources(),
+        seed_pods(),
+        Options {
+            gateway_manifest: true,
+            ..Options::default()
+        },
+    );
+    let r = s.completion("deepseek-simple", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], M15);
+    let r = s.completion("lora-A", &[]);
+    assert_eq!(text_of(&r), "This is simulated message from lora-A!");
+    let r = s.completion("no-such-model", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    // Kthena's metrics from its access loggers; the rate-limit filter idle (no service).
+    let labels = [("model", "deepseek-simple"), ("status_code", "200")];
+    assert!(s.series_sum("kthena_router_requests_total", &labels, 1.0) >= 1.0);
+    assert_eq!(
+        s.stat(
+            "extension_config_discovery.http_filter.envoy.filters.http.ratelimit.update_success"
+        ),
+        1
+    );
+    assert!(!s.prometheus().contains("modelroute_ratelimit"));
+}
+
+#[test]
 fn errors_are_openai_json_with_the_right_status() {
     let resources = read_seed_resources()
         + "\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata:\n  name: empty\n  namespace: default\nspec:\n  workloadSelector:\n    matchLabels:\n      app: nobody\n  workloadPort:\n    port: 8000\n  model: x\n  inferenceEngine: vLLM\n---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: empty\n  namespace: default\nspec:\n  modelName: empty\n  rules:\n  - name: r\n    targetModels:\n    - modelServerName: empty\n";

@@ -47,6 +47,18 @@ impl Service {
 /// A gateway serving the model `pool` with `limit` (and `annotations` on its ModelRoute),
 /// global on `redis`, through `service`.
 fn gateway(redis: &RedisServer, service: &Service, limit: &str, annotations: &str) -> Stack {
+    gateway_of(redis, service, limit, annotations, false)
+}
+
+/// [`gateway`], the Envoy of deploy/envoy-gateway.yaml on the controller's ConfigMap when
+/// `manifest`.
+fn gateway_of(
+    redis: &RedisServer,
+    service: &Service,
+    limit: &str,
+    annotations: &str,
+    manifest: bool,
+) -> Stack {
     let limit = limit.replace(
         '}',
         &format!(", global: {{redis: {{address: \"{}\"}}}}}}", redis.addr()),
@@ -68,6 +80,7 @@ fn gateway(redis: &RedisServer, service: &Service, limit: &str, annotations: &st
         Options {
             controller_args: service_flag.clone(),
             bootstrap_args: service_flag,
+            gateway_manifest: manifest,
             ..Options::default()
         },
     )
@@ -117,6 +130,24 @@ fn two_envoys_share_one_budget_in_redis() {
         6,
         "a refused request must not reach the engine"
     );
+}
+
+#[test]
+fn the_gateway_manifest_enforces_global_budgets_from_its_configmap() {
+    // deploy/envoy-gateway.yaml discovers the rate-limit filter from the ConfigMap, which
+    // carries it (and the service's cluster) when the controller has --rate-limit-service.
+    let redis = RedisServer::start();
+    let service = Service::start();
+    let limit = "{inputTokensPerUnit: 10, unit: hour}";
+    let s = gateway_of(&redis, &service, limit, "", true);
+    let statuses: Vec<u16> = (0..3).map(|_| five_tokens(&s).status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(redis
+        .cli(&["HGET", "kthena:ratelimit:pool:input", "tokens"])
+        .parse::<f64>()
+        .is_ok_and(|t| t < 5.0));
+    assert_eq!(s.pod_requests("a").len(), 2);
+    assert!(s.stat("cluster.modelroute_ratelimit.upstream_rq_total") >= 3);
 }
 
 #[test]

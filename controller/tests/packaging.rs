@@ -255,6 +255,7 @@ fn every_deploy_document_is_a_named_kubernetes_object() {
         "rbac.yaml",
         "controller.yaml",
         "envoy-gateway.yaml",
+        "ratelimit.yaml",
     ] {
         assert!(files.contains(expected), "deploy/{expected} missing");
     }
@@ -508,6 +509,16 @@ fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
+/// A container's `args`.
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 #[test]
 fn deployments_are_wired_to_the_account_the_configmaps_and_the_service() {
     let docs = deploy_docs();
@@ -523,13 +534,7 @@ fn deployments_are_wired_to_the_account_the_configmaps_and_the_service() {
     assert!(pod["terminationGracePeriodSeconds"].as_u64().is_some());
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = container(ctl, "controller");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let joined = args.join(" ");
+    let joined = args(c).join(" ");
     assert!(
         joined.starts_with(
             "kube --output configmap --namespace modelroute-system --wasm /etc/modelroute-wasm/modelroute.wasm"
@@ -598,12 +603,7 @@ fn deployments_are_wired_to_the_account_the_configmaps_and_the_service() {
         "/etc/envoy"
     );
     assert_eq!(mounted_configmap("modelroute-wasm"), "/etc/modelroute-wasm");
-    let eargs: Vec<&str> = envoy["args"]
-        .as_array()
-        .expect("envoy args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let eargs = args(envoy);
     assert!(
         eargs
             .windows(2)
@@ -636,6 +636,46 @@ fn deployments_are_wired_to_the_account_the_configmaps_and_the_service() {
 }
 
 #[test]
+fn the_rate_limit_service_listens_where_its_service_and_the_controller_say() {
+    let docs = deploy_docs();
+    let rls = find(
+        &docs,
+        "Deployment",
+        Some("modelroute-system"),
+        "modelroute-ratelimit",
+    );
+    let c = container(rls, "ratelimit");
+    assert_eq!(args(c), ["--listen", "0.0.0.0:8081"]);
+    assert_eq!(
+        c["ports"][0],
+        json!({"name": "grpc", "containerPort": 8081})
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        rls["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    let svc = find(
+        &docs,
+        "Service",
+        Some("modelroute-system"),
+        "modelroute-ratelimit",
+    );
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "Envoy spreads over every replica"
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8081);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "grpc");
+    // The flag the controller's manifest suggests names this Service.
+    let controller = std::fs::read_to_string(root().join("deploy/controller.yaml")).unwrap();
+    assert!(
+        controller.contains("# - modelroute-ratelimit.modelroute-system:8081"),
+        "deploy/controller.yaml"
+    );
+}
+
+#[test]
 fn gateway_bootstrap_passes_envoy_validate() {
     let docs = deploy_docs();
     let cm = find(
@@ -661,11 +701,15 @@ fn gateway_bootstrap_passes_envoy_validate() {
     assert_eq!(cds["watched_directory"]["path"], "/etc/modelroute");
     assert!(boot.contains("path: /etc/modelroute/ecds.json"));
     assert!(boot.contains("path: /etc/modelroute/rds.json"));
+    assert!(boot.contains(&format!(
+        "path: /etc/modelroute/{}",
+        controller::render::configmap::RATE_LIMIT_ECDS_KEY
+    )));
     assert_eq!(
         boot.matches("watched_directory: { path: /etc/modelroute }")
             .count(),
-        3,
-        "CDS, RDS and ECDS watch the mount root (kubelet swaps ..data there)"
+        4,
+        "CDS, RDS and both ECDS watch the mount root (kubelet swaps ..data there)"
     );
 
     // Kthena's metrics and access log exactly as the controller renders them (text, stdout).
@@ -686,6 +730,11 @@ fn gateway_bootstrap_passes_envoy_validate() {
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(cfg.join("cds.json"), r#"{"resources":[]}"#).unwrap();
     std::fs::write(cfg.join("rds.json"), r#"{"resources":[]}"#).unwrap();
+    std::fs::write(
+        cfg.join(controller::render::configmap::RATE_LIMIT_ECDS_KEY),
+        r#"{"resources":[]}"#,
+    )
+    .unwrap();
     let ecds = json!({"resources": [{
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": "modelroute",

@@ -127,6 +127,10 @@ pub struct Options {
     pub bootstrap_edits: Vec<(&'static str, &'static str)>,
     /// More `modelroute-controller bootstrap` flags (e.g. `--rate-limit-service`).
     pub bootstrap_args: Vec<String>,
+    /// Run the gateway of deploy/envoy-gateway.yaml instead of envoy/envoy.yaml, fed by the
+    /// ConfigMap `render --target configmap` makes (with `controller_args`), rendered once at
+    /// the start (later resource edits do not reach it).
+    pub gateway_manifest: bool,
 }
 
 impl Stack {
@@ -219,7 +223,13 @@ impl Stack {
         });
 
         // Envoy.
-        let mut yaml = render_bootstrap(s.port, s.admin, &dir.join("config"), &opts.bootstrap_args);
+        let mut yaml = if opts.gateway_manifest {
+            let mount = dir.join("mount");
+            write_configmap_files(&dir, &mount, &opts.controller_args);
+            gateway_manifest_bootstrap(s.port, s.admin, &mount, &dir.join("access.log"))
+        } else {
+            render_bootstrap(s.port, s.admin, &dir.join("config"), &opts.bootstrap_args)
+        };
         for (from, to) in &opts.bootstrap_edits {
             assert!(yaml.contains(from), "envoy/envoy.yaml has no {from:?}");
             yaml = yaml.replace(from, to);
@@ -552,8 +562,8 @@ spec:
 /// as JSON lines in `access.log` next to `config_dir`.
 pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path, extra: &[String]) -> String {
     let log = config_dir.with_file_name("access.log");
-    let out = Command::new(bin("modelroute-controller"))
-        .args(["bootstrap", "--listen-port", &port.to_string()])
+    let mut cmd = Command::new(bin("modelroute-controller"));
+    cmd.args(["bootstrap", "--listen-port", &port.to_string()])
         .args([
             "--admin-port",
             &admin.to_string(),
@@ -564,15 +574,79 @@ pub fn render_bootstrap(port: u16, admin: u16, config_dir: &Path, extra: &[Strin
         .arg(config_dir)
         .arg("--access-log")
         .arg(&log)
-        .args(extra)
-        .output()
-        .expect("modelroute-controller bootstrap");
+        .args(extra);
+    controller_output(&mut cmd)
+}
+
+/// What a one-shot `modelroute-controller` command prints, which must succeed.
+fn controller_output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run modelroute-controller");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("UTF-8 bootstrap")
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The files of the ConfigMap the controller renders for the resources and pods in `dir`
+/// (`render --target configmap`, mounted at `mount`), written into `mount` as the kubelet would.
+fn write_configmap_files(dir: &Path, mount: &Path, controller_args: &[String]) {
+    let mut cmd = Command::new(bin("modelroute-controller"));
+    cmd.args(["render", "--target", "configmap", "--print", "--resources"])
+        .arg(dir.join("resources"))
+        .arg("--pods")
+        .arg(dir.join("pods.yaml"))
+        .arg("--wasm")
+        .arg(wasm())
+        .arg("--mount-dir")
+        .arg(mount)
+        .args(controller_args);
+    let text = controller_output(&mut cmd);
+    let configmap: serde_json::Value = serde_saphyr::from_str(&text).expect("one ConfigMap");
+    std::fs::create_dir_all(mount).expect("mount dir");
+    for (key, content) in configmap["data"].as_object().expect("data") {
+        std::fs::write(mount.join(key), content.as_str().expect("a file")).expect("write file");
+    }
+}
+
+/// The bootstrap of deploy/envoy-gateway.yaml, listening on loopback `port` (admin `admin`),
+/// the ConfigMap's mount at `mount`, the access log in `access_log`.
+pub fn gateway_manifest_bootstrap(
+    port: u16,
+    admin: u16,
+    mount: &Path,
+    access_log: &Path,
+) -> String {
+    let manifest = std::fs::read_to_string(root().join("deploy/envoy-gateway.yaml"))
+        .expect("deploy/envoy-gateway.yaml");
+    let start = manifest
+        .find("  envoy.yaml: |\n")
+        .expect("the bootstrap ConfigMap");
+    let body = &manifest[start..];
+    let end = body.find("\n---").unwrap_or(body.len());
+    let mut yaml: String = body[..end]
+        .lines()
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let edits = [
+        (
+            "address: 0.0.0.0, port_value: 8080".to_string(),
+            format!("address: 127.0.0.1, port_value: {port}"),
+        ),
+        ("port_value: 9901".into(), format!("port_value: {admin}")),
+        ("/etc/modelroute".into(), mount.display().to_string()),
+        ("/dev/stdout".into(), access_log.display().to_string()),
+    ];
+    for (from, to) in edits {
+        assert!(
+            yaml.contains(&from),
+            "the gateway bootstrap has no {from:?}"
+        );
+        yaml = yaml.replace(&from, &to);
+    }
+    yaml
 }
 
 /// A completion for the model `pool` that Kthena estimates at 5 input tokens (a 20-character

@@ -134,6 +134,7 @@ mod tests {
             keys,
             vec![
                 "cds.json",
+                "ecds-ratelimit.json",
                 "ecds.json",
                 "eds-modelserver_ns_s.json",
                 "filter-config.json",

@@ -1,7 +1,8 @@
 //! The Envoy files as one Kubernetes `v1` ConfigMap, for an Envoy Deployment that mounts it
 //! (deploy/envoy-gateway.yaml). A ConfigMap volume is flat, so every file sits in the mount
-//! directory: `ecds.json`, `cds.json`, `rds.json`, `eds-<cluster>.json` per ModelServer and
-//! `filter-config.json`; the paths inside cds.json / ecds.json name the mount directory, which
+//! directory: `ecds.json`, `cds.json`, `rds.json`, `eds-<cluster>.json` per ModelServer,
+//! `filter-config.json` and `ecds-ratelimit.json` (Envoy's rate-limit filter, for global
+//! budgets; with `--rate-limit-service` its cluster is in `cds.json`); the paths inside cds.json / ecds.json name the mount directory, which
 //! is also every `watched_directory` (the kubelet swaps the `..data` symlink of the mount root
 //! atomically: one rename, one reload of a consistent set of files). Built from
 //! [`super::envoy::render_with`]; produces JSON values, never writes.
@@ -12,6 +13,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::envoy::{self, EdsLayout};
+use super::rate_limit;
 use crate::compile::Compiled;
 use crate::filter_config_json;
 
@@ -20,6 +22,9 @@ pub const ECDS_KEY: &str = "ecds.json";
 pub const CDS_KEY: &str = "cds.json";
 pub const RDS_KEY: &str = "rds.json";
 pub const FILTER_CONFIG_KEY: &str = crate::FILTER_CONFIG_FILE;
+/// Envoy's rate-limit filter, always present (idle without `--rate-limit-service`) so the
+/// gateway's bootstrap can always discover it.
+pub const RATE_LIMIT_ECDS_KEY: &str = "ecds-ratelimit.json";
 /// Prefix of the per-cluster EDS keys.
 pub const EDS_PREFIX: &str = "eds-";
 /// Defaults of the command line.
@@ -63,9 +68,22 @@ pub fn data(compiled: &Compiled, mount_dir: &Path, wasm: &Path) -> BTreeMap<Stri
         dir: mount_dir,
         file_prefix: EDS_PREFIX,
     };
-    let files = envoy::render_with(compiled, &layout, wasm);
+    let service = compiled.gateway.rate_limit_service.as_deref();
+    let mut clusters = vec![];
+    if let Some(service) = service {
+        let mut cluster = rate_limit::cluster(service);
+        if let Some(obj) = cluster.as_object_mut() {
+            obj.insert("@type".into(), json!(envoy::CLUSTER_TYPE));
+        }
+        clusters.push(cluster);
+    }
+    let files = envoy::render_with(compiled, &layout, wasm, clusters);
     let mut data = BTreeMap::new();
     data.insert(ECDS_KEY.to_string(), files.ecds);
+    data.insert(
+        RATE_LIMIT_ECDS_KEY.to_string(),
+        envoy::discovery_response(vec![rate_limit::extension_config(service)]),
+    );
     data.insert(CDS_KEY.to_string(), files.cds);
     data.insert(RDS_KEY.to_string(), files.rds);
     data.insert(FILTER_CONFIG_KEY.to_string(), filter_config_json(compiled));
@@ -111,6 +129,7 @@ mod tests {
             keys,
             [
                 "cds.json",
+                "ecds-ratelimit.json",
                 "ecds.json",
                 "eds-modelserver_ns_s.json",
                 "filter-config.json",
@@ -127,6 +146,33 @@ mod tests {
                 ["filename"],
             DEFAULT_WASM
         );
+    }
+
+    #[test]
+    fn the_rate_limit_filter_is_idle_without_a_service_and_calls_it_with_one() {
+        let file = |c: &Compiled, key: &str| -> Value {
+            let obj = configmap(c, &ConfigMapTarget::default());
+            serde_json::from_str(obj["data"][key].as_str().unwrap()).unwrap()
+        };
+        let mut c = compiled();
+        let idle = file(&c, RATE_LIMIT_ECDS_KEY);
+        assert_eq!(idle["resources"][0]["name"], rate_limit::FILTER_NAME);
+        let config = &idle["resources"][0]["typed_config"];
+        assert_eq!(config["@type"], rate_limit::RATE_LIMIT_TYPE);
+        assert!(config.get("rate_limits").is_none(), "{config}");
+        assert_eq!(file(&c, CDS_KEY)["resources"].as_array().unwrap().len(), 1);
+
+        c.gateway.rate_limit_service = Some("rls.modelroute-system:8081".into());
+        let config = &file(&c, RATE_LIMIT_ECDS_KEY)["resources"][0]["typed_config"];
+        assert_eq!(config["rate_limits"].as_array().unwrap().len(), 2);
+        let cds = file(&c, CDS_KEY);
+        let service = &cds["resources"][1];
+        assert_eq!(service["name"], rate_limit::CLUSTER);
+        assert_eq!(service["@type"], envoy::CLUSTER_TYPE);
+        let address = &service["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        assert_eq!(address["address"], "rls.modelroute-system");
+        assert_eq!(address["port_value"], 8081);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn eds_file_name(cluster: &str) -> String {
 }
 
 /// A DiscoveryResponse-shaped document whose `version_info` is the hash of its resources.
-fn discovery_response(resources: Vec<Value>) -> String {
+pub fn discovery_response(resources: Vec<Value>) -> String {
     let resources = Value::Array(resources);
     let version = format!("{:016x}", content_hash(resources.to_string().as_bytes()));
     let doc = json!({ "version_info": version, "resources": resources });
@@ -143,14 +143,14 @@ impl EdsLayout<'_> {
     }
 }
 
+/// The `@type` of a CDS resource.
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
 fn cds_cluster(cluster: &Cluster, layout: &EdsLayout, endpoint_header: &str) -> Value {
     let eds_path = layout.dir.join(layout.file_name(&cluster.name));
     let mut c = cluster_base(cluster, endpoint_header);
     if let Some(obj) = c.as_object_mut() {
-        obj.insert(
-            "@type".into(),
-            json!("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
-        );
+        obj.insert("@type".into(), json!(CLUSTER_TYPE));
         obj.insert("type".into(), json!("EDS"));
         obj.insert(
             "eds_cluster_config".into(),
@@ -310,12 +310,18 @@ pub fn render(compiled: &Compiled, out_dir: &Path, wasm: &Path) -> EnvoyFiles {
         dir: &eds_dir,
         file_prefix: "",
     };
-    render_with(compiled, &layout, wasm)
+    render_with(compiled, &layout, wasm, vec![])
 }
 
-/// [`render`] with the EDS files elsewhere (e.g. flat in a mounted ConfigMap); the returned
+/// [`render`] with the EDS files elsewhere (e.g. flat in a mounted ConfigMap) and
+/// `extra_clusters` (`Cluster` resources with their `@type`) in the CDS file; the returned
 /// EDS names are `layout.file_name(cluster)`.
-pub fn render_with(compiled: &Compiled, layout: &EdsLayout, wasm: &Path) -> EnvoyFiles {
+pub fn render_with(
+    compiled: &Compiled,
+    layout: &EdsLayout,
+    wasm: &Path,
+    extra_clusters: Vec<Value>,
+) -> EnvoyFiles {
     let header = &compiled.config.settings.endpoint_header;
     let eds_files = compiled
         .clusters
@@ -327,6 +333,7 @@ pub fn render_with(compiled: &Compiled, layout: &EdsLayout, wasm: &Path) -> Envo
             .clusters
             .iter()
             .map(|c| cds_cluster(c, layout, header))
+            .chain(extra_clusters)
             .collect(),
     );
     let config_json = serde_json::to_string(&compiled.config).unwrap_or_default();

@@ -14,6 +14,11 @@ use serde_json::{json, Value};
 
 /// The service's cluster.
 pub const CLUSTER: &str = "modelroute_ratelimit";
+/// The filter's name, and the name of its ECDS resource in the ConfigMap target.
+pub const FILTER_NAME: &str = "envoy.filters.http.ratelimit";
+/// The type URL of the filter's configuration (an ECDS `type_urls` entry).
+pub const RATE_LIMIT_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 /// The rate-limit filter waits this long for the service; past it the request goes on (fail
 /// open, counted by Envoy as `ratelimit.failure_mode_allowed`). The service bounds its Redis
 /// calls (50 ms by default) below this, so a budget's own failure mode answers first.
@@ -21,6 +26,11 @@ pub const TIMEOUT: &str = "0.1s";
 
 /// The rate-limit filter (an `http_filters` entry).
 pub fn filter() -> Value {
+    json!({ "name": FILTER_NAME, "typed_config": filter_config() })
+}
+
+/// The filter's `typed_config` (with `@type`): the two descriptors over our filter state.
+fn filter_config() -> Value {
     // A descriptor entry from the filter state `published`; absent, the whole descriptor is
     // skipped (no call is made for a request without any).
     let entry = |key: &str, published: &str| {
@@ -52,18 +62,38 @@ pub fn filter() -> Value {
         "hits_addend": hits(global_rate_limit::DEBIT_HITS),
         "apply_on_stream_done": true,
     });
+    let mut config = idle_filter_config();
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("timeout".into(), json!(TIMEOUT));
+        obj.insert("failure_mode_deny".into(), json!(false));
+        obj.insert("rate_limits".into(), json!([admit, debit]));
+    }
+    config
+}
+
+/// The filter without descriptors: it never calls the service (whose cluster need not
+/// exist) and costs a request next to nothing. What the ConfigMap target ships when no
+/// service is given, so the gateway's bootstrap can always name the filter.
+fn idle_filter_config() -> Value {
     json!({
-        "name": "envoy.filters.http.ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-            "domain": "modelroute",
-            "timeout": TIMEOUT,
-            "failure_mode_deny": false,
-            "rate_limits": [admit, debit],
-            "rate_limit_service": {
-                "transport_api_version": "V3",
-                "grpc_service": { "envoy_grpc": { "cluster_name": CLUSTER } },
-            },
+        "@type": RATE_LIMIT_TYPE,
+        "domain": "modelroute",
+        "rate_limit_service": {
+            "transport_api_version": "V3",
+            "grpc_service": { "envoy_grpc": { "cluster_name": CLUSTER } },
+        },
+    })
+}
+
+/// The ECDS resource (a `TypedExtensionConfig`) the gateway's bootstrap discovers the filter
+/// by: with a service, the filter of [`filter`]; without, [`idle_filter_config`].
+pub fn extension_config(service: Option<&str>) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": FILTER_NAME,
+        "typed_config": match service {
+            Some(_) => filter_config(),
+            None => idle_filter_config(),
         },
     })
 }
