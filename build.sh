@@ -6,7 +6,8 @@
 #   ./build.sh up      same stack, stays in the foreground until Ctrl-C (router on 127.0.0.1:8080)
 #   ./build.sh test    build, then every test: unit, property, golden, fake-host, e2e in Envoy,
 #                      and a short fuzzing run of every parser (MODELROUTE_FUZZ_SECONDS, 10 each)
-#   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md
+#   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md,
+#                                memory -> bench/MEMORY.md, routing quality -> bench/quality-results.md
 #   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
@@ -307,6 +308,8 @@ bench() {
   local quick=""
   case " $* " in *" --quick "*) quick="--quick" ;; esac
   MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/memory.py $quick
+  log "routing quality: one seeded workload on simulated engines through each router (bench/QUALITY.md)"
+  MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py $quick
 }
 
 package() {

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Routing quality: the same seeded workload, on the same simulated engines, through each
-router; how often the engines' prefix caches hit and what clients wait. Writes
-bench/QUALITY.md, bench/quality.json and bench/quality.svg.
+router; how often the engines' prefix caches hit and what clients wait.
 
-usage: quality.py [--requests 900] [--rate 60] [--pods 4] [--seed 7] [--routers a,b,...]
+usage: quality.py [--quick] [--requests 900] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
+                  [--routers a,b,...] [--out bench]
+
+Writes quality.json, quality-results.md (medians over the seeds, per rate) and quality.svg
+(the first rate) into --out. `./build.sh bench [--quick]` runs it.
 
 Engines: `mock-llm fleet` with the simulated engine (`--sim-kv-blocks`: a prefix KV cache of
 bounded size, LRU; prefill time per uncached block; decode time per token; `--max-running`:
@@ -187,48 +190,110 @@ def cache_stats(pods, pod_port):
     return q, h
 
 
+def run_router(name, args, trace):
+    """One router on freshly started (cold) engines: the trace replayed, one result row."""
+    work = tempfile.mkdtemp(prefix=f"modelroute-quality-{name}-")
+    procs = L.Procs()
+    try:
+        pod_port = L.free_port()
+        procs.start([os.path.join(L.BIN, "mock-llm"), "fleet", "--count", str(args.pods), "--listen",
+                     f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
+        for i in range(args.pods):
+            L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
+        port = start_router(name, procs, work, args.pods, pod_port)
+        if port is None:
+            print(f"skipping {name}: not installed", file=sys.stderr)
+            return None
+        time.sleep(1)
+        q0, h0 = cache_stats(args.pods, pod_port)
+        results, wall = replay(port, trace)
+        q1, h1 = cache_stats(args.pods, pod_port)
+    finally:
+        procs.stop_all()
+    ok = [r for r in results if r]
+    ttft = [r[0] * 1000 for r in ok if r[0] is not None]
+    e2e = [r[1] * 1000 for r in ok]
+    return {"router": name, "ok": len(ok), "failed": len(results) - len(ok),
+            "cache_hit_rate": round((h1 - h0) / max(1, q1 - q0), 3),
+            "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
+            "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
+            "throughput_rps": round(len(ok) / wall, 1)}
+
+
+METRICS = ["cache_hit_rate", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "throughput_rps"]
+
+
+def summary(rows):
+    """Per (rate, router): the median over seeds of each metric, with its range."""
+    out = []
+    for rate in sorted({r["rate"] for r in rows}):
+        for name in dict.fromkeys(r["router"] for r in rows):
+            runs = [r for r in rows if r["rate"] == rate and r["router"] == name]
+            if not runs:
+                continue
+            row = {"rate": rate, "router": name, "seeds": len(runs), "failed": sum(r["failed"] for r in runs)}
+            for m in METRICS:
+                v = sorted(r[m] for r in runs)
+                row[m] = v[len(v) // 2]
+                row[m + "_range"] = [v[0], v[-1]]
+            out.append(row)
+    return out
+
+
+def markdown(args, table, command):
+    lines = [f"# Routing quality, as `{command}` last recorded it",
+             "",
+             f"{args.requests} requests per run, {args.pods} simulated pods ({' '.join(SIM)}), seeds "
+             f"{args.seeds}; each cell the median over the seeds [lowest, highest]. Analysis: bench/QUALITY.md.",
+             ""]
+    for rate in sorted({r["rate"] for r in table}):
+        lines += [f"## {rate:g} requests a second (bursts at three times that)", "",
+                  "| router | cache hit rate | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | req/s | failed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in table if r["rate"] == rate):
+            cells = []
+            for m in METRICS:
+                lo, hi = r[m + "_range"]
+                cells.append(f"{r[m]:g}" + (f" [{lo:g}, {hi:g}]" if r["seeds"] > 1 else ""))
+            lines.append(f"| {r['router']} | " + " | ".join(cells) + f" | {r['failed']} |")
+        lines.append("")
+    lines += ["```sh", command, "```", ""]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=900)
-    ap.add_argument("--rate", type=float, default=60.0)
+    ap.add_argument("--quick", action="store_true", help="300 requests, one seed and rate, results in bench/quick/")
+    ap.add_argument("--requests", type=int, default=None, help="per run (default 900; 300 with --quick)")
+    ap.add_argument("--rates", default=None, help="arrivals a second, comma-separated (default 60,120; 60 with --quick)")
     ap.add_argument("--pods", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seeds", default=None, help="comma-separated (default 7,8,9; 7 with --quick)")
     ap.add_argument("--routers", default=",".join(ROUTERS))
+    ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
     args = ap.parse_args()
-    trace = workload(args.seed, args.requests, args.rate)
+    args.requests = args.requests or (300 if args.quick else 900)
+    args.rates = args.rates or ("60" if args.quick else "60,120")
+    args.seeds = args.seeds or ("7" if args.quick else "7,8,9")
+    args.out = args.out or os.path.join(ROOT, "bench", "quick" if args.quick else "")
+    os.makedirs(args.out, exist_ok=True)
     rows = []
-    for name in args.routers.split(","):
-        work = tempfile.mkdtemp(prefix=f"modelroute-quality-{name}-")
-        procs = L.Procs()
-        try:
-            pod_port = L.free_port()
-            procs.start([os.path.join(L.BIN, "mock-llm"), "fleet", "--count", str(args.pods), "--listen",
-                         f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
-            for i in range(args.pods):
-                L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
-            port = start_router(name, procs, work, args.pods, pod_port)
-            if port is None:
-                print(f"skipping {name}: not installed", file=sys.stderr)
-                continue
-            time.sleep(1)
-            q0, h0 = cache_stats(args.pods, pod_port)
-            results, wall = replay(port, trace)
-            q1, h1 = cache_stats(args.pods, pod_port)
-            ok = [r for r in results if r]
-            ttft = [r[0] * 1000 for r in ok if r[0] is not None]
-            e2e = [r[1] * 1000 for r in ok]
-            row = {"router": name, "ok": len(ok), "failed": len(results) - len(ok),
-                   "cache_hit_rate": round((h1 - h0) / max(1, q1 - q0), 3),
-                   "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
-                   "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
-                   "throughput_rps": round(len(ok) / wall, 1)}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        finally:
-            procs.stop_all()
-    with open(os.path.join(ROOT, "bench", "quality.json"), "w") as f:
-        json.dump({"args": vars(args), "sim": SIM, "results": rows}, f, indent=1)
-    write_svg(os.path.join(ROOT, "bench", "quality.svg"), rows)
+    for rate in [float(r) for r in args.rates.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            trace = workload(seed, args.requests, rate)
+            for name in args.routers.split(","):
+                row = run_router(name, args, trace)
+                if row:
+                    row.update(rate=rate, seed=seed)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    table = summary(rows)
+    command = "python3 bench/quality.py" + " ".join([""] + sys.argv[1:])
+    with open(os.path.join(args.out, "quality.json"), "w") as f:
+        json.dump({"args": vars(args), "sim": SIM, "results": rows, "summary": table}, f, indent=1)
+    with open(os.path.join(args.out, "quality-results.md"), "w") as f:
+        f.write(markdown(args, table, command))
+    write_svg(os.path.join(args.out, "quality.svg"), [r for r in table if r["rate"] == table[0]["rate"]])
+    print(markdown(args, table, command))
 
 
 def write_svg(path, rows):

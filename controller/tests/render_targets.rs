@@ -209,8 +209,9 @@ fn configmap_golden_and_out_dir() {
         .unwrap()
         .len();
     assert_eq!(eds, servers);
-    // cds.json, rds.json, ecds.json, filter-config.json and one EDS file per server.
-    assert_eq!(data.len(), servers + 4);
+    // cds.json, rds.json, ecds.json, ecds-ratelimit.json, filter-config.json and one EDS file
+    // per server.
+    assert_eq!(data.len(), servers + 5);
     // The literal blocks hold the exact files: each parses and names the mount dir.
     let cds: Value = serde_json::from_str(data["cds.json"].as_str().unwrap()).unwrap();
     for c in cds["resources"].as_array().unwrap() {
