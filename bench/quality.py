@@ -33,21 +33,8 @@ import load as L  # noqa: E402
 ROOT = L.ROOT
 SIM = ["--max-running", "4", "--sim-kv-blocks", "400", "--sim-prefill-us-per-block", "400",
        "--sim-decode-ms-per-token", "4"]
-SCHEDULER_TUNED = """scheduler:
-  pluginConfig:
-  - name: least-request
-    args:
-      maxWaitingRequests: 4
-  plugins:
-    Filter:
-      enabled: [least-request]
-    Score:
-      enabled:
-      - name: prefix-cache
-        weight: 3
-      - name: least-request
-        weight: 1
-"""
+# modelroute-tuned: the profile the README recommends for chat traffic.
+SCHEDULER_TUNED = os.path.join(ROOT, "examples", "scheduler", "cache-affinity.yaml")
 ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "sglang-router", "vllm-router"]
 
 
@@ -87,6 +74,9 @@ def workload(seed, n, rate):
     return out
 
 
+FAILURES = []  # (status, body start) of the answers that were not 200
+
+
 def one_request(port, msgs):
     body = json.dumps({"model": L.MODEL, "messages": msgs, "stream": True, "max_tokens": 16})
     start = time.monotonic()
@@ -95,7 +85,7 @@ def one_request(port, msgs):
         c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
         r = c.getresponse()
         if r.status != 200:
-            r.read()
+            FAILURES.append((r.status, r.read()[:200]))
             return None
         ttft = None
         while True:
@@ -105,7 +95,8 @@ def one_request(port, msgs):
             if ttft is None and line.startswith(b"data:"):
                 ttft = time.monotonic() - start
         return ttft, time.monotonic() - start
-    except OSError:
+    except OSError as e:
+        FAILURES.append((0, str(e).encode()))
         return None
     finally:
         c.close()
@@ -169,12 +160,13 @@ def start_router(name, procs, work, pods, pod_port):
         with open(pods_file, "w") as f:
             f.write(L.pods_yaml([ip(i) for i in range(pods)], pod_port))
         render = ["--metrics-interval-ms", "200"]
-        sched = {"round-robin": L.SCHEDULER_OFF, "modelroute-tuned": SCHEDULER_TUNED}.get(name)
-        if sched:
-            path = os.path.join(work, f"sched-{name}.yaml")
+        if name == "round-robin":
+            path = os.path.join(work, "sched-off.yaml")
             with open(path, "w") as f:
-                f.write(sched)
+                f.write(L.SCHEDULER_OFF)
             render += ["--scheduler-config", path]
+        elif name == "modelroute-tuned":
+            render += ["--scheduler-config", SCHEDULER_TUNED]
         port, _, _ = L.start_modelroute(procs, work, name, res, pods_file, render)
     L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200,
                 data=json.dumps({"model": L.MODEL, "messages": [{"role": "user", "content": "warm"}],
@@ -183,11 +175,12 @@ def start_router(name, procs, work, pods, pod_port):
 
 
 def cache_stats(pods, pod_port):
-    q = h = 0
+    """Per pod: (prompt blocks looked up in its KV cache, blocks found)."""
+    out = []
     for i in range(pods):
         s = json.loads(urllib.request.urlopen(f"http://{ip(i)}:{pod_port}/mock/metrics", timeout=10).read())["sim"]
-        q, h = q + s["block_queries"], h + s["block_hits"]
-    return q, h
+        out.append((s["block_queries"], s["block_hits"]))
+    return out
 
 
 def run_router(name, args, trace):
@@ -205,22 +198,30 @@ def run_router(name, args, trace):
             print(f"skipping {name}: not installed", file=sys.stderr)
             return None
         time.sleep(1)
-        q0, h0 = cache_stats(args.pods, pod_port)
+        before = cache_stats(args.pods, pod_port)
         results, wall = replay(port, trace)
-        q1, h1 = cache_stats(args.pods, pod_port)
+        after = cache_stats(args.pods, pod_port)
     finally:
         procs.stop_all()
+    queries = [a[0] - b[0] for a, b in zip(after, before)]
+    hits = sum(a[1] - b[1] for a, b in zip(after, before))
+    if FAILURES:
+        print(f"{name}: {len(FAILURES)} failed, e.g. {FAILURES[0]}", file=sys.stderr)
+        FAILURES.clear()
     ok = [r for r in results if r]
     ttft = [r[0] * 1000 for r in ok if r[0] is not None]
     e2e = [r[1] * 1000 for r in ok]
     return {"router": name, "ok": len(ok), "failed": len(results) - len(ok),
-            "cache_hit_rate": round((h1 - h0) / max(1, q1 - q0), 3),
+            "cache_hit_rate": round(hits / max(1, sum(queries)), 3),
+            # How unevenly the prompt work fell on the pods: the busiest pod's share over the mean.
+            "pod_skew": round(max(queries) * len(queries) / max(1, sum(queries)), 2),
             "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
             "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
             "throughput_rps": round(len(ok) / wall, 1)}
 
 
-METRICS = ["cache_hit_rate", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "throughput_rps"]
+METRICS = ["cache_hit_rate", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "throughput_rps",
+           "pod_skew"]
 
 
 def summary(rows):
@@ -248,8 +249,9 @@ def markdown(args, table, command):
              ""]
     for rate in sorted({r["rate"] for r in table}):
         lines += [f"## {rate:g} requests a second (bursts at three times that)", "",
-                  "| router | cache hit rate | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | req/s | failed |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| router | cache hit rate | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | req/s | "
+                  "busiest pod / mean | failed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in table if r["rate"] == rate):
             cells = []
             for m in METRICS:

@@ -115,7 +115,14 @@ pub struct PrefixIndex {
     /// New (block hash, pod) facts since the last [`PrefixIndex::take_outbox`], for
     /// `prefix_sync` to share with the other workers.
     outbox: Vec<(u64, u32)>,
+    /// Per pod id (below [`MAX_COUNTED_POD`]): the blocks whose pods include it, i.e. how much
+    /// of the index's picture of the KV caches that pod holds.
+    held: Vec<u32>,
 }
+
+/// Pod ids from here on are not counted in [`PrefixIndex::held`] (bounds its memory; a
+/// ModelServer has far fewer pods).
+pub const MAX_COUNTED_POD: u32 = 1 << 16;
 
 impl PrefixIndex {
     pub fn new(capacity: usize) -> Self {
@@ -130,6 +137,7 @@ impl PrefixIndex {
             clock: 0,
             evicted: 0,
             outbox: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -211,9 +219,32 @@ impl PrefixIndex {
         self.outbox = news;
     }
 
+    /// How many blocks the index knows `pod` to hold: SGLang's "tree size", which sends a
+    /// prompt no pod has seen to the pod with the least cached, spreading distinct prefixes.
+    pub fn held(&self, pod: u32) -> u32 {
+        self.held.get(pod as usize).copied().unwrap_or(0)
+    }
+
+    fn count_held(&mut self, pod: u32, up: bool) {
+        if pod >= MAX_COUNTED_POD {
+            return;
+        }
+        let i = pod as usize;
+        if self.held.len() <= i {
+            self.held.resize(i + 1, 0);
+        }
+        if let Some(n) = self.held.get_mut(i) {
+            *n = if up {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+        }
+    }
+
     /// Makes `pod` block `h`'s most recent pod; whether it was not already.
     fn touch(&mut self, h: u64, pod: u32) -> bool {
-        {
+        let (added, dropped, news) = {
             let clock = self.clock;
             let e = self.entries.entry(h).or_insert(Entry {
                 pods: [0; PODS_PER_BLOCK],
@@ -231,6 +262,10 @@ impl PrefixIndex {
                 Some(p) => p,
                 None => len.min(PODS_PER_BLOCK - 1),
             };
+            // A new pod on a full entry pushes the oldest out.
+            let dropped = (pos.is_none() && len == PODS_PER_BLOCK)
+                .then(|| e.pods.get(end).copied())
+                .flatten();
             if let Some(window) = e.pods.get_mut(..=end) {
                 window.rotate_right(1);
                 if let Some(front) = window.first_mut() {
@@ -240,8 +275,15 @@ impl PrefixIndex {
             if pos.is_none() && len < PODS_PER_BLOCK {
                 e.len += 1;
             }
-            pos != Some(0)
+            (pos.is_none(), dropped, pos != Some(0))
+        };
+        if added {
+            self.count_held(pod, true);
         }
+        if let Some(old) = dropped {
+            self.count_held(old, false);
+        }
+        news
     }
 
     /// Drops the least recently used eighth of the entries (at least down to capacity).
@@ -255,14 +297,19 @@ impl PrefixIndex {
             _ => 0,
         };
         let mut dropped = 0;
+        let mut released: Vec<u32> = Vec::new();
         self.entries.retain(|_, e| {
             if dropped < drop_n && e.last_use <= cutoff {
                 dropped += 1;
+                released.extend(e.pods.get(..e.len as usize).unwrap_or_default());
                 false
             } else {
                 true
             }
         });
+        for pod in released {
+            self.count_held(pod, false);
+        }
         self.evicted += dropped as u64;
     }
 
@@ -351,6 +398,32 @@ mod tests {
         assert_eq!(idx.matches(&h, &[5, 4, 3, 2, 1, 0]), [1, 1, 1, 1, 0, 0]);
         idx.insert(&h, 3);
         assert_eq!(idx.matches(&h, &[3])[0], 1);
+    }
+
+    #[test]
+    fn held_counts_the_blocks_each_pod_holds_through_moves_and_eviction() {
+        let a = block_hashes("m", &b"a".repeat(64 * 3), 64, 128);
+        let b = block_hashes("m", &b"b".repeat(64 * 2), 64, 128);
+        let mut idx = PrefixIndex::new(100);
+        idx.insert(&a, 1);
+        idx.insert(&a, 1);
+        idx.insert(&b, 2);
+        assert_eq!((idx.held(1), idx.held(2), idx.held(3)), (3, 2, 0));
+        // Five pods on one entry of four: the oldest is pushed out.
+        for pod in [3, 4, 5, 6] {
+            idx.insert(&b, pod);
+        }
+        assert_eq!((idx.held(2), idx.held(6)), (0, 2));
+        idx.insert_shared(&[(a[0], 7)]);
+        assert_eq!(idx.held(7), 1);
+        assert_eq!(idx.held(MAX_COUNTED_POD + 1), 0);
+        // Eviction releases what the dropped entries held: the sum stays the pod slots held.
+        let mut small = PrefixIndex::new(8);
+        for i in 0..100u32 {
+            small.insert(&block_hashes(&format!("m{i}"), b"x", 64, 128), i % 3);
+        }
+        let held: u32 = (0..3).map(|p| small.held(p)).sum();
+        assert_eq!(held as usize, small.len());
     }
 
     #[test]

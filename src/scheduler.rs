@@ -92,21 +92,27 @@ pub fn rank(
             *t += w * v;
         }
     }
-    // Best first. Ties: with prefix-cache on, by rendezvous hashing of the prompt's first
-    // block, so every Envoy worker (each with its own index) sends a new prefix to the same
-    // pod; otherwise at random, so equal pods share the load.
+    // Best first. Ties (above all: a prompt no pod has seen) with prefix-cache on: the pod
+    // with the fewest requests in flight (counted across workers), then the one the index
+    // knows to hold the fewest blocks (SGLang's smallest tree), so distinct prefixes spread
+    // over the pods instead of meeting on one; then rendezvous hashing of the prompt's first
+    // block. Without prefix-cache, at random, so equal pods share the load.
     let prefix_on = cfg
         .scores
         .iter()
         .any(|s| s.name == Plugin::PrefixCache && s.weight > 0);
     let affinity = ask.hashes.first().filter(|_| prefix_on).copied();
-    let mut order: Vec<(f64, u64, u32)> = pods
+    let mut order: Vec<(f64, (u32, u32, u64), u32)> = pods
         .iter()
         .zip(&total)
         .map(|(c, t)| {
             let tie = match affinity {
-                Some(h) => crate::prefix::hash(h, &c.id.to_le_bytes()),
-                None => rng.next_u64(),
+                Some(h) => (
+                    c.in_flight,
+                    prefix.map_or(0, |idx| idx.held(c.id)),
+                    crate::prefix::hash(h, &c.id.to_le_bytes()),
+                ),
+                None => (0, 0, rng.next_u64()),
             };
             (*t, tie, c.id)
         })

@@ -5,6 +5,11 @@ const HELM_EXAMPLE: &str = include_str!(concat!(
     "/../examples/scheduler/kthena-router-config.yaml"
 ));
 
+const CACHE_AFFINITY_EXAMPLE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/scheduler/cache-affinity.yaml"
+));
+
 /// Parses `text` as file `s.yaml` starting from the defaults.
 fn run(text: &str) -> (Option<Scheduler>, Diagnostics) {
     let mut diags = Diagnostics::default();
@@ -40,6 +45,17 @@ fn w(name: Plugin, weight: u32) -> WeightedPlugin {
 /// A bare routerConfiguration with the given plugins section and no pluginConfig.
 fn plugins(yaml: &str) -> String {
     format!("scheduler:\n  plugins:\n{yaml}")
+}
+
+#[test]
+fn the_cache_affinity_profile_is_prefix_cache_then_load_without_a_filter() {
+    let (s, warnings) = ok(CACHE_AFFINITY_EXAMPLE);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(s.filters.is_empty());
+    assert_eq!(
+        s.scores,
+        [w(Plugin::PrefixCache, 3), w(Plugin::LeastRequest, 1)]
+    );
 }
 
 #[test]
