@@ -175,7 +175,8 @@ static_resources:
 
 def start_modelroute(procs, work, name, res_dir, pods_file, render_args=()):
     """Envoy with the filter as deployed, for the pods in `pods_file`: the controller renders
-    `res_dir` (with `render_args`) and the shipped bootstrap (access log off); two workers.
+    `res_dir` (with `render_args`) and the shipped bootstrap (access log off); two workers
+    (MODELROUTE_ENVOY_WORKERS).
     Returns (port, admin port, process); the caller waits for it to answer."""
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"config-{name}")
@@ -187,7 +188,8 @@ def start_modelroute(procs, work, name, res_dir, pods_file, render_args=()):
     cfg = os.path.join(work, f"{name}.yaml")
     with open(cfg, "w") as f:
         f.write(boot)
-    p = procs.start([envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "error"],
+    workers = os.environ.get("MODELROUTE_ENVOY_WORKERS", "2")
+    p = procs.start([envoy_bin(), "-c", cfg, "--disable-hot-restart", "--concurrency", workers, "-l", "error"],
                     open(os.path.join(work, f"{name}.log"), "w"))
     return port, admin, p
 
