@@ -240,18 +240,23 @@ impl Flow {
             } else {
                 // Kthena's order of checks, output first since it takes nothing: a request
                 // refused for output does not spend input budget. Both buckets in one
-                // shared-data update, at the time the request arrived.
+                // shared-data update, at the time the request arrived, with what this
+                // worker's finished requests still owe the output budget.
+                let key = rate_limit::key(&model, &limit, client);
                 let draws = [
+                    (Direction::Output, Draw::Debit(in_flight.debits.take(&key))),
                     (Direction::Output, Draw::Require),
                     (Direction::Input, Draw::Take(self.acct.input_estimate)),
                 ];
                 let now = self.acct.start_ms;
-                let key = rate_limit::key(&model, &limit, client);
                 if let Err(refusal) = rate_limit::draw(host, &key, &limit, &draws, now) {
                     self.outcome.model_known = true;
                     return self.refuse(host, &refusal);
                 }
-                self.output_limit = Some((limit, key));
+                if limit.output_per_unit.is_some() {
+                    in_flight.debits.admitted();
+                    self.output_limit = Some((limit, key));
+                }
             }
         }
 
@@ -476,8 +481,7 @@ impl Flow {
                 .find(|(k, _)| *k == published::OUTPUT_TOKENS)
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0);
-            let debit = [(Direction::Output, Draw::Debit(output))];
-            let _ = rate_limit::draw(host, &key, &limit, &debit, now_ms);
+            in_flight.debits.ended(host, &key, &limit, output, now_ms);
         }
     }
 

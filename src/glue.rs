@@ -177,6 +177,9 @@ impl RootContext for Root {
                 if !f.is_empty() {
                     f.flush(&mut EnvoyHost);
                 }
+                if !f.debits.is_empty() {
+                    f.debits.flush(&mut EnvoyHost, EnvoyHost.now_ms());
+                }
             }
         });
         vm::record_memory();

@@ -48,12 +48,15 @@ pub struct Read {
 }
 
 /// This worker's view of the in-flight counts: decrements of finished requests not yet
-/// written to shared data, per key and pod.
+/// written to shared data, per key and pod. It also carries the worker's other deferred
+/// shared-data writes, the rate limits' output debits, which follow the same rule.
 #[derive(Debug, Default)]
 pub struct InFlight {
     pending: HashMap<String, Vec<u32>>,
     /// Requests this worker counted and has not released.
     active: usize,
+    /// Output tokens owed to rate-limit budgets ([`crate::rate_limit::Debits`]).
+    pub debits: crate::rate_limit::Debits,
 }
 
 impl InFlight {

@@ -9,6 +9,8 @@
 //! so a burst of long answers is paid for by the requests after it (Kthena's `AllowN` takes
 //! nothing when short, so they went uncounted).
 
+use std::collections::HashMap;
+
 use filter_config::RateLimit;
 
 use crate::host::Host;
@@ -226,9 +228,12 @@ pub fn apply(shape: Shape, b: Bucket, draw: Draw, direction: Direction) -> Resul
     }
 }
 
-/// Draws on the shared buckets under `key` ([`key`]; refilled to `now_ms`): each `(direction, draw)` in
-/// order, all or none. Ok when the request may go on (also when the shared data could not be
-/// updated: a limiter that cannot count lets traffic through rather than failing it).
+/// Draws on the shared buckets under `key` ([`key`]; refilled to `now_ms`): each `(direction,
+/// draw)` in order, until one refuses. What was drawn before a refusal is written: put
+/// [`Draw::Debit`]s first (a refused request takes nothing itself, as in Kthena, but the
+/// debits of earlier answers it carries are kept). Ok when the request may go on (also when
+/// the shared data could not be updated: a limiter that cannot count lets traffic through
+/// rather than failing it).
 pub fn draw(
     host: &mut dyn Host,
     key: &str,
@@ -236,9 +241,10 @@ pub fn draw(
     draws: &[(Direction, Draw)],
     now_ms: u64,
 ) -> Result<(), Refusal> {
-    let shaped: Vec<(usize, Shape, Draw)> = draws
+    let shaped: Vec<(Direction, Shape, Draw)> = draws
         .iter()
-        .filter_map(|&(dir, d)| Some((dir as usize, Shape::of(limit, dir)?, d)))
+        .filter(|(_, d)| *d != Draw::Debit(0))
+        .filter_map(|&(dir, d)| Some((dir, Shape::of(limit, dir)?, d)))
         .collect();
     if shaped.is_empty() {
         return Ok(());
@@ -257,25 +263,94 @@ pub fn draw(
             }
         });
         let mut changed = false;
-        for &(slot, shape, d) in &shaped {
-            let direction = if slot == 0 {
-                Direction::Input
-            } else {
-                Direction::Output
-            };
-            let Some(b) = buckets.get_mut(slot) else {
+        let mut refused = None;
+        for &(direction, shape, d) in &shaped {
+            let Some(b) = buckets.get_mut(direction as usize) else {
                 continue;
             };
-            let next = apply(shape, *b, d, direction)?;
-            changed |= next != *b;
-            *b = next;
+            match apply(shape, *b, d, direction) {
+                Ok(next) => {
+                    changed |= next != *b;
+                    *b = next;
+                }
+                Err(refusal) => {
+                    refused = Some(refusal);
+                    break;
+                }
+            }
         }
         if !changed || host.shared_set(key, &encode(buckets), cas) {
-            return Ok(());
+            return refused.map_or(Ok(()), Err);
         }
     }
     log::warn!("modelroute: rate limit buckets {key} could not be updated");
     Ok(())
+}
+
+/// The output tokens this worker's finished requests owe their budgets and has not written
+/// yet. Like the in-flight decrements ([`crate::in_flight`]), a debit is written at once only
+/// when no other limited request of this worker is running; otherwise the worker's next
+/// admission on that budget carries it in its own write ([`Debits::take`]), or the root tick
+/// flushes it ([`Debits::flush`]), so under load a limited request costs one shared-data read
+/// and write instead of two. Other workers see a debit that late (at most a tick).
+#[derive(Debug, Default)]
+pub struct Debits {
+    /// Budget key -> its limits and the tokens owed.
+    pending: HashMap<String, (RateLimit, u64)>,
+    /// Requests with an output budget this worker admitted and has not seen end.
+    running: usize,
+}
+
+impl Debits {
+    /// A request with an output budget was admitted.
+    pub fn admitted(&mut self) {
+        self.running += 1;
+    }
+
+    /// That request ended having produced `tokens`: owed to the budget under `key`.
+    pub fn ended(
+        &mut self,
+        host: &mut dyn Host,
+        key: &str,
+        limit: &RateLimit,
+        tokens: u64,
+        now_ms: u64,
+    ) {
+        self.running = self.running.saturating_sub(1);
+        if tokens > 0 {
+            let owed = self
+                .pending
+                .entry(key.to_string())
+                .or_insert_with(|| (limit.clone(), 0));
+            owed.1 = owed.1.saturating_add(tokens);
+        }
+        if self.running == 0 {
+            self.flush(host, now_ms);
+        }
+    }
+
+    /// What the budget under `key` is owed, handed over to the caller's write.
+    pub fn take(&mut self, key: &str) -> u64 {
+        self.pending.remove(key).map_or(0, |(_, tokens)| tokens)
+    }
+
+    /// Whether debits wait to be written.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Writes every debit owed (the root tick, or the worker's last limited request ending).
+    pub fn flush(&mut self, host: &mut dyn Host, now_ms: u64) {
+        for (key, (limit, tokens)) in std::mem::take(&mut self.pending) {
+            let _ = draw(
+                host,
+                &key,
+                &limit,
+                &[(Direction::Output, Draw::Debit(tokens))],
+                now_ms,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

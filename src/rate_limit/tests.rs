@@ -188,3 +188,66 @@ fn per_client_budgets_are_separate_and_bounded() {
     take(&mut h, &bob).unwrap();
     assert_eq!(key("m", &PER_MINUTE_30, Some("alice")), "modelroute.rl.m");
 }
+
+#[test]
+fn debits_wait_while_the_worker_has_limited_requests_running_and_ride_the_next_admission() {
+    let mut h = FakeHost::default();
+    let k = key("m", &PER_MINUTE_30, None);
+    let mut debits = Debits::default();
+    let admit = |h: &mut FakeHost, debits: &mut Debits, n: u64| {
+        let draws = [
+            (Direction::Output, Draw::Debit(debits.take(&k))),
+            (Direction::Output, Draw::Require),
+            (Direction::Input, Draw::Take(n)),
+        ];
+        let r = draw(h, &k, &PER_MINUTE_30, &draws, 0);
+        if r.is_ok() {
+            debits.admitted();
+        }
+        r
+    };
+    let output = |h: &FakeHost| decode(Some(&h.shared[&k].0), 1).map(|b| b.milli);
+    admit(&mut h, &mut debits, 1).unwrap();
+    admit(&mut h, &mut debits, 1).unwrap();
+    let writes = h.shared[&k].1;
+    // One of two running ends: its 60 tokens are owed, not written.
+    debits.ended(&mut h, &k, &PER_MINUTE_30, 60, 0);
+    assert_eq!((h.shared[&k].1, output(&h)), (writes, Some(100_000)));
+    // The next admission carries them in its one read and one write.
+    let gets = h.shared_gets.borrow().len();
+    admit(&mut h, &mut debits, 1).unwrap();
+    assert_eq!(h.shared_gets.borrow().len(), gets + 1);
+    assert_eq!((h.shared[&k].1, output(&h)), (writes + 1, Some(40_000)));
+    assert!(debits.is_empty());
+    // Owed again, then a refusal for input: the debit is still written, the take is not.
+    debits.ended(&mut h, &k, &PER_MINUTE_30, 30, 0);
+    let r = admit(&mut h, &mut debits, 1_000).unwrap_err();
+    assert_eq!(r.direction, Direction::Input);
+    assert_eq!(output(&h), Some(10_000));
+    assert_eq!(decode(Some(&h.shared[&k].0), 0).map(tokens), Some(27));
+    // The worker's last running request ending writes at once, into deficit (a sequential
+    // client sees its own debit).
+    debits.ended(&mut h, &k, &PER_MINUTE_30, 20, 0);
+    assert_eq!(output(&h), Some(-10_000));
+    assert!(debits.is_empty());
+}
+
+#[test]
+fn the_tick_writes_what_is_owed_to_every_budget() {
+    let mut h = FakeHost::default();
+    let mut debits = Debits::default();
+    let (a, b) = (
+        key("a", &PER_MINUTE_30, None),
+        key("b", &PER_MINUTE_30, None),
+    );
+    debits.admitted();
+    debits.admitted();
+    debits.admitted();
+    debits.ended(&mut h, &a, &PER_MINUTE_30, 10, 0);
+    debits.ended(&mut h, &b, &PER_MINUTE_30, 20, 0);
+    assert!(h.shared.is_empty());
+    debits.flush(&mut h, 0);
+    assert_eq!(decode(Some(&h.shared[&a].0), 1).map(tokens), Some(90));
+    assert_eq!(decode(Some(&h.shared[&b].0), 1).map(tokens), Some(80));
+    assert!(debits.is_empty());
+}
