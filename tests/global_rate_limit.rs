@@ -12,41 +12,19 @@
 
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-use test_support::{Proc, RedisServer, ReservedPort};
-
-/// `modelroute-ratelimit` on a loopback port.
-struct Service {
-    addr: String,
-    _proc: Proc,
-}
-
-impl Service {
-    fn start() -> Service {
-        let port = ReservedPort::new().release();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(test_support::bin("modelroute-ratelimit"))
-            .args(["--listen", &addr])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn modelroute-ratelimit");
-        let proc = Proc(child);
-        wait_until(
-            Duration::from_secs(10),
-            "modelroute-ratelimit listening",
-            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
-        Service { addr, _proc: proc }
-    }
-}
+use test_support::{RateLimitService, RedisServer};
 
 /// A gateway serving the model `pool` with `limit` (and `annotations` on its ModelRoute),
 /// global on `redis`, through `service`.
-fn gateway(redis: &RedisServer, service: &Service, limit: &str, annotations: &str) -> Stack {
+fn gateway(
+    redis: &RedisServer,
+    service: &RateLimitService,
+    limit: &str,
+    annotations: &str,
+) -> Stack {
     gateway_of(redis, service, limit, annotations, false)
 }
 
@@ -54,7 +32,7 @@ fn gateway(redis: &RedisServer, service: &Service, limit: &str, annotations: &st
 /// `manifest`.
 fn gateway_of(
     redis: &RedisServer,
-    service: &Service,
+    service: &RateLimitService,
     limit: &str,
     annotations: &str,
     manifest: bool,
@@ -89,7 +67,7 @@ fn gateway_of(
 #[test]
 fn two_envoys_share_one_budget_in_redis() {
     let redis = RedisServer::start();
-    let service = Service::start();
+    let service = RateLimitService::start();
     let limit = "{inputTokensPerUnit: 30, unit: hour}";
     let a = gateway(&redis, &service, limit, "");
     let b = gateway(&redis, &service, limit, "");
@@ -137,7 +115,7 @@ fn the_gateway_manifest_enforces_global_budgets_from_its_configmap() {
     // deploy/envoy-gateway.yaml discovers the rate-limit filter from the ConfigMap, which
     // carries it (and the service's cluster) when the controller has --rate-limit-service.
     let redis = RedisServer::start();
-    let service = Service::start();
+    let service = RateLimitService::start();
     let limit = "{inputTokensPerUnit: 10, unit: hour}";
     let s = gateway_of(&redis, &service, limit, "", true);
     let statuses: Vec<u16> = (0..3).map(|_| five_tokens(&s).status).collect();
@@ -153,7 +131,7 @@ fn the_gateway_manifest_enforces_global_budgets_from_its_configmap() {
 #[test]
 fn answers_are_debited_when_the_stream_is_done_into_deficit() {
     let redis = RedisServer::start();
-    let service = Service::start();
+    let service = RateLimitService::start();
     // The mock answers 6 tokens: a budget of 10 a minute is in deficit after two answers.
     let s = gateway(
         &redis,
@@ -178,7 +156,7 @@ fn answers_are_debited_when_the_stream_is_done_into_deficit() {
 fn redis_away_lets_requests_through_by_default_and_refuses_them_when_the_route_says_deny() {
     let redis = RedisServer::start();
     let port = redis.port;
-    let service = Service::start();
+    let service = RateLimitService::start();
     let limit = "{inputTokensPerUnit: 10, unit: hour}";
     let open = gateway(&redis, &service, limit, "");
     let deny = "modelroute.io/rate-limit-on-redis-failure: deny";

@@ -344,7 +344,8 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<Rep
 /// generates for a gateway plus what the patches add: listener (LISTENER merge) -> HCM with the
 /// route config (ROUTE_CONFIGURATION merge, HTTP_ROUTE inserted first before the "user's"
 /// routes) -> the Wasm from EXTENSION_CONFIG inline (istiod would serve it by ECDS) before the
-/// router; Kthena's access loggers (NETWORK_FILTER merge); clusters from the CLUSTER patches.
+/// router, then any other HTTP_FILTER patch (Envoy's rate-limit filter); Kthena's access
+/// loggers (NETWORK_FILTER merge); clusters from the CLUSTER patches.
 fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
     let one = |apply_to: &str| -> Value {
         let p = patches(ef, apply_to);
@@ -352,11 +353,20 @@ fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
         p[0].clone()
     };
     let ext = one("EXTENSION_CONFIG");
-    let http_filter = one("HTTP_FILTER");
+    // Ours first (by ECDS), then any filter inserted after it (the rate-limit filter), each
+    // before the router in patch order.
+    let http_filters = patches(ef, "HTTP_FILTER");
+    let http_filter = http_filters[0];
     assert_eq!(http_filter["name"], ext["name"], "ECDS name = filter name");
     assert_eq!(
         http_filter["config_discovery"]["type_urls"][0],
         ext["typed_config"]["@type"]
+    );
+    let mut chain = vec![json!({"name": ext["name"], "typed_config": ext["typed_config"]})];
+    chain.extend(http_filters[1..].iter().map(|f| (*f).clone()));
+    chain.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
     );
     let listener_merge = one("LISTENER");
     let rc_merge = one("ROUTE_CONFIGURATION");
@@ -386,11 +396,7 @@ fn bootstrap_from_envoyfilter(ef: &Value, port: u16, admin: u16) -> Value {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "outbound_0.0.0.0_8080",
                 "route_config": route_config,
-                "http_filters": [
-                    {"name": ext["name"], "typed_config": ext["typed_config"]},
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                ],
+                "http_filters": chain,
             },
         }]}],
     });
@@ -445,8 +451,10 @@ fn istio_patches_validate_in_envoy() {
 }
 
 #[test]
-fn istio_patches_route_a_seed_request_in_envoy() {
+fn istio_patches_route_a_seed_request_and_enforce_a_global_budget_in_envoy() {
     let dir = temp_dir("istio-e2e");
+    let redis = test_support::RedisServer::start();
+    let service = test_support::RateLimitService::start();
     let net = {
         let (a, b) = loopback_net();
         format!("127.{a}.{b}")
@@ -461,6 +469,16 @@ fn istio_patches_route_a_seed_request_in_envoy() {
         input.join("ModelRouteSimple.yaml"),
     )
     .unwrap();
+    // Kthena's global rate-limit example, on this test's Redis: 10 input tokens a minute.
+    let global =
+        fs::read_to_string(root().join("examples/rate-limit/ModelRoute-global-rate-limit.yaml"))
+            .unwrap()
+            .replace(
+                "redis-server.kthena-system.svc.cluster.local:6379",
+                &redis.addr(),
+            );
+    assert!(global.contains(&redis.addr()));
+    fs::write(input.join("ModelRoute-global-rate-limit.yaml"), global).unwrap();
     let server = fs::read_to_string(kthena.join("ModelServer-ds1.5b.yaml")).unwrap();
     assert!(server.contains("port: 8000"));
     fs::write(
@@ -513,6 +531,8 @@ fn istio_patches_route_a_seed_request_in_envoy() {
         &pods_s,
         "--wasm-url",
         &url,
+        "--rate-limit-service",
+        &service.addr,
     ]));
     let ef = &parse_docs(&yaml)[0];
     let (port, admin) = (free_port(), free_port());
@@ -585,6 +605,24 @@ fn istio_patches_route_a_seed_request_in_envoy() {
             )
             .is_ok_and(|r| r.text().contains(series))
         },
+    );
+    // The global budget, through the patched-in rate-limit filter and the service on Redis:
+    // 20 characters are 5 tokens by Kthena's estimate, two requests fit in 10.
+    let limited = r#"{"model":"deepseek-r1-global-rate-limit","prompt":"abcdefghijklmnopqrst"}"#;
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| http(&addr, "POST", "/v1/completions", limited).unwrap().0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(redis
+        .cli(&[
+            "HGET",
+            "kthena:ratelimit:deepseek-r1-global-rate-limit:input",
+            "tokens"
+        ])
+        .parse::<f64>()
+        .is_ok_and(|t| t < 5.0));
+    assert!(
+        admin_stat(admin, "cluster.modelroute_ratelimit.upstream_rq_total").is_some_and(|n| n >= 3)
     );
     drop(children);
     let _ = fs::remove_dir_all(&dir);

@@ -229,6 +229,33 @@ impl RedisServer {
     }
 }
 
+/// `modelroute-ratelimit` (the release or debug build the tests use) on a loopback port,
+/// killed when dropped.
+pub struct RateLimitService {
+    /// `127.0.0.1:port`, what `--rate-limit-service` takes.
+    pub addr: String,
+    _proc: Proc,
+}
+
+impl RateLimitService {
+    pub fn start() -> RateLimitService {
+        let port = ReservedPort::new().release();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(bin("modelroute-ratelimit"))
+            .args(["--listen", &addr])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn modelroute-ratelimit");
+        let proc = Proc(child);
+        wait_until(
+            Duration::from_secs(10),
+            "modelroute-ratelimit listening",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        RateLimitService { addr, _proc: proc }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP/1.1
 
