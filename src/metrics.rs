@@ -147,8 +147,12 @@ pub struct PodStats {
     /// Models the pod serves (`/v1/models`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
-    /// When the stats were collected (host clock, ms).
+    /// When the stats were collected (host clock, ms); an in-band report moves it on.
     pub at_ms: u64,
+    /// When the pod was last scraped: the age of `running`, `ttft` and `tpot`, which in-band
+    /// reports do not carry.
+    #[serde(default)]
+    pub scraped_ms: u64,
     /// Histogram totals of the previous scrape, to take interval means.
     #[serde(default)]
     pub totals: [f64; 4],
@@ -177,6 +181,7 @@ impl PodStats {
         self.kv = g.kv_usage;
         self.up = true;
         self.at_ms = now_ms;
+        self.scraped_ms = now_ms;
     }
 }
 

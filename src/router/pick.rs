@@ -50,6 +50,7 @@ impl Router {
                 &mut self.stats,
                 &server.endpoints,
                 (req.load_reports)(key, server.endpoints.len()),
+                self.settings.scheduler.metrics_stale_ms,
             );
         }
         let cfg = &self.settings.scheduler;
@@ -316,23 +317,28 @@ impl<'a> PodView<'a> {
 
 /// Folds in-band reports newer than the stats into them (this worker's copy of the snapshot;
 /// the next snapshot replaces it and the reports are folded in again): KV usage and queue
-/// from the report, the rest from the last scrape; a pod that reported is up.
+/// from the report, the rest from the last scrape; a pod that reported is up. A pod that keeps
+/// reporting is not scraped, so its last scrape ages: once that is older than `stale_ms`, its
+/// TTFT and TPOT count as not measured (least-latency's neutral score) rather than frozen at
+/// what they were; vLLM's report does not carry them.
 fn apply_load_reports(
     stats: &mut Snapshot,
     endpoints: &[String],
     reports: Vec<Option<crate::load_report::Reported>>,
+    stale_ms: u64,
 ) {
     for (address, reported) in endpoints.iter().zip(reports) {
         let Some(reported) = reported else {
             continue;
         };
-        if stats
-            .get(address)
-            .is_some_and(|s| s.at_ms >= reported.at_ms)
-        {
+        let s = stats.entry(address.clone()).or_default();
+        if s.at_ms >= reported.at_ms {
             continue;
         }
-        let s = stats.entry(address.clone()).or_default();
+        if reported.at_ms.saturating_sub(s.scraped_ms) > stale_ms {
+            s.ttft = 0.0;
+            s.tpot = 0.0;
+        }
         s.kv = reported.report.kv.unwrap_or(s.kv);
         s.waiting = reported.report.waiting.unwrap_or(s.waiting);
         s.up = true;
@@ -354,5 +360,48 @@ fn prompt_hashes(
             cfg.prefix_max_blocks as usize,
         ),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_report::{LoadReport, Reported};
+    use crate::metrics::PodStats;
+
+    #[test]
+    fn a_pod_that_keeps_reporting_loses_its_frozen_latencies_once_its_scrape_is_stale() {
+        let pod = "10.0.0.1:8000".to_string();
+        let mut stats = Snapshot::new();
+        let mut scraped = PodStats::default();
+        scraped.update(
+            &crate::metrics::EngineGauges {
+                running: 3.0,
+                ttft: (2.0, 10.0),
+                tpot: (0.5, 100.0),
+                ..Default::default()
+            },
+            1_000,
+        );
+        stats.insert(pod.clone(), scraped);
+        let report = |at_ms, waiting| {
+            vec![Some(Reported {
+                at_ms,
+                report: LoadReport {
+                    kv: Some(0.5),
+                    waiting: Some(waiting),
+                },
+            })]
+        };
+        let endpoints = [pod.clone()];
+        // Within the stale window of the scrape: the report's queue, the scrape's latencies.
+        apply_load_reports(&mut stats, &endpoints, report(4_000, 2.0), 5_000);
+        let s = &stats[&pod];
+        assert_eq!((s.waiting, s.ttft, s.at_ms), (2.0, 0.2, 4_000));
+        // Reports keep coming, no scrape: past the window the latencies are unknown, not old.
+        apply_load_reports(&mut stats, &endpoints, report(7_000, 1.0), 5_000);
+        let s = &stats[&pod];
+        assert_eq!((s.waiting, s.ttft, s.tpot, s.at_ms), (1.0, 0.0, 0.0, 7_000));
+        assert_eq!(s.running, 3.0);
     }
 }
