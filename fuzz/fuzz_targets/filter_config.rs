@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 tpot: f64::from(b(1)) / 1000.0,
                 models: (b(2) & 1 == 1).then(|| ids.iter().take(2).cloned().collect()),
                 at_ms: NOW_MS - u64::from(b(4)) * 10,
-                scraped_ms: NOW_MS - u64::from(b(3)) * 40,
+                scraped_ms: NOW_MS.saturating_sub(u64::from(b(3)) * 40),
                 totals: [0.0; 4],
             };
             (t.address.clone(), s)
