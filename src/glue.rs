@@ -97,11 +97,13 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let seed = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let seed = crate::rng::vm_seed(
+            hostcalls::get_current_time()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        );
         match Router::from_json(&config, seed) {
             Ok(router) => {
                 log::info!(

@@ -1,5 +1,5 @@
 //! A tiny seeded PRNG (SplitMix64). Randomness is always passed in so every decision is
-//! reproducible in tests; the glue seeds it from the host's clock.
+//! reproducible in tests; the glue seeds it with [`vm_seed`].
 
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -23,9 +23,26 @@ impl Rng {
     }
 }
 
+/// A seed no other VM shares: `clock_ns` mixed with the randomness std draws from the host
+/// once per VM (WASI `random_get`, which Envoy serves from its own generator). The clock alone
+/// is not enough: Envoy's workers configured at the same instant read the same value, and two
+/// workers then drew the same SGLang bootstrap rooms and request ids (seen once in CI).
+pub fn vm_seed(clock_ns: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(clock_ns);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vms_configured_at_the_same_instant_get_different_seeds() {
+        let seeds: std::collections::HashSet<u64> = (0..64).map(|_| vm_seed(1_000)).collect();
+        assert_eq!(seeds.len(), 64);
+    }
 
     #[test]
     fn same_seed_same_sequence() {
