@@ -8,7 +8,7 @@
 //! recently used eighth is dropped at once (amortised O(1) per insert). At the default 50,000
 //! hashes that is about 50,000 x ([`ENTRY_BYTES`]) = ~2.4 MB per ModelServer per worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
 /// Pods remembered per block hash (most recent first).
@@ -114,7 +114,7 @@ pub struct PrefixIndex {
     evicted: u64,
     /// New (block hash, pod) facts since the last [`PrefixIndex::take_outbox`], for
     /// `prefix_sync` to share with the other workers.
-    outbox: Vec<(u64, u32)>,
+    outbox: VecDeque<(u64, u32)>,
     /// Per pod id (below [`MAX_COUNTED_POD`]): the blocks whose pods include it, i.e. how much
     /// of the index's picture of the KV caches that pod holds.
     held: Vec<u32>,
@@ -136,7 +136,7 @@ impl PrefixIndex {
             capacity: capacity.max(8),
             clock: 0,
             evicted: 0,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             held: Vec::new(),
         }
     }
@@ -179,9 +179,9 @@ impl PrefixIndex {
         for h in hashes {
             if self.touch(*h, pod) {
                 if self.outbox.len() >= OUTBOX_MAX {
-                    self.outbox.remove(0);
+                    self.outbox.pop_front();
                 }
-                self.outbox.push((*h, pod));
+                self.outbox.push_back((*h, pod));
             }
         }
         if self.entries.len() > self.capacity {
@@ -207,16 +207,15 @@ impl PrefixIndex {
 
     /// What this index learned since the last call.
     pub fn take_outbox(&mut self) -> Vec<(u64, u32)> {
-        std::mem::take(&mut self.outbox)
+        std::mem::take(&mut self.outbox).into()
     }
 
     /// Puts back news that could not be shared, before what was learned since (bounded).
-    pub fn insert_outbox(&mut self, mut news: Vec<(u64, u32)>) {
-        news.append(&mut self.outbox);
-        if news.len() > OUTBOX_MAX {
-            news.drain(..news.len() - OUTBOX_MAX);
-        }
-        self.outbox = news;
+    pub fn insert_outbox(&mut self, news: Vec<(u64, u32)>) {
+        let mut all = VecDeque::from(news);
+        all.append(&mut self.outbox);
+        all.drain(..all.len().saturating_sub(OUTBOX_MAX));
+        self.outbox = all;
     }
 
     /// How many blocks the index knows `pod` to hold: SGLang's "tree size", which sends a

@@ -307,7 +307,8 @@ impl Debits {
         self.running += 1;
     }
 
-    /// That request ended having produced `tokens`: owed to the budget under `key`.
+    /// That request ended having produced `tokens`: owed to the budget under `key`, and written
+    /// at once (with everything else owed) when it was the worker's last one running.
     pub fn ended(
         &mut self,
         host: &mut dyn Host,
@@ -317,16 +318,19 @@ impl Debits {
         now_ms: u64,
     ) {
         self.running = self.running.saturating_sub(1);
-        if tokens > 0 {
-            let owed = self
-                .pending
-                .entry(key.to_string())
-                .or_insert_with(|| (limit.clone(), 0));
-            owed.1 = owed.1.saturating_add(tokens);
+        if self.running > 0 {
+            if tokens > 0 {
+                let owed = self
+                    .pending
+                    .entry(key.to_string())
+                    .or_insert_with(|| (limit.clone(), 0));
+                owed.1 = owed.1.saturating_add(tokens);
+            }
+            return;
         }
-        if self.running == 0 {
-            self.flush(host, now_ms);
-        }
+        let owed = tokens.saturating_add(self.take(key));
+        debit(host, key, limit, owed, now_ms);
+        self.flush(host, now_ms);
     }
 
     /// What the budget under `key` is owed, handed over to the caller's write.
@@ -342,15 +346,21 @@ impl Debits {
     /// Writes every debit owed (the root tick, or the worker's last limited request ending).
     pub fn flush(&mut self, host: &mut dyn Host, now_ms: u64) {
         for (key, (limit, tokens)) in std::mem::take(&mut self.pending) {
-            let _ = draw(
-                host,
-                &key,
-                &limit,
-                &[(Direction::Output, Draw::Debit(tokens))],
-                now_ms,
-            );
+            debit(host, &key, &limit, tokens, now_ms);
         }
     }
+}
+
+/// Takes `tokens` from the output budget under `key`, into deficit if need be (nothing to
+/// write for 0).
+fn debit(host: &mut dyn Host, key: &str, limit: &RateLimit, tokens: u64, now_ms: u64) {
+    let _ = draw(
+        host,
+        key,
+        limit,
+        &[(Direction::Output, Draw::Debit(tokens))],
+        now_ms,
+    );
 }
 
 #[cfg(test)]

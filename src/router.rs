@@ -472,7 +472,6 @@ impl Router {
         self.prompt_cap
     }
 
-    /// Whether pods are picked by the scheduler (and metrics must be collected).
     /// Root tick: shares what this worker's prefix indexes learned with the other workers and
     /// takes what they learned ([`crate::prefix_sync`]).
     pub fn sync_prefixes(&mut self, host: &mut dyn crate::host::Host) {
@@ -491,6 +490,7 @@ impl Router {
             .fold((0, 0), |(n, e), p| (n + p.len() as u64, e + p.evicted()))
     }
 
+    /// Whether pods are picked by the scheduler (and metrics must be collected).
     pub fn scheduling(&self) -> bool {
         self.scheduling
     }

@@ -165,6 +165,18 @@ fn the_gateway_manifest_serves_the_seed_from_the_controllers_configmap() {
         1
     );
     assert!(!s.prometheus().contains("modelroute_ratelimit"));
+    // The filter counts each call it makes under the routed cluster: none.
+    for outcome in [
+        "ratelimit.ok",
+        "ratelimit.error",
+        "ratelimit.failure_mode_allowed",
+    ] {
+        assert!(
+            s.stats(outcome).iter().all(|(_, n)| *n == 0),
+            "the idle filter made a call: {:?}",
+            s.stats(outcome)
+        );
+    }
 }
 
 #[test]

@@ -126,6 +126,11 @@ fn the_gateway_manifest_enforces_global_budgets_from_its_configmap() {
         .is_ok_and(|t| t < 5.0));
     assert_eq!(s.pod_requests("a").len(), 2);
     assert!(s.stat("cluster.modelroute_ratelimit.upstream_rq_total") >= 3);
+    // Envoy's filter counts its verdicts under the routed cluster (what the idle filter's
+    // test looks for to prove it made no call).
+    let total = |name: &str| s.stats(name).iter().map(|(_, n)| n).sum::<u64>();
+    assert!(total("ratelimit.ok") >= 2, "{:?}", s.stats("ratelimit."));
+    assert!(total("ratelimit.over_limit") >= 1);
 }
 
 #[test]

@@ -620,16 +620,14 @@ pub fn gateway_manifest_bootstrap(
 ) -> String {
     let manifest = std::fs::read_to_string(root().join("deploy/envoy-gateway.yaml"))
         .expect("deploy/envoy-gateway.yaml");
-    let start = manifest
-        .find("  envoy.yaml: |\n")
-        .expect("the bootstrap ConfigMap");
-    let body = &manifest[start..];
-    let end = body.find("\n---").unwrap_or(body.len());
-    let mut yaml: String = body[..end]
-        .lines()
-        .skip(1)
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
-        .collect();
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&manifest).expect("deploy/envoy-gateway.yaml is YAML");
+    let mut yaml = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "modelroute-envoy-bootstrap")
+        .and_then(|d| d["data"]["envoy.yaml"].as_str())
+        .expect("the bootstrap ConfigMap")
+        .to_string();
     let edits = [
         (
             "address: 0.0.0.0, port_value: 8080".to_string(),

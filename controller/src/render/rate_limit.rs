@@ -72,7 +72,7 @@ fn filter_config() -> Value {
 }
 
 /// The filter without descriptors: it never calls the service (whose cluster need not
-/// exist) and costs a request next to nothing. What the ConfigMap target ships when no
+/// exist; the gateway manifest's e2e checks that it makes no call). What the ConfigMap target ships when no
 /// service is given, so the gateway's bootstrap can always name the filter.
 fn idle_filter_config() -> Value {
     json!({
