@@ -3,7 +3,11 @@
 deployment, measured with less noise than the load benchmark (one Envoy worker pinned to CPU
 0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
 
-usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old-wasm PATH] VARIANT...
+usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old-wasm PATH]
+                 [--fresh-prompts] VARIANT...
+
+--fresh-prompts: every request's prompt starts with a number of its own, so no pod has seen
+it (what one-off prompts cost the prefix index and its placement records).
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -45,6 +49,21 @@ def set_loggers(boot, keep):
     return boot[: line.start(2)] + json.dumps(loggers) + boot[line.end(2):]
 
 
+# wrk: the body with a request counter at the start of the first message's content.
+FRESH_LUA = """
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+local body = f:read("*a")
+f:close()
+local head, tail = body:match('^(.-"content": ")(.*)$')
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v1/chat/completions", {["Host"] = "bench", ["Content-Type"] = "application/json"},
+                    head .. n .. " " .. tail)
+end
+"""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -52,6 +71,7 @@ def main():
     ap.add_argument("--old-wasm")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (1: unloaded latency)")
     ap.add_argument("--pods", type=int, default=2, help="mock pods (1: every variant picks the same pod)")
+    ap.add_argument("--fresh-prompts", action="store_true", help="a prompt no pod has seen, every request")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="modelroute-ablate-")
@@ -122,7 +142,7 @@ def main():
             f.write(L.chat_body(1024))
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:
-            f.write(L.WRK_LUA)
+            f.write(FRESH_LUA if args.fresh_prompts else L.WRK_LUA)
         results = {n: [] for n in live}
         latencies = {n: [] for n in live}
         for _ in range(args.rounds):

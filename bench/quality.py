@@ -34,7 +34,9 @@ ROOT = L.ROOT
 SIM = ["--max-running", "4", "--sim-kv-blocks", "400", "--sim-prefill-us-per-block", "400",
        "--sim-decode-ms-per-token", "4"]
 # modelroute-tuned: the profile the README recommends for chat traffic.
-SCHEDULER_TUNED = os.path.join(ROOT, "examples", "scheduler", "cache-affinity.yaml")
+# MODELROUTE_TUNED_PROFILE: another profile to measure under this name.
+SCHEDULER_TUNED = (os.environ.get("MODELROUTE_TUNED_PROFILE")
+                   or os.path.join(ROOT, "examples", "scheduler", "cache-affinity.yaml"))
 ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "sglang-router", "vllm-router"]
 
 
@@ -49,16 +51,18 @@ def words(rng, n):
 
 
 def workload(seed, n, rate):
-    """[(arrival seconds, messages)]: seeded, the same for every router."""
+    """[(arrival seconds, messages, conversation)]: seeded, the same for every router;
+    conversation is (user, conversation number), None for a one-off prompt."""
     rng = random.Random(seed)
     systems = [words(rng, 500) for _ in range(4)]  # ~3.5 KB each
-    users = [{"system": rng.randrange(4), "history": []} for _ in range(48)]
+    users = [{"id": i, "system": rng.randrange(4), "history": [], "conversation": 0} for i in range(48)]
     out, t = [], 0.0
     for i in range(n):
         # Bursts: every 10 s, 2 s at three times the rate.
         burst = (t % 10.0) < 2.0
         t += rng.expovariate(rate * (3 if burst else 1))
         r = rng.random()
+        conversation = None
         if r < 0.1:
             msgs = [{"role": "user", "content": words(rng, 20)}]
         elif r < 0.2:
@@ -67,10 +71,12 @@ def workload(seed, n, rate):
             u = rng.choice(users)
             if len(u["history"]) >= 12:
                 u["history"] = []  # a new conversation
+                u["conversation"] += 1
+            conversation = (u["id"], u["conversation"])
             u["history"].append({"role": "user", "content": words(rng, 30)})
             msgs = [{"role": "system", "content": systems[u["system"]]}] + list(u["history"])
             u["history"].append({"role": "assistant", "content": words(rng, 20)})
-        out.append((t, msgs))
+        out.append((t, msgs, conversation))
     return out
 
 
@@ -87,14 +93,15 @@ def one_request(port, msgs):
         if r.status != 200:
             FAILURES.append((r.status, r.read()[:200]))
             return None
-        ttft = None
+        # The simulated engine names itself: which pod served it, whatever the router.
+        ttft, pod = None, r.getheader("x-mock-pod")
         while True:
             line = r.readline()
             if not line:
                 break
             if ttft is None and line.startswith(b"data:"):
                 ttft = time.monotonic() - start
-        return ttft, time.monotonic() - start
+        return ttft, time.monotonic() - start, pod
     except OSError as e:
         FAILURES.append((0, str(e).encode()))
         return None
@@ -115,7 +122,7 @@ def replay(port, trace, threads=96):
                 nxt[0] += 1
             if i >= len(trace):
                 return
-            at, msgs = trace[i]
+            at, msgs, _ = trace[i]
             delay = begin + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -183,6 +190,22 @@ def cache_stats(pods, pod_port):
     return out
 
 
+def conversation_moves(trace, results):
+    """The share of conversation turns served by another pod than the conversation's turn
+    before (its cached prefix left behind); None when the router hid the pods' names."""
+    last, turns, moved = {}, 0, 0
+    for (_, _, conversation), r in zip(trace, results):
+        if conversation is None or not r:
+            continue
+        if r[2] is None:
+            return None
+        if conversation in last:
+            turns += 1
+            moved += last[conversation] != r[2]
+        last[conversation] = r[2]
+    return round(moved / turns, 3) if turns else None
+
+
 def run_router(name, args, trace):
     """One router on freshly started (cold) engines: the trace replayed, one result row."""
     work = tempfile.mkdtemp(prefix=f"modelroute-quality-{name}-")
@@ -215,13 +238,14 @@ def run_router(name, args, trace):
             "cache_hit_rate": round(hits / max(1, sum(queries)), 3),
             # How unevenly the prompt work fell on the pods: the busiest pod's share over the mean.
             "pod_skew": round(max(queries) * len(queries) / max(1, sum(queries)), 2),
+            "conversation_moves": conversation_moves(trace, results),
             "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
             "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
             "throughput_rps": round(len(ok) / wall, 1)}
 
 
 METRICS = ["cache_hit_rate", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "throughput_rps",
-           "pod_skew"]
+           "pod_skew", "conversation_moves"]
 
 
 def summary(rows):
@@ -234,9 +258,9 @@ def summary(rows):
                 continue
             row = {"rate": rate, "router": name, "seeds": len(runs), "failed": sum(r["failed"] for r in runs)}
             for m in METRICS:
-                v = sorted(r[m] for r in runs)
-                row[m] = v[len(v) // 2]
-                row[m + "_range"] = [v[0], v[-1]]
+                v = sorted(r[m] for r in runs if r.get(m) is not None)
+                row[m] = v[len(v) // 2] if v else None
+                row[m + "_range"] = [v[0], v[-1]] if v else [None, None]
             out.append(row)
     return out
 
@@ -250,12 +274,15 @@ def markdown(args, table, command):
     for rate in sorted({r["rate"] for r in table}):
         lines += [f"## {rate:g} requests a second (bursts at three times that)", "",
                   "| router | cache hit rate | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | req/s | "
-                  "busiest pod / mean | failed |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "busiest pod / mean | conversation turns moved | failed |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in table if r["rate"] == rate):
             cells = []
             for m in METRICS:
                 lo, hi = r[m + "_range"]
+                if r[m] is None:
+                    cells.append("-")
+                    continue
                 cells.append(f"{r[m]:g}" + (f" [{lo:g}, {hi:g}]" if r["seeds"] > 1 else ""))
             lines.append(f"| {r['router']} | " + " | ".join(cells) + f" | {r['failed']} |")
         lines.append("")

@@ -13,7 +13,7 @@ use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
-use modelroute::router::{no_in_flight, no_load_reports, Request, Router};
+use modelroute::router::{no_in_flight, no_load_reports, no_placements, Request, Router};
 use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate};
 
@@ -164,6 +164,7 @@ fn decide(c: &mut Criterion) {
                     prompt: &p,
                     in_flight: &no_in_flight,
                     load_reports: &no_load_reports,
+                    placements: &no_placements,
                     now_ms: 0,
                 })
                 .map(|d| d.endpoints.len())
@@ -269,6 +270,7 @@ fn route_lookup(c: &mut Criterion) {
                             prompt: &[],
                             in_flight: &no_in_flight,
                             load_reports: &no_load_reports,
+                            placements: &no_placements,
                             now_ms: 0,
                         })
                         .map(|d| d.server)

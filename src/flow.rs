@@ -294,6 +294,7 @@ impl Flow {
             prompt: &prompt,
             in_flight: &counts,
             load_reports: &reports,
+            placements: &|key: &str| host.shared_get(key).0,
             now_ms,
         });
         drop(prompt);
@@ -309,6 +310,10 @@ impl Flow {
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
         self.acct.prefix_match = decision.prefix_match;
+        if let Some((key, record)) = &decision.placement {
+            // Last writer wins: a placement is a hint, not a count.
+            host.shared_set(key, record, None);
+        }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
         let stream_options =

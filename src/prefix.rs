@@ -149,6 +149,11 @@ impl PrefixIndex {
         self.entries.is_empty()
     }
 
+    /// Whether some pod served a prompt starting with block hash `h`.
+    pub fn knows(&self, h: u64) -> bool {
+        self.entries.contains_key(&h)
+    }
+
     /// For each pod id in `pods`, how many leading blocks of `hashes` it has served.
     pub fn matches(&self, hashes: &[u64], pods: &[u32]) -> Vec<usize> {
         let mut matched = vec![0usize; pods.len()];

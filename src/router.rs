@@ -178,6 +178,9 @@ pub struct Decision {
     /// With the prefix-cache plugin: the share of the prompt's blocks the chosen pod had
     /// served (Kthena's `prefix_cache_match_ratio`), in thousandths.
     pub prefix_match: Option<u16>,
+    /// A prompt this worker's prefix index had never seen was placed: the shared-data key and
+    /// value of its placement record, for the flow to publish at once.
+    pub placement: Option<(String, Vec<u8>)>,
 }
 
 /// What the router needs to know about a request.
@@ -193,6 +196,9 @@ pub struct Request<'a> {
     pub in_flight: &'a dyn Fn(&str, usize) -> Vec<u32>,
     /// The pods' latest in-band load reports, from all workers (by load key).
     pub load_reports: &'a dyn Fn(&str, usize) -> Vec<Option<crate::load_report::Reported>>,
+    /// A shared-data value by key: the workers' placement records of new prefixes
+    /// ([`crate::prefix_sync::claim_key`]).
+    pub placements: &'a dyn Fn(&str) -> Option<Vec<u8>>,
     /// Host clock, for metrics freshness.
     pub now_ms: u64,
 }
@@ -200,6 +206,11 @@ pub struct Request<'a> {
 /// A no-op in-flight source (tests, or no shared state).
 pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
     vec![0; n]
+}
+
+/// A no-op placement-record source (tests, or no shared state).
+pub fn no_placements(_: &str) -> Option<Vec<u8>> {
+    None
 }
 
 /// A no-op load-report source (tests, or no shared state).

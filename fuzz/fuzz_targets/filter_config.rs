@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use modelroute::metrics::{PodStats, Snapshot};
-use modelroute::router::{no_load_reports, Request, Router};
+use modelroute::router::{no_load_reports, no_placements, Request, Router};
 use modelroute_fuzz::{must_parse, parts};
 use serde_json::Value;
 
@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
             prompt,
             in_flight: &in_flight,
             load_reports: &no_load_reports,
+            placements: &no_placements,
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

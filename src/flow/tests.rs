@@ -460,3 +460,56 @@ fn a_pods_in_band_load_report_steers_the_next_pick_on_every_worker() {
         assert_ne!(first_pod(&h2), reported);
     }
 }
+
+#[test]
+fn a_new_prefix_one_worker_placed_is_followed_by_another_before_their_indexes_sync() {
+    // Two Envoy workers: each its own router and prefix index, one shared store. A system
+    // prompt's first two conversations arrive together, one on each worker, within one tick
+    // of the journal. The second worker learns where the first went from its placement
+    // record; without it, the in-flight tie-break sent it to the other pod, the prompt was
+    // cached on both, and its conversations drifted between them (bench/QUALITY.md).
+    let mut cfg = router_config();
+    cfg.settings.scheduler = filter_config::Scheduler {
+        filters: vec![],
+        scores: vec![
+            filter_config::WeightedPlugin {
+                name: filter_config::Plugin::PrefixCache,
+                weight: 3,
+            },
+            filter_config::WeightedPlugin {
+                name: filter_config::Plugin::LeastRequest,
+                weight: 1,
+            },
+        ],
+        ..filter_config::Scheduler::default()
+    };
+    let mut workers = [
+        (
+            Router::compile(cfg.clone(), 1).unwrap(),
+            InFlight::default(),
+        ),
+        (Router::compile(cfg, 2).unwrap(), InFlight::default()),
+    ];
+    let mut shared = std::collections::HashMap::new();
+    let mut route = |worker: usize, system: &str, user: &str| {
+        let body = format!(
+            r#"{{"model":"deepseek-simple","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{user}"}}]}}"#
+        );
+        let mut h = FakeHost::post("/v1/chat/completions", &body, &[]);
+        h.shared = std::mem::take(&mut shared);
+        let (r, in_flight) = &mut workers[worker];
+        let mut f = Flow::new();
+        f.on_request_headers(Some(r), &mut h, false);
+        f.on_request_body(Some(r), &mut h, in_flight, body.len(), true);
+        shared = std::mem::take(&mut h.shared);
+        assert_eq!(h.reply, None);
+        let endpoints = h.get("x-gateway-destination-endpoint").unwrap();
+        endpoints.split(',').next().unwrap().to_string()
+    };
+    let system = "You are a careful assistant who answers briefly. ".repeat(12);
+    let first = route(0, &system, "hello");
+    assert_eq!(route(1, &system, "good morning"), first);
+    // A prompt nobody placed is not pulled along: it goes to the idle pod.
+    let other = "Translate everything the user says into French. ".repeat(12);
+    assert_ne!(route(1, &other, "hello"), first);
+}

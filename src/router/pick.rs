@@ -9,6 +9,7 @@
 use super::{Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, Target};
 use crate::metrics::Snapshot;
 use crate::prefix::{block_hashes, PrefixIndex};
+use crate::prefix_sync;
 use crate::rng::Rng;
 use crate::scheduler::{self, Ask, Candidate, Unschedulable};
 
@@ -55,6 +56,7 @@ impl Router {
         }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
+        let new_prompt = learn_placement(server, &hashes, req);
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
@@ -85,18 +87,46 @@ impl Router {
             (ranked, pairs)
         };
         let mut prefix_match = None;
+        let mut placement = None;
         if let (Some(index), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
             if !hashes.is_empty() {
                 prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
             }
             index.insert(&hashes, *best);
+            placement =
+                new_prompt.map(|key| (key, prefix_sync::encode_claim(&hashes, *best, req.now_ms)));
         }
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
-        Ok(decision(target, endpoints, pairs, pod_index, prefix_match))
+        let mut d = decision(target, endpoints, pairs, pod_index, prefix_match);
+        d.placement = placement;
+        Ok(d)
+    }
+}
+
+/// For a prompt whose first block the server's prefix index has never seen: what another
+/// worker placed a moment ago under that block ([`prefix_sync`]'s placement records), learned
+/// as if the journal had brought it, so both workers' picks agree; when nobody did, the key
+/// to publish this worker's placement under. None for a prompt the index knows.
+fn learn_placement(server: &mut Server, hashes: &[u64], req: &Request<'_>) -> Option<String> {
+    let (index, first) = (server.prefix.as_mut()?, *hashes.first()?);
+    if index.knows(first) {
+        return None;
+    }
+    let key = prefix_sync::claim_key(&server.prefix_journal, first);
+    let placed = (req.placements)(&key).and_then(|record| {
+        prefix_sync::decode_claim(&record, first, server.endpoints.len(), req.now_ms)
+    });
+    match placed {
+        Some((pod, placed)) => {
+            let learned: Vec<(u64, u32)> = placed.into_iter().map(|h| (h, pod)).collect();
+            index.insert_shared(&learned);
+            None
+        }
+        None => Some(key),
     }
 }
 
@@ -115,6 +145,7 @@ fn decision(
         pairs,
         pod_index,
         prefix_match,
+        placement: None,
     }
 }
 

@@ -101,6 +101,7 @@ fn decide(
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
+        placements: &no_placements,
         now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
@@ -256,6 +257,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
+        placements: &no_placements,
         now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
@@ -267,6 +269,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
+        placements: &no_placements,
         now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();
