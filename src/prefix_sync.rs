@@ -11,8 +11,8 @@
 //! that fell more than a ring behind skips what was overwritten (its index just knows less).
 //!
 //! One thing cannot wait for a tick: where a prompt no index knew was placed. Those
-//! placements are also published at once, as placement records ([`claim_key`]), and read
-//! before placing a prompt the reader's index does not know.
+//! placements are also published at once, as placement records ([`encode_placement`] under
+//! [`placement_key`]), and read before placing a prompt the reader's index does not know.
 
 use crate::host::Host;
 use crate::prefix::PrefixIndex;
@@ -130,31 +130,33 @@ fn records(journal: &[u8], from: u64, to: u64) -> Vec<(u64, u32)> {
         .collect()
 }
 
-/// Placements: a tick is long enough for two workers to place the same new prefix (a system
-/// prompt's first conversations, arriving in one burst) on two pods, whose caches then both
-/// hold it and whose conversations drift between them with the load (bench/QUALITY.md). So a
-/// worker that places a prompt its index has never seen publishes the placement at once, in a
-/// small record of its own ([`claim_key`]: the prompt's block hashes and the pod), and a
-/// worker about to place a prompt it has never seen first reads the record for that first
-/// block. Prompts the index knows cost nothing; a new one, one read and one write.
-pub const CLAIM_SLOTS: u64 = 256;
+// Placements. A tick is long enough for two workers to place the same new prefix (a system
+// prompt's first conversations, arriving in one burst) on two pods, whose caches then both hold
+// it and whose conversations drift between them with the load (bench/QUALITY.md, item 4). So a
+// worker that places a prompt its index has never seen publishes the placement at once, in a
+// small record of its own (the prompt's block hashes and the pod), and a worker about to place
+// a prompt it has never seen first reads the record under that prompt's first block. Prompts
+// the index knows cost nothing; a new one, one read and one write.
+
+/// Keys the placement records of one journal are spread over.
+pub const PLACEMENT_SLOTS: u64 = 256;
 /// Blocks a placement record carries at most (8 bytes each).
-pub const CLAIM_MAX_BLOCKS: usize = 256;
+pub const PLACEMENT_MAX_BLOCKS: usize = 256;
 /// After this the journal has shared the placement: the record is ignored.
-pub const CLAIM_FRESH_MS: u64 = 1_000;
-const CLAIM_HEADER: usize = 16;
+pub const PLACEMENT_FRESH_MS: u64 = 1_000;
+const PLACEMENT_HEADER: usize = 16;
 
 /// The key of the placement record for prompts whose first block hash is `first`, in the
 /// journal `journal` (records of distinct prompts may share a key: the newest wins).
-pub fn claim_key(journal: &str, first: u64) -> String {
-    format!("{journal}.claim.{}", first % CLAIM_SLOTS)
+pub fn placement_key(journal: &str, first: u64) -> String {
+    format!("{journal}.placed.{}", first % PLACEMENT_SLOTS)
 }
 
 /// The placement record of a prompt with block hashes `hashes` on `pod`, at `now_ms`:
 /// `at_ms (u64) | pod (u32) | 0u32 | hashes (u64 each)`.
-pub fn encode_claim(hashes: &[u64], pod: u32, now_ms: u64) -> Vec<u8> {
-    let hashes = hashes.get(..CLAIM_MAX_BLOCKS).unwrap_or(hashes);
-    let mut out = Vec::with_capacity(CLAIM_HEADER + hashes.len() * 8);
+pub fn encode_placement(hashes: &[u64], pod: u32, now_ms: u64) -> Vec<u8> {
+    let hashes = hashes.get(..PLACEMENT_MAX_BLOCKS).unwrap_or(hashes);
+    let mut out = Vec::with_capacity(PLACEMENT_HEADER + hashes.len() * 8);
     out.extend(now_ms.to_le_bytes());
     out.extend(pod.to_le_bytes());
     out.extend([0; 4]);
@@ -165,21 +167,27 @@ pub fn encode_claim(hashes: &[u64], pod: u32, now_ms: u64) -> Vec<u8> {
 }
 
 /// The (pod, block hashes) a record holds for a prompt whose first block hash is `first`:
-/// None when the record is another prompt's, older than [`CLAIM_FRESH_MS`], names a pod at or
+/// None when the record is another prompt's, older than [`PLACEMENT_FRESH_MS`], names a pod at or
 /// beyond `pods`, or is not a record.
-pub fn decode_claim(bytes: &[u8], first: u64, pods: usize, now_ms: u64) -> Option<(u32, Vec<u64>)> {
+pub fn decode_placement(
+    bytes: &[u8],
+    first: u64,
+    pods: usize,
+    now_ms: u64,
+) -> Option<(u32, Vec<u64>)> {
     let at = read_u64(bytes, 0);
     let pod = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
-    let body = bytes.get(CLAIM_HEADER..)?;
+    let body = bytes.get(PLACEMENT_HEADER..)?;
     if read_u64(body, 0) != first
         || body.len() % 8 != 0
-        || now_ms.saturating_sub(at) > CLAIM_FRESH_MS
+        || now_ms.saturating_sub(at) > PLACEMENT_FRESH_MS
         || pod as usize >= pods
     {
         return None;
     }
     let hashes = body
         .chunks_exact(8)
+        .take(PLACEMENT_MAX_BLOCKS)
         .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
         .collect();
     Some((pod, hashes))
@@ -264,31 +272,31 @@ mod tests {
     #[test]
     fn a_placement_record_is_read_back_only_for_its_prompt_while_fresh() {
         let hashes = block_hashes("m", &[b'x'; 640], 64, 128);
-        let record = encode_claim(&hashes, 2, 10_000);
+        let record = encode_placement(&hashes, 2, 10_000);
         assert_eq!(
-            decode_claim(&record, hashes[0], 4, 10_500),
+            decode_placement(&record, hashes[0], 4, 10_500),
             Some((2, hashes.clone()))
         );
         assert_eq!(
-            decode_claim(&record, hashes[0] ^ 1, 4, 10_500),
+            decode_placement(&record, hashes[0] ^ 1, 4, 10_500),
             None,
             "another prompt"
         );
         assert_eq!(
-            decode_claim(&record, hashes[0], 4, 10_000 + CLAIM_FRESH_MS + 1),
+            decode_placement(&record, hashes[0], 4, 10_000 + PLACEMENT_FRESH_MS + 1),
             None,
             "the journal has it by now"
         );
         assert_eq!(
-            decode_claim(&record, hashes[0], 2, 10_500),
+            decode_placement(&record, hashes[0], 2, 10_500),
             None,
             "no such pod"
         );
         let long = block_hashes("m", &[b'y'; 64 * 400], 64, 400);
-        let capped = decode_claim(&encode_claim(&long, 0, 0), long[0], 1, 0).unwrap();
-        assert_eq!(capped.1.len(), CLAIM_MAX_BLOCKS);
+        let capped = decode_placement(&encode_placement(&long, 0, 0), long[0], 1, 0).unwrap();
+        assert_eq!(capped.1.len(), PLACEMENT_MAX_BLOCKS);
         for garbled in [&record[..20], &record[..3], &[][..], &[0xff; 17][..]] {
-            assert_eq!(decode_claim(garbled, hashes[0], 4, 10_500), None);
+            assert_eq!(decode_placement(garbled, hashes[0], 4, 10_500), None);
         }
     }
 }

@@ -197,7 +197,7 @@ pub struct Request<'a> {
     /// The pods' latest in-band load reports, from all workers (by load key).
     pub load_reports: &'a dyn Fn(&str, usize) -> Vec<Option<crate::load_report::Reported>>,
     /// A shared-data value by key: the workers' placement records of new prefixes
-    /// ([`crate::prefix_sync::claim_key`]).
+    /// ([`crate::prefix_sync::placement_key`]).
     pub placements: &'a dyn Fn(&str) -> Option<Vec<u8>>,
     /// Host clock, for metrics freshness.
     pub now_ms: u64,

@@ -93,8 +93,12 @@ impl Router {
                 prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
             }
             index.insert(&hashes, *best);
-            placement =
-                new_prompt.map(|key| (key, prefix_sync::encode_claim(&hashes, *best, req.now_ms)));
+            placement = new_prompt.map(|key| {
+                (
+                    key,
+                    prefix_sync::encode_placement(&hashes, *best, req.now_ms),
+                )
+            });
         }
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
@@ -116,9 +120,9 @@ fn learn_placement(server: &mut Server, hashes: &[u64], req: &Request<'_>) -> Op
     if index.knows(first) {
         return None;
     }
-    let key = prefix_sync::claim_key(&server.prefix_journal, first);
+    let key = prefix_sync::placement_key(&server.prefix_journal, first);
     let placed = (req.placements)(&key).and_then(|record| {
-        prefix_sync::decode_claim(&record, first, server.endpoints.len(), req.now_ms)
+        prefix_sync::decode_placement(&record, first, server.endpoints.len(), req.now_ms)
     });
     match placed {
         Some((pod, placed)) => {
