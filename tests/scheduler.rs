@@ -243,3 +243,65 @@ fn a_pod_killed_under_load_is_skipped_without_client_errors() {
         "the dead pod was noticed"
     );
 }
+
+/// Connections each Envoy worker has accepted so far.
+fn connections_per_worker(s: &Stack) -> [u64; 2] {
+    let mut out = [0; 2];
+    for (name, v) in s.stats(r"worker_[01]\.downstream_cx_total$") {
+        if name.starts_with("listener.") {
+            out[usize::from(name.contains("worker_1."))] += v;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_new_system_prompts_first_requests_on_both_workers_meet_on_one_pod() {
+    // Each Envoy worker keeps its own prefix index, in step with the other's every 25 ms. A
+    // new system prompt's first conversations, spread over both workers within that time,
+    // still go to one pod (placement records), where each worker alone would have sent its
+    // first one to the pod with fewer requests in flight and cached the prompt on two.
+    let s = Arc::new(start(
+        pods(3),
+        scheduler(&[], &[("prefix-cache", 3), ("least-request", 1)]),
+    ));
+    for attempt in 0..5 {
+        let system = format!(
+            "Attempt {attempt}. You are the support assistant of a bicycle shop; be precise. "
+        )
+        .repeat(30);
+        let before = connections_per_worker(&s);
+        // A few ms apart (well within a tick), each held by its pod for 300 ms.
+        let sent: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, system) = (s.clone(), system.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(3 * i));
+                    let body = serde_json::json!({
+                        "model": "pool",
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": format!("question {i}")},
+                        ],
+                        "max_tokens": 2,
+                    });
+                    let r = s.post(
+                        "/v1/chat/completions",
+                        &body.to_string(),
+                        &[("x-mock-delay-ms", "300")],
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    r.pod()
+                })
+            })
+            .collect();
+        let pods: Vec<String> = sent.into_iter().map(|t| t.join().unwrap()).collect();
+        let after = connections_per_worker(&s);
+        if after[0] == before[0] || after[1] == before[1] {
+            continue; // the kernel gave every connection to one worker: nothing was shown
+        }
+        assert!(pods.iter().all(|p| *p == pods[0]), "{pods:?}");
+        return;
+    }
+    panic!("five rounds of 8 connections never reached both workers");
+}
