@@ -55,6 +55,7 @@ local f = io.open(os.getenv("BENCH_BODY"), "rb")
 local body = f:read("*a")
 f:close()
 local head, tail = body:match('^(.-"content": ")(.*)$')
+assert(head, "the body has no content member")
 local n = 0
 request = function()
   n = n + 1

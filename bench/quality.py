@@ -16,6 +16,8 @@ short and long prompts, Poisson arrivals with bursts; streamed chat completions.
 time to the first SSE event at the client.
 """
 import argparse
+import collections
+import hashlib
 import http.client
 import json
 import os
@@ -190,6 +192,42 @@ def cache_stats(pods, pod_port):
     return out
 
 
+ORACLE = "oracle: exact caches, no load"
+
+
+def oracle_hit_rate(trace, pods, kv_blocks):
+    """The cache hit rate of a reference that is not a router: each prompt, in arrival order,
+    goes to the pod whose simulated cache holds most of it (ties: fewest prompts so far),
+    knowing every cache exactly (as mock-llm's simulation: `role\ncontent\n` text, 64-byte
+    chained blocks, LRU of `kv_blocks` per pod) and ignoring time and load. A greedy
+    reference for what cache-aware placement can win on this trace, not a bound: a router
+    may place differently and do a little better."""
+    caches = [collections.OrderedDict() for _ in range(pods)]
+    placed = [0] * pods
+    hits = queries = 0
+    for _, msgs, _ in trace:
+        text = "".join(f"{m['role']}\n{m['content']}\n" for m in msgs).encode()
+        blocks, h = [], b""
+        for i in range(0, len(text), 64):
+            h = hashlib.blake2b(h + text[i:i + 64], digest_size=8).digest()
+            blocks.append(h)
+        cached = []
+        for c in caches:
+            n = 0
+            while n < len(blocks) and blocks[n] in c:
+                n += 1
+            cached.append(n)
+        best = max(range(pods), key=lambda p: (cached[p], -placed[p]))
+        hits, queries, placed[best] = hits + cached[best], queries + len(blocks), placed[best] + 1
+        cache = caches[best]
+        for b in blocks:
+            cache[b] = True
+            cache.move_to_end(b)
+        while len(cache) > kv_blocks:
+            cache.popitem(last=False)
+    return round(hits / max(1, queries), 3)
+
+
 def conversation_moves(trace, results):
     """The share of conversation turns served by another pod than the conversation's turn
     before (its cached prefix left behind); None when the router hid the pods' names."""
@@ -315,13 +353,18 @@ def main():
                     row.update(rate=rate, seed=seed)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
+            kv_blocks = int(SIM[SIM.index("--sim-kv-blocks") + 1])
+            rows.append({"router": ORACLE, "rate": rate, "seed": seed, "failed": 0,
+                         **{m: None for m in METRICS},
+                         "cache_hit_rate": oracle_hit_rate(trace, args.pods, kv_blocks)})
     table = summary(rows)
     command = "python3 bench/quality.py" + " ".join([""] + sys.argv[1:])
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"args": vars(args), "sim": SIM, "results": rows, "summary": table}, f, indent=1)
     with open(os.path.join(args.out, "quality-results.md"), "w") as f:
         f.write(markdown(args, table, command))
-    write_svg(os.path.join(args.out, "quality.svg"), [r for r in table if r["rate"] == table[0]["rate"]])
+    write_svg(os.path.join(args.out, "quality.svg"),
+              [r for r in table if r["rate"] == table[0]["rate"] and r["router"] != ORACLE])
     print(markdown(args, table, command))
 
 

@@ -310,7 +310,7 @@ impl Flow {
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
         self.acct.prefix_match = decision.prefix_match;
-        if let Some((key, record)) = &decision.placement {
+        if let Some((key, record)) = &decision.placement_record {
             // Last writer wins: a placement is a hint, not a count.
             host.shared_set(key, record, None);
         }

@@ -3,16 +3,16 @@
 //! be unknown to another (measured: a third of the prefix-cache hits lost with two workers,
 //! bench/QUALITY.md). On each root tick every worker appends what its index learned since
 //! (block hash, pod) to a journal in shared data, one per ModelServer, and applies what the
-//! others appended: the indexes agree within a tick, with no shared-data access on the
-//! request path.
+//! others appended: the indexes agree within a tick, with no journal access on the request
+//! path.
 //!
 //! The journal is a ring of [`RECORDS`] records behind a sequence number: `next_seq (u64) |
 //! RECORDS x (block hash u64, pod u32, 0u32)`, record `seq` at slot `seq % RECORDS`. A worker
 //! that fell more than a ring behind skips what was overwritten (its index just knows less).
 //!
-//! One thing cannot wait for a tick: where a prompt no index knew was placed. Those
-//! placements are also published at once, as placement records ([`encode_placement`] under
-//! [`placement_key`]), and read before placing a prompt the reader's index does not know.
+//! One thing cannot wait for a tick: where a new prompt was placed. Those placements are also
+//! published at once, as placement records ([`encode_placement`] under [`placement_key`]),
+//! and read before placing a prompt the reader's index hardly knows.
 
 use crate::host::Host;
 use crate::prefix::PrefixIndex;
@@ -133,64 +133,90 @@ fn records(journal: &[u8], from: u64, to: u64) -> Vec<(u64, u32)> {
 // Placements. A tick is long enough for two workers to place the same new prefix (a system
 // prompt's first conversations, arriving in one burst) on two pods, whose caches then both hold
 // it and whose conversations drift between them with the load (bench/QUALITY.md, item 4). So a
-// worker that places a prompt its index has never seen publishes the placement at once, in a
-// small record of its own (the prompt's block hashes and the pod), and a worker about to place
-// a prompt it has never seen first reads the record under that prompt's first block. Prompts
-// the index knows cost nothing; a new one, one read and one write.
+// worker that places a new prompt (its index knows less than [`NEW_PROMPT_KNOWN`] of its
+// blocks: a one-off, or a new system prompt, whatever opening it shares with others) publishes
+// the placement at once, in a placement record (the prompt's block hashes and the pod) keyed
+// by the prompt's first block the index does not know; a worker about to place a new prompt
+// first reads the record under that block. Prompts mostly known (a conversation's next turn)
+// cost nothing; a new one, one read, and one write when no record answered.
 
-/// Keys the placement records of one journal are spread over.
-pub const PLACEMENT_SLOTS: u64 = 256;
+/// A prompt is new when its index knows less than this share of its blocks (half: the
+/// block in the middle says, one lookup, since a prompt's blocks are learned together).
+pub const NEW_PROMPT_KNOWN: f64 = 0.5;
+/// Keys the placement records of one server are spread over (reused, so bounded: the records
+/// of one server take at most this many keys, whatever its pod lists were).
+pub const PLACEMENT_SLOTS: u64 = 64;
 /// Blocks a placement record carries at most (8 bytes each).
 pub const PLACEMENT_MAX_BLOCKS: usize = 256;
 /// After this the journal has shared the placement: the record is ignored.
 pub const PLACEMENT_FRESH_MS: u64 = 1_000;
 const PLACEMENT_HEADER: usize = 16;
 
-/// The key of the placement record for prompts whose first block hash is `first`, in the
-/// journal `journal` (records of distinct prompts may share a key: the newest wins).
-pub fn placement_key(journal: &str, first: u64) -> String {
-    format!("{journal}.placed.{}", first % PLACEMENT_SLOTS)
+/// The leading blocks of `hashes` the index knows, when that makes the prompt new
+/// ([`NEW_PROMPT_KNOWN`]); None for a prompt mostly known.
+pub fn new_prompt_known_blocks(index: &PrefixIndex, hashes: &[u64]) -> Option<usize> {
+    // Chained hashes: knowing a block means knowing every block before it. So whether half
+    // is known is one lookup, and only a new prompt is walked (at most half its blocks).
+    let half = (NEW_PROMPT_KNOWN * hashes.len() as f64).ceil() as usize;
+    if index.knows(*hashes.get(half.checked_sub(1)?)?) {
+        return None;
+    }
+    Some(hashes.iter().take_while(|h| index.knows(**h)).count())
 }
 
-/// The placement record of a prompt with block hashes `hashes` on `pod`, at `now_ms`:
-/// `at_ms (u64) | pod (u32) | 0u32 | hashes (u64 each)`.
-pub fn encode_placement(hashes: &[u64], pod: u32, now_ms: u64) -> Vec<u8> {
+/// The key of the placement record for prompts whose first block unknown to the index has
+/// the chained hash `block`, among the records of the server with Envoy cluster `cluster`
+/// (records of distinct prompts may share a key: the newest wins).
+pub fn placement_key(cluster: &str, block: u64) -> String {
+    format!("modelroute.placed.{cluster}.{}", block % PLACEMENT_SLOTS)
+}
+
+/// The placement record of a prompt with block hashes `hashes` on `pod` of the pod list
+/// `pod_list` (an id of the server's endpoint list), at `now_ms`:
+/// `at_ms (u64) | pod (u32) | pod_list (u32) | hashes (u64 each)`.
+pub fn encode_placement(hashes: &[u64], pod: u32, pod_list: u32, now_ms: u64) -> Vec<u8> {
     let hashes = hashes.get(..PLACEMENT_MAX_BLOCKS).unwrap_or(hashes);
     let mut out = Vec::with_capacity(PLACEMENT_HEADER + hashes.len() * 8);
     out.extend(now_ms.to_le_bytes());
     out.extend(pod.to_le_bytes());
-    out.extend([0; 4]);
+    out.extend(pod_list.to_le_bytes());
     for h in hashes {
         out.extend(h.to_le_bytes());
     }
     out
 }
 
-/// The (pod, block hashes) a record holds for a prompt whose first block hash is `first`:
-/// None when the record is another prompt's, older than [`PLACEMENT_FRESH_MS`], names a pod at or
-/// beyond `pods`, or is not a record.
+/// The (pod, block hashes) a record holds for a prompt with block hashes `hashes` whose
+/// first `known` blocks the reader's index knows: None unless the record's prompt has the
+/// same first `known + 1` blocks (chained hashes: the same block `known`), was placed on this
+/// pod list (`pod_list`, `pods` pods) and within [`PLACEMENT_FRESH_MS`] of `now_ms`, and is
+/// a record at all.
 pub fn decode_placement(
     bytes: &[u8],
-    first: u64,
-    pods: usize,
+    hashes: &[u64],
+    known: usize,
+    (pod_list, pods): (u32, usize),
     now_ms: u64,
 ) -> Option<(u32, Vec<u64>)> {
     let at = read_u64(bytes, 0);
     let pod = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+    let list = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
     let body = bytes.get(PLACEMENT_HEADER..)?;
-    if read_u64(body, 0) != first
+    let at_block = known.checked_mul(8)?;
+    if read_u64(body, at_block) != *hashes.get(known)?
         || body.len() % 8 != 0
-        || now_ms.saturating_sub(at) > PLACEMENT_FRESH_MS
+        || body.len() / 8 > PLACEMENT_MAX_BLOCKS
+        || now_ms.abs_diff(at) > PLACEMENT_FRESH_MS
+        || list != pod_list
         || pod as usize >= pods
     {
         return None;
     }
-    let hashes = body
+    let placed = body
         .chunks_exact(8)
-        .take(PLACEMENT_MAX_BLOCKS)
         .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
         .collect();
-    Some((pod, hashes))
+    Some((pod, placed))
 }
 
 #[cfg(test)]
@@ -270,33 +296,68 @@ mod tests {
     }
 
     #[test]
-    fn a_placement_record_is_read_back_only_for_its_prompt_while_fresh() {
-        let hashes = block_hashes("m", &[b'x'; 640], 64, 128);
-        let record = encode_placement(&hashes, 2, 10_000);
+    fn a_placement_record_answers_prompts_that_share_its_blocks_up_to_the_first_unknown_one() {
+        // Two prompts with a common opening (three blocks every index knows), then apart.
+        let opening = [b'o'; 192];
+        let prompt = |tail: u8| [&opening[..], &[tail; 448]].concat();
+        let (a, b) = (
+            block_hashes("m", &prompt(b'a'), 64, 128),
+            block_hashes("m", &prompt(b'b'), 64, 128),
+        );
+        let record = encode_placement(&a, 2, 7, 10_000);
+        let read = |hashes: &[u64], known, list, pods, now| {
+            decode_placement(&record, hashes, known, (list, pods), now)
+        };
+        assert_eq!(read(&a, 0, 7, 4, 10_500), Some((2, a.clone())));
         assert_eq!(
-            decode_placement(&record, hashes[0], 4, 10_500),
-            Some((2, hashes.clone()))
+            read(&a, 3, 7, 4, 9_500),
+            Some((2, a.clone())),
+            "known up to the opening"
         );
         assert_eq!(
-            decode_placement(&record, hashes[0] ^ 1, 4, 10_500),
+            read(&b, 3, 7, 4, 10_500),
             None,
-            "another prompt"
+            "another prompt from block 3 on"
         );
+        assert_eq!(read(&a, 3, 8, 4, 10_500), None, "another pod list");
+        assert_eq!(read(&a, 3, 7, 2, 10_500), None, "no such pod");
+        let late = 10_000 + PLACEMENT_FRESH_MS + 1;
+        assert_eq!(read(&a, 3, 7, 4, late), None, "the journal has it by now");
         assert_eq!(
-            decode_placement(&record, hashes[0], 4, 10_000 + PLACEMENT_FRESH_MS + 1),
+            read(&a, 3, 7, 4, 10_000 - PLACEMENT_FRESH_MS - 1),
             None,
-            "the journal has it by now"
+            "the clock stepped back"
         );
-        assert_eq!(
-            decode_placement(&record, hashes[0], 2, 10_500),
-            None,
-            "no such pod"
-        );
+        assert_eq!(read(&a, a.len(), 7, 4, 10_500), None, "nothing unknown");
         let long = block_hashes("m", &[b'y'; 64 * 400], 64, 400);
-        let capped = decode_placement(&encode_placement(&long, 0, 0), long[0], 1, 0).unwrap();
-        assert_eq!(capped.1.len(), PLACEMENT_MAX_BLOCKS);
+        let capped = decode_placement(&encode_placement(&long, 0, 0, 0), &long, 0, (0, 1), 0);
+        assert_eq!(capped.map(|(_, h)| h.len()), Some(PLACEMENT_MAX_BLOCKS));
         for garbled in [&record[..20], &record[..3], &[][..], &[0xff; 17][..]] {
-            assert_eq!(decode_placement(garbled, hashes[0], 4, 10_500), None);
+            assert_eq!(decode_placement(garbled, &a, 0, (7, 4), 10_500), None);
         }
+    }
+
+    #[test]
+    fn a_prompt_is_new_while_its_index_knows_less_than_half_of_it() {
+        let mut index = PrefixIndex::with_key(1_000, 1);
+        let old = block_hashes("m", &[b's'; 640], 64, 128);
+        index.insert(&old, 0);
+        let longer = block_hashes("m", &[b's'; 64 * 12], 64, 128);
+        assert_eq!(
+            new_prompt_known_blocks(&index, &longer),
+            None,
+            "10 of 12 known"
+        );
+        let other = block_hashes(
+            "m",
+            &[[b's'; 128].as_slice(), &[b'x'; 512]].concat(),
+            64,
+            128,
+        );
+        assert_eq!(new_prompt_known_blocks(&index, &other), Some(2));
+        assert_eq!(
+            new_prompt_known_blocks(&index, &block_hashes("m", b"fresh", 64, 8)),
+            Some(0)
+        );
     }
 }

@@ -123,6 +123,8 @@ pub struct Server {
     /// how far this worker has read it ([`crate::prefix_sync`]).
     prefix_journal: String,
     journal_seen: u64,
+    /// An id of the pod list, so that a placement record names a pod of this list.
+    pod_list: u32,
 }
 
 /// A PD-disaggregated ModelServer: its protocol and its complete groups.
@@ -178,9 +180,9 @@ pub struct Decision {
     /// With the prefix-cache plugin: the share of the prompt's blocks the chosen pod had
     /// served (Kthena's `prefix_cache_match_ratio`), in thousandths.
     pub prefix_match: Option<u16>,
-    /// A prompt this worker's prefix index had never seen was placed: the shared-data key and
-    /// value of its placement record, for the flow to publish at once.
-    pub placement: Option<(String, Vec<u8>)>,
+    /// A new prompt was placed and no other worker's record had: the shared-data key and
+    /// value of its placement record ([`crate::prefix_sync`]), for the flow to publish at once.
+    pub placement_record: Option<(String, Vec<u8>)>,
 }
 
 /// What the router needs to know about a request.
@@ -288,6 +290,7 @@ impl Router {
                 pd,
                 prefix_journal: crate::prefix_sync::key_of(&key),
                 journal_seen: 0,
+                pod_list: crate::prefix::hash(0, key.as_bytes()) as u32,
                 in_flight_key: key,
                 load_key,
                 prefix: uses_prefix.then(|| {

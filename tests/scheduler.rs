@@ -300,7 +300,10 @@ fn a_new_system_prompts_first_requests_on_both_workers_meet_on_one_pod() {
         if after[0] == before[0] || after[1] == before[1] {
             continue; // the kernel gave every connection to one worker: nothing was shown
         }
-        assert!(pods.iter().all(|p| *p == pods[0]), "{pods:?}");
+        assert!(
+            pods.iter().all(|p| *p == pods[0]),
+            "{pods:?}, connections per worker {before:?} -> {after:?}"
+        );
         return;
     }
     panic!("five rounds of 8 connections never reached both workers");

@@ -491,6 +491,7 @@ fn a_new_prefix_one_worker_placed_is_followed_by_another_before_their_indexes_sy
         (Router::compile(cfg, 2).unwrap(), InFlight::default()),
     ];
     let mut shared = std::collections::HashMap::new();
+    // The pod a request went to, and the placement records in the store after it.
     let mut route = |worker: usize, system: &str, user: &str| {
         let body = format!(
             r#"{{"model":"deepseek-simple","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{user}"}}]}}"#
@@ -504,12 +505,31 @@ fn a_new_prefix_one_worker_placed_is_followed_by_another_before_their_indexes_sy
         shared = std::mem::take(&mut h.shared);
         assert_eq!(h.reply, None);
         let endpoints = h.get("x-gateway-destination-endpoint").unwrap();
-        endpoints.split(',').next().unwrap().to_string()
+        let mut records: Vec<(String, Vec<u8>)> = shared
+            .iter()
+            .filter(|(k, _)| k.starts_with("modelroute.placed."))
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        records.sort();
+        (endpoints.split(',').next().unwrap().to_string(), records)
     };
     let system = "You are a careful assistant who answers briefly. ".repeat(12);
-    let first = route(0, &system, "hello");
-    assert_eq!(route(1, &system, "good morning"), first);
-    // A prompt nobody placed is not pulled along: it goes to the idle pod.
-    let other = "Translate everything the user says into French. ".repeat(12);
-    assert_ne!(route(1, &other, "hello"), first);
+    let (first, placed) = route(0, &system, "hello");
+    assert_eq!(placed.len(), 1, "a new prompt's placement is published");
+    assert_eq!(
+        route(1, &system, "good morning"),
+        (first.clone(), placed.clone())
+    );
+    // A prompt its index mostly knows (the next turn, another user) publishes nothing.
+    assert_eq!(route(0, &system, "hi again").1, placed);
+    // A new system prompt that opens like the first is new all the same: placed, published
+    // (under its first block the indexes do not know), and followed.
+    let similar = format!(
+        "{}Reply in French only. {}",
+        &system[..130],
+        "Be concise and polite. ".repeat(20)
+    );
+    let (second, now_placed) = route(0, &similar, "hello");
+    assert_eq!(now_placed.len(), 2, "{now_placed:?}");
+    assert_eq!(route(1, &similar, "good morning").0, second);
 }

@@ -56,7 +56,7 @@ impl Router {
         }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-        let new_prompt = learn_placement(server, &hashes, req);
+        let record_key = read_placement_record(server, &hashes, req);
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
@@ -87,17 +87,16 @@ impl Router {
             (ranked, pairs)
         };
         let mut prefix_match = None;
-        let mut placement = None;
+        let mut placement_record = None;
         if let (Some(index), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
             if !hashes.is_empty() {
                 prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
             }
             index.insert(&hashes, *best);
-            placement = new_prompt.map(|key| {
-                (
-                    key,
-                    prefix_sync::encode_placement(&hashes, *best, req.now_ms),
-                )
+            placement_record = record_key.map(|key| {
+                let record =
+                    prefix_sync::encode_placement(&hashes, *best, server.pod_list, req.now_ms);
+                (key, record)
             });
         }
         let pod_index = ranked.first().map(|i| *i as usize);
@@ -106,23 +105,22 @@ impl Router {
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
         let mut d = decision(target, endpoints, pairs, pod_index, prefix_match);
-        d.placement = placement;
+        d.placement_record = placement_record;
         Ok(d)
     }
 }
 
-/// For a prompt whose first block the server's prefix index has never seen: what another
-/// worker placed a moment ago under that block ([`prefix_sync`]'s placement records), learned
-/// as if the journal had brought it, so both workers' picks agree; when nobody did, the key
-/// to publish this worker's placement under. None for a prompt the index knows.
-fn learn_placement(server: &mut Server, hashes: &[u64], req: &Request<'_>) -> Option<String> {
-    let (index, first) = (server.prefix.as_mut()?, *hashes.first()?);
-    if index.knows(first) {
-        return None;
-    }
-    let key = prefix_sync::placement_key(&server.prefix_journal, first);
+/// Placement records ([`prefix_sync`]) for a new prompt: the record another worker published
+/// a moment ago for it is learned, as if the journal had brought it, so both workers' picks
+/// agree. Returns the key to publish this worker's own record under when no record answered;
+/// None for a prompt the index mostly knows, or one a record answered.
+fn read_placement_record(server: &mut Server, hashes: &[u64], req: &Request<'_>) -> Option<String> {
+    let index = server.prefix.as_mut()?;
+    let known = prefix_sync::new_prompt_known_blocks(index, hashes)?;
+    let key = prefix_sync::placement_key(&server.cluster, *hashes.get(known)?);
     let placed = (req.placements)(&key).and_then(|record| {
-        prefix_sync::decode_placement(&record, first, server.endpoints.len(), req.now_ms)
+        let pods = (server.pod_list, server.endpoints.len());
+        prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms)
     });
     match placed {
         Some((pod, placed)) => {
@@ -149,7 +147,7 @@ fn decision(
         pairs,
         pod_index,
         prefix_match,
-        placement: None,
+        placement_record: None,
     }
 }
 
