@@ -198,8 +198,9 @@ ORACLE = "oracle: exact caches, no load"
 def oracle_hit_rate(trace, pods, kv_blocks):
     """The cache hit rate of a reference that is not a router: each prompt, in arrival order,
     goes to the pod whose simulated cache holds most of it (ties: fewest prompts so far),
-    knowing every cache exactly (as mock-llm's simulation: `role\ncontent\n` text, 64-byte
-    chained blocks, LRU of `kv_blocks` per pod) and ignoring time and load. A greedy
+    knowing every cache exactly and ignoring time and load. The caches mirror mock-llm's
+    (`mock-llm/src/sim.rs`: `prompt_text`'s `role\ncontent\n`, 64-byte chained blocks,
+    `KvCache::admit`'s LRU of `kv_blocks` per pod); a change there is a change here. A greedy
     reference for what cache-aware placement can win on this trace, not a bound: a router
     may place differently and do a little better."""
     caches = [collections.OrderedDict() for _ in range(pods)]

@@ -195,9 +195,9 @@ impl PrefixIndex {
     }
 
     /// Records what another worker's index learned (`prefix_sync`): `pod` served block `h`.
-    pub fn insert_shared(&mut self, learned: &[(u64, u32)]) {
+    pub fn insert_shared(&mut self, learned: impl IntoIterator<Item = (u64, u32)>) {
         self.clock += 1;
-        for &(h, pod) in learned {
+        for (h, pod) in learned {
             self.touch(h, pod);
         }
         if self.entries.len() > self.capacity {
@@ -418,7 +418,7 @@ mod tests {
             idx.insert(&b, pod);
         }
         assert_eq!((idx.held(2), idx.held(6)), (0, 2));
-        idx.insert_shared(&[(a[0], 7)]);
+        idx.insert_shared([(a[0], 7)]);
         assert_eq!(idx.held(7), 1);
         assert_eq!(idx.held(MAX_COUNTED_POD + 1), 0);
         // Eviction releases what the dropped entries held: the sum stays the pod slots held.

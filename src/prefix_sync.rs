@@ -55,7 +55,7 @@ pub fn sync(host: &mut dyn Host, key: &str, index: &mut PrefixIndex, seen: &mut 
         let mut journal = bytes.unwrap_or_default();
         journal.resize(HEADER + RECORDS * RECORD, 0);
         let next = read_u64(&journal, 0);
-        index.insert_shared(&records(
+        index.insert_shared(records(
             &journal,
             (*seen).max(next.saturating_sub(RECORDS as u64)),
             next,

@@ -40,6 +40,8 @@ mod tests {
 
     #[test]
     fn vms_configured_at_the_same_instant_get_different_seeds() {
+        // In one process std also steps its keys per RandomState, so this checks the mixing;
+        // that two VMs differ is the PD e2e's one bootstrap room per request (tests/pd.rs).
         let seeds: std::collections::HashSet<u64> = (0..64).map(|_| vm_seed(1_000)).collect();
         assert_eq!(seeds.len(), 64);
     }

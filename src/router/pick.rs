@@ -43,7 +43,7 @@ impl Router {
                 }
                 None => (server.round_robin(wanted), Vec::new()),
             };
-            return Ok(decision(target, endpoints, pairs, None, None));
+            return Ok(decision(target, endpoints, pairs, None, None, None));
         }
 
         if let Some(key) = &server.load_key {
@@ -104,9 +104,14 @@ impl Router {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
-        let mut d = decision(target, endpoints, pairs, pod_index, prefix_match);
-        d.placement_record = placement_record;
-        Ok(d)
+        Ok(decision(
+            target,
+            endpoints,
+            pairs,
+            pod_index,
+            prefix_match,
+            placement_record,
+        ))
     }
 }
 
@@ -124,8 +129,7 @@ fn read_placement_record(server: &mut Server, hashes: &[u64], req: &Request<'_>)
     });
     match placed {
         Some((pod, placed)) => {
-            let learned: Vec<(u64, u32)> = placed.into_iter().map(|h| (h, pod)).collect();
-            index.insert_shared(&learned);
+            index.insert_shared(placed.into_iter().map(|h| (h, pod)));
             None
         }
         None => Some(key),
@@ -138,6 +142,7 @@ fn decision(
     pairs: Vec<Pair>,
     pod_index: Option<usize>,
     prefix_match: Option<u16>,
+    placement_record: Option<(String, Vec<u8>)>,
 ) -> Decision {
     Decision {
         route: target.route,
@@ -147,7 +152,7 @@ fn decision(
         pairs,
         pod_index,
         prefix_match,
-        placement_record: None,
+        placement_record,
     }
 }
 

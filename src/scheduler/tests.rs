@@ -28,6 +28,17 @@ fn stats(running: f64, waiting: f64, kv: f64, ttft: f64, tpot: f64) -> PodStats 
     }
 }
 
+/// `n` pods without stats or requests in flight, ids 0..n.
+fn idle_pods(n: u32) -> Vec<Candidate<'static>> {
+    (0..n)
+        .map(|id| Candidate {
+            id,
+            stats: None,
+            in_flight: 0,
+        })
+        .collect()
+}
+
 const NO_ASK: Ask<'static> = Ask {
     lora: None,
     hashes: &[],
@@ -159,13 +170,7 @@ fn prefix_cache_prefers_the_pod_that_served_the_prefix() {
         1,
     );
     let hashes = block_hashes("m", format!("{system}Rome?").as_bytes(), 64, 128);
-    let c: Vec<Candidate<'_>> = (0..3)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: 0,
-        })
-        .collect();
+    let c = idle_pods(3);
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
     assert_eq!(
         first(
@@ -341,13 +346,7 @@ fn weights_combine_scores_and_ranking_lists_every_pod_once() {
 
 #[test]
 fn property_random_spreads_near_uniformly() {
-    let c: Vec<Candidate<'_>> = (0..4)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: 0,
-        })
-        .collect();
+    let c = idle_pods(4);
     let cfg = only(&[(Plugin::Random, 1)], &[]);
     let mut rng = Rng::new(9);
     let mut counts = [0usize; 4];
@@ -361,13 +360,7 @@ fn property_random_spreads_near_uniformly() {
 
 #[test]
 fn equal_pods_share_the_load() {
-    let c: Vec<Candidate<'_>> = (0..2)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: 0,
-        })
-        .collect();
+    let c = idle_pods(2);
     let mut rng = Rng::new(4);
     let mut counts = [0usize; 2];
     for _ in 0..1000 {
@@ -380,13 +373,7 @@ fn equal_pods_share_the_load() {
 #[test]
 fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
     // Two workers with empty indexes agree on the pod for a prefix neither has seen.
-    let c: Vec<Candidate<'_>> = (0..8)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: 0,
-        })
-        .collect();
+    let c = idle_pods(8);
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
     let mut picks = std::collections::HashSet::new();
     for seed in 0..20 {
@@ -452,13 +439,7 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
     // holds none yet (by hash alone, four prompts on four pods meet on one 9 times in 10:
     // measured as one pod with twice the mean load, bench/QUALITY.md).
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
-    let idle: Vec<Candidate<'_>> = (0..4)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: 0,
-        })
-        .collect();
+    let idle = idle_pods(4);
     let mut index = PrefixIndex::new(10_000);
     let mut used = std::collections::HashSet::new();
     for i in 0..4 {
@@ -480,13 +461,10 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
     }
     // Busy pods are passed over first: a prompt no pod has seen goes to the one with the fewest
     // requests in flight, even if it holds the most.
-    let busy: Vec<Candidate<'_>> = (0..4)
-        .map(|id| Candidate {
-            id,
-            stats: None,
-            in_flight: if id == 2 { 0 } else { 3 },
-        })
-        .collect();
+    let mut busy = idle_pods(4);
+    for c in busy.iter_mut().filter(|c| c.id != 2) {
+        c.in_flight = 3;
+    }
     index.insert(&block_hashes("m", &b"x".repeat(64 * 40), 64, 128), 2);
     let h = block_hashes("m", b"a prompt no pod has seen", 64, 128);
     let ask = Ask {
