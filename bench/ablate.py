@@ -13,7 +13,7 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   plain       Envoy routing to the pods, no filter (the floor)
   old         the filter build given by --old-wasm, no access loggers
   filter      this filter, no access loggers (what the filter itself costs)
-  main        this filter, only the metrics logger every request runs
+  main        this filter, only the histogram every request records (request duration)
   metrics     this filter, Kthena's metrics (the shipped default with --access-log off)
   all         this filter, Kthena's metrics and access log (JSON, a file)
   limited     `metrics` with a token rate limit on the route (budgets never exhausted): what
@@ -43,9 +43,13 @@ def bootstrap(port, admin, conf, access_log, extra=()):
 
 
 def set_loggers(boot, keep):
-    """The bootstrap with its HTTP connection manager's access loggers cut to the first `keep`."""
+    """The bootstrap with its HTTP connection manager's access loggers cut to none (`keep` 0)
+    or to the metrics logger with only its first histogram, the one every request records
+    (`keep` 1)."""
     line = re.search(r"^(\s+access_log: )(\[.*\])$", boot, re.M)
     loggers = json.loads(line.group(2))[:keep]
+    for logger in loggers:
+        logger["typed_config"]["histograms"] = logger["typed_config"]["histograms"][:1]
     return boot[: line.start(2)] + json.dumps(loggers) + boot[line.end(2):]
 
 

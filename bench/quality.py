@@ -3,7 +3,7 @@
 router; how often the engines' prefix caches hit and what clients wait.
 
 usage: quality.py [--quick] [--requests 900] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
-                  [--routers a,b,...] [--out bench]
+                  [--routers a,b,...] [--gateways 1] [--out bench]
 
 Writes quality.json, quality-results.md (medians over the seeds, per rate) and quality.svg
 (the first rate) into --out. `./build.sh bench [--quick]` runs it.
@@ -111,7 +111,11 @@ def one_request(port, msgs):
         c.close()
 
 
-def replay(port, trace, threads=96):
+def replay(ports, trace, threads=96):
+    """Sends the trace; request i to one of `ports` (several gateways: spread at random, the
+    same way for every router, as a Kubernetes Service spreads connections)."""
+    spread = random.Random(1)
+    gateway = [ports[spread.randrange(len(ports))] for _ in trace]
     results = [None] * len(trace)
     begin = time.monotonic() + 0.5
     lock = threading.Lock()
@@ -128,7 +132,7 @@ def replay(port, trace, threads=96):
             delay = begin + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            results[i] = one_request(port, msgs)
+            results[i] = one_request(gateway[i], msgs)
 
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     for t in ts:
@@ -143,11 +147,13 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p / 100 * len(v)))] if v else float("nan")
 
 
-def start_router(name, procs, work, pods, pod_port):
+def start_router(name, procs, work, pods, pod_port, tag=""):
+    """One instance of router `name` in front of the pods; its port (None: not installed).
+    `tag` tells several instances' files apart."""
     urls = [f"http://{ip(i)}:{pod_port}" for i in range(pods)]
     if name in ("sglang-router", "vllm-router"):
         port = L.free_port()
-        log = open(os.path.join(work, f"{name}.log"), "w")
+        log = open(os.path.join(work, f"{name}{tag}.log"), "w")
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
         if name == "vllm-router":
             cmd = [os.path.join(L.VENV, "bin", "vllm-router"), "--host", "127.0.0.1", "--port", str(port),
@@ -176,7 +182,7 @@ def start_router(name, procs, work, pods, pod_port):
             render += ["--scheduler-config", path]
         elif name == "modelroute-tuned":
             render += ["--scheduler-config", SCHEDULER_TUNED]
-        port, _, _ = L.start_modelroute(procs, work, name, res, pods_file, render)
+        port, _, _ = L.start_modelroute(procs, work, name + tag, res, pods_file, render)
     L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200,
                 data=json.dumps({"model": L.MODEL, "messages": [{"role": "user", "content": "warm"}],
                                  "max_tokens": 1}).encode(), headers={"Content-Type": "application/json"})
@@ -255,13 +261,13 @@ def run_router(name, args, trace):
                      f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
         for i in range(args.pods):
             L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
-        port = start_router(name, procs, work, args.pods, pod_port)
-        if port is None:
+        ports = [start_router(name, procs, work, args.pods, pod_port, f"-{g}") for g in range(args.gateways)]
+        if None in ports:
             print(f"skipping {name}: not installed", file=sys.stderr)
             return None
         time.sleep(1)
         before = cache_stats(args.pods, pod_port)
-        results, wall = replay(port, trace)
+        results, wall = replay(ports, trace)
         after = cache_stats(args.pods, pod_port)
     finally:
         procs.stop_all()
@@ -307,7 +313,9 @@ def summary(rows):
 def markdown(args, table, command):
     lines = [f"# Routing quality, as `{command}` last recorded it",
              "",
-             f"{args.requests} requests per run, {args.pods} simulated pods ({' '.join(SIM)}), seeds "
+             f"{args.requests} requests per run, {args.pods} simulated pods ({' '.join(SIM)}), "
+             + (f"{args.gateways} instances of each router, requests spread over them at random, "
+                if args.gateways > 1 else "") + "seeds "
              f"{args.seeds}; each cell the median over the seeds [lowest, highest]. Analysis: bench/QUALITY.md.",
              ""]
     for rate in sorted({r["rate"] for r in table}):
@@ -337,6 +345,8 @@ def main():
     ap.add_argument("--pods", type=int, default=4)
     ap.add_argument("--seeds", default=None, help="comma-separated (default 7,8,9; 7 with --quick)")
     ap.add_argument("--routers", default=",".join(ROUTERS))
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="instances of each router in front of the same pods, requests spread over them")
     ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
     args = ap.parse_args()
     args.requests = args.requests or (300 if args.quick else 900)

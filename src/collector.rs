@@ -57,7 +57,15 @@ pub struct Target {
     /// Where its in-band load reports are shared (load key, pods, its index), for engines
     /// that send them.
     pub load_slot: Option<(String, usize, usize)>,
+    /// Where this Envoy counts its requests in flight to the pod (in-flight key, pods, its
+    /// index): one slot per server that lists the pod.
+    pub in_flight_slots: Vec<(String, usize, usize)>,
 }
+
+/// How old a read of a server's in-flight counts may be when an answer uses it: answers that
+/// come in together share one read (a server of thousands of pods is one shared-data copy),
+/// and an older one could miss requests sent since and take them for another gateway's.
+const OWN_COUNTS_MAX_AGE_MS: u64 = 1;
 
 /// Scrape calls in flight at most: pods slower than the interval (or a fleet of thousands)
 /// never pile calls up in Envoy. Each answer frees a place for the pod due next.
@@ -89,6 +97,8 @@ pub struct Collector {
     /// Whether this VM holds the lease, and when it next renews it and publishes.
     collecting: bool,
     next_publish_ms: u64,
+    /// This Envoy's in-flight counts by in-flight key, as last read (host ms, counts).
+    own_counts: HashMap<String, (u64, Vec<u32>)>,
 }
 
 impl Collector {
@@ -107,6 +117,7 @@ impl Collector {
             since_models: vec![0; n],
             collecting: false,
             next_publish_ms: 0,
+            own_counts: HashMap::new(),
         }
     }
 
@@ -228,7 +239,9 @@ impl Collector {
             Counter::ScrapeFailed
         });
         let now = host.now_ms();
-        self.on_answer(target, kind, status, &body, now);
+        if self.on_answer(target, kind, status, &body, now) && kind == Kind::Metrics {
+            self.note_own_in_flight(host, target, now);
+        }
         if self.collecting {
             // The answer freed a place: the pod due next need not wait for the tick.
             self.scrape_due(host, now);
@@ -236,6 +249,7 @@ impl Collector {
     }
 
     /// A scrape answered: `status` None (or Envoy's own 503) means the pod was unreachable.
+    /// True when the answer was folded into the pod's stats.
     pub fn on_answer(
         &mut self,
         target: usize,
@@ -243,9 +257,9 @@ impl Collector {
         status: Option<u32>,
         body: &[u8],
         now_ms: u64,
-    ) {
+    ) -> bool {
         let Some(t) = self.targets.get(target) else {
-            return;
+            return false;
         };
         let entry = self.stats.entry(t.address.clone()).or_default();
         let unreachable = status.is_none()
@@ -255,10 +269,10 @@ impl Collector {
         if unreachable {
             entry.up = false;
             entry.at_ms = now_ms;
-            return;
+            return false;
         }
         if !matches!(status, Some(200..=299)) {
-            return;
+            return false;
         }
         match kind {
             Kind::Metrics => {
@@ -270,6 +284,30 @@ impl Collector {
                     entry.models = Some(m);
                 }
             }
+        }
+        true
+    }
+
+    /// The pod's scrape just answered: what it reported beyond this Envoy's own requests in
+    /// flight to it is other gateways' load ([`crate::metrics::PodStats::others`]).
+    fn note_own_in_flight(&mut self, host: &dyn Host, target: usize, now_ms: u64) {
+        let Some(t) = self.targets.get(target) else {
+            return;
+        };
+        let mut own = 0u32;
+        for (key, n, idx) in &t.in_flight_slots {
+            let (read_at, counts) = self
+                .own_counts
+                .entry(key.clone())
+                .or_insert_with(|| (0, Vec::new()));
+            if counts.len() != *n || now_ms.saturating_sub(*read_at) > OWN_COUNTS_MAX_AGE_MS {
+                *counts = crate::in_flight::read_counts(host, key, *n);
+                *read_at = now_ms;
+            }
+            own = own.saturating_add(counts.get(*idx).copied().unwrap_or(0));
+        }
+        if let Some(s) = self.stats.get_mut(&t.address) {
+            s.set_own_in_flight(own);
         }
     }
 
@@ -331,6 +369,7 @@ mod tests {
             address: "127.0.0.2:8000".into(),
             engine: Engine::Vllm,
             load_slot: None,
+            in_flight_slots: Vec::new(),
         };
         let mut c = Collector::new(vec![t], 1, 1000, "x-gateway-destination-endpoint");
         c.on_answer(
@@ -376,6 +415,51 @@ mod tests {
         assert_eq!(c.stats("127.0.0.2:8000").unwrap().at_ms, 40);
     }
 
+    #[test]
+    fn a_scrape_counts_what_the_pod_reported_beyond_this_envoys_requests_as_other_gateways() {
+        let mut c = Collector::new(pods(2), 1, 1000, "x-pod");
+        let mut host = FakeHost {
+            now: 5,
+            ..Default::default()
+        };
+        // This Envoy has 3 requests in flight to pod 0, none to pod 1.
+        let counts: Vec<u8> = [3u32, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        host.shared
+            .insert("modelroute.inflight.s".into(), (counts, 1));
+        ticks(&mut c, &mut host, 0, 1000);
+        let body = |running: u32, waiting: u32| {
+            format!("vllm:num_requests_running {running}\nvllm:num_requests_waiting {waiting}\n")
+        };
+        for (token, _, headers, ..) in std::mem::take(&mut host.calls) {
+            let pod = headers
+                .iter()
+                .find(|(k, _)| k == "x-pod")
+                .unwrap()
+                .1
+                .clone();
+            let path = headers
+                .iter()
+                .find(|(k, _)| k == ":path")
+                .unwrap()
+                .1
+                .clone();
+            let answer = match (path.as_str(), pod.as_str()) {
+                ("/v1/models", _) => MODELS.to_vec(),
+                (_, "127.0.0.2:8000") => body(4, 1).into_bytes(), // 3 ours, 2 someone else's
+                _ => body(1, 0).into_bytes(),                     // 1 someone else's
+            };
+            host.call_answer = Some((Some(200), answer.clone()));
+            c.on_call_response(&mut host, token, answer.len());
+        }
+        assert_eq!(c.stats("127.0.0.2:8000").unwrap().others, 2.0);
+        assert_eq!(c.stats("127.0.0.3:8000").unwrap().others, 1.0);
+        // With only this Envoy's requests at the pod (the report lags: fewer than ours), none.
+        let mut s = c.stats("127.0.0.2:8000").unwrap().clone();
+        s.update(&parse_prometheus(&body(2, 0), Engine::Vllm), 6);
+        s.set_own_in_flight(3);
+        assert_eq!(s.others, 0.0);
+    }
+
     fn pods(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| Target {
@@ -383,6 +467,7 @@ mod tests {
                 address: format!("127.0.0.{}:8000", i + 2),
                 engine: Engine::Vllm,
                 load_slot: Some(("modelroute.load.s".into(), n, i)),
+                in_flight_slots: vec![("modelroute.inflight.s".into(), n, i)],
             })
             .collect()
     }

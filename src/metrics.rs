@@ -156,6 +156,16 @@ pub struct PodStats {
     /// Histogram totals of the previous scrape, to take interval means.
     #[serde(default)]
     pub totals: [f64; 4],
+    /// Requests at the pod that this Envoy did not send, as of the last scrape: the running
+    /// and waiting requests the engine reported, less this Envoy's requests in flight to it
+    /// when the answer came in (other gateways' load; 0 with one gateway). The scheduler adds
+    /// it to its own in-flight count.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub others: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl PodStats {
@@ -178,10 +188,19 @@ impl PodStats {
         self.totals = [g.ttft.0, g.ttft.1, g.tpot.0, g.tpot.1];
         self.running = g.running;
         self.waiting = g.waiting;
+        self.others = 0.0;
         self.kv = g.kv_usage;
         self.up = true;
         self.at_ms = now_ms;
         self.scraped_ms = now_ms;
+    }
+}
+
+impl PodStats {
+    /// Records this Envoy's requests in flight to the pod (`own`) when the scrape just folded
+    /// in answered: what the engine reported beyond them is other gateways' load.
+    pub fn set_own_in_flight(&mut self, own: u32) {
+        self.others = finite((self.running + self.waiting - f64::from(own)).max(0.0));
     }
 }
 

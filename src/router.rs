@@ -509,21 +509,29 @@ impl Router {
         self.scheduling
     }
 
-    /// Every pod to scrape, once per address.
+    /// Every pod to scrape, once per address (with the in-flight slot of every server that
+    /// lists it).
     pub fn scrape_targets(&self) -> Vec<crate::collector::Target> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut out: Vec<crate::collector::Target> = Vec::new();
         for s in &self.servers {
             let n = s.endpoints.len();
             for (i, a) in s.endpoints.iter().enumerate() {
-                if seen.insert(a.clone()) {
-                    out.push(crate::collector::Target {
-                        cluster: s.cluster.clone(),
-                        address: a.clone(),
-                        engine: s.engine,
-                        load_slot: s.load_key.as_ref().map(|k| (k.clone(), n, i)),
-                    });
+                let slot = (s.in_flight_key.clone(), n, i);
+                if let Some(&j) = at.get(a) {
+                    if let Some(t) = out.get_mut(j) {
+                        t.in_flight_slots.push(slot);
+                    }
+                    continue;
                 }
+                at.insert(a.clone(), out.len());
+                out.push(crate::collector::Target {
+                    cluster: s.cluster.clone(),
+                    address: a.clone(),
+                    engine: s.engine,
+                    load_slot: s.load_key.as_ref().map(|k| (k.clone(), n, i)),
+                    in_flight_slots: vec![slot],
+                });
             }
         }
         out

@@ -4,7 +4,8 @@
 //!
 //! Filters: `least-request` (engine-reported waiting < maxWaitingRequests), `lora-affinity`
 //! (for a LoRA request, pods whose `/v1/models` lists the adapter). Scores: `least-request`
-//! (in-flight + 100 x max(in-flight - running, 0), least loaded = 100), `gpu-usage`
+//! (load + 100 x max(load - running, 0), least loaded = 100; load: this router's requests in
+//! flight plus what the engine last reported beyond them, i.e. other gateways'), `gpu-usage`
 //! ((1 - KV usage) x 100), `least-latency` (min-max normalised TTFT and TPOT mixed by
 //! TTFTTPOTWeightFactor; pods not measured yet get 50), `prefix-cache` (share of the prompt's
 //! leading blocks the pod has served), `random`. Pods whose last scrape failed are skipped
@@ -25,6 +26,14 @@ pub struct Candidate<'a> {
     pub stats: Option<&'a PodStats>,
     /// Requests this router has sent to the pod and not seen finish (all workers).
     pub in_flight: u32,
+}
+
+impl Candidate<'_> {
+    /// Requests at the pod: this router's in flight, plus those the engine last reported
+    /// beyond them (other gateways'; none with one gateway).
+    fn load(&self) -> f64 {
+        f64::from(self.in_flight) + self.stats.map_or(0.0, |s| s.others)
+    }
 }
 
 /// What the scheduler needs to know about the request.
@@ -93,7 +102,8 @@ pub fn rank(
         }
     }
     // Best first. Ties (above all: a prompt no pod has seen) with prefix-cache on: the pod
-    // with the fewest requests in flight (counted across workers), then the one the index
+    // with the least load (requests in flight from every worker, and other gateways'), then
+    // the one the index
     // knows to hold the fewest blocks (SGLang's smallest tree), so distinct prefixes spread
     // over the pods instead of meeting on one; then rendezvous hashing of the prompt's first
     // block. Without prefix-cache, at random, so equal pods share the load.
@@ -108,7 +118,7 @@ pub fn rank(
         .map(|(c, t)| {
             let tie = match affinity {
                 Some(h) => (
-                    c.in_flight,
+                    c.load().round() as u32,
                     prefix.map_or(0, |idx| idx.held(c.id)),
                     crate::prefix::hash(h, &c.id.to_le_bytes()),
                 ),
@@ -138,7 +148,7 @@ fn score(
             let base: Vec<f64> = pods
                 .iter()
                 .map(|c| {
-                    let flight = f64::from(c.in_flight);
+                    let flight = c.load();
                     let running = c.stats.map_or(0.0, |s| s.running);
                     flight + 100.0 * (flight - running).max(0.0)
                 })

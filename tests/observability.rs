@@ -169,6 +169,13 @@ fn tokens_and_timings_agree_with_what_the_engines_served() {
         s.series_sum(ttft, &[("model", "deepseek-simple")], 2.0),
         2.0
     );
+    // Each histogram is recorded only where its value was published (the non-streamed
+    // answers have no TTFT), silently: no series carries the tag that gates it, and Envoy's
+    // stats logger never met a missing value.
+    let scrape = s.prometheus();
+    assert!(!scrape.contains("published="), "{scrape}");
+    let envoy_log = s.log("envoy");
+    assert!(!envoy_log.contains("Stats access logger"), "{envoy_log}");
     // Nothing left in flight.
     let text = assert_nothing_active(&s);
     assert!(

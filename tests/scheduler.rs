@@ -132,6 +132,19 @@ fn a_pod_with_a_long_queue_is_filtered_out() {
 }
 
 #[test]
+fn least_request_counts_the_requests_other_gateways_keep_at_a_pod() {
+    // pod-0's engine runs 3 requests this Envoy never sent (another gateway's); this Envoy's
+    // requests, one at a time, are never in flight together. Counting only its own, both
+    // pods look idle and the requests split; counting what the engine reports beyond them,
+    // pod-1 is the less loaded.
+    let s = start(pods(2), scheduler(&[], &[("least-request", 1)]));
+    s.hold_metrics("pod-0", r#"{"running": 3}"#);
+    s.wait_for_scrapes(3);
+    let counts = spread(&s, 40, "pool", |i| format!("hello {i}"));
+    assert!(share(&counts, "pod-1") >= 0.9, "{counts:?}");
+}
+
+#[test]
 fn gpu_usage_avoids_the_pod_with_a_full_kv_cache() {
     let s = start(pods(2), scheduler(&[], &[("gpu-usage", 1)]));
     s.hold_metrics("pod-1", r#"{"kv_cache_usage": 0.95}"#);

@@ -64,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
                 at_ms: NOW_MS - u64::from(b(4)) * 10,
                 scraped_ms: NOW_MS.saturating_sub(u64::from(b(3)) * 40),
                 totals: [0.0; 4],
+                others: f64::from(b(0) % 8),
             };
             (t.address.clone(), s)
         })

@@ -39,6 +39,18 @@ fn idle_pods(n: u32) -> Vec<Candidate<'static>> {
         .collect()
 }
 
+/// One pod per stats, ids 0..n, none with requests in flight.
+fn pods_with<'a>(stats: &[&'a PodStats]) -> Vec<Candidate<'a>> {
+    (0..)
+        .zip(stats)
+        .map(|(id, s)| Candidate {
+            id,
+            stats: Some(*s),
+            in_flight: 0,
+        })
+        .collect()
+}
+
 const NO_ASK: Ask<'static> = Ask {
     lora: None,
     hashes: &[],
@@ -104,6 +116,31 @@ fn least_request_score_prefers_fewer_in_flight_and_penalises_queueing() {
 }
 
 #[test]
+fn least_request_counts_what_other_gateways_sent_to_a_pod() {
+    // This router has nothing in flight anywhere, but the engine of pod 0 last reported 4
+    // running and 3 waiting beyond this router's requests: another gateway's. Left at this
+    // router's own count, both pods look idle and the tie goes to pod 0.
+    let (theirs, quiet) = (
+        PodStats {
+            others: 7.0,
+            ..stats(4.0, 3.0, 0.0, 0.0, 0.0)
+        },
+        stats(0.0, 0.0, 0.0, 0.0, 0.0),
+    );
+    let c = pods_with(&[&theirs, &quiet]);
+    let cfg = only(&[(Plugin::LeastRequest, 1)], &[]);
+    assert_eq!(first(&cfg, &c, &NO_ASK, None), 1);
+    // A prompt no pod has seen, with prefix-cache: the tie-break counts them too.
+    let h = block_hashes("m", b"a prompt no pod has seen", 64, 128);
+    let ask = Ask {
+        lora: None,
+        hashes: &h,
+    };
+    let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
+    assert_eq!(first(&cfg, &c, &ask, Some(&PrefixIndex::new(100))), 1);
+}
+
+#[test]
 fn gpu_usage_avoids_a_full_kv_cache() {
     let (full, free) = (
         stats(0.0, 0.0, 0.95, 0.0, 0.0),
@@ -137,23 +174,7 @@ fn least_latency_avoids_a_slow_pod_and_is_neutral_before_measurements() {
             ..Default::default()
         },
     );
-    let c = [
-        Candidate {
-            id: 0,
-            stats: Some(&slow),
-            in_flight: 0,
-        },
-        Candidate {
-            id: 1,
-            stats: Some(&fast),
-            in_flight: 0,
-        },
-        Candidate {
-            id: 2,
-            stats: Some(&unknown),
-            in_flight: 0,
-        },
-    ];
+    let c = pods_with(&[&slow, &fast, &unknown]);
     let cfg = only(&[(Plugin::LeastLatency, 1)], &[]);
     assert_eq!(
         rank(&cfg, &c, &NO_ASK, None, &mut Rng::new(3), 3).unwrap(),

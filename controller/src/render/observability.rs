@@ -8,7 +8,7 @@
 //! named exactly as Kthena names them, with its labels. Histograms use the unit `Percent`,
 //! which Envoy records scaled by a million and prints unscaled: the only way an Envoy
 //! histogram holds fractional values, here seconds. Each stat is only recorded when its value
-//! exists (a CEL filter on the filter state), since the logger logs an error per missing one.
+//! exists (a tag rule drops it otherwise), since the logger logs an error per missing one.
 
 use serde_json::{json, Value};
 
@@ -99,126 +99,92 @@ fn tags(head: &[(&str, &str)], with_target: bool) -> Value {
     Value::Array(v)
 }
 
-/// Runs `config` only for requests that published `name`.
-fn stats_logger(name: &str, config: Value) -> Value {
-    json!({
-        "name": "envoy.access_loggers.stats",
-        "filter": {"extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                "expression": format!("'wasm.{name}' in filter_state"),
-            },
-        }},
-        "typed_config": config,
-    })
-}
-
+/// A histogram of the published value `value`, recorded only for requests that published
+/// it: its first tag reads the value and drops the stat when there is none (the logger logs
+/// an error per missing value) and itself otherwise, so it is never a label. A tag rule, not
+/// a CEL filter per histogram: no expression is evaluated per request.
 fn histogram(name: &str, tags: Value, value: &str) -> Value {
-    json!({"stat": {"name": name, "tags": tags}, "unit": "Percent", "value_format": fs(value)})
+    let transform = |action: &str| {
+        json!({"name": action, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.matching.actions.transform_stat.v3.TransformStat",
+            action: {},
+        }})
+    };
+    let gate = json!({
+        "name": "published",
+        "value_format": fs(value),
+        "rules": {
+            "matcher_list": {"matchers": [{
+                "predicate": {"single_predicate": {
+                    "input": {"name": "tag_value", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.stats.v3.StatTagValueInput",
+                    }},
+                    "value_match": {"exact": ""},
+                }},
+                "on_match": {"action": transform("drop_stat")},
+            }]},
+            "on_no_match": {"action": transform("drop_tag")},
+        },
+    });
+    let mut all = vec![gate];
+    all.extend(tags.as_array().cloned().unwrap_or_default());
+    json!({"stat": {"name": name, "tags": all}, "unit": "Percent", "value_format": fs(value)})
 }
 
-fn stats_config(counters: Vec<Value>, histograms: Vec<Value>) -> Value {
-    json!({
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config",
-        "stats_scope": {"prefix": SCOPE},
-        "counters": counters,
-        "histograms": histograms,
-    })
-}
-
-/// The stats access loggers that make Kthena's histograms (the filter keeps the counters and
-/// gauges itself: [`filter_config::vm_metrics`]).
+/// The stats access logger that makes Kthena's histograms (the filter keeps the counters and
+/// gauges itself: [`filter_config::vm_metrics`]): one logger, each histogram recorded when
+/// its value was published.
 pub fn metrics_loggers() -> Vec<Value> {
     let model = ("model", fs(published::MODEL));
     let path = ("path", fs(published::PATH));
     let status = ("status_code", "%RESPONSE_CODE%".to_string());
-    let head = |extra: &[(&str, String)]| -> Vec<(String, String)> {
-        extra
-            .iter()
-            .map(|(n, f)| (n.to_string(), f.clone()))
-            .collect()
-    };
-    let t = |pairs: Vec<(String, String)>, with_target: bool| {
-        let refs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(n, f)| (n.as_str(), f.as_str()))
-            .collect();
+    let t = |pairs: &[&(&str, String)], with_target: bool| {
+        let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, f)| (*n, f.as_str())).collect();
         tags(&refs, with_target)
     };
-    let every_request = stats_config(
-        vec![],
-        vec![histogram(
+    let server = ("model_server", fs(published::SERVER));
+    let per_server = || t(&[&model, &server], false);
+    let pd_leg = || t(&[&model, &path, &status], false);
+    let histograms = vec![
+        histogram(
             "kthena_router_request_duration_seconds",
-            t(head(&[model.clone(), path.clone(), status.clone()]), true),
+            t(&[&model, &path, &status], true),
             published::DURATION,
-        )],
-    );
-    let per_server = || {
-        t(
-            head(&[model.clone(), ("model_server", fs(published::SERVER))]),
-            false,
-        )
-    };
-    let pd_leg = || t(head(&[model.clone(), path.clone(), status.clone()]), false);
-    vec![
-        stats_logger(published::MODEL, every_request),
-        stats_logger(
+        ),
+        histogram(
+            "kthena_router_time_to_first_token_seconds",
+            per_server(),
             published::TTFT,
-            stats_config(
-                vec![],
-                vec![histogram(
-                    "kthena_router_time_to_first_token_seconds",
-                    per_server(),
-                    published::TTFT,
-                )],
-            ),
         ),
-        stats_logger(
+        histogram(
+            "kthena_router_time_per_output_token_seconds",
+            per_server(),
             published::TPOT,
-            stats_config(
-                vec![],
-                vec![histogram(
-                    "kthena_router_time_per_output_token_seconds",
-                    per_server(),
-                    published::TPOT,
-                )],
-            ),
         ),
-        stats_logger(
+        histogram(
+            "kthena_router_prefix_cache_match_ratio",
+            t(&[&model], false),
             published::PREFIX_MATCH,
-            stats_config(
-                vec![],
-                vec![histogram(
-                    "kthena_router_prefix_cache_match_ratio",
-                    t(head(std::slice::from_ref(&model)), false),
-                    published::PREFIX_MATCH,
-                )],
-            ),
         ),
-        stats_logger(
+        histogram(
+            "kthena_router_request_prefill_duration_seconds",
+            pd_leg(),
             published::PREFILL_DURATION,
-            stats_config(
-                vec![],
-                vec![histogram(
-                    "kthena_router_request_prefill_duration_seconds",
-                    pd_leg(),
-                    published::PREFILL_DURATION,
-                )],
-            ),
         ),
-        stats_logger(
+        histogram(
+            "kthena_router_request_decode_duration_seconds",
+            pd_leg(),
             published::DECODE_DURATION,
-            stats_config(
-                vec![],
-                vec![histogram(
-                    "kthena_router_request_decode_duration_seconds",
-                    pd_leg(),
-                    published::DECODE_DURATION,
-                )],
-            ),
         ),
-    ]
+    ];
+    vec![json!({
+        "name": "envoy.access_loggers.stats",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config",
+            "stats_scope": {"prefix": SCOPE},
+            "histograms": histograms,
+        },
+    })]
 }
 
 /// Kthena's access log fields, in its order: (JSON name, Envoy format).
