@@ -58,14 +58,10 @@ pub struct Target {
     /// that send them.
     pub load_slot: Option<(String, usize, usize)>,
     /// Where this Envoy counts its requests in flight to the pod (in-flight key, pods, its
-    /// index): one slot per server that lists the pod.
+    /// index): one slot per server that lists the pod and counts them (none: other gateways'
+    /// load is not estimated for it).
     pub in_flight_slots: Vec<(String, usize, usize)>,
 }
-
-/// How old a read of a server's in-flight counts may be when an answer uses it: answers that
-/// come in together share one read (a server of thousands of pods is one shared-data copy),
-/// and an older one could miss requests sent since and take them for another gateway's.
-const OWN_COUNTS_MAX_AGE_MS: u64 = 1;
 
 /// Scrape calls in flight at most: pods slower than the interval (or a fleet of thousands)
 /// never pile calls up in Envoy. Each answer frees a place for the pod due next.
@@ -97,7 +93,8 @@ pub struct Collector {
     /// Whether this VM holds the lease, and when it next renews it and publishes.
     collecting: bool,
     next_publish_ms: u64,
-    /// This Envoy's in-flight counts by in-flight key, as last read (host ms, counts).
+    /// This Envoy's in-flight counts by in-flight key, as last read (host ms, counts): one
+    /// entry per server.
     own_counts: HashMap<String, (u64, Vec<u32>)>,
 }
 
@@ -240,7 +237,7 @@ impl Collector {
         });
         let now = host.now_ms();
         if self.on_answer(target, kind, status, &body, now) && kind == Kind::Metrics {
-            self.note_own_in_flight(host, target, now);
+            self.count_others_at(host, target, now);
         }
         if self.collecting {
             // The answer freed a place: the pod due next need not wait for the tick.
@@ -289,9 +286,17 @@ impl Collector {
     }
 
     /// The pod's scrape just answered: what it reported beyond this Envoy's own requests in
-    /// flight to it is other gateways' load ([`crate::metrics::PodStats::others`]).
-    fn note_own_in_flight(&mut self, host: &dyn Host, target: usize, now_ms: u64) {
-        let Some(t) = self.targets.get(target) else {
+    /// flight to it is other gateways' load ([`crate::metrics::PodStats::others`]). Workers
+    /// write some releases late (`in_flight`), so the count read may be high (rarely low):
+    /// other gateways' load is rather under- than overestimated.
+    fn count_others_at(&mut self, host: &dyn Host, target: usize, now_ms: u64) {
+        // A pod no server counts requests to (a PD prefill pod) has no share to subtract,
+        // and its whole load is not other gateways'.
+        let Some(t) = self
+            .targets
+            .get(target)
+            .filter(|t| !t.in_flight_slots.is_empty())
+        else {
             return;
         };
         let mut own = 0u32;
@@ -300,14 +305,17 @@ impl Collector {
                 .own_counts
                 .entry(key.clone())
                 .or_insert_with(|| (0, Vec::new()));
-            if counts.len() != *n || now_ms.saturating_sub(*read_at) > OWN_COUNTS_MAX_AGE_MS {
+            // Read fresh for each answer (answers handled within the same millisecond share
+            // one read): an older read would miss requests sent since and take them for
+            // another gateway's. A read copies the server's whole value, 4 bytes a pod.
+            if counts.len() != *n || *read_at != now_ms {
                 *counts = crate::in_flight::read_counts(host, key, *n);
                 *read_at = now_ms;
             }
             own = own.saturating_add(counts.get(*idx).copied().unwrap_or(0));
         }
         if let Some(s) = self.stats.get_mut(&t.address) {
-            s.set_own_in_flight(own);
+            s.count_others(own);
         }
     }
 
@@ -453,10 +461,16 @@ mod tests {
         }
         assert_eq!(c.stats("127.0.0.2:8000").unwrap().others, 2.0);
         assert_eq!(c.stats("127.0.0.3:8000").unwrap().others, 1.0);
+        // A pod this Envoy does not count requests to (a PD prefill pod): its load is not
+        // taken for other gateways'.
+        c.targets[1].in_flight_slots.clear();
+        assert!(c.on_answer(1, Kind::Metrics, Some(200), body(1, 0).as_bytes(), 6));
+        c.count_others_at(&host, 1, 6);
+        assert_eq!(c.stats("127.0.0.3:8000").unwrap().others, 0.0);
         // With only this Envoy's requests at the pod (the report lags: fewer than ours), none.
         let mut s = c.stats("127.0.0.2:8000").unwrap().clone();
         s.update(&parse_prometheus(&body(2, 0), Engine::Vllm), 6);
-        s.set_own_in_flight(3);
+        s.count_others(3);
         assert_eq!(s.others, 0.0);
     }
 

@@ -194,12 +194,10 @@ impl PodStats {
         self.at_ms = now_ms;
         self.scraped_ms = now_ms;
     }
-}
 
-impl PodStats {
-    /// Records this Envoy's requests in flight to the pod (`own`) when the scrape just folded
-    /// in answered: what the engine reported beyond them is other gateways' load.
-    pub fn set_own_in_flight(&mut self, own: u32) {
+    /// Counts what the scrape just folded in reported beyond `own`, this Envoy's requests in
+    /// flight to the pod when it answered, as other gateways' load.
+    pub fn count_others(&mut self, own: u32) {
         self.others = finite((self.running + self.waiting - f64::from(own)).max(0.0));
     }
 }

@@ -509,18 +509,25 @@ impl Router {
         self.scheduling
     }
 
-    /// Every pod to scrape, once per address (with the in-flight slot of every server that
-    /// lists it).
+    /// Every pod to scrape, once per address, with the in-flight slot of every server that
+    /// lists it and counts requests to it in flight (not a PD server's prefill pods: their
+    /// legs are side calls).
     pub fn scrape_targets(&self) -> Vec<crate::collector::Target> {
         let mut at: HashMap<String, usize> = HashMap::new();
         let mut out: Vec<crate::collector::Target> = Vec::new();
         for s in &self.servers {
             let n = s.endpoints.len();
             for (i, a) in s.endpoints.iter().enumerate() {
-                let slot = (s.in_flight_key.clone(), n, i);
+                let prefill =
+                    s.pd.as_ref()
+                        .is_some_and(|pd| pd.groups.iter().any(|g| g.prefill.contains(&i)));
+                let slot = (!prefill).then(|| (s.in_flight_key.clone(), n, i));
                 if let Some(&j) = at.get(a) {
-                    if let Some(t) = out.get_mut(j) {
-                        t.in_flight_slots.push(slot);
+                    // Servers of one cluster and pod list share their counts: one slot.
+                    if let Some((t, slot)) = out.get_mut(j).zip(slot) {
+                        if !t.in_flight_slots.contains(&slot) {
+                            t.in_flight_slots.push(slot);
+                        }
                     }
                     continue;
                 }
@@ -530,7 +537,7 @@ impl Router {
                     address: a.clone(),
                     engine: s.engine,
                     load_slot: s.load_key.as_ref().map(|k| (k.clone(), n, i)),
-                    in_flight_slots: vec![slot],
+                    in_flight_slots: slot.into_iter().collect(),
                 });
             }
         }

@@ -103,10 +103,9 @@ pub fn rank(
     }
     // Best first. Ties (above all: a prompt no pod has seen) with prefix-cache on: the pod
     // with the least load (requests in flight from every worker, and other gateways'), then
-    // the one the index
-    // knows to hold the fewest blocks (SGLang's smallest tree), so distinct prefixes spread
-    // over the pods instead of meeting on one; then rendezvous hashing of the prompt's first
-    // block. Without prefix-cache, at random, so equal pods share the load.
+    // the one the index knows to hold the fewest blocks (SGLang's smallest tree), so distinct
+    // prefixes spread over the pods instead of meeting on one; then rendezvous hashing of the
+    // prompt's first block. Without prefix-cache, at random, so equal pods share the load.
     let prefix_on = cfg
         .scores
         .iter()

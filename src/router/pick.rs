@@ -358,7 +358,7 @@ impl<'a> PodView<'a> {
 /// from the report, the rest from the last scrape; a pod that reported is up. A pod that keeps
 /// reporting is not scraped, so its last scrape ages: once that is older than `stale_ms`, its
 /// TTFT and TPOT count as not measured (least-latency's neutral score) rather than frozen at
-/// what they were; vLLM's report does not carry them.
+/// what they were, and other gateways' load as none; vLLM's report does not carry them.
 fn apply_load_reports(
     stats: &mut Snapshot,
     endpoints: &[String],
@@ -376,6 +376,7 @@ fn apply_load_reports(
         if reported.at_ms.saturating_sub(s.scraped_ms) > stale_ms {
             s.ttft = 0.0;
             s.tpot = 0.0;
+            s.others = 0.0;
         }
         s.kv = reported.report.kv.unwrap_or(s.kv);
         s.waiting = reported.report.waiting.unwrap_or(s.waiting);
@@ -408,7 +409,8 @@ mod tests {
     use crate::metrics::PodStats;
 
     #[test]
-    fn a_pod_that_keeps_reporting_loses_its_frozen_latencies_once_its_scrape_is_stale() {
+    fn a_pod_that_keeps_reporting_loses_its_frozen_latencies_and_others_load_once_its_scrape_is_stale(
+    ) {
         let pod = "10.0.0.1:8000".to_string();
         let mut stats = Snapshot::new();
         let mut scraped = PodStats::default();
@@ -421,6 +423,7 @@ mod tests {
             },
             1_000,
         );
+        scraped.count_others(1); // 3 running, 1 of them this Envoy's
         stats.insert(pod.clone(), scraped);
         let report = |at_ms, waiting| {
             vec![Some(Reported {
@@ -435,11 +438,17 @@ mod tests {
         // Within the stale window of the scrape: the report's queue, the scrape's latencies.
         apply_load_reports(&mut stats, &endpoints, report(4_000, 2.0), 5_000);
         let s = &stats[&pod];
-        assert_eq!((s.waiting, s.ttft, s.at_ms), (2.0, 0.2, 4_000));
+        assert_eq!(
+            (s.waiting, s.ttft, s.at_ms, s.others),
+            (2.0, 0.2, 4_000, 2.0)
+        );
         // Reports keep coming, no scrape: past the window the latencies are unknown, not old.
         apply_load_reports(&mut stats, &endpoints, report(7_000, 1.0), 5_000);
         let s = &stats[&pod];
-        assert_eq!((s.waiting, s.ttft, s.tpot, s.at_ms), (1.0, 0.0, 0.0, 7_000));
+        assert_eq!(
+            (s.waiting, s.ttft, s.tpot, s.at_ms, s.others),
+            (1.0, 0.0, 0.0, 7_000, 0.0)
+        );
         assert_eq!(s.running, 3.0);
     }
 }

@@ -457,3 +457,48 @@ fn models_list_names_every_route_model_and_adapter_once() {
     );
     assert_eq!(v["object"], "list");
 }
+
+#[test]
+fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it() {
+    let pods = ["10.0.0.1:8000", "10.0.0.2:8000"];
+    let a = server("a", "m", &pods);
+    // Another cluster listing one of a's pods: its own counts.
+    let b = server("b", "m", &pods[..1]);
+    // a's cluster and pod list under another name: a's counts, not a second slot.
+    let c = CServer {
+        cluster: a.cluster.clone(),
+        ..server("c", "m", &pods)
+    };
+    // A PD server: its prefill legs are side calls, never counted in flight.
+    let pd = server("pd", "m", &[]).with_pd(
+        "group",
+        None,
+        &[
+            (
+                "10.0.0.3:8000",
+                Some("g0"),
+                Some(filter_config::Role::Prefill),
+            ),
+            (
+                "10.0.0.4:8000",
+                Some("g0"),
+                Some(filter_config::Role::Decode),
+            ),
+        ],
+    );
+    let r = Router::compile(FilterConfig::fixture(vec![], vec![a, b, c, pd]), 1).unwrap();
+    let targets = r.scrape_targets();
+    let slots: Vec<(&str, usize)> = targets
+        .iter()
+        .map(|t| (t.address.as_str(), t.in_flight_slots.len()))
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            ("10.0.0.1:8000", 2),
+            ("10.0.0.2:8000", 1),
+            ("10.0.0.3:8000", 0),
+            ("10.0.0.4:8000", 1)
+        ]
+    );
+}

@@ -91,19 +91,19 @@ fn target_tags() -> Vec<Value> {
     ]
 }
 
-fn tags(head: &[(&str, &str)], with_target: bool) -> Value {
+fn tags(head: &[(&str, &str)], with_target: bool) -> Vec<Value> {
     let mut v: Vec<Value> = head.iter().map(|(n, f)| tag(n, f)).collect();
     if with_target {
         v.extend(target_tags());
     }
-    Value::Array(v)
+    v
 }
 
 /// A histogram of the published value `value`, recorded only for requests that published
 /// it: its first tag reads the value and drops the stat when there is none (the logger logs
 /// an error per missing value) and itself otherwise, so it is never a label. A tag rule, not
 /// a CEL filter per histogram: no expression is evaluated per request.
-fn histogram(name: &str, tags: Value, value: &str) -> Value {
+fn histogram(name: &str, tags: Vec<Value>, value: &str) -> Value {
     let transform = |action: &str| {
         json!({"name": action, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.matching.actions.transform_stat.v3.TransformStat",
@@ -127,7 +127,7 @@ fn histogram(name: &str, tags: Value, value: &str) -> Value {
         },
     });
     let mut all = vec![gate];
-    all.extend(tags.as_array().cloned().unwrap_or_default());
+    all.extend(tags);
     json!({"stat": {"name": name, "tags": all}, "unit": "Percent", "value_format": fs(value)})
 }
 
