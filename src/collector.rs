@@ -474,6 +474,31 @@ mod tests {
         assert_eq!(s.others, 0.0);
     }
 
+    #[test]
+    fn each_scrape_answer_subtracts_the_in_flight_count_of_its_own_moment() {
+        let mut c = Collector::new(pods(2), 1, 1000, "x-pod");
+        let mut host = FakeHost::default();
+        let set_counts = |host: &mut FakeHost, counts: [u32; 2]| {
+            let bytes: Vec<u8> = counts.iter().flat_map(|v| v.to_le_bytes()).collect();
+            host.shared
+                .insert("modelroute.inflight.s".into(), (bytes, 1));
+        };
+        let report = b"vllm:num_requests_running 4\n";
+        set_counts(&mut host, [0, 0]);
+        assert!(c.on_answer(0, Kind::Metrics, Some(200), report, 5));
+        c.count_others_at(&host, 0, 5);
+        // This Envoy sent 4 requests to pod 1 since; pod 1's scrape answers a millisecond on.
+        set_counts(&mut host, [0, 4]);
+        assert!(c.on_answer(1, Kind::Metrics, Some(200), report, 6));
+        c.count_others_at(&host, 1, 6);
+        assert_eq!(c.stats("127.0.0.2:8000").unwrap().others, 4.0);
+        assert_eq!(
+            c.stats("127.0.0.3:8000").unwrap().others,
+            0.0,
+            "the 4 running at pod 1 are this Envoy's, read when its scrape answered"
+        );
+    }
+
     fn pods(n: usize) -> Vec<Target> {
         (0..n)
             .map(|i| Target {

@@ -510,18 +510,29 @@ impl Router {
     }
 
     /// Every pod to scrape, once per address, with the in-flight slot of every server that
-    /// lists it and counts requests to it in flight (not a PD server's prefill pods: their
-    /// legs are side calls).
+    /// lists it. A pod some PD server sends prefill legs to gets none: those legs are side
+    /// calls, never counted in flight, so its load cannot be split into this Envoy's and
+    /// other gateways'.
     pub fn scrape_targets(&self) -> Vec<crate::collector::Target> {
+        let prefill_pods: std::collections::HashSet<&str> = self
+            .servers
+            .iter()
+            .filter_map(|s| s.pd.as_ref().map(|pd| (s, pd)))
+            .flat_map(|(s, pd)| {
+                pd.groups
+                    .iter()
+                    .flat_map(|g| &g.prefill)
+                    .map(move |i| (s, *i))
+            })
+            .filter_map(|(s, i)| s.endpoints.get(i).map(String::as_str))
+            .collect();
         let mut at: HashMap<String, usize> = HashMap::new();
         let mut out: Vec<crate::collector::Target> = Vec::new();
         for s in &self.servers {
             let n = s.endpoints.len();
             for (i, a) in s.endpoints.iter().enumerate() {
-                let prefill =
-                    s.pd.as_ref()
-                        .is_some_and(|pd| pd.groups.iter().any(|g| g.prefill.contains(&i)));
-                let slot = (!prefill).then(|| (s.in_flight_key.clone(), n, i));
+                let counted = !prefill_pods.contains(a.as_str());
+                let slot = counted.then(|| (s.in_flight_key.clone(), n, i));
                 if let Some(&j) = at.get(a) {
                     // Servers of one cluster and pod list share their counts: one slot.
                     if let Some((t, slot)) = out.get_mut(j).zip(slot) {

@@ -460,6 +460,7 @@ fn models_list_names_every_route_model_and_adapter_once() {
 
 #[test]
 fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it() {
+    use filter_config::Role;
     let pods = ["10.0.0.1:8000", "10.0.0.2:8000"];
     let a = server("a", "m", &pods);
     // Another cluster listing one of a's pods: its own counts.
@@ -469,24 +470,19 @@ fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it(
         cluster: a.cluster.clone(),
         ..server("c", "m", &pods)
     };
-    // A PD server: its prefill legs are side calls, never counted in flight.
-    let pd = server("pd", "m", &[]).with_pd(
-        "group",
-        None,
-        &[
-            (
-                "10.0.0.3:8000",
-                Some("g0"),
-                Some(filter_config::Role::Prefill),
-            ),
-            (
-                "10.0.0.4:8000",
-                Some("g0"),
-                Some(filter_config::Role::Decode),
-            ),
-        ],
-    );
-    let r = Router::compile(FilterConfig::fixture(vec![], vec![a, b, c, pd]), 1).unwrap();
+    // A PD server (prefill pod 10.0.0.3): its prefill legs are side calls, never counted in
+    // flight.
+    let pd = || {
+        server("pd", "m", &[]).with_pd(
+            "group",
+            None,
+            &[
+                ("10.0.0.3:8000", Some("g0"), Some(Role::Prefill)),
+                ("10.0.0.4:8000", Some("g0"), Some(Role::Decode)),
+            ],
+        )
+    };
+    let r = Router::compile(FilterConfig::fixture(vec![], vec![a, b, c, pd()]), 1).unwrap();
     let targets = r.scrape_targets();
     let slots: Vec<(&str, usize)> = targets
         .iter()
@@ -501,4 +497,16 @@ fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it(
             ("10.0.0.4:8000", 1)
         ]
     );
+    // The prefill pod also listed as a plain pod by another server, before or after the PD
+    // server: still no slot, since its prefill legs are never counted.
+    let plain = || server("plain", "m", &["10.0.0.3:8000"]);
+    for servers in [vec![plain(), pd()], vec![pd(), plain()]] {
+        let r = Router::compile(FilterConfig::fixture(vec![], servers), 1).unwrap();
+        let prefill = r
+            .scrape_targets()
+            .into_iter()
+            .find(|t| t.address == "10.0.0.3:8000")
+            .unwrap();
+        assert!(prefill.in_flight_slots.is_empty());
+    }
 }
