@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod global_rate_limit;
+pub mod placement_store;
 
 /// Version of this schema. The filter rejects a config whose `version` differs.
 pub const SCHEMA_VERSION: u32 = 1;

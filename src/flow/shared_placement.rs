@@ -10,6 +10,7 @@
 
 use std::ops::Range;
 
+use filter_config::placement_store as store;
 use filter_config::SharedPlacements;
 
 use super::Flow;
@@ -18,13 +19,6 @@ use crate::host::{Action, Host};
 use crate::in_flight::InFlight;
 use crate::router::{Router, SharedPlacement};
 use crate::scan::Scan;
-
-/// The store's path on the rate-limit service.
-pub const STORE_PATH: &str = "/modelroute.placements/v1";
-/// The request headers that name the store's Redis, the record's key and how long to keep it.
-pub const REDIS_HEADER: &str = "x-modelroute-redis";
-pub const KEY_HEADER: &str = "x-modelroute-placement";
-pub const TTL_HEADER: &str = "x-modelroute-placement-ttl";
 
 /// A request's body as parsed, kept while the store is asked (its scan without the model,
 /// which is `model` and `span` here).
@@ -58,7 +52,7 @@ impl Flow {
         parsed: Parsed,
         key: String,
     ) -> Action {
-        let Some(store) = router.settings.shared_placements.clone() else {
+        let Some(shared) = router.settings.shared_placements.clone() else {
             return self.route(
                 router,
                 host,
@@ -67,7 +61,7 @@ impl Flow {
                 SharedPlacement::Answered(None),
             );
         };
-        let token = dispatch(host, &store, &key, b"", store.timeout_ms);
+        let token = dispatch(host, &shared, &key, b"", shared.timeout_ms);
         self.placement_ask = Some(PlacementAsk {
             token,
             key,
@@ -133,11 +127,11 @@ impl Flow {
     /// This gateway placed a prompt the store had no record for: write its record there,
     /// kept unless another gateway's came first (the answer is not awaited).
     pub(super) fn share_placement(&mut self, router: &Router, host: &mut dyn Host, record: &[u8]) {
-        let (Some(store), Some(ask)) = (&router.settings.shared_placements, &self.placement_ask)
+        let (Some(shared), Some(ask)) = (&router.settings.shared_placements, &self.placement_ask)
         else {
             return;
         };
-        let _ = dispatch(host, store, &ask.key, record, store.timeout_ms);
+        let _ = dispatch(host, shared, &ask.key, record, shared.timeout_ms);
     }
 }
 
@@ -145,20 +139,20 @@ impl Flow {
 /// unless one (placed on the same pod list) is there; the answer is the record kept.
 fn dispatch(
     host: &mut dyn Host,
-    store: &SharedPlacements,
+    shared: &SharedPlacements,
     key: &str,
     record: &[u8],
     timeout_ms: u64,
 ) -> Option<u32> {
-    let ttl = store.ttl_s.to_string();
+    let ttl = shared.ttl_s.to_string();
     let headers = [
         (":method", "POST"),
-        (":path", STORE_PATH),
+        (":path", store::PATH),
         (":authority", "modelroute-placements"),
         ("content-type", "application/octet-stream"),
-        (REDIS_HEADER, store.redis.as_str()),
-        (KEY_HEADER, key),
-        (TTL_HEADER, ttl.as_str()),
+        (store::REDIS_HEADER, shared.redis.as_str()),
+        (store::KEY_HEADER, key),
+        (store::TTL_HEADER, ttl.as_str()),
     ];
-    host.dispatch(&store.cluster, &headers, record, timeout_ms)
+    host.dispatch(&shared.cluster, &headers, record, timeout_ms)
 }

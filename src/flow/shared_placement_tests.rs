@@ -1,9 +1,9 @@
 //! Fake-host tests of placements shared by gateways: two routers stand for two Envoys in
 //! front of the same pods, with the store's calls answered by hand.
 use super::fake::FakeHost;
-use super::shared_placement::{KEY_HEADER, STORE_PATH};
 use super::*;
 use crate::in_flight::InFlight;
+use filter_config::placement_store::{KEY_HEADER, PATH as STORE_PATH};
 use filter_config::{FilterConfig, Match, Plugin, Route, Rule, Server, WeightedPlugin};
 
 const PODS: [&str; 4] = [
