@@ -71,6 +71,7 @@ fn pick(c: &mut Criterion) {
                     &Ask {
                         lora: None,
                         hashes: &hashes,
+                        placed: None,
                     },
                     Some(&idx),
                     &mut rng,

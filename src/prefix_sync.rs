@@ -171,10 +171,21 @@ pub fn placement_key(cluster: &str, block: u64) -> String {
     format!("modelroute.placed.{cluster}.{}", block % PLACEMENT_SLOTS)
 }
 
-/// The key of the same placement in the gateways' shared store: the whole block hash (the
-/// store is not bounded by slots; the record still says which prompt it is for).
-pub fn shared_placement_key(cluster: &str, block: u64) -> String {
-    format!("modelroute:placed:{cluster}:{block:016x}")
+/// Where the gateways' shared store keeps a placement: its record's key (the whole block
+/// hash: the store is not bounded by slots; the record still says which prompt it is for),
+/// and the key of the prompt blocks placed on each of the server's pods (by pod list: a new
+/// list starts afresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKeys {
+    pub record: String,
+    pub placed_blocks: String,
+}
+
+pub fn shared_placement_keys(cluster: &str, pod_list: u32, block: u64) -> SharedKeys {
+    SharedKeys {
+        record: format!("modelroute:placed:{cluster}:{block:016x}"),
+        placed_blocks: format!("modelroute:placed-blocks:{cluster}:{pod_list:08x}"),
+    }
 }
 
 /// The placement record of a prompt with block hashes `hashes` on `pod` of the pod list

@@ -51,8 +51,8 @@ pub enum RouteError {
     /// The compiled configuration contradicts itself (a bug, not the client's doing).
     Internal(&'static str),
     /// Not a failure: asked with [`SharedPlacement::Unasked`], the prompt is one no local
-    /// record answers for; ask the gateways' store under this key, then decide again.
-    PlacementUnknown(String),
+    /// record answers for; ask the gateways' store under these keys, then decide again.
+    PlacementUnknown(crate::prefix_sync::SharedKeys),
 }
 
 #[derive(Debug)]
@@ -219,8 +219,12 @@ pub enum SharedPlacement<'a> {
     /// [`RouteError::PlacementUnknown`], for the caller to ask the store.
     Unasked,
     /// The store's answer: another gateway's record (used as a local one would be), or
-    /// none (then this gateway places it).
-    Answered(Option<&'a [u8]>),
+    /// none (then this gateway places it, breaking ties by `placed`: the prompt blocks every
+    /// gateway has placed on each pod, by pod index; None: the store did not answer).
+    Answered {
+        record: Option<&'a [u8]>,
+        placed: Option<&'a [u32]>,
+    },
 }
 
 /// A no-op in-flight source (tests, or no shared state).

@@ -350,9 +350,9 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
         assert_eq!(r.status, 200, "{}", r.text());
         r.pod()
     };
-    // Gateway B alone has placed three prompts, one a pod: for a prompt new to it, its
-    // tie-break (the least cached pod it knows of) prefers the fourth. (A pause after each,
-    // so both of its workers' indexes hold it.)
+    // Gateway B alone has placed three prompts, one a pod: for a prompt new to every gateway,
+    // the tie-break (the pod the gateways placed least on) prefers the fourth. (A pause after each, so
+    // both of its workers' indexes hold it.)
     let warm: std::collections::HashSet<String> = (0..3)
         .map(|i| {
             let pod = chat(
@@ -369,8 +369,8 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
         .map(|i| format!("pod-{i}"))
         .find(|p| !warm.contains(p))
         .unwrap();
-    // A new system prompt that gateway A, knowing none of that, places elsewhere: B meets it
-    // next and follows A's placement from the store, not its own preference.
+    // A new system prompt that gateway A places elsewhere: B meets it next and follows A's
+    // placement from the store, not its own preference.
     let (system, on_a) = (0..20)
         .map(|k| format!("System prompt {k}: you are terse and exact. ").repeat(30))
         .map(|system| {
@@ -385,9 +385,20 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
         on_a,
         "B has learned it"
     );
-    // B's own preference stands for a prompt A never saw (read from the store, not found).
+    // A prompt no gateway has placed goes to a pod the gateways placed the fewest prompt
+    // blocks on (the store counts them), not by what one gateway's index holds.
+    let placed_key = redis.cli(&["KEYS", "modelroute:placed-blocks:*"]);
+    let placed = redis.cli(&["HGETALL", placed_key.trim()]);
+    let words: Vec<&str> = placed.split_whitespace().collect();
+    let mut count = [0u32; 4];
+    for pair in words.chunks_exact(2) {
+        count[pair[0].parse::<usize>().unwrap()] = pair[1].parse().unwrap();
+    }
+    let fewest = *count.iter().min().unwrap();
     let fresh = "A prompt only B has seen, about gardening. ".repeat(30);
-    assert_eq!(chat(&b, &fresh, "hi"), bs_own);
+    let pod = chat(&b, &fresh, "hi");
+    let index: usize = pod.trim_start_matches("pod-").parse().unwrap();
+    assert_eq!(count[index], fewest, "{pod} holds {count:?}");
     let keys = redis.cli(&["KEYS", "modelroute:placed:*"]);
     assert!(keys.lines().count() >= 5, "{keys}");
 }

@@ -88,7 +88,10 @@ fuzz_target!(|data: &[u8]| {
             load_reports: &no_load_reports,
             placements: &no_placements,
             // Fuzzed bytes as another gateway's record (with a store in the configuration).
-            shared: SharedPlacement::Answered(Some(prompt)),
+            shared: SharedPlacement::Answered {
+                record: Some(prompt),
+                placed: Some(&[1, 0, 2]),
+            },
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

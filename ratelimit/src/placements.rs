@@ -11,15 +11,23 @@ use crate::redis::{Clients, Reply};
 
 /// GET the record (a record read lives on: its time to live starts again); with one to
 /// write, keep the one there if it was placed on the same pod list (bytes 12..16, hex
-/// characters 25..32 in Lua's 1-based strings), else SET it with its time to live. Returns
-/// the record kept, or nil.
+/// characters 25..32 in Lua's 1-based strings), else SET it with its time to live and count
+/// its prompt's blocks on its pod (bytes 8..12, little-endian) in the server's placed blocks
+/// (KEYS[2]): a family's long system prompt weighs more than a one-off question. Returns the
+/// record kept (or '') and the placed blocks, pod and count by turns.
 const SCRIPT: &str = r#"
 local old = redis.call('GET', KEYS[1])
 if old then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if ARGV[1] == '' then return old end
-if old and string.sub(old, 25, 32) == string.sub(ARGV[1], 25, 32) then return old end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return ARGV[1]
+local kept = old
+if ARGV[1] ~= '' and not (old and string.sub(old, 25, 32) == string.sub(ARGV[1], 25, 32)) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  local h = ARGV[1]
+  local pod = tonumber(string.sub(h, 23, 24) .. string.sub(h, 21, 22) .. string.sub(h, 19, 20) .. string.sub(h, 17, 18), 16)
+  redis.call('HINCRBY', KEYS[2], tostring(pod), math.floor((string.len(h) / 2 - 16) / 8))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  kept = ARGV[1]
+end
+return {kept or '', redis.call('HGETALL', KEYS[2])}
 "#;
 
 /// The store's state: a client per Redis address.
@@ -38,28 +46,67 @@ impl Placements {
     }
 
     /// Reads the record under `key` (`record` empty) or writes `record` with `ttl_s`; the
-    /// record kept, empty when none or Redis did not answer (the gateway then places the
-    /// prompt on its own).
-    pub async fn call(&self, redis: &str, key: &str, record: &[u8], ttl_s: u64) -> Vec<u8> {
+    /// record kept and the blocks placed per pod under `placed_blocks`. None when Redis did not answer
+    /// (the gateway then places the prompt on its own).
+    pub async fn call(
+        &self,
+        redis: &str,
+        key: &str,
+        placed_blocks: &str,
+        record: &[u8],
+        ttl_s: u64,
+    ) -> Option<contract::Answer> {
         if record.len() > contract::MAX_RECORD
             || (!record.is_empty() && record.len() < contract::POD_LIST_BYTES.end)
         {
-            return Vec::new();
+            return None;
         }
         let addr = self.redis_override.as_deref().unwrap_or(redis);
-        let Some(client) = self.clients.get(addr).await else {
-            return Vec::new();
-        };
+        let client = self.clients.get(addr).await?;
         let args = [hex(record), ttl_s.max(1).to_string()];
-        match client.eval(&[key], &args).await {
-            Ok(Reply::Bulk(Some(kept))) => unhex(&kept).unwrap_or_default(),
-            Ok(_) => Vec::new(),
+        match client.eval(&[key, placed_blocks], &args).await {
+            Ok(Reply::Array(reply)) => answer(&reply),
+            Ok(other) => {
+                log::warn!("modelroute-ratelimit: placement {key}: unexpected reply {other:?}");
+                None
+            }
             Err(e) => {
                 log::warn!("modelroute-ratelimit: Redis {addr}: placement {key}: {e}");
-                Vec::new()
+                None
             }
         }
     }
+}
+
+/// The script's reply as the filter reads it.
+fn answer(reply: &[Reply]) -> Option<contract::Answer> {
+    let [Reply::Bulk(kept), Reply::Array(fields)] = reply else {
+        return None;
+    };
+    let record = kept.as_deref().and_then(unhex).unwrap_or_default();
+    let mut placed_blocks = Vec::new();
+    for pair in fields.chunks_exact(2) {
+        let (Reply::Bulk(Some(pod)), Reply::Bulk(Some(count))) = (&pair[0], &pair[1]) else {
+            continue;
+        };
+        let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+        let (Some(pod), Some(count)) = (number(pod), number(count)) else {
+            continue;
+        };
+        let Ok(pod) = usize::try_from(pod) else {
+            continue;
+        };
+        if pod < contract::MAX_PODS {
+            if placed_blocks.len() <= pod {
+                placed_blocks.resize(pod + 1, 0);
+            }
+            placed_blocks[pod] = u32::try_from(count).unwrap_or(u32::MAX);
+        }
+    }
+    Some(contract::Answer {
+        record,
+        placed_blocks,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -83,7 +83,8 @@ async fn handle(req: Request<Incoming>, services: &Services) -> Response<Frames>
     ])))
 }
 
-/// A placement store call: the record kept under the key, as the body (empty: none).
+/// A placement store call: the store's [`filter_config::placement_store::Answer`] as the
+/// body (empty: Redis did not answer).
 async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<Frames> {
     use filter_config::placement_store as contract;
     let header = |name: &str| {
@@ -93,18 +94,20 @@ async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<
             .map(str::to_string)
     };
     let (redis, key) = (header(contract::REDIS_HEADER), header(contract::KEY_HEADER));
+    let placed_blocks = header(contract::PLACED_BLOCKS_HEADER);
     let ttl_s = header(contract::TTL_HEADER)
         .and_then(|t| t.parse::<u64>().ok())
         .unwrap_or(600);
     let body = Limited::new(req.into_body(), contract::MAX_RECORD)
         .collect()
         .await;
-    let kept = match (redis, key, body) {
-        (Some(redis), Some(key), Ok(record)) => {
-            placements
-                .call(&redis, &key, &record.to_bytes(), ttl_s)
-                .await
-        }
+    // An empty body: no answer (the filter places the prompt on its own).
+    let kept = match (redis, key, placed_blocks, body) {
+        (Some(redis), Some(key), Some(placed_blocks), Ok(record)) => placements
+            .call(&redis, &key, &placed_blocks, &record.to_bytes(), ttl_s)
+            .await
+            .map(|a| a.encode())
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     let mut r = Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(kept))])));

@@ -17,6 +17,7 @@ use super::Flow;
 use crate::errors::ErrorReply;
 use crate::host::{Action, Host};
 use crate::in_flight::InFlight;
+use crate::prefix_sync::SharedKeys;
 use crate::router::{Router, SharedPlacement};
 use crate::scan::Scan;
 
@@ -36,7 +37,7 @@ pub(super) struct Parsed {
 #[derive(Debug)]
 pub(super) struct PlacementAsk {
     token: Option<u32>,
-    key: String,
+    key: SharedKeys,
     waiting: Option<Parsed>,
 }
 
@@ -50,18 +51,12 @@ impl Flow {
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        key: String,
+        key: SharedKeys,
     ) -> Action {
         let Some(shared) = router.settings.shared_placements.clone() else {
-            return self.route(
-                router,
-                host,
-                in_flight,
-                parsed,
-                SharedPlacement::Answered(None),
-            );
+            return self.route(router, host, in_flight, parsed, UNANSWERED);
         };
-        let token = dispatch(host, &shared, &key, b"", shared.timeout_ms);
+        let token = dispatch(host, &shared, &key, b"");
         self.placement_ask = Some(PlacementAsk {
             token,
             key,
@@ -74,13 +69,7 @@ impl Flow {
                 }
                 Action::Pause
             }
-            None => self.route(
-                router,
-                host,
-                in_flight,
-                parsed,
-                SharedPlacement::Answered(None),
-            ),
+            None => self.route(router, host, in_flight, parsed, UNANSWERED),
         }
     }
 
@@ -110,11 +99,18 @@ impl Flow {
             self.fail(host, &ErrorReply::not_configured());
             return true;
         };
-        let record = match host.call_status() {
-            Some(200) if body_size > 0 => host.call_body(body_size),
-            _ => None,
+        let answer = match host.call_status() {
+            Some(200) => host.call_body(body_size).unwrap_or_default(),
+            _ => Vec::new(),
         };
-        let shared = SharedPlacement::Answered(record.as_deref());
+        let answer = store::Answer::decode(&answer);
+        let shared = match &answer {
+            Some(a) => SharedPlacement::Answered {
+                record: (!a.record.is_empty()).then_some(a.record.as_slice()),
+                placed: Some(&a.placed_blocks),
+            },
+            None => UNANSWERED,
+        };
         if matches!(
             self.route(router, host, in_flight, parsed, shared),
             Action::Continue
@@ -131,18 +127,24 @@ impl Flow {
         else {
             return;
         };
-        let _ = dispatch(host, shared, &ask.key, record, shared.timeout_ms);
+        let _ = dispatch(host, shared, &ask.key, record);
     }
 }
 
+/// The store did not answer (in time): this gateway places the prompt by its own knowledge.
+const UNANSWERED: SharedPlacement<'static> = SharedPlacement::Answered {
+    record: None,
+    placed: None,
+};
+
 /// A call to the store: an empty body reads the record under `key`, a record writes it
-/// unless one (placed on the same pod list) is there; the answer is the record kept.
+/// unless one (placed on the same pod list) is there; the answer is the record kept and the
+/// prompt blocks placed on each pod.
 fn dispatch(
     host: &mut dyn Host,
     shared: &SharedPlacements,
-    key: &str,
+    key: &SharedKeys,
     record: &[u8],
-    timeout_ms: u64,
 ) -> Option<u32> {
     let ttl = shared.ttl_s.to_string();
     let headers = [
@@ -151,8 +153,9 @@ fn dispatch(
         (":authority", "modelroute-placements"),
         ("content-type", "application/octet-stream"),
         (store::REDIS_HEADER, shared.redis.as_str()),
-        (store::KEY_HEADER, key),
+        (store::KEY_HEADER, key.record.as_str()),
+        (store::PLACED_BLOCKS_HEADER, key.placed_blocks.as_str()),
         (store::TTL_HEADER, ttl.as_str()),
     ];
-    host.dispatch(&shared.cluster, &headers, record, timeout_ms)
+    host.dispatch(&shared.cluster, &headers, record, shared.timeout_ms)
 }

@@ -3,7 +3,7 @@
 use super::fake::FakeHost;
 use super::*;
 use crate::in_flight::InFlight;
-use filter_config::placement_store::{KEY_HEADER, PATH as STORE_PATH};
+use filter_config::placement_store::{Answer, KEY_HEADER, PATH as STORE_PATH};
 use filter_config::{FilterConfig, Match, Plugin, Route, Rule, Server, WeightedPlugin};
 
 const PODS: [&str; 4] = [
@@ -44,6 +44,20 @@ fn gateway(seed: u64) -> Router {
         });
     });
     Router::compile(cfg, seed).unwrap()
+}
+
+/// The store's answer: no record, nothing placed anywhere.
+fn none() -> Vec<u8> {
+    Answer::default().encode()
+}
+
+/// The store's answer: `record`, another gateway's.
+fn following(record: Vec<u8>) -> Vec<u8> {
+    Answer {
+        record,
+        placed_blocks: vec![0, 0, 0, 1],
+    }
+    .encode()
 }
 
 fn body(system: &str, user: &str) -> String {
@@ -100,7 +114,7 @@ fn a_second_gateway_follows_the_first_gateways_placement_of_a_new_prompt() {
         &mut a,
         &body(&system, "hello"),
         [3, 3, 3, 0],
-        (Some(200), vec![]),
+        (Some(200), none()),
     );
     assert_eq!(pod(&h), PODS[3]);
     let record = record.expect("the placement is written to the store");
@@ -110,7 +124,7 @@ fn a_second_gateway_follows_the_first_gateways_placement_of_a_new_prompt() {
         &mut b,
         &body(&system, "good morning"),
         [0, 0, 0, 2],
-        (Some(200), vec![]),
+        (Some(200), none()),
     );
     assert_ne!(pod(&h), PODS[3]);
     // ...with A's record from the store it does, and learns it: the next turn stays, with
@@ -120,24 +134,26 @@ fn a_second_gateway_follows_the_first_gateways_placement_of_a_new_prompt() {
         &mut b,
         &body(&system, "good morning"),
         [0, 0, 0, 2],
-        (Some(200), record),
+        (Some(200), following(record)),
     );
     assert_eq!(pod(&h), PODS[3]);
     assert_eq!(written, None, "a placement followed is not written again");
-    let next = body(&system, "good morning, again");
-    let mut h = FakeHost::post("/v1/chat/completions", &next, &[]);
-    let mut f = Flow::new();
-    f.on_request_headers(Some(&b), &mut h, false);
-    let action = f.on_request_body(
-        Some(&mut b),
-        &mut h,
-        &mut InFlight::default(),
-        next.len(),
-        true,
-    );
+    let (action, h) = send_at_once(&mut b, &body(&system, "good morning, again"), false);
     assert_eq!(action, Action::Continue);
     assert!(h.calls.is_empty());
     assert_eq!(pod(&h), PODS[3]);
+}
+
+/// Sends `body` through `gateway` and returns what the body hook answered, the store's call
+/// refused when `refuse_calls`.
+fn send_at_once(gateway: &mut Router, body: &str, refuse_calls: bool) -> (Action, FakeHost) {
+    let mut h = FakeHost::post("/v1/chat/completions", body, &[]);
+    h.refuse_dispatch = refuse_calls;
+    let mut f = Flow::new();
+    f.on_request_headers(Some(gateway), &mut h, false);
+    let n = body.len();
+    let action = f.on_request_body(Some(gateway), &mut h, &mut InFlight::default(), n, true);
+    (action, h)
 }
 
 #[test]
@@ -153,19 +169,34 @@ fn without_an_answer_in_time_the_gateway_places_on_its_own() {
         );
     }
     // A store call the host refuses: no pause at all.
-    let mut g = gateway(1);
-    let b = body(&system, "ahoy");
-    let mut h = FakeHost::post("/v1/chat/completions", &b, &[]);
-    h.refuse_dispatch = true;
-    let mut f = Flow::new();
-    f.on_request_headers(Some(&g), &mut h, false);
-    let action = f.on_request_body(
-        Some(&mut g),
-        &mut h,
-        &mut InFlight::default(),
-        b.len(),
-        true,
-    );
+    let (action, h) = send_at_once(&mut gateway(1), &body(&system, "ahoy"), true);
     assert_eq!(action, Action::Continue);
     assert!(!pod(&h).is_empty());
+}
+
+#[test]
+fn a_prompt_placed_anew_goes_to_the_pod_every_gateway_has_placed_least_on() {
+    // This gateway's own index holds nothing, so on its own it breaks the tie by hash; the
+    // store says pods 0, 1 and 3 already hold prompts other gateways placed.
+    for (k, system) in [
+        "Translate everything into Latin. ",
+        "Only answer with haiku. ",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut g = gateway(k as u64);
+        let placed = Answer {
+            record: vec![],
+            placed_blocks: vec![1, 1, 0, 1],
+        };
+        let (h, written) = send(
+            &mut g,
+            &body(&system.repeat(12), "hi"),
+            [0, 0, 0, 0],
+            (Some(200), placed.encode()),
+        );
+        assert_eq!(pod(&h), PODS[2]);
+        assert!(written.is_some());
+    }
 }

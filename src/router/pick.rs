@@ -65,6 +65,10 @@ impl Router {
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
+            placed: match req.shared {
+                SharedPlacement::Answered { placed, .. } => placed,
+                _ => None,
+            },
         };
         let (ranked, pairs) = {
             let view = PodView::new(
@@ -132,7 +136,7 @@ fn read_placement_record(
     server: &mut Server,
     hashes: &[u64],
     req: &Request<'_>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, prefix_sync::SharedKeys> {
     let Some(index) = server.prefix.as_mut() else {
         return Ok(None);
     };
@@ -147,11 +151,21 @@ fn read_placement_record(
         .and_then(|record| prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms));
     let placed = match (local, req.shared) {
         (Some(placed), _) => Some(placed),
-        (None, SharedPlacement::Off | SharedPlacement::Answered(None)) => None,
+        (None, SharedPlacement::Off | SharedPlacement::Answered { record: None, .. }) => None,
         (None, SharedPlacement::Unasked) => {
-            return Err(prefix_sync::shared_placement_key(&server.cluster, block));
+            return Err(prefix_sync::shared_placement_keys(
+                &server.cluster,
+                server.pod_list,
+                block,
+            ));
         }
-        (None, SharedPlacement::Answered(Some(record))) => {
+        (
+            None,
+            SharedPlacement::Answered {
+                record: Some(record),
+                ..
+            },
+        ) => {
             prefix_sync::decode_placement_within(record, hashes, known, pods, req.now_ms, u64::MAX)
         }
     };
