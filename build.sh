@@ -296,8 +296,8 @@ bench() {
   fi
   log "installing the peer routers (sglang-router, vllm-router) into .venv"
   "$VENV/bin/pip" install -q --disable-pip-version-check sglang-router==0.3.2 vllm-router==0.1.17
-  log "building a release mock-llm and the do-nothing wasm filter"
-  cargo build -q --release -p mock-llm
+  log "building a release mock-llm, modelroute-ratelimit and the do-nothing wasm filter"
+  cargo build -q --release -p mock-llm -p ratelimit
   CARGO_TARGET_DIR="$ROOT/target" cargo build -q --release --target wasm32-wasip1 \
     --manifest-path bench/noop-filter/Cargo.toml
   log "building modelroute.wasm with per-callback timing (feature timing, target/timing)"

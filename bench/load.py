@@ -59,6 +59,18 @@ def wait_http(url, deadline_s=30, ok=lambda status: status < 500, data=None, hea
     raise RuntimeError(f"{url} not ready: {last}")
 
 
+def wait_port(host, port, deadline_s=10):
+    """Until something accepts TCP connections on host:port."""
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{host}:{port} not listening")
+
+
 def cpu_ticks(pid):
     """utime + stime of a process and its live descendants (Python launchers fork servers)."""
     total = 0
@@ -173,7 +185,7 @@ static_resources:
 """
 
 
-def start_modelroute(procs, work, name, res_dir, pods_file, render_args=()):
+def start_modelroute(procs, work, name, res_dir, pods_file, render_args=(), bootstrap_args=()):
     """Envoy with the filter as deployed, for the pods in `pods_file`: the controller renders
     `res_dir` (with `render_args`) and the shipped bootstrap (access log off); two workers
     (MODELROUTE_ENVOY_WORKERS).
@@ -183,7 +195,8 @@ def start_modelroute(procs, work, name, res_dir, pods_file, render_args=()):
     subprocess.run([CONTROLLER, "render", "--resources", res_dir, "--pods", pods_file, "--wasm", WASM, "--out", conf,
                     *render_args], check=True, capture_output=True)
     boot = subprocess.run([CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
-                           "--config-dir", conf, "--access-log", "off"], check=True, capture_output=True,
+                           "--config-dir", conf, "--access-log", "off", *bootstrap_args], check=True,
+                          capture_output=True,
                           text=True).stdout
     cfg = os.path.join(work, f"{name}.yaml")
     with open(cfg, "w") as f:

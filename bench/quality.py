@@ -39,7 +39,8 @@ SIM = ["--max-running", "4", "--sim-kv-blocks", "400", "--sim-prefill-us-per-blo
 # MODELROUTE_TUNED_PROFILE: another profile to measure under this name.
 SCHEDULER_TUNED = (os.environ.get("MODELROUTE_TUNED_PROFILE")
                    or os.path.join(ROOT, "examples", "scheduler", "cache-affinity.yaml"))
-ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "sglang-router", "vllm-router"]
+ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "modelroute-tuned-shared", "sglang-router",
+           "vllm-router"]
 
 
 def ip(i):
@@ -147,9 +148,24 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p / 100 * len(v)))] if v else float("nan")
 
 
-def start_router(name, procs, work, pods, pod_port, tag=""):
+def start_store(procs, work):
+    """The gateways' shared placement store: a Redis and modelroute-ratelimit in front of it.
+    Returns (the service's address, Redis's)."""
+    redis_port, service_port = L.free_port(), L.free_port()
+    log = open(os.path.join(work, "store.log"), "w")
+    procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"], log)
+    service = f"127.0.0.1:{service_port}"
+    procs.start([os.path.join(L.BIN, "modelroute-ratelimit"), "--listen", service], log)
+    L.wait_port("127.0.0.1", redis_port, 10)
+    L.wait_port("127.0.0.1", service_port, 10)
+    return service, f"127.0.0.1:{redis_port}"
+
+
+def start_router(name, procs, work, pods, pod_port, tag="", store=None):
     """One instance of router `name` in front of the pods; its port (None: not installed).
-    `tag` tells several instances' files apart."""
+    `tag` tells several instances' files apart; `store`: the shared placement store
+    (`start_store`) for the `-shared` routers."""
     urls = [f"http://{ip(i)}:{pod_port}" for i in range(pods)]
     if name in ("sglang-router", "vllm-router"):
         port = L.free_port()
@@ -174,15 +190,18 @@ def start_router(name, procs, work, pods, pod_port, tag=""):
         pods_file = os.path.join(work, "pods.yaml")
         with open(pods_file, "w") as f:
             f.write(L.pods_yaml([ip(i) for i in range(pods)], pod_port))
-        render = ["--metrics-interval-ms", "200"]
+        render, boot = ["--metrics-interval-ms", "200"], []
+        if store:
+            render += ["--rate-limit-service", store[0], "--shared-placements-redis", store[1]]
+            boot = ["--rate-limit-service", store[0]]
         if name == "round-robin":
             path = os.path.join(work, "sched-off.yaml")
             with open(path, "w") as f:
                 f.write(L.SCHEDULER_OFF)
             render += ["--scheduler-config", path]
-        elif name == "modelroute-tuned":
+        elif name.startswith("modelroute-tuned"):
             render += ["--scheduler-config", SCHEDULER_TUNED]
-        port, _, _ = L.start_modelroute(procs, work, name + tag, res, pods_file, render)
+        port, _, _ = L.start_modelroute(procs, work, name + tag, res, pods_file, render, boot)
     L.wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", 60, ok=lambda s: s == 200,
                 data=json.dumps({"model": L.MODEL, "messages": [{"role": "user", "content": "warm"}],
                                  "max_tokens": 1}).encode(), headers={"Content-Type": "application/json"})
@@ -261,7 +280,9 @@ def run_router(name, args, trace):
                      f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
         for i in range(args.pods):
             L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
-        ports = [start_router(name, procs, work, args.pods, pod_port, f"-{g}") for g in range(args.gateways)]
+        store = start_store(procs, work) if name.endswith("-shared") else None
+        ports = [start_router(name, procs, work, args.pods, pod_port, f"-{g}", store)
+                 for g in range(args.gateways)]
         if None in ports:
             print(f"skipping {name}: not installed", file=sys.stderr)
             return None

@@ -13,7 +13,9 @@ use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
-use modelroute::router::{no_in_flight, no_load_reports, no_placements, Request, Router};
+use modelroute::router::{
+    no_in_flight, no_load_reports, no_placements, Request, Router, SharedPlacement,
+};
 use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate};
 
@@ -69,6 +71,7 @@ fn pick(c: &mut Criterion) {
                     &Ask {
                         lora: None,
                         hashes: &hashes,
+                        placed: None,
                     },
                     Some(&idx),
                     &mut rng,
@@ -165,6 +168,7 @@ fn decide(c: &mut Criterion) {
                     in_flight: &no_in_flight,
                     load_reports: &no_load_reports,
                     placements: &no_placements,
+                    shared: SharedPlacement::Off,
                     now_ms: 0,
                 })
                 .map(|d| d.endpoints.len())
@@ -271,6 +275,7 @@ fn route_lookup(c: &mut Criterion) {
                             in_flight: &no_in_flight,
                             load_reports: &no_load_reports,
                             placements: &no_placements,
+                            shared: SharedPlacement::Off,
                             now_ms: 0,
                         })
                         .map(|d| d.server)

@@ -133,6 +133,12 @@ impl ErrorReply {
                 "internal_error",
                 format!("the router failed to route model {model:?}: {what}"),
             ),
+            // The flow asks the store on this; reaching a reply would be a bug of ours.
+            RouteError::PlacementUnknown(_) => Self::new(
+                500,
+                "internal_error",
+                format!("the router failed to route model {model:?}: placement not asked"),
+            ),
             RouteError::NoReadyEndpoints(s) => Self::new(
                 503,
                 "no_ready_endpoints",

@@ -25,13 +25,15 @@ use crate::load_report;
 use crate::prompt::{estimate_input_tokens, prompt_text};
 use crate::rate_limit::{self, Direction, Draw};
 use crate::rewrite::{json_string, splice_string};
-use crate::router::{Request, Router};
+use crate::router::{Request, RouteError, Router, SharedPlacement};
 use crate::scan::{scan, Key, Model, Scan};
 use crate::tally::metric_name;
 
 mod prefill;
 use prefill::PdRequest;
+mod shared_placement;
 pub use prefill::DEFAULT_PREFILL_TIMEOUT_MS;
+use shared_placement::{Parsed, PlacementAsk};
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
 /// The whole-request timeout is never set (it would cut a stream that has begun); the route's
@@ -101,6 +103,8 @@ pub struct Flow {
     /// The pod was asked for an in-band load report: where to share it (load key, pods, the
     /// server's index).
     load_report_slot: Option<(String, usize, usize)>,
+    /// The gateways' store of placements was asked about this request's prompt.
+    placement_ask: Option<PlacementAsk>,
 }
 
 impl Flow {
@@ -260,6 +264,51 @@ impl Flow {
             }
         }
 
+        let shared = if router.settings.shared_placements.is_some() && router.scheduling() {
+            SharedPlacement::Unasked
+        } else {
+            SharedPlacement::Off
+        };
+        let Scan {
+            stream,
+            members,
+            object,
+            ..
+        } = scanned;
+        let parsed = Parsed {
+            scanned: Scan {
+                model: None,
+                stream,
+                members,
+                object,
+            },
+            body,
+            body_size,
+            model,
+            span,
+        };
+        self.route(router, host, in_flight, parsed, shared)
+    }
+
+    /// Routes the parsed request: decides the server and pod and sends it on (or starts its
+    /// PD legs). `shared`: where the gateways' store of placements stands for it; not asked
+    /// yet, a prompt no local record answers for pauses the request while the store is
+    /// asked ([`Flow::ask_shared_placement`]), and this runs again with the answer.
+    fn route(
+        &mut self,
+        router: &mut Router,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        parsed: Parsed,
+        shared: SharedPlacement<'_>,
+    ) -> Action {
+        let Parsed {
+            body,
+            body_size,
+            scanned,
+            model,
+            span,
+        } = parsed;
         let prompt = match router.prompt_cap() {
             0 => Cow::Borrowed(&[][..]),
             cap => prompt_text(&body, &scanned, cap),
@@ -295,9 +344,20 @@ impl Flow {
             in_flight: &counts,
             load_reports: &reports,
             placements: &|key: &str| host.shared_get(key).0,
+            shared,
             now_ms,
         });
         drop(prompt);
+        if let Err(RouteError::PlacementUnknown(key)) = decision {
+            let parsed = Parsed {
+                body,
+                body_size,
+                scanned,
+                model,
+                span,
+            };
+            return self.ask_shared_placement(router, host, in_flight, parsed, key);
+        }
         self.outcome.model_known =
             !matches!(decision, Err(crate::router::RouteError::ModelNotFound));
         let name = metric_name(
@@ -313,6 +373,7 @@ impl Flow {
         if let Some((key, record)) = &decision.placement_record {
             // Last writer wins: a placement is a hint, not a count.
             host.shared_set(key, record, None);
+            self.share_placement(router, host, record);
         }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
@@ -640,6 +701,8 @@ mod signals;
 pub(crate) mod fake;
 #[cfg(test)]
 mod pd_tests;
+#[cfg(test)]
+mod shared_placement_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

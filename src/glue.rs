@@ -221,29 +221,43 @@ impl Context for Request {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        self.flow.on_call_response(&mut EnvoyHost, token, body_size);
+        let shared = self.with_router_and_in_flight(|flow, router, in_flight| {
+            flow.on_shared_placement(router, &mut EnvoyHost, in_flight, token, body_size)
+        });
+        if !shared {
+            self.flow.on_call_response(&mut EnvoyHost, token, body_size);
+        }
     }
 }
 
 impl Request {
     fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
-        let mut router = self.router.try_borrow_mut().ok();
-        let action = IN_FLIGHT.with(|f| {
-            let mut fallback = InFlight::default();
-            let mut in_flight = f.try_borrow_mut();
-            let in_flight = match in_flight.as_deref_mut() {
-                Ok(f) => f,
-                Err(_) => &mut fallback,
-            };
-            self.flow.on_request_body(
-                router.as_mut().and_then(|r| r.as_mut()),
-                &mut EnvoyHost,
-                in_flight,
-                body_size,
-                end_of_stream,
-            )
+        let action = self.with_router_and_in_flight(|flow, router, in_flight| {
+            flow.on_request_body(router, &mut EnvoyHost, in_flight, body_size, end_of_stream)
         });
         to_wasm(action)
+    }
+
+    /// Runs `f` on the flow with the worker's router and in-flight counts (a counts table of
+    /// its own if the worker's is in use, which only a re-entrant call could cause).
+    fn with_router_and_in_flight<T>(
+        &mut self,
+        f: impl FnOnce(&mut Flow, Option<&mut Router>, &mut InFlight) -> T,
+    ) -> T {
+        let mut router = self.router.try_borrow_mut().ok();
+        IN_FLIGHT.with(|cell| {
+            let mut fallback = InFlight::default();
+            let mut in_flight = cell.try_borrow_mut();
+            let in_flight = match in_flight.as_deref_mut() {
+                Ok(counts) => counts,
+                Err(_) => &mut fallback,
+            };
+            f(
+                &mut self.flow,
+                router.as_mut().and_then(|r| r.as_mut()),
+                in_flight,
+            )
+        })
     }
 }
 

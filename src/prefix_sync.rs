@@ -171,6 +171,23 @@ pub fn placement_key(cluster: &str, block: u64) -> String {
     format!("modelroute.placed.{cluster}.{}", block % PLACEMENT_SLOTS)
 }
 
+/// Where the gateways' shared store keeps a placement: its record's key (the whole block
+/// hash: the store is not bounded by slots; the record still says which prompt it is for),
+/// and the key of the prompt blocks placed on each of the server's pods (by pod list: a new
+/// list starts afresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKeys {
+    pub record: String,
+    pub placed_blocks: String,
+}
+
+pub fn shared_placement_keys(cluster: &str, pod_list: u32, block: u64) -> SharedKeys {
+    SharedKeys {
+        record: format!("modelroute:placed:{cluster}:{block:016x}"),
+        placed_blocks: format!("modelroute:placed-blocks:{cluster}:{pod_list:08x}"),
+    }
+}
+
 /// The placement record of a prompt with block hashes `hashes` on `pod` of the pod list
 /// `pod_list` (an id of the server's endpoint list), at `now_ms`:
 /// `at_ms (u64) | pod (u32) | pod_list (u32) | hashes (u64 each)`.
@@ -195,8 +212,21 @@ pub fn decode_placement(
     bytes: &[u8],
     hashes: &[u64],
     known: usize,
+    pods: (u32, usize),
+    now_ms: u64,
+) -> Option<(u32, Vec<u64>)> {
+    decode_placement_within(bytes, hashes, known, pods, now_ms, PLACEMENT_FRESH_MS)
+}
+
+/// [`decode_placement`] for a record of any age up to `max_age_ms`: the gateways' shared
+/// store keeps a prompt family's record for as long as it lives there.
+pub fn decode_placement_within(
+    bytes: &[u8],
+    hashes: &[u64],
+    known: usize,
     (pod_list, pods): (u32, usize),
     now_ms: u64,
+    max_age_ms: u64,
 ) -> Option<(u32, Vec<u64>)> {
     let at = read_u64(bytes, 0);
     let pod = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
@@ -206,7 +236,7 @@ pub fn decode_placement(
     if read_u64(body, at_block) != *hashes.get(known)?
         || body.len() % 8 != 0
         || body.len() / 8 > PLACEMENT_MAX_BLOCKS
-        || now_ms.abs_diff(at) > PLACEMENT_FRESH_MS
+        || now_ms.abs_diff(at) > max_age_ms
         || list != pod_list
         || pod as usize >= pods
     {

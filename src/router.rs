@@ -50,6 +50,9 @@ pub enum RouteError {
     AllFiltered(String, filter_config::Plugin),
     /// The compiled configuration contradicts itself (a bug, not the client's doing).
     Internal(&'static str),
+    /// Not a failure: asked with [`SharedPlacement::Unasked`], the prompt is one no local
+    /// record answers for; ask the gateways' store under these keys, then decide again.
+    PlacementUnknown(crate::prefix_sync::SharedKeys),
 }
 
 #[derive(Debug)]
@@ -201,8 +204,27 @@ pub struct Request<'a> {
     /// A shared-data value by key: the workers' placement records of new prefixes
     /// ([`crate::prefix_sync::placement_key`]).
     pub placements: &'a dyn Fn(&str) -> Option<Vec<u8>>,
+    /// The gateways' shared placements, for a prompt no local record answers for.
+    pub shared: SharedPlacement<'a>,
     /// Host clock, for metrics freshness.
     pub now_ms: u64,
+}
+
+/// Where the store of placements shared by every gateway stands for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedPlacement<'a> {
+    /// No store: place on this gateway's knowledge alone.
+    Off,
+    /// Not asked yet: a prompt no local record answers for is not placed but returned as
+    /// [`RouteError::PlacementUnknown`], for the caller to ask the store.
+    Unasked,
+    /// The store's answer: another gateway's record (used as a local one would be), or
+    /// none (then this gateway places it, breaking ties by `placed`: the prompt blocks every
+    /// gateway has placed on each pod, by pod index; None: the store did not answer).
+    Answered {
+        record: Option<&'a [u8]>,
+        placed: Option<&'a [u32]>,
+    },
 }
 
 /// A no-op in-flight source (tests, or no shared state).
@@ -211,6 +233,8 @@ pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
 }
 
 /// A no-op placement-record source (tests, or no shared state).
+///
+/// With it, [`Request::shared`] is usually [`SharedPlacement::Off`].
 pub fn no_placements(_: &str) -> Option<Vec<u8>> {
     None
 }

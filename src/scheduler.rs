@@ -43,6 +43,10 @@ pub struct Ask<'a> {
     pub lora: Option<&'a str>,
     /// Chained block hashes of the prompt (empty: prefix-cache scores 0).
     pub hashes: &'a [u64],
+    /// Prompt blocks every gateway has placed on each pod (by pod id, missing: none),
+    /// from the shared placement store; None: unknown, ties then count the blocks this
+    /// router's index holds.
+    pub placed: Option<&'a [u32]>,
 }
 
 /// Why no pod could be picked.
@@ -118,7 +122,10 @@ pub fn rank(
             let tie = match affinity {
                 Some(h) => (
                     c.load().round() as u32,
-                    prefix.map_or(0, |idx| idx.held(c.id)),
+                    match ask.placed {
+                        Some(placed) => placed.get(c.id as usize).copied().unwrap_or(0),
+                        None => prefix.map_or(0, |idx| idx.held(c.id)),
+                    },
                     crate::prefix::hash(h, &c.id.to_le_bytes()),
                 ),
                 None => (0, 0, rng.next_u64()),

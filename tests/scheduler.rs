@@ -321,3 +321,84 @@ fn a_new_system_prompts_first_requests_on_both_workers_meet_on_one_pod() {
     }
     panic!("five rounds of 8 connections never reached both workers");
 }
+
+#[test]
+fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
+    let redis = test_support::RedisServer::start();
+    let service = test_support::RateLimitService::start();
+    let opts = || {
+        let service_flag = ["--rate-limit-service".to_string(), service.addr.clone()];
+        let mut controller_args: Vec<String> =
+            ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
+                .map(String::from)
+                .to_vec();
+        controller_args.extend(service_flag.clone());
+        controller_args.extend(["--shared-placements-redis".to_string(), redis.addr()]);
+        Options {
+            controller_args,
+            bootstrap_args: service_flag.to_vec(),
+            scheduler: Some(scheduler(&[], &[("prefix-cache", 3), ("least-request", 1)])),
+            ..Options::default()
+        }
+    };
+    let a = Stack::start(&resources(), pods(4), opts());
+    let b = a.another_gateway(opts());
+    let chat = |s: &Stack, system: &str, user: &str| {
+        let body = serde_json::json!({"model": "pool", "max_tokens": 2, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": user}]});
+        let r = s.post("/v1/chat/completions", &body.to_string(), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.pod()
+    };
+    // Gateway B alone has placed three prompts, one a pod: for a prompt new to every gateway,
+    // the tie-break (the pod the gateways placed least on) prefers the fourth. (A pause after each, so
+    // both of its workers' indexes hold it.)
+    let warm: std::collections::HashSet<String> = (0..3)
+        .map(|i| {
+            let pod = chat(
+                &b,
+                &format!("warm-up prompt {i}, answer in verse. ").repeat(30),
+                "hi",
+            );
+            std::thread::sleep(Duration::from_millis(150));
+            pod
+        })
+        .collect();
+    assert_eq!(warm.len(), 3, "{warm:?}");
+    let bs_own = (0..4)
+        .map(|i| format!("pod-{i}"))
+        .find(|p| !warm.contains(p))
+        .unwrap();
+    // A new system prompt that gateway A places elsewhere: B meets it next and follows A's
+    // placement from the store, not its own preference.
+    let (system, on_a) = (0..20)
+        .map(|k| format!("System prompt {k}: you are terse and exact. ").repeat(30))
+        .map(|system| {
+            let pod = chat(&a, &system, "hello");
+            (system, pod)
+        })
+        .find(|(_, pod)| *pod != bs_own)
+        .expect("a prompt A places away from B's preference");
+    assert_eq!(chat(&b, &system, "good morning"), on_a);
+    assert_eq!(
+        chat(&b, &system, "and good night"),
+        on_a,
+        "B has learned it"
+    );
+    // A prompt no gateway has placed goes to a pod the gateways placed the fewest prompt
+    // blocks on (the store counts them), not by what one gateway's index holds.
+    let placed_key = redis.cli(&["KEYS", "modelroute:placed-blocks:*"]);
+    let placed = redis.cli(&["HGETALL", placed_key.trim()]);
+    let words: Vec<&str> = placed.split_whitespace().collect();
+    let mut count = [0u32; 4];
+    for pair in words.chunks_exact(2) {
+        count[pair[0].parse::<usize>().unwrap()] = pair[1].parse().unwrap();
+    }
+    let fewest = *count.iter().min().unwrap();
+    let fresh = "A prompt only B has seen, about gardening. ".repeat(30);
+    let pod = chat(&b, &fresh, "hi");
+    let index: usize = pod.trim_start_matches("pod-").parse().unwrap();
+    assert_eq!(count[index], fewest, "{pod} holds {count:?}");
+    let keys = redis.cli(&["KEYS", "modelroute:placed:*"]);
+    assert!(keys.lines().count() >= 5, "{keys}");
+}

@@ -35,6 +35,13 @@ pub struct Cluster {
 
 pub use crate::gateway::Gateway;
 
+/// How long a request new to this gateway waits for the shared placement store: past it, the
+/// gateway places the prompt on its own (a loopback or in-cluster round trip is ~1 ms).
+pub const SHARED_PLACEMENTS_TIMEOUT_MS: u64 = 25;
+/// How long a shared placement is kept: a prompt family unused for this long is placed
+/// afresh.
+pub const SHARED_PLACEMENTS_TTL_S: u64 = 600;
+
 /// The result of a compile: what the filter reads and what Envoy must know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
@@ -61,6 +68,18 @@ impl Compiled {
                         r.name
                     ));
                 }
+            }
+        }
+        if let Some(redis) = &gateway.shared_placements_redis {
+            if gateway.rate_limit_service.is_none() {
+                diags.warn("--shared-placements-redis: no rate-limit service configured (--rate-limit-service) to reach it through: each Envoy places new prompts on its own".to_string());
+            } else {
+                self.config.settings.shared_placements = Some(filter_config::SharedPlacements {
+                    cluster: crate::render::rate_limit::CLUSTER.to_string(),
+                    redis: redis.clone(),
+                    timeout_ms: SHARED_PLACEMENTS_TIMEOUT_MS,
+                    ttl_s: SHARED_PLACEMENTS_TTL_S,
+                });
             }
         }
         self.gateway = gateway;

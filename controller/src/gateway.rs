@@ -19,6 +19,9 @@ pub struct Gateway {
     /// `host:port` of `modelroute-ratelimit`, which Envoy's rate-limit filter calls for the
     /// global budgets; None: no global budgets (each Envoy enforces them on its own).
     pub rate_limit_service: Option<String>,
+    /// `host:port` of the Redis the gateways share placements of new prompts in, through
+    /// the rate-limit service; None: each Envoy places on its own.
+    pub shared_placements_redis: Option<String>,
 }
 
 /// The OpenAI SDKs' own request timeout: past it no client is waiting for the answer.
@@ -31,6 +34,7 @@ impl Default for Gateway {
             stream_idle_timeout_s: DEFAULT_STREAM_IDLE_TIMEOUT_S,
             access_log: AccessLog::default(),
             rate_limit_service: None,
+            shared_placements_redis: None,
         }
     }
 }
@@ -62,6 +66,12 @@ pub struct RateLimitServiceArgs {
     /// enforces global limits on its own. Give the same value to `bootstrap`.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub rate_limit_service: Option<String>,
+    /// `host:port` of a Redis in which every gateway in front of the same pods shares where
+    /// it placed prompts new to it (through the rate-limit service, so it needs
+    /// --rate-limit-service): gateways then agree on a new system prompt's pod. Without it
+    /// each Envoy places new prompts on its own.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub shared_placements_redis: Option<String>,
 }
 
 /// `host:port` with a port number.
@@ -81,6 +91,7 @@ impl GatewayArgs {
             stream_idle_timeout_s: self.stream_idle_timeout,
             access_log: self.access_log.access_log(),
             rate_limit_service: self.rate_limit.rate_limit_service.clone(),
+            shared_placements_redis: self.rate_limit.shared_placements_redis.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod global_rate_limit;
+pub mod placement_store;
 
 /// Version of this schema. The filter rejects a config whose `version` differs.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -124,6 +125,23 @@ pub struct Settings {
     pub models_owned_by: String,
     /// Pod picking (Kthena's scheduler plugins).
     pub scheduler: Scheduler,
+    /// Where gateways share the placements of new prompts, so every Envoy in front of the
+    /// same pods sends a prompt family to one pod; none: each Envoy places on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_placements: Option<SharedPlacements>,
+}
+
+/// The store of shared placements: Redis, reached through the rate-limit service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedPlacements {
+    /// The Envoy cluster of the rate-limit service (`modelroute-ratelimit`).
+    pub cluster: String,
+    /// The Redis the service keeps placements in (`host:port`).
+    pub redis: String,
+    /// How long a request waits for the store before placing on its own.
+    pub timeout_ms: u64,
+    /// How long a placement is kept.
+    pub ttl_s: u64,
 }
 
 /// Kthena's router scheduler configuration, resolved: which plugins filter and score pods,
@@ -206,6 +224,7 @@ impl Default for Settings {
             target_selection: TargetSelection::default(),
             models_owned_by: "kthena".to_string(),
             scheduler: Scheduler::default(),
+            shared_placements: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use modelroute::metrics::{PodStats, Snapshot};
-use modelroute::router::{no_load_reports, no_placements, Request, Router};
+use modelroute::router::{no_load_reports, no_placements, Request, Router, SharedPlacement};
 use modelroute_fuzz::{must_parse, parts};
 use serde_json::Value;
 
@@ -87,6 +87,11 @@ fuzz_target!(|data: &[u8]| {
             in_flight: &in_flight,
             load_reports: &no_load_reports,
             placements: &no_placements,
+            // Fuzzed bytes as another gateway's record (with a store in the configuration).
+            shared: SharedPlacement::Answered {
+                record: Some(prompt),
+                placed: Some(&[1, 0, 2]),
+            },
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

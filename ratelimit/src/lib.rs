@@ -7,8 +7,9 @@
 //! the protocol messages are in [`proto`], the buckets in [`limiter`], Redis in [`redis`].
 
 pub mod limiter;
+pub mod placements;
 pub mod proto;
 pub mod redis;
 mod server;
 
-pub use server::serve;
+pub use server::{serve, Services};

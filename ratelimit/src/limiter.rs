@@ -7,8 +7,6 @@
 //! so Kthena routers pointed at the same Redis share the budget. Unlike Kthena: the output
 //! debit goes into deficit (long answers are paid for), and a refused request writes nothing.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use filter_config::global_rate_limit::{self as contract, Budget};
@@ -16,7 +14,7 @@ use modelroute::errors::ErrorReply;
 use modelroute::rate_limit::{Direction, Refusal};
 
 use crate::proto::{self, HeaderValue, RateLimitRequest, RateLimitResponse};
-use crate::redis::{Error, Redis, Reply};
+use crate::redis::{Clients, Error, Reply};
 
 /// Admission and debit in one script, so every check-and-take is atomic across gateways.
 /// KEYS: input bucket, output bucket. ARGV: mode (admit | debit), input limit, output limit
@@ -62,10 +60,6 @@ end
 return {1}
 "#;
 
-/// Redis servers this service talks to, by address (bounded: addresses come from the
-/// controller's configuration, never from clients, but a mistake must not exhaust sockets).
-const MAX_REDIS: usize = 64;
-
 /// What one descriptor asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -77,8 +71,7 @@ pub enum Mode {
 pub struct Limiter {
     /// Every budget's Redis, whatever its descriptor says (`--redis`).
     redis_override: Option<String>,
-    timeout: Duration,
-    clients: tokio::sync::Mutex<HashMap<String, Arc<Redis>>>,
+    clients: Clients,
 }
 
 /// One budget's answer.
@@ -94,8 +87,7 @@ impl Limiter {
     pub fn new(redis_override: Option<String>, timeout: Duration) -> Limiter {
         Limiter {
             redis_override,
-            timeout,
-            clients: tokio::sync::Mutex::new(HashMap::new()),
+            clients: Clients::new(SCRIPT, timeout),
         }
     }
 
@@ -141,7 +133,7 @@ impl Limiter {
             return Verdict::Allowed;
         }
         let addr = self.redis_override.as_deref().unwrap_or(budget.redis);
-        let reply = match self.client(addr).await {
+        let reply = match self.clients.get(addr).await {
             Some(redis) => {
                 let [input, output] = keys(budget);
                 redis
@@ -166,19 +158,6 @@ impl Limiter {
                 }
             }
         }
-    }
-
-    async fn client(&self, addr: &str) -> Option<Arc<Redis>> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(addr) {
-            return Some(c.clone());
-        }
-        if clients.len() >= MAX_REDIS {
-            return None;
-        }
-        let c = Arc::new(Redis::new(addr, SCRIPT, self.timeout));
-        clients.insert(addr.to_string(), c.clone());
-        Some(c)
     }
 }
 

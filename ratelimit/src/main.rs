@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use ratelimit::limiter::Limiter;
+use ratelimit::placements::Placements;
 
 /// Envoy's rate-limit service for Kthena's global token budgets (ModelRoute
-/// spec.rateLimit.global), kept in Redis with Kthena's keys.
+/// spec.rateLimit.global), kept in Redis with Kthena's keys; and the store of placements the
+/// gateways share (the controller's --shared-placements-redis).
 #[derive(Parser)]
 #[command(name = "modelroute-ratelimit", version)]
 struct Args {
@@ -54,13 +56,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let limiter = Arc::new(Limiter::new(
-            args.redis,
-            Duration::from_millis(args.redis_timeout_ms.max(1)),
-        ));
+        let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+        let services = Arc::new(ratelimit::Services {
+            limiter: Limiter::new(args.redis.clone(), timeout),
+            placements: Placements::new(args.redis, timeout),
+        });
         eprintln!("modelroute-ratelimit listening on {}", args.listen);
         tokio::select! {
-            _ = ratelimit::serve(listener, limiter) => {}
+            _ = ratelimit::serve(listener, services) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         ExitCode::SUCCESS

@@ -3,6 +3,8 @@
 //! connections per Redis. Every call is bounded by a timeout; a connection that failed is
 //! dropped, the next call dials again, so a Redis that comes back is used again at once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -11,8 +13,43 @@ use tokio::sync::Mutex;
 
 /// Idle connections kept per Redis; more run at once when needed, the rest are closed.
 const POOL: usize = 16;
-/// Bounds on what a reply may hold (the script returns four small values).
+/// Bounds on what a reply may hold (the scripts return a few small values, or a placement
+/// record of a few KB).
 const MAX_BULK: usize = 1 << 16;
+/// Redis servers one script talks to, by address (bounded: addresses come from the
+/// controller's configuration, never from clients, but a mistake must not exhaust sockets).
+const MAX_REDIS: usize = 64;
+
+/// A client per Redis address for one script.
+pub struct Clients {
+    script: &'static str,
+    timeout: Duration,
+    by_addr: Mutex<HashMap<String, Arc<Redis>>>,
+}
+
+impl Clients {
+    pub fn new(script: &'static str, timeout: Duration) -> Clients {
+        Clients {
+            script,
+            timeout,
+            by_addr: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client of the Redis at `addr`; None past [`MAX_REDIS`] addresses.
+    pub async fn get(&self, addr: &str) -> Option<Arc<Redis>> {
+        let mut clients = self.by_addr.lock().await;
+        if let Some(c) = clients.get(addr) {
+            return Some(c.clone());
+        }
+        if clients.len() >= MAX_REDIS {
+            return None;
+        }
+        let c = Arc::new(Redis::new(addr, self.script, self.timeout));
+        clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+}
 const MAX_ITEMS: usize = 64;
 
 /// A reply, as far as this client reads them.

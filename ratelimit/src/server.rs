@@ -1,5 +1,6 @@
 //! The one gRPC method, `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, over
-//! HTTP/2: a length-prefixed protobuf message in, one out, `grpc-status` in the trailers.
+//! HTTP/2: a length-prefixed protobuf message in, one out, `grpc-status` in the trailers; and
+//! the gateways' placement store ([`filter_config::placement_store`]): a record in, one out.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,24 +17,31 @@ use prost::Message;
 use tokio::net::TcpListener;
 
 use crate::limiter::Limiter;
+use crate::placements::Placements;
 use crate::proto::RateLimitRequest;
 
 const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 /// A request holds a few descriptors of a few hundred bytes.
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// What the service keeps: the budgets' and the placements' Redis clients.
+pub struct Services {
+    pub limiter: Limiter,
+    pub placements: Placements,
+}
+
 /// Serves connections from `listener` until the process ends.
-pub async fn serve(listener: TcpListener, limiter: Arc<Limiter>) {
+pub async fn serve(listener: TcpListener, services: Arc<Services>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let limiter = limiter.clone();
+        let services = services.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let limiter = limiter.clone();
-                async move { Ok::<_, Infallible>(handle(req, &limiter).await) }
+                let services = services.clone();
+                async move { Ok::<_, Infallible>(handle(req, &services).await) }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service);
@@ -44,7 +52,11 @@ pub async fn serve(listener: TcpListener, limiter: Arc<Limiter>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, limiter: &Limiter) -> Response<Frames> {
+async fn handle(req: Request<Incoming>, services: &Services) -> Response<Frames> {
+    if req.uri().path() == filter_config::placement_store::PATH {
+        return placement(req, &services.placements).await;
+    }
+    let limiter = &services.limiter;
     if req.uri().path() != METHOD {
         return status_only(12, "unknown method"); // UNIMPLEMENTED
     }
@@ -69,6 +81,41 @@ async fn handle(req: Request<Incoming>, limiter: &Limiter) -> Response<Frames> {
         Frame::data(Bytes::from(framed)),
         Frame::trailers(trailers),
     ])))
+}
+
+/// A placement store call: the store's [`filter_config::placement_store::Answer`] as the
+/// body (empty: Redis did not answer).
+async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<Frames> {
+    use filter_config::placement_store as contract;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (redis, key) = (header(contract::REDIS_HEADER), header(contract::KEY_HEADER));
+    let placed_blocks = header(contract::PLACED_BLOCKS_HEADER);
+    let ttl_s = header(contract::TTL_HEADER)
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(600);
+    let body = Limited::new(req.into_body(), contract::MAX_RECORD)
+        .collect()
+        .await;
+    // An empty body: no answer (the filter places the prompt on its own).
+    let kept = match (redis, key, placed_blocks, body) {
+        (Some(redis), Some(key), Some(placed_blocks), Ok(record)) => placements
+            .call(&redis, &key, &placed_blocks, &record.to_bytes(), ttl_s)
+            .await
+            .map(|a| a.encode())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut r = Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(kept))])));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
 }
 
 /// The message of a gRPC body: one uncompressed, length-prefixed message.

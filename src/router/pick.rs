@@ -6,7 +6,9 @@
 //! each paired with the best prefill pod of their group. Pure: stats, in-flight counts, the
 //! prompt and randomness come in through [`Request`] and the router.
 
-use super::{Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, Target};
+use super::{
+    Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, SharedPlacement, Target,
+};
 use crate::metrics::Snapshot;
 use crate::prefix::{block_hashes, PrefixIndex};
 use crate::prefix_sync;
@@ -56,10 +58,17 @@ impl Router {
         }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-        let record_key = read_placement_record(server, &hashes, req);
+        let record_key = match read_placement_record(server, &hashes, req) {
+            Err(shared_key) => return Err(RouteError::PlacementUnknown(shared_key)),
+            Ok(key) => key,
+        };
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
+            placed: match req.shared {
+                SharedPlacement::Answered { placed, .. } => placed,
+                _ => None,
+            },
         };
         let (ranked, pairs) = {
             let view = PodView::new(
@@ -119,21 +128,54 @@ impl Router {
 /// a moment ago for it is learned, as if the journal had brought it, so both workers' picks
 /// agree. Returns the key to publish this worker's own record under when no record answered;
 /// None for a prompt the index mostly knows, or one a record answered.
-fn read_placement_record(server: &mut Server, hashes: &[u64], req: &Request<'_>) -> Option<String> {
-    let index = server.prefix.as_mut()?;
-    let known = prefix_sync::new_prompt_known_blocks(index, hashes)?;
-    let key = prefix_sync::placement_key(&server.cluster, *hashes.get(known)?);
-    let placed = (req.placements)(&key).and_then(|record| {
-        let pods = (server.pod_list, server.endpoints.len());
-        prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms)
-    });
-    match placed {
+///
+/// With the gateways' shared store ([`SharedPlacement`]): when no local record answers, the
+/// store's (another gateway's placement, kept as long as the store keeps it) is learned the
+/// same way; not asked yet, `Err` with the store's key, and nothing is placed.
+fn read_placement_record(
+    server: &mut Server,
+    hashes: &[u64],
+    req: &Request<'_>,
+) -> Result<Option<String>, prefix_sync::SharedKeys> {
+    let Some(index) = server.prefix.as_mut() else {
+        return Ok(None);
+    };
+    let Some((known, block)) = prefix_sync::new_prompt_known_blocks(index, hashes)
+        .and_then(|known| Some((known, *hashes.get(known)?)))
+    else {
+        return Ok(None);
+    };
+    let key = prefix_sync::placement_key(&server.cluster, block);
+    let pods = (server.pod_list, server.endpoints.len());
+    let local = (req.placements)(&key)
+        .and_then(|record| prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms));
+    let placed = match (local, req.shared) {
+        (Some(placed), _) => Some(placed),
+        (None, SharedPlacement::Off | SharedPlacement::Answered { record: None, .. }) => None,
+        (None, SharedPlacement::Unasked) => {
+            return Err(prefix_sync::shared_placement_keys(
+                &server.cluster,
+                server.pod_list,
+                block,
+            ));
+        }
+        (
+            None,
+            SharedPlacement::Answered {
+                record: Some(record),
+                ..
+            },
+        ) => {
+            prefix_sync::decode_placement_within(record, hashes, known, pods, req.now_ms, u64::MAX)
+        }
+    };
+    Ok(match placed {
         Some((pod, placed)) => {
             index.insert_shared(placed.into_iter().map(|h| (h, pod)));
             None
         }
         None => Some(key),
-    }
+    })
 }
 
 fn decision(

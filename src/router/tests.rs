@@ -102,6 +102,7 @@ fn decide(
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
         placements: &no_placements,
+        shared: SharedPlacement::Off,
         now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
@@ -258,6 +259,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
         placements: &no_placements,
+        shared: SharedPlacement::Off,
         now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
@@ -270,6 +272,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
         placements: &no_placements,
+        shared: SharedPlacement::Off,
         now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();

@@ -54,6 +54,7 @@ fn pods_with<'a>(stats: &[&'a PodStats]) -> Vec<Candidate<'a>> {
 const NO_ASK: Ask<'static> = Ask {
     lora: None,
     hashes: &[],
+    placed: None,
 };
 
 fn first(cfg: &Scheduler, c: &[Candidate<'_>], ask: &Ask<'_>, prefix: Option<&PrefixIndex>) -> u32 {
@@ -135,6 +136,7 @@ fn least_request_counts_what_other_gateways_sent_to_a_pod() {
     let ask = Ask {
         lora: None,
         hashes: &h,
+        placed: None,
     };
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
     assert_eq!(first(&cfg, &c, &ask, Some(&PrefixIndex::new(100))), 1);
@@ -199,7 +201,8 @@ fn prefix_cache_prefers_the_pod_that_served_the_prefix() {
             &c,
             &Ask {
                 lora: None,
-                hashes: &hashes
+                hashes: &hashes,
+                placed: None
             },
             Some(&idx)
         ),
@@ -244,6 +247,7 @@ fn lora_affinity_keeps_only_pods_serving_the_adapter() {
             &Ask {
                 lora: Some("lora-A"),
                 hashes: &[],
+                placed: None,
             },
             None,
             &mut Rng::new(seed),
@@ -270,7 +274,8 @@ fn lora_affinity_keeps_only_pods_serving_the_adapter() {
         &none,
         &Ask {
             lora: Some("lora-A"),
-            hashes: &[]
+            hashes: &[],
+            placed: None
         },
         None,
         &mut Rng::new(0),
@@ -411,6 +416,7 @@ fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
             &Ask {
                 lora: None,
                 hashes: &h,
+                placed: None,
             },
             Some(&a),
             &mut Rng::new(seed),
@@ -423,6 +429,7 @@ fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
             &Ask {
                 lora: None,
                 hashes: &h,
+                placed: None,
             },
             Some(&b),
             &mut Rng::new(seed + 100),
@@ -443,6 +450,7 @@ fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
                 &Ask {
                     lora: None,
                     hashes: &h,
+                    placed: None,
                 },
                 Some(&PrefixIndex::new(10)),
                 &mut Rng::new(0),
@@ -473,6 +481,7 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
         let ask = Ask {
             lora: None,
             hashes: &h,
+            placed: None,
         };
         let pod = first(&cfg, &idle, &ask, Some(&index));
         assert!(used.insert(pod), "prompt {i} joined pod {pod}: {used:?}");
@@ -491,6 +500,7 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
     let ask = Ask {
         lora: None,
         hashes: &h,
+        placed: None,
     };
     assert_eq!(first(&cfg, &busy, &ask, Some(&index)), 2);
 }

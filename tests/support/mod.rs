@@ -195,7 +195,45 @@ impl Stack {
         }
         // Keep draining its stdout so the pipe never fills.
         std::thread::spawn(move || for _ in lines {});
+        s.start_router(&opts, listen, admin);
+        s
+    }
 
+    /// Another gateway (controller and Envoy) in front of this stack's pods, with its own
+    /// options, as a second Envoy replica would be: the same resources and pod list.
+    pub fn another_gateway(&self, opts: Options) -> Stack {
+        let (a, b) = loopback_net();
+        let dir = std::env::temp_dir().join(format!(
+            "modelroute-e2e-{}-{a}-{b}-gateway",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("resources")).expect("temp dir");
+        for entry in std::fs::read_dir(self.dir.join("resources")).expect("resources") {
+            let path = entry.expect("resources entry").path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, dir.join("resources").join(name)).expect("copy resources");
+            }
+        }
+        std::fs::copy(self.dir.join("pods.yaml"), dir.join("pods.yaml")).expect("pods.yaml");
+        let (listen, admin) = (ReservedPort::new(), ReservedPort::new());
+        let mut s = Stack {
+            dir,
+            port: listen.port(),
+            admin: admin.port(),
+            pod_port: self.pod_port,
+            bootstrap_port: self.bootstrap_port,
+            pods: self.pods.clone(),
+            children: vec![],
+        };
+        s.start_router(&opts, listen, admin);
+        s
+    }
+
+    /// The controller (watch mode) and Envoy of this stack, on `listen` and `admin`.
+    fn start_router(&mut self, opts: &Options, listen: ReservedPort, admin: ReservedPort) {
+        let s = self;
+        let dir = s.dir.clone();
         // Controller in watch mode.
         let mut args: Vec<String> = vec!["watch".into(), "--resources".into()];
         args.push(dir.join("resources").display().to_string());
@@ -249,7 +287,6 @@ impl Stack {
                     .unwrap_or(false)
             },
         );
-        s
     }
 
     /// The pod list; `running_only` leaves out dead pods (for the mock launcher).

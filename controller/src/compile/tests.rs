@@ -528,3 +528,31 @@ fn bootstrap_port_annotation_is_ignored_with_a_warning_without_pd_group() {
         vec!["t.yaml: ModelServer default/s: metadata.annotations[modelroute.io/sglang-bootstrap-port]: only used with spec.workloadSelector.pdGroup; ignored"]
     );
 }
+
+#[test]
+fn shared_placements_go_through_the_gateways_rate_limit_service() {
+    let (c, _) = compile_yaml(SERVER);
+    let gateway = |service: Option<&str>| crate::gateway::Gateway {
+        rate_limit_service: service.map(String::from),
+        shared_placements_redis: Some("redis:6379".into()),
+        ..Default::default()
+    };
+    let mut diags = crate::diag::Diagnostics::default();
+    let with = c
+        .clone()
+        .with_gateway(gateway(Some("rls:8081")), &mut diags);
+    assert!(diags.warnings.is_empty(), "{:?}", diags.warnings);
+    assert_eq!(
+        with.config.settings.shared_placements,
+        Some(filter_config::SharedPlacements {
+            cluster: crate::render::rate_limit::CLUSTER.into(),
+            redis: "redis:6379".into(),
+            timeout_ms: crate::compile::SHARED_PLACEMENTS_TIMEOUT_MS,
+            ttl_s: crate::compile::SHARED_PLACEMENTS_TTL_S,
+        })
+    );
+    let without = c.with_gateway(gateway(None), &mut diags);
+    assert_eq!(without.config.settings.shared_placements, None);
+    let w = diags.warnings.join("\n");
+    assert!(w.contains("--shared-placements-redis"), "{w}");
+}
