@@ -373,7 +373,7 @@ impl Flow {
         if let Some((key, record)) = &decision.placement_record {
             // Last writer wins: a placement is a hint, not a count.
             host.shared_set(key, record, None);
-            self.share_placement(router, host, record);
+            Flow::share_placement(router, host, record, decision.shared_keys.as_ref());
         }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
@@ -505,6 +505,8 @@ impl Flow {
     /// and publishes what the request cost ([`filter_config::published`]) for them to read.
     /// Nothing to return.
     pub fn on_done(&mut self, host: &mut dyn Host, in_flight: &mut InFlight) {
+        // A store answer still due would route a request that is over.
+        self.placement_ask = None;
         if let Some((key, n, idx)) = self.counted.take() {
             in_flight.release(host, &key, n, idx);
         }

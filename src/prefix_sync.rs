@@ -16,6 +16,7 @@
 
 use crate::host::Host;
 use crate::prefix::PrefixIndex;
+use filter_config::placement_store::{PLACED_BLOCKS_KEY_PREFIX, RECORD_KEY_PREFIX};
 
 /// Records the ring holds: a tick of several workers' news at a few thousand requests a second.
 pub const RECORDS: usize = 4096;
@@ -183,8 +184,8 @@ pub struct SharedKeys {
 
 pub fn shared_placement_keys(cluster: &str, pod_list: u32, block: u64) -> SharedKeys {
     SharedKeys {
-        record: format!("modelroute:placed:{cluster}:{block:016x}"),
-        placed_blocks: format!("modelroute:placed-blocks:{cluster}:{pod_list:08x}"),
+        record: format!("{RECORD_KEY_PREFIX}{cluster}:{block:016x}"),
+        placed_blocks: format!("{PLACED_BLOCKS_KEY_PREFIX}{cluster}:{pod_list:08x}"),
     }
 }
 

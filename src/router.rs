@@ -186,6 +186,9 @@ pub struct Decision {
     /// A new prompt was placed and no other worker's record had: the shared-data key and
     /// value of its placement record ([`crate::prefix_sync`]), for the flow to publish at once.
     pub placement_record: Option<(String, Vec<u8>)>,
+    /// With shared placements: the store's keys for that record (the server it was placed
+    /// on decides them, not the one the store was asked about).
+    pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
 }
 
 /// What the router needs to know about a request.
@@ -222,6 +225,10 @@ pub enum SharedPlacement<'a> {
     /// none (then this gateway places it, breaking ties by `placed`: the prompt blocks every
     /// gateway has placed on each pod, by pod index; None: the store did not answer).
     Answered {
+        /// The keys the store was asked under: an answer is only used by the server and
+        /// prompt it was asked for (a weighted pick may choose another server the second
+        /// time).
+        asked: Option<&'a crate::prefix_sync::SharedKeys>,
         record: Option<&'a [u8]>,
         placed: Option<&'a [u32]>,
     },

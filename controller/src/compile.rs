@@ -38,8 +38,9 @@ pub use crate::gateway::Gateway;
 /// How long a request new to this gateway waits for the shared placement store: past it, the
 /// gateway places the prompt on its own (a loopback or in-cluster round trip is ~1 ms).
 pub const SHARED_PLACEMENTS_TIMEOUT_MS: u64 = 25;
-/// How long a shared placement is kept: a prompt family unused for this long is placed
-/// afresh.
+/// How long a shared placement is kept after it was written or last read (a gateway new to
+/// the prompt reads it); gateways that know the prompt do not ask, so a family placed
+/// longer ago than this is placed afresh by the next gateway new to it.
 pub const SHARED_PLACEMENTS_TTL_S: u64 = 600;
 
 /// The result of a compile: what the filter reads and what Envoy must know.

@@ -15,6 +15,9 @@ pub const KEY_HEADER: &str = "x-modelroute-placement";
 /// The key of the prompt blocks placed on each of the server's pods (counted when a record
 /// is written).
 pub const PLACED_BLOCKS_HEADER: &str = "x-modelroute-placed-blocks";
+/// The prefixes of the store's keys; the service touches no other key.
+pub const RECORD_KEY_PREFIX: &str = "modelroute:placed:";
+pub const PLACED_BLOCKS_KEY_PREFIX: &str = "modelroute:placed-blocks:";
 /// How long a written record is kept, seconds.
 pub const TTL_HEADER: &str = "x-modelroute-placement-ttl";
 /// The bytes of a record that name the pod list it was placed on: a record placed on

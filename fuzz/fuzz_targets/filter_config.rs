@@ -89,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
             placements: &no_placements,
             // Fuzzed bytes as another gateway's record (with a store in the configuration).
             shared: SharedPlacement::Answered {
+                asked: None,
                 record: Some(prompt),
                 placed: Some(&[1, 0, 2]),
             },

@@ -13,8 +13,7 @@ use tokio::sync::Mutex;
 
 /// Idle connections kept per Redis; more run at once when needed, the rest are closed.
 const POOL: usize = 16;
-/// Bounds on what a reply may hold (the scripts return a few small values, or a placement
-/// record of a few KB).
+/// Bounds on what a bulk reply may hold (a placement record is a few KB).
 const MAX_BULK: usize = 1 << 16;
 /// Redis servers one script talks to, by address (bounded: addresses come from the
 /// controller's configuration, never from clients, but a mistake must not exhaust sockets).
@@ -50,7 +49,9 @@ impl Clients {
         Some(c)
     }
 }
-const MAX_ITEMS: usize = 64;
+/// Items of an array reply at most: the placement script answers with a count per pod, pod
+/// number and count by turns.
+const MAX_ITEMS: usize = 2 * filter_config::placement_store::MAX_PODS + 2;
 
 /// A reply, as far as this client reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +276,19 @@ mod tests {
     async fn parse(bytes: &[u8]) -> Result<Reply, Error> {
         let mut r = BufReader::new(bytes);
         read_reply(&mut r, 0).await
+    }
+
+    #[tokio::test]
+    async fn the_placement_scripts_count_per_pod_is_read_for_thousands_of_pods() {
+        // 2,000 pods with counts: 4,000 items, pod number and count by turns.
+        let mut bytes = b"*4000\r\n".to_vec();
+        for i in 0..2000 {
+            bytes.extend(format!("$4\r\n{i:04}\r\n$1\r\n7\r\n").into_bytes());
+        }
+        let Reply::Array(items) = parse(&bytes).await.unwrap() else {
+            panic!("an array");
+        };
+        assert_eq!(items.len(), 4000);
     }
 
     #[tokio::test]

@@ -102,6 +102,9 @@ async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<
         .collect()
         .await;
     // An empty body: no answer (the filter places the prompt on its own).
+    // Only the store's own keys: never a rate-limit bucket, whatever a caller names.
+    let key = key.filter(|k| k.starts_with(contract::RECORD_KEY_PREFIX));
+    let placed_blocks = placed_blocks.filter(|k| k.starts_with(contract::PLACED_BLOCKS_KEY_PREFIX));
     let kept = match (redis, key, placed_blocks, body) {
         (Some(redis), Some(key), Some(placed_blocks), Ok(record)) => placements
             .call(&redis, &key, &placed_blocks, &record.to_bytes(), ttl_s)

@@ -104,8 +104,10 @@ impl Flow {
             _ => Vec::new(),
         };
         let answer = store::Answer::decode(&answer);
+        let asked = ask.key.clone();
         let shared = match &answer {
             Some(a) => SharedPlacement::Answered {
+                asked: Some(&asked),
                 record: (!a.record.is_empty()).then_some(a.record.as_slice()),
                 placed: Some(&a.placed_blocks),
             },
@@ -120,19 +122,25 @@ impl Flow {
         true
     }
 
-    /// This gateway placed a prompt the store had no record for: write its record there,
-    /// kept unless another gateway's came first (the answer is not awaited).
-    pub(super) fn share_placement(&mut self, router: &Router, host: &mut dyn Host, record: &[u8]) {
-        let (Some(shared), Some(ask)) = (&router.settings.shared_placements, &self.placement_ask)
-        else {
+    /// This gateway placed a prompt the store had no record for: write its record there
+    /// under `keys` (the server it was placed on decides them), kept unless another gateway's
+    /// came first (the answer is not awaited).
+    pub(super) fn share_placement(
+        router: &Router,
+        host: &mut dyn Host,
+        record: &[u8],
+        keys: Option<&SharedKeys>,
+    ) {
+        let (Some(shared), Some(keys)) = (&router.settings.shared_placements, keys) else {
             return;
         };
-        let _ = dispatch(host, shared, &ask.key, record);
+        let _ = dispatch(host, shared, keys, record);
     }
 }
 
 /// The store did not answer (in time): this gateway places the prompt by its own knowledge.
 const UNANSWERED: SharedPlacement<'static> = SharedPlacement::Answered {
+    asked: None,
     record: None,
     placed: None,
 };

@@ -157,6 +157,26 @@ fn send_at_once(gateway: &mut Router, body: &str, refuse_calls: bool) -> (Action
 }
 
 #[test]
+fn an_answer_after_the_request_ended_routes_nothing() {
+    let mut g = gateway(1);
+    let b = body(&"Speak like a sailor. ".repeat(20), "ahoy");
+    let mut h = FakeHost::post("/v1/chat/completions", &b, &[]);
+    let mut in_flight = InFlight::default();
+    let mut f = Flow::new();
+    f.on_request_headers(Some(&g), &mut h, false);
+    let action = f.on_request_body(Some(&mut g), &mut h, &mut in_flight, b.len(), true);
+    assert_eq!(action, Action::Pause);
+    let (token, ..) = h.calls.remove(0);
+    // The client went away while the store was asked.
+    f.on_done(&mut h, &mut in_flight);
+    h.call_answer = Some((Some(200), none()));
+    let n = none().len();
+    assert!(!f.on_shared_placement(Some(&mut g), &mut h, &mut in_flight, token, n));
+    assert_eq!((h.resumed, h.calls.len()), (0, 0));
+    assert_eq!(h.get("x-gateway-destination-endpoint"), None);
+}
+
+#[test]
 fn without_an_answer_in_time_the_gateway_places_on_its_own() {
     let system = "Answer in the voice of a pirate, every time. ".repeat(12);
     for answer in [(None, vec![]), (Some(503), b"no healthy upstream".to_vec())] {

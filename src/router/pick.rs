@@ -58,15 +58,15 @@ impl Router {
         }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-        let record_key = match read_placement_record(server, &hashes, req) {
-            Err(shared_key) => return Err(RouteError::PlacementUnknown(shared_key)),
-            Ok(key) => key,
+        let placement = match read_placement_record(server, &hashes, req) {
+            Err(shared_keys) => return Err(RouteError::PlacementUnknown(shared_keys)),
+            Ok(placement) => placement,
         };
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
-            placed: match req.shared {
-                SharedPlacement::Answered { placed, .. } => placed,
+            placed: match (&placement, req.shared) {
+                (Some(p), SharedPlacement::Answered { placed, .. }) if p.answered => placed,
                 _ => None,
             },
         };
@@ -97,31 +97,43 @@ impl Router {
         };
         let mut prefix_match = None;
         let mut placement_record = None;
+        let mut shared_keys = None;
         if let (Some(index), Some(best)) = (server.prefix.as_mut(), ranked.first()) {
             if !hashes.is_empty() {
                 prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
             }
             index.insert(&hashes, *best);
-            placement_record = record_key.map(|key| {
+            if let Some(p) = placement {
                 let record =
                     prefix_sync::encode_placement(&hashes, *best, server.pod_list, req.now_ms);
-                (key, record)
-            });
+                placement_record = Some((p.key, record));
+                shared_keys = (req.shared != SharedPlacement::Off).then_some(p.shared_keys);
+            }
         }
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
-        Ok(decision(
+        let mut d = decision(
             target,
             endpoints,
             pairs,
             pod_index,
             prefix_match,
             placement_record,
-        ))
+        );
+        d.shared_keys = shared_keys;
+        Ok(d)
     }
+}
+
+/// A new prompt no record answered for: the key of this worker's own record, its keys in the
+/// gateways' store, and whether the store's answer was for it.
+struct NewPlacement {
+    key: String,
+    shared_keys: prefix_sync::SharedKeys,
+    answered: bool,
 }
 
 /// Placement records ([`prefix_sync`]) for a new prompt: the record another worker published
@@ -136,7 +148,7 @@ fn read_placement_record(
     server: &mut Server,
     hashes: &[u64],
     req: &Request<'_>,
-) -> Result<Option<String>, prefix_sync::SharedKeys> {
+) -> Result<Option<NewPlacement>, prefix_sync::SharedKeys> {
     let Some(index) = server.prefix.as_mut() else {
         return Ok(None);
     };
@@ -146,35 +158,36 @@ fn read_placement_record(
         return Ok(None);
     };
     let key = prefix_sync::placement_key(&server.cluster, block);
+    let shared_keys = prefix_sync::shared_placement_keys(&server.cluster, server.pod_list, block);
     let pods = (server.pod_list, server.endpoints.len());
     let local = (req.placements)(&key)
         .and_then(|record| prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms));
+    let answered = matches!(req.shared,
+        SharedPlacement::Answered { asked: Some(asked), .. } if *asked == shared_keys);
     let placed = match (local, req.shared) {
         (Some(placed), _) => Some(placed),
-        (None, SharedPlacement::Off | SharedPlacement::Answered { record: None, .. }) => None,
-        (None, SharedPlacement::Unasked) => {
-            return Err(prefix_sync::shared_placement_keys(
-                &server.cluster,
-                server.pod_list,
-                block,
-            ));
-        }
+        (None, SharedPlacement::Unasked) => return Err(shared_keys),
         (
             None,
             SharedPlacement::Answered {
                 record: Some(record),
                 ..
             },
-        ) => {
+        ) if answered => {
             prefix_sync::decode_placement_within(record, hashes, known, pods, req.now_ms, u64::MAX)
         }
+        (None, _) => None,
     };
     Ok(match placed {
         Some((pod, placed)) => {
             index.insert_shared(placed.into_iter().map(|h| (h, pod)));
             None
         }
-        None => Some(key),
+        None => Some(NewPlacement {
+            key,
+            shared_keys,
+            answered,
+        }),
     })
 }
 
@@ -195,6 +208,7 @@ fn decision(
         pod_index,
         prefix_match,
         placement_record,
+        shared_keys: None,
     }
 }
 
