@@ -23,6 +23,9 @@ use crate::rng::Rng;
 use crate::scheduler;
 use crate::weights::Weighted;
 
+mod request;
+pub use request::{no_in_flight, no_load_reports, no_placements, Request, SharedPlacement};
+
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidConfig(pub String);
@@ -189,66 +192,6 @@ pub struct Decision {
     /// With shared placements: the store's keys for that record (the server it was placed
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
-}
-
-/// What the router needs to know about a request.
-pub struct Request<'a> {
-    pub model: &'a str,
-    /// Path without the query string.
-    pub path: &'a str,
-    /// First value of a request header (lower-case name), if present.
-    pub header: &'a dyn Fn(&str) -> Option<String>,
-    /// The prompt text to hash for prefix-cache scoring (empty: none).
-    pub prompt: &'a [u8],
-    /// Requests in flight per pod of a ModelServer, from all workers (by in-flight key).
-    pub in_flight: &'a dyn Fn(&str, usize) -> Vec<u32>,
-    /// The pods' latest in-band load reports, from all workers (by load key).
-    pub load_reports: &'a dyn Fn(&str, usize) -> Vec<Option<crate::load_report::Reported>>,
-    /// A shared-data value by key: the workers' placement records of new prefixes
-    /// ([`crate::prefix_sync::placement_key`]).
-    pub placements: &'a dyn Fn(&str) -> Option<Vec<u8>>,
-    /// The gateways' shared placements, for a prompt no local record answers for.
-    pub shared: SharedPlacement<'a>,
-    /// Host clock, for metrics freshness.
-    pub now_ms: u64,
-}
-
-/// Where the store of placements shared by every gateway stands for this request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SharedPlacement<'a> {
-    /// No store: place on this gateway's knowledge alone.
-    Off,
-    /// Not asked yet: a prompt no local record answers for is not placed but returned as
-    /// [`RouteError::PlacementUnknown`], for the caller to ask the store.
-    Unasked,
-    /// The store's answer: another gateway's record (used as a local one would be), or
-    /// none (then this gateway places it, breaking ties by `placed`: the prompt blocks every
-    /// gateway has placed on each pod, by pod index; None: the store did not answer).
-    Answered {
-        /// The keys the store was asked under: an answer is only used by the server and
-        /// prompt it was asked for (a weighted pick may choose another server the second
-        /// time).
-        asked: Option<&'a crate::prefix_sync::SharedKeys>,
-        record: Option<&'a [u8]>,
-        placed: Option<&'a [u32]>,
-    },
-}
-
-/// A no-op in-flight source (tests, or no shared state).
-pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
-    vec![0; n]
-}
-
-/// A no-op placement-record source (tests, or no shared state).
-///
-/// With it, [`Request::shared`] is usually [`SharedPlacement::Off`].
-pub fn no_placements(_: &str) -> Option<Vec<u8>> {
-    None
-}
-
-/// A no-op load-report source (tests, or no shared state).
-pub fn no_load_reports(_: &str, n: usize) -> Vec<Option<crate::load_report::Reported>> {
-    vec![None; n]
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin

@@ -107,7 +107,7 @@ impl Router {
                 let record =
                     prefix_sync::encode_placement(&hashes, *best, server.pod_list, req.now_ms);
                 placement_record = Some((p.key, record));
-                shared_keys = (req.shared != SharedPlacement::Off).then_some(p.shared_keys);
+                shared_keys = p.shared_keys;
             }
         }
         let pod_index = ranked.first().map(|i| *i as usize);
@@ -132,7 +132,8 @@ impl Router {
 /// gateways' store, and whether the store's answer was for it.
 struct NewPlacement {
     key: String,
-    shared_keys: prefix_sync::SharedKeys,
+    /// None without a store.
+    shared_keys: Option<prefix_sync::SharedKeys>,
     answered: bool,
 }
 
@@ -158,15 +159,22 @@ fn read_placement_record(
         return Ok(None);
     };
     let key = prefix_sync::placement_key(&server.cluster, block);
-    let shared_keys = prefix_sync::shared_placement_keys(&server.cluster, server.pod_list, block);
+    // The store's keys only when there is a store: two strings per new prompt otherwise.
+    let shared_keys = (req.shared != SharedPlacement::Off)
+        .then(|| prefix_sync::shared_placement_keys(&server.cluster, server.pod_list, block));
     let pods = (server.pod_list, server.endpoints.len());
     let local = (req.placements)(&key)
         .and_then(|record| prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms));
-    let answered = matches!(req.shared,
-        SharedPlacement::Answered { asked: Some(asked), .. } if *asked == shared_keys);
+    let answered = matches!((req.shared, &shared_keys),
+        (SharedPlacement::Answered { asked: Some(asked), .. }, Some(keys)) if asked == keys);
     let placed = match (local, req.shared) {
         (Some(placed), _) => Some(placed),
-        (None, SharedPlacement::Unasked) => return Err(shared_keys),
+        (None, SharedPlacement::Unasked) => {
+            if let Some(keys) = shared_keys {
+                return Err(keys);
+            }
+            None
+        }
         (
             None,
             SharedPlacement::Answered {
