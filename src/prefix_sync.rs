@@ -234,7 +234,8 @@ pub fn decode_placement_within(
     let list = u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?);
     let body = bytes.get(PLACEMENT_HEADER..)?;
     let at_block = known.checked_mul(8)?;
-    if read_u64(body, at_block) != *hashes.get(known)?
+    let block = body.get(at_block..at_block.checked_add(8)?)?;
+    if u64::from_le_bytes(block.try_into().ok()?) != *hashes.get(known)?
         || body.len() % 8 != 0
         || body.len() / 8 > PLACEMENT_MAX_BLOCKS
         || now_ms.abs_diff(at) > max_age_ms
@@ -255,6 +256,23 @@ mod tests {
     use super::*;
     use crate::flow::fake::FakeHost;
     use crate::prefix::block_hashes;
+
+    #[test]
+    fn a_record_too_short_to_hold_the_readers_block_is_no_record() {
+        // Found by the `placement` fuzz target: a record of one block, read by a prompt whose
+        // index knows two blocks and whose third block hashes to 0 (what a missing block read
+        // as), was taken for that prompt's.
+        let record = encode_placement(&[5], 1, 7, 1_000);
+        assert_eq!(
+            decode_placement(&record, &[5, 6, 0], 2, (7, 4), 1_000),
+            None
+        );
+        let whole = encode_placement(&[5, 6, 0], 1, 7, 1_000);
+        assert_eq!(
+            decode_placement(&whole, &[5, 6, 0], 2, (7, 4), 1_000),
+            Some((1, vec![5, 6, 0]))
+        );
+    }
 
     #[test]
     fn what_one_worker_learns_the_other_knows_after_a_tick() {
