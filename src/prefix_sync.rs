@@ -53,7 +53,15 @@ pub fn sync(host: &mut dyn Host, key: &str, index: &mut PrefixIndex, seen: &mut 
     }
     for _ in 0..MAX_TRIES {
         let (bytes, cas) = host.shared_get(key);
-        let mut journal = bytes.unwrap_or_default();
+        let Some(mut journal) = bytes else {
+            // No journal yet. Shared data cannot create a key only if absent (a write
+            // without a CAS always lands), so two workers creating it with their news at
+            // once would each wipe the other's (seen in Envoy: the first conversations
+            // through one worker unknown to the other). An empty journal is the same whoever
+            // writes it last; the news waits for the next tick, appended under a CAS.
+            host.shared_set(key, &[0; HEADER], None);
+            break;
+        };
         journal.resize(HEADER + RECORDS * RECORD, 0);
         let next = read_u64(&journal, 0);
         index.insert_shared(records(
@@ -88,7 +96,7 @@ pub fn sync(host: &mut dyn Host, key: &str, index: &mut PrefixIndex, seen: &mut 
             return true;
         }
     }
-    // Others kept writing: keep the news for the next tick.
+    // Others kept writing (or the journal was just made): keep the news for the next tick.
     index.insert_outbox(news);
     false
 }
@@ -287,6 +295,8 @@ mod tests {
         let conversation = block_hashes("m", &[b'x'; 640], 64, 128);
         a.insert(&conversation, 3);
         assert_eq!(b.matches(&conversation, &[3]), [0]);
+        // The first sync makes the journal; the news goes in on the next.
+        assert!(!sync(&mut host, &key, &mut a, &mut seen_a));
         assert!(sync(&mut host, &key, &mut a, &mut seen_a));
         assert!(sync(&mut host, &key, &mut b, &mut seen_b));
         assert_eq!(
@@ -312,6 +322,34 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_making_the_journal_at_once_both_keep_their_news() {
+        let key = "modelroute.prefix.2".to_string();
+        let (mut a, mut b) = (
+            PrefixIndex::with_key(1000, 1),
+            PrefixIndex::with_key(1000, 2),
+        );
+        let (mut seen_a, mut seen_b) = (0, 0);
+        let (from_a, from_b) = (
+            block_hashes("m", &[b'a'; 640], 64, 128),
+            block_hashes("m", &[b'b'; 640], 64, 128),
+        );
+        a.insert(&from_a, 1);
+        b.insert(&from_b, 2);
+        // Both find no journal in one tick; a writes first, then b, whose write (made
+        // without a CAS, there being nothing to compare with) lands over a's.
+        let mut host = FakeHost::default();
+        sync(&mut host, &key, &mut a, &mut seen_a);
+        host.shared.remove(&key);
+        sync(&mut host, &key, &mut b, &mut seen_b);
+        for _ in 0..2 {
+            sync(&mut host, &key, &mut a, &mut seen_a);
+            sync(&mut host, &key, &mut b, &mut seen_b);
+        }
+        assert_eq!(b.matches(&from_a, &[1]), [10], "b learned a's news");
+        assert_eq!(a.matches(&from_b, &[2]), [10], "a learned b's news");
+    }
+
+    #[test]
     fn a_worker_a_ring_behind_skips_what_was_overwritten() {
         let mut host = FakeHost::default();
         let key = "modelroute.prefix.1";
@@ -322,7 +360,9 @@ mod tests {
         for round in 0..3u8 {
             let hashes = block_hashes("m", &[round; 64 * 2000], 64, 2000);
             writer.insert(&hashes, 1);
-            assert!(sync(&mut host, key, &mut writer, &mut seen_w));
+            // (The first sync makes the journal, the round's news goes in on the next.)
+            assert_eq!(sync(&mut host, key, &mut writer, &mut seen_w), round > 0);
+            assert!(round > 0 || sync(&mut host, key, &mut writer, &mut seen_w));
         }
         assert_eq!(seen_w, 6000);
         sync(&mut host, key, &mut late, &mut seen_l);
