@@ -11,6 +11,9 @@ it (what one-off prompts cost the prefix index and its placement records).
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
+  plainhist   `plain` with one stats-logger histogram shaped as Kthena's request duration (7
+              labels, read from the request; unit Percent): what Envoy's only way to record a
+              per-request histogram in seconds costs by itself, with no filter at all
   old         the filter build given by --old-wasm, no access loggers
   filter      this filter, no access loggers (what the filter itself costs)
   main        this filter, only the histogram every request records (request duration)
@@ -40,6 +43,24 @@ def bootstrap(port, admin, conf, access_log, extra=()):
     return subprocess.run([L.CONTROLLER, "bootstrap", "--listen-port", str(port), "--admin-port", str(admin),
                            "--config-dir", conf, "--access-log", access_log, "--access-log-format", "json", *extra],
                           check=True, capture_output=True, text=True).stdout
+
+
+# One histogram as Kthena's request duration is recorded (a value and seven labels), every
+# label read by a formatter that needs no filter.
+PLAIN_HISTOGRAM = {
+    "name": "envoy.access_loggers.stats",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config",
+        "stats_scope": {"prefix": "wasmcustom"},
+        "histograms": [{
+            "stat": {"name": "kthena_router_request_duration_seconds", "tags": [
+                {"name": n, "value_format": f} for n, f in [
+                    ("model", "%REQ(host)%"), ("path", "%REQ(:path)%"), ("status_code", "%RESPONSE_CODE%"),
+                    ("model_route", "%REQ(:method)%"), ("backend_type", "%PROTOCOL%"),
+                    ("backend_name", "%REQ(content-type)%"), ("upstream_model", "%REQ(host)%")]]},
+            "unit": "Percent", "value_format": "%DURATION%"}],
+    },
+}
 
 
 def set_loggers(boot, keep):
@@ -120,8 +141,11 @@ def main():
         for name in args.variants:
             port, admin = L.free_port(), L.free_port()
             cfg = os.path.join(work, f"{name}.yaml")
-            if name == "plain":
+            if name in ("plain", "plainhist"):
                 boot = L.plain_bootstrap(port, admin, pods)
+                if name == "plainhist":
+                    boot = boot.replace("stat_prefix: bench\n", "stat_prefix: bench\n          access_log: "
+                                        + json.dumps([PLAIN_HISTOGRAM]) + "\n", 1)
             else:
                 conf = os.path.join(work, f"config-{name}")
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)

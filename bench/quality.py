@@ -53,12 +53,24 @@ def words(rng, n):
     return " ".join(rng.choice(vocab) + str(rng.randrange(100)) for _ in range(n))
 
 
-def workload(seed, n, rate):
+# How users are spread over the system prompts: "even", four prompts drawn uniformly; "skewed",
+# six prompts drawn with Zipf weights 1/k (41, 20, 14, 10, 8 and 7% of the users), as one
+# product's prompt usually dominates a deployment.
+WORKLOADS = ("even", "skewed")
+
+
+def workload(seed, n, rate, popularity="even"):
     """[(arrival seconds, messages, conversation)]: seeded, the same for every router;
     conversation is (user, conversation number), None for a one-off prompt."""
     rng = random.Random(seed)
-    systems = [words(rng, 500) for _ in range(4)]  # ~3.5 KB each
-    users = [{"id": i, "system": rng.randrange(4), "history": [], "conversation": 0} for i in range(48)]
+    if popularity == "skewed":
+        systems = [words(rng, 500) for _ in range(6)]
+        weights = [1 / (k + 1) for k in range(len(systems))]
+        users = [{"id": i, "system": rng.choices(range(len(systems)), weights)[0], "history": [],
+                  "conversation": 0} for i in range(48)]
+    else:
+        systems = [words(rng, 500) for _ in range(4)]  # ~3.5 KB each
+        users = [{"id": i, "system": rng.randrange(4), "history": [], "conversation": 0} for i in range(48)]
     out, t = [], 0.0
     for i in range(n):
         # Bursts: every 10 s, 2 s at three times the rate.
@@ -368,6 +380,8 @@ def main():
     ap.add_argument("--routers", default=",".join(ROUTERS))
     ap.add_argument("--gateways", type=int, default=1,
                     help="instances of each router in front of the same pods, requests spread over them")
+    ap.add_argument("--workload", choices=WORKLOADS, default="even",
+                    help="how users are spread over the system prompts (see WORKLOADS)")
     ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
     args = ap.parse_args()
     args.requests = args.requests or (300 if args.quick else 900)
@@ -378,7 +392,7 @@ def main():
     rows = []
     for rate in [float(r) for r in args.rates.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            trace = workload(seed, args.requests, rate)
+            trace = workload(seed, args.requests, rate, args.workload)
             for name in args.routers.split(","):
                 row = run_router(name, args, trace)
                 if row:

@@ -72,6 +72,7 @@ fn pick(c: &mut Criterion) {
                         lora: None,
                         hashes: &hashes,
                         placed: None,
+                        recent: None,
                     },
                     Some(&idx),
                     &mut rng,

@@ -487,6 +487,8 @@ mod metrics;
 mod signals;
 
 #[cfg(test)]
+mod affinity_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod pd_tests;

@@ -99,6 +99,17 @@ struct Entry {
     pods: [u32; PODS_PER_BLOCK],
     len: u8,
     last_use: u64,
+    /// The full blocks seen to follow this one: [`NO_SUCCESSOR`], the fingerprint of the one
+    /// block every prompt so far continued with, or [`BRANCHES`].
+    next: u32,
+}
+
+const NO_SUCCESSOR: u32 = 0;
+const BRANCHES: u32 = u32::MAX;
+
+/// A block hash's successor fingerprint: never one of the two markers.
+fn fingerprint(h: u64) -> u32 {
+    (h as u32).clamp(1, BRANCHES - 1)
 }
 
 /// What one index learned and the other workers' indexes have not yet: (block hash, pod),
@@ -149,6 +160,13 @@ impl PrefixIndex {
         self.entries.is_empty()
     }
 
+    /// Whether prompts through block `h` went on with different blocks: `h` ends a prefix
+    /// several prompts share (a system prompt), not one conversation's history. Learnt from
+    /// this index's own picks ([`PrefixIndex::note_successors`]), not from other workers'.
+    pub fn branches_after(&self, h: u64) -> bool {
+        self.entries.get(&h).is_some_and(|e| e.next == BRANCHES)
+    }
+
     /// Whether some pod served a prompt starting with block hash `h`.
     pub fn knows(&self, h: u64) -> bool {
         self.entries.contains_key(&h)
@@ -191,6 +209,25 @@ impl PrefixIndex {
         }
         if self.entries.len() > self.capacity {
             self.evict();
+        }
+    }
+
+    /// Notes which block followed which in a prompt just inserted: among its first `whole`
+    /// blocks, those of the full block size. (A prompt's last block is usually partial, and
+    /// the same conversation's next turn fills it differently: counted, every turn would look
+    /// like a branch off the one before.) A block seen followed by two different blocks
+    /// [`PrefixIndex::branches_after`].
+    pub fn note_successors(&mut self, hashes: &[u64], whole: usize) {
+        let whole = hashes.get(..whole.min(hashes.len())).unwrap_or_default();
+        for (block, next) in whole.iter().zip(whole.iter().skip(1)) {
+            if let Some(e) = self.entries.get_mut(block) {
+                let f = fingerprint(*next);
+                e.next = match e.next {
+                    NO_SUCCESSOR => f,
+                    same if same == f => f,
+                    _ => BRANCHES,
+                };
+            }
         }
     }
 
@@ -254,6 +291,7 @@ impl PrefixIndex {
                 pods: [0; PODS_PER_BLOCK],
                 len: 0,
                 last_use: clock,
+                next: NO_SUCCESSOR,
             });
             e.last_use = clock;
             let len = e.len as usize;
@@ -449,5 +487,48 @@ mod tests {
         // The most recent prompt survives eviction.
         let last = block_hashes("m", b"prompt number 49999 with its own text", 8, 128);
         assert_eq!(idx.matches(&last, &[49_999 % 16])[0], last.len());
+    }
+
+    #[test]
+    fn the_block_where_prompts_go_separate_ways_branches_and_a_conversations_last_does_not() {
+        let system = "You are a helpful assistant for a travel company. ".repeat(6);
+        let mut idx = PrefixIndex::new(1000);
+        let mut route = |text: &str, pod: u32| {
+            let h = block_hashes("m", text.as_bytes(), 64, 128);
+            idx.insert(&h, pod);
+            idx.note_successors(&h, text.len() / 64);
+            h
+        };
+        let first = format!("{system}user one asks where to go in spring, and why there");
+        assert_ne!(
+            first.len() % 64,
+            0,
+            "the first turn ends in a partial block"
+        );
+        let h1 = route(&first, 0);
+        let h2 = route(
+            &format!("{system}user two wants a cheap flight for two next week"),
+            1,
+        );
+        let shared = h1.iter().zip(&h2).take_while(|(a, b)| a == b).count();
+        assert!(shared >= 4, "{shared}");
+        let ends_shared = |i: usize| idx.branches_after(h1[i]);
+        assert!(ends_shared(shared - 1));
+        assert!(
+            !ends_shared(shared - 2),
+            "within the system prompt nothing branches"
+        );
+        // User one's next turn extends its first: the longest match ends at the first turn's
+        // last whole block, which only ever went on one way (its partial block is no
+        // successor), so the turn reads as a continuation.
+        let next = format!("{first}\nassistant: Lisbon, for the light.\nuser one: and in May?");
+        let h3 = block_hashes("m", next.as_bytes(), 64, 128);
+        let m = idx.matches(&h3, &[0])[0];
+        assert_eq!(m, first.len() / 64);
+        assert!(!idx.branches_after(h3[m - 1]));
+        // Blocks learnt from other workers carry no successors: nothing branches by them.
+        let mut other = PrefixIndex::new(1000);
+        other.insert_shared(h1.iter().chain(&h2).map(|h| (*h, 0)));
+        assert!(!other.branches_after(h1[shared - 1]));
     }
 }

@@ -173,6 +173,20 @@ pub fn new_prompt_known_blocks(index: &PrefixIndex, hashes: &[u64]) -> Option<us
     Some(hashes.iter().take_while(|h| index.knows(**h)).count())
 }
 
+/// The leading blocks of `hashes` the index knows, when the prompt starts a new branch there:
+/// what it knows ends at a block earlier prompts went on from in different ways (a shared
+/// system prompt, before a new conversation). With prefix-cache's `boundedLoad` such a prompt
+/// may be placed away from the pods holding that prefix, so its placement is published as a
+/// new prompt's is; and a conversation's next turn reaching a worker that has not yet heard
+/// of its first looks the same, and finds that record. None otherwise.
+pub fn new_branch_known_blocks(index: &PrefixIndex, hashes: &[u64]) -> Option<usize> {
+    // Chained hashes: knowing a block means knowing those before it, so the known length is
+    // a binary search (seven lookups for 128 blocks), not a walk.
+    let known = hashes.partition_point(|h| index.knows(*h));
+    let last = known.checked_sub(1).and_then(|i| hashes.get(i))?;
+    (known < hashes.len() && index.branches_after(*last)).then_some(known)
+}
+
 /// The key of the placement record for prompts whose first block unknown to the index has
 /// the chained hash `block`, among the records of the server with Envoy cluster `cluster`
 /// (records of distinct prompts may share a key: the newest wins).

@@ -20,7 +20,7 @@ use crate::metrics::Snapshot;
 use crate::pd::Protocol;
 use crate::prefix::PrefixIndex;
 use crate::rng::Rng;
-use crate::scheduler;
+use crate::scheduler::{self, RecentPicks};
 use crate::weights::Weighted;
 
 mod request;
@@ -131,6 +131,8 @@ pub struct Server {
     journal_seen: u64,
     /// An id of the pod list, so that a placement record names a pod of this list.
     pod_list: u32,
+    /// Which pods this worker's picks went to lately (prefix-cache's `boundedLoad`).
+    recent: RecentPicks,
 }
 
 /// A PD-disaggregated ModelServer: its protocol and its complete groups.
@@ -265,6 +267,7 @@ impl Router {
                 prefix_journal: crate::prefix_sync::key_of(&key),
                 journal_seen: 0,
                 pod_list: crate::prefix::hash(0, key.as_bytes()) as u32,
+                recent: RecentPicks::default(),
                 in_flight_key: key,
                 load_key,
                 prefix: uses_prefix.then(|| {

@@ -10,6 +10,18 @@
 //! TTFTTPOTWeightFactor; pods not measured yet get 50), `prefix-cache` (share of the prompt's
 //! leading blocks the pod has served), `random`. Pods whose last scrape failed are skipped
 //! unless every pod is down; stale stats count as unknown.
+//!
+//! Beyond Kthena, prefix-cache's `boundedLoad` (affinity with bounded load, after
+//! consistent hashing with bounded loads and Preble's exploit/explore): before scoring, a
+//! prompt that continues one line of prompts (a conversation's next turn: the longest match
+//! ends inside what only it has sent) keeps only the pods holding most of it, so a
+//! conversation never moves for load; a prompt that starts something new (its longest match
+//! ends where earlier prompts went separate ways, as after a shared system prompt, or no pod
+//! has seen it) keeps only the pods whose share of the server's recent picks
+//! ([`RecentPicks`]) is at most `boundedLoad` times the mean. A popular system prompt thus
+//! spreads its new conversations to a second pod (which then holds it too) once its pod takes
+//! more than its share, instead of queueing every conversation on one pod; a prompt nobody
+//! shares still goes where it is cached.
 
 use filter_config::{Plugin, Scheduler};
 
@@ -47,6 +59,78 @@ pub struct Ask<'a> {
     /// from the shared placement store; None: unknown, ties then count the blocks this
     /// router's index holds.
     pub placed: Option<&'a [u32]>,
+    /// The server's recent picks, for `boundedLoad` (None: no bound).
+    pub recent: Option<Recent<'a>>,
+}
+
+/// How long a pick counts in a pod's recent share: its weight decays by e every this many
+/// milliseconds. Seconds: a popular prompt's conversations (a turn every second or so)
+/// keep its pod's share up, a burst's jitter does not.
+pub const RECENT_PICKS_MS: f64 = 2000.0;
+
+/// Picks of one server's pods over the last seconds, each weighted by how recent it is. The
+/// weights grow with time (e^(t / [`RECENT_PICKS_MS`])) instead of the old ones decaying, so
+/// a pick touches one pod, and shares compare without any decay applied; all are scaled
+/// back down once in a while.
+#[derive(Debug, Clone, Default)]
+pub struct RecentPicks {
+    /// By pod id; a pod not yet picked may be missing.
+    weights: Vec<f64>,
+    /// When a pick weighed 1.
+    epoch_ms: u64,
+}
+
+/// A pick's weight beyond which every weight is scaled back to it being 1 (about a minute
+/// at the default time constant).
+const RESCALE_AT: f64 = 1e12;
+
+impl RecentPicks {
+    /// What a pick made at `now_ms` weighs.
+    fn weight(&self, now_ms: u64) -> f64 {
+        (now_ms.saturating_sub(self.epoch_ms) as f64 / RECENT_PICKS_MS).exp()
+    }
+
+    /// The server's pick at `now_ms` went to pod `id` (ids are bounded by the pod list).
+    pub fn record(&mut self, id: u32, now_ms: u64) {
+        if self.weights.is_empty() {
+            self.epoch_ms = now_ms;
+        }
+        let w = self.weight(now_ms);
+        let i = id as usize;
+        if self.weights.len() <= i {
+            self.weights.resize(i + 1, 0.0);
+        }
+        if let Some(slot) = self.weights.get_mut(i) {
+            *slot += w;
+        }
+        if w > RESCALE_AT {
+            for slot in &mut self.weights {
+                *slot /= w;
+            }
+            self.epoch_ms = now_ms;
+        }
+    }
+
+    /// The shares as the scheduler compares them at `now_ms`.
+    pub fn at(&self, now_ms: u64) -> Recent<'_> {
+        Recent {
+            weights: &self.weights,
+            one: self.weight(now_ms),
+        }
+    }
+}
+
+/// [`RecentPicks`] seen at one moment: the pods' weights and what one pick now weighs.
+#[derive(Debug, Clone, Copy)]
+pub struct Recent<'a> {
+    weights: &'a [f64],
+    one: f64,
+}
+
+impl Recent<'_> {
+    fn of(&self, id: u32) -> f64 {
+        self.weights.get(id as usize).copied().unwrap_or(0.0)
+    }
 }
 
 /// Why no pod could be picked.
@@ -97,10 +181,26 @@ pub fn rank(
         }
     }
 
+    let prefix_on = cfg
+        .scores
+        .iter()
+        .any(|s| s.name == Plugin::PrefixCache && s.weight > 0);
+    // Leading blocks of the prompt each pod has served, by position in `pods`.
+    let mut matched = match prefix {
+        Some(idx) if prefix_on && !ask.hashes.is_empty() => {
+            let ids: Vec<u32> = pods.iter().map(|c| c.id).collect();
+            idx.matches(ask.hashes, &ids)
+        }
+        _ => Vec::new(),
+    };
+    if let Some(idx) = prefix.filter(|_| cfg.prefix_bounded_load > 0.0 && !matched.is_empty()) {
+        bound_load(cfg.prefix_bounded_load, &mut pods, &mut matched, ask, idx);
+    }
+
     let mut total = vec![0.0f64; pods.len()];
     for s in cfg.scores.iter().filter(|s| s.weight > 0) {
         let w = f64::from(s.weight);
-        let scores = score(s.name, cfg, &pods, ask, prefix, rng);
+        let scores = score(s.name, cfg, &pods, ask, &matched, rng);
         for (t, v) in total.iter_mut().zip(scores) {
             *t += w * v;
         }
@@ -110,10 +210,6 @@ pub fn rank(
     // the one the index knows to hold the fewest blocks (SGLang's smallest tree), so distinct
     // prefixes spread over the pods instead of meeting on one; then rendezvous hashing of the
     // prompt's first block. Without prefix-cache, at random, so equal pods share the load.
-    let prefix_on = cfg
-        .scores
-        .iter()
-        .any(|s| s.name == Plugin::PrefixCache && s.weight > 0);
     let affinity = ask.hashes.first().filter(|_| prefix_on).copied();
     let mut order: Vec<(f64, (u32, u32, u64), u32)> = pods
         .iter()
@@ -141,12 +237,47 @@ pub fn rank(
         .collect())
 }
 
+/// `boundedLoad`: keeps the pods a prompt may go to (see the module header); `matched`
+/// (leading blocks served, by position in `pods`) is kept in step. Never leaves none: the
+/// best-matched pods, and the pods at or below the mean share, always remain.
+fn bound_load(
+    factor: f64,
+    pods: &mut Vec<Candidate<'_>>,
+    matched: &mut Vec<usize>,
+    ask: &Ask<'_>,
+    idx: &PrefixIndex,
+) {
+    let best = matched.iter().copied().max().unwrap_or(0);
+    // The longest match ends inside one line of prompts (or covers the whole prompt as far
+    // as it is hashed): a continuation.
+    let continues = best > 0
+        && ask.hashes.get(best).is_none_or(|_| {
+            ask.hashes
+                .get(best - 1)
+                .is_some_and(|h| !idx.branches_after(*h))
+        });
+    let keep: Vec<bool> = if continues {
+        matched.iter().map(|m| *m == best).collect()
+    } else if let Some(recent) = ask.recent {
+        let mean = pods.iter().map(|c| recent.of(c.id)).sum::<f64>() / pods.len().max(1) as f64;
+        // One pick's worth of slack: a pod is not over its share for its very first pick.
+        let bound = factor * mean + recent.one;
+        pods.iter().map(|c| recent.of(c.id) <= bound).collect()
+    } else {
+        return;
+    };
+    let mut flags = keep.iter();
+    pods.retain(|_| flags.next().copied().unwrap_or(true));
+    let mut flags = keep.iter();
+    matched.retain(|_| flags.next().copied().unwrap_or(true));
+}
+
 fn score(
     plugin: Plugin,
     cfg: &Scheduler,
     pods: &[Candidate<'_>],
     ask: &Ask<'_>,
-    prefix: Option<&PrefixIndex>,
+    matched: &[usize],
     rng: &mut Rng,
 ) -> Vec<f64> {
     match plugin {
@@ -205,17 +336,11 @@ fn score(
                 })
                 .collect()
         }
-        Plugin::PrefixCache => match prefix {
-            Some(idx) if !ask.hashes.is_empty() => {
-                let ids: Vec<u32> = pods.iter().map(|c| c.id).collect();
-                let n = ask.hashes.len() as f64;
-                idx.matches(ask.hashes, &ids)
-                    .into_iter()
-                    .map(|m| m as f64 / n * 100.0)
-                    .collect()
-            }
-            _ => vec![0.0; pods.len()],
-        },
+        Plugin::PrefixCache if !matched.is_empty() => {
+            let n = ask.hashes.len() as f64;
+            matched.iter().map(|m| *m as f64 / n * 100.0).collect()
+        }
+        Plugin::PrefixCache => vec![0.0; pods.len()],
         Plugin::Random => pods.iter().map(|_| rng.below(101) as f64).collect(),
         Plugin::LoraAffinity => vec![0.0; pods.len()],
     }

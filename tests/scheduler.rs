@@ -117,6 +117,52 @@ fn requests_sharing_a_long_prefix_go_to_one_pod() {
 }
 
 #[test]
+fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_and_keeps_each_where_it_began(
+) {
+    // The shipped profile: prefix affinity with boundedLoad 1.5. Forty conversations open
+    // with one system prompt: with prefix-cache alone they all go to one pod (the test
+    // above); with the bound, no pod takes much more than its share of the new ones, and
+    // every conversation's next turn goes back to the pod that holds it.
+    let profile = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/scheduler/cache-affinity.yaml"
+    ))
+    .unwrap();
+    let s = start(pods(4), profile);
+    let system = "You are the support assistant of a bicycle shop; answer precisely. ".repeat(30);
+    let opening = |i: usize| {
+        format!("{system}Customer {i} asks: which saddle suits a long tour on gravel roads?")
+    };
+    let pod_for = |prompt: String| {
+        let body = serde_json::json!({"model": "pool", "prompt": prompt, "max_tokens": 2});
+        let r = s.post("/v1/completions", &body.to_string(), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.pod()
+    };
+    let home: Vec<String> = (0..40).map(|i| pod_for(opening(i))).collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for p in &home {
+        *counts.entry(p.as_str()).or_insert(0) += 1;
+    }
+    let top = counts.values().max().copied().unwrap_or(0);
+    assert!(counts.len() >= 2 && top <= 24, "{counts:?}");
+    // A next turn follows its answer: by then the two workers' indexes are in step (their
+    // journal syncs every 25 ms; these openings took about a millisecond each).
+    std::thread::sleep(Duration::from_millis(200));
+    for (i, pod) in home.iter().enumerate() {
+        let next = format!(
+            "{} The assistant says: a leather one. Customer {i} asks: and when it rains?",
+            opening(i)
+        );
+        assert_eq!(
+            &pod_for(next),
+            pod,
+            "conversation {i} moved; openings {counts:?}"
+        );
+    }
+}
+
+#[test]
 fn a_pod_with_a_long_queue_is_filtered_out() {
     let s = start(
         pods(2),

@@ -24,6 +24,8 @@
 //! - arguments: `maxWaitingRequests` >= 1, `TTFTTPOTWeightFactor` finite in 0.0..=1.0 (Kthena
 //!   rejects others), `blockSizeToHash`, `maxBlocksToMatch`, `maxHashCacheSize`,
 //!   `topKMatches` >= 1; missing arguments keep their defaults; unknown ones are warned about.
+//!   Beyond Kthena: `prefix-cache`'s `boundedLoad` (0: off, else a number >= 1.0; Kthena's
+//!   router ignores an argument it does not know, so the YAML stays Kthena's).
 //! - other top-level keys of routerConfiguration (`auth`, ...) are warned about and ignored; a
 //!   routerConfiguration without `scheduler` keeps the defaults (with a warning).
 
@@ -491,6 +493,21 @@ fn fraction(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// modelroute's argument of `prefix-cache` (Kthena's router ignores arguments it does not
+/// know): 0 is off, else a factor of at least 1 (1: every pod at most the mean).
+const BOUNDED_LOAD: &str = "boundedLoad";
+
+fn load_factor(v: &Value) -> Result<f64, String> {
+    match v.as_f64() {
+        Some(f) if f == 0.0 || (f.is_finite() && f >= 1.0) => Ok(f),
+        Some(f) => Err(format!("must be 0 (off) or at least 1.0, got {f}")),
+        None => Err(format!(
+            "must be a number (0: off, or at least 1.0), got {}",
+            type_name(v)
+        )),
+    }
+}
+
 fn plugin_config(v: &Value, out: &mut Scheduler, r: &mut Report) {
     const PATH: &str = "scheduler.pluginConfig";
     let mut seen: Vec<Plugin> = Vec::new();
@@ -552,6 +569,13 @@ fn plugin_args(
             (Plugin::LeastLatency, "TTFTTPOTWeightFactor") => {
                 match fraction(value) {
                     Ok(f) => out.ttft_tpot_weight_factor = f,
+                    Err(msg) => r.error(&at, &msg),
+                }
+                continue;
+            }
+            (Plugin::PrefixCache, BOUNDED_LOAD) => {
+                match load_factor(value) {
+                    Ok(f) => out.prefix_bounded_load = f,
                     Err(msg) => r.error(&at, &msg),
                 }
                 continue;

@@ -165,6 +165,13 @@ pub struct Scheduler {
     pub prefix_max_hashes: u32,
     /// prefix-cache: pods considered per lookup (`topKMatches`).
     pub prefix_top_k: u32,
+    /// prefix-cache, modelroute's `boundedLoad` (Kthena ignores the argument): 0, off;
+    /// otherwise a conversation's next turn stays on the pods holding most of it, and a prompt
+    /// that starts something new (a first turn after a shared system prompt, a prompt no pod
+    /// has seen) goes only to pods that took at most this many times the mean share of the
+    /// server's recent requests.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefix_bounded_load: f64,
     /// How often engine metrics (`/metrics`, `/v1/models`) are collected from every pod.
     pub metrics_interval_ms: u64,
     /// Metrics older than this are ignored and the pod counts as unreachable.
@@ -190,6 +197,7 @@ impl Default for Scheduler {
             prefix_max_blocks: 128,
             prefix_max_hashes: 50_000,
             prefix_top_k: 5,
+            prefix_bounded_load: 0.0,
             metrics_interval_ms: 1000,
             metrics_stale_ms: 5000,
         }
@@ -291,8 +299,8 @@ pub struct GlobalRateLimit {
     pub deny_on_redis_failure: bool,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// One rule of a route.

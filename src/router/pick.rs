@@ -58,7 +58,8 @@ impl Router {
         }
         let cfg = &self.settings.scheduler;
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
-        let placement = match read_placement_record(server, &hashes, req) {
+        let bounded = cfg.prefix_bounded_load > 0.0;
+        let placement = match read_placement_record(server, &hashes, req, bounded) {
             Err(shared_keys) => return Err(RouteError::PlacementUnknown(shared_keys)),
             Ok(placement) => placement,
         };
@@ -69,6 +70,7 @@ impl Router {
                 (Some(p), SharedPlacement::Answered { placed, .. }) if p.answered => placed,
                 _ => None,
             },
+            recent: (cfg.prefix_bounded_load > 0.0).then(|| server.recent.at(req.now_ms)),
         };
         let (ranked, pairs) = {
             let view = PodView::new(
@@ -95,6 +97,9 @@ impl Router {
             };
             (ranked, pairs)
         };
+        if let Some(best) = ranked.first().filter(|_| cfg.prefix_bounded_load > 0.0) {
+            server.recent.record(*best, req.now_ms);
+        }
         let mut prefix_match = None;
         let mut placement_record = None;
         let mut shared_keys = None;
@@ -103,6 +108,10 @@ impl Router {
                 prefix_match = Some((index.match_ratio(&hashes, *best) * 1000.0).round() as u16);
             }
             index.insert(&hashes, *best);
+            if bounded {
+                let whole = req.prompt.len() / (cfg.prefix_block_size.max(1) as usize);
+                index.note_successors(&hashes, whole);
+            }
             if let Some(p) = placement {
                 let record =
                     prefix_sync::encode_placement(&hashes, *best, server.pod_list, req.now_ms);
@@ -145,15 +154,25 @@ struct NewPlacement {
 /// With the gateways' shared store ([`SharedPlacement`]): when no local record answers, the
 /// store's (another gateway's placement, kept as long as the store keeps it) is learned the
 /// same way; not asked yet, `Err` with the store's key, and nothing is placed.
+///
+/// With `bounded` (prefix-cache's `boundedLoad`), a prompt starting a new branch
+/// ([`prefix_sync::new_branch_known_blocks`]) counts as new too: it may be placed away from
+/// the pods holding what it shares.
 fn read_placement_record(
     server: &mut Server,
     hashes: &[u64],
     req: &Request<'_>,
+    bounded: bool,
 ) -> Result<Option<NewPlacement>, prefix_sync::SharedKeys> {
     let Some(index) = server.prefix.as_mut() else {
         return Ok(None);
     };
     let Some((known, block)) = prefix_sync::new_prompt_known_blocks(index, hashes)
+        .or_else(|| {
+            bounded
+                .then(|| prefix_sync::new_branch_known_blocks(index, hashes))
+                .flatten()
+        })
         .and_then(|known| Some((known, *hashes.get(known)?)))
     else {
         return Ok(None);

@@ -55,7 +55,13 @@ const NO_ASK: Ask<'static> = Ask {
     lora: None,
     hashes: &[],
     placed: None,
+    recent: None,
 };
+
+/// What the scheduler is asked for a prompt with these block hashes, and nothing else.
+fn ask(hashes: &[u64]) -> Ask<'_> {
+    Ask { hashes, ..NO_ASK }
+}
 
 fn first(cfg: &Scheduler, c: &[Candidate<'_>], ask: &Ask<'_>, prefix: Option<&PrefixIndex>) -> u32 {
     rank(cfg, c, ask, prefix, &mut Rng::new(1), 5).unwrap()[0]
@@ -133,11 +139,7 @@ fn least_request_counts_what_other_gateways_sent_to_a_pod() {
     assert_eq!(first(&cfg, &c, &NO_ASK, None), 1);
     // A prompt no pod has seen, with prefix-cache: the tie-break counts them too.
     let h = block_hashes("m", b"a prompt no pod has seen", 64, 128);
-    let ask = Ask {
-        lora: None,
-        hashes: &h,
-        placed: None,
-    };
+    let ask = ask(&h);
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
     assert_eq!(first(&cfg, &c, &ask, Some(&PrefixIndex::new(100))), 1);
 }
@@ -195,19 +197,7 @@ fn prefix_cache_prefers_the_pod_that_served_the_prefix() {
     let hashes = block_hashes("m", format!("{system}Rome?").as_bytes(), 64, 128);
     let c = idle_pods(3);
     let cfg = only(&[(Plugin::PrefixCache, 1)], &[]);
-    assert_eq!(
-        first(
-            &cfg,
-            &c,
-            &Ask {
-                lora: None,
-                hashes: &hashes,
-                placed: None
-            },
-            Some(&idx)
-        ),
-        1
-    );
+    assert_eq!(first(&cfg, &c, &ask(&hashes), Some(&idx)), 1);
 }
 
 #[test]
@@ -246,8 +236,7 @@ fn lora_affinity_keeps_only_pods_serving_the_adapter() {
             &c,
             &Ask {
                 lora: Some("lora-A"),
-                hashes: &[],
-                placed: None,
+                ..NO_ASK
             },
             None,
             &mut Rng::new(seed),
@@ -274,8 +263,7 @@ fn lora_affinity_keeps_only_pods_serving_the_adapter() {
         &none,
         &Ask {
             lora: Some("lora-A"),
-            hashes: &[],
-            placed: None
+            ..NO_ASK
         },
         None,
         &mut Rng::new(0),
@@ -410,32 +398,8 @@ fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
             128,
         );
         let (a, b) = (PrefixIndex::new(100), PrefixIndex::new(100));
-        let pa = rank(
-            &cfg,
-            &c,
-            &Ask {
-                lora: None,
-                hashes: &h,
-                placed: None,
-            },
-            Some(&a),
-            &mut Rng::new(seed),
-            1,
-        )
-        .unwrap();
-        let pb = rank(
-            &cfg,
-            &c,
-            &Ask {
-                lora: None,
-                hashes: &h,
-                placed: None,
-            },
-            Some(&b),
-            &mut Rng::new(seed + 100),
-            1,
-        )
-        .unwrap();
+        let pa = rank(&cfg, &c, &ask(&h), Some(&a), &mut Rng::new(seed), 1).unwrap();
+        let pb = rank(&cfg, &c, &ask(&h), Some(&b), &mut Rng::new(seed + 100), 1).unwrap();
         assert_eq!(pa, pb);
         picks.insert(pa[0]);
     }
@@ -447,11 +411,7 @@ fn a_new_prefix_goes_to_the_same_pod_from_every_worker() {
             rank(
                 &cfg,
                 &c,
-                &Ask {
-                    lora: None,
-                    hashes: &h,
-                    placed: None,
-                },
+                &ask(&h),
                 Some(&PrefixIndex::new(10)),
                 &mut Rng::new(0),
                 1,
@@ -478,11 +438,7 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
             64,
             128,
         );
-        let ask = Ask {
-            lora: None,
-            hashes: &h,
-            placed: None,
-        };
+        let ask = ask(&h);
         let pod = first(&cfg, &idle, &ask, Some(&index));
         assert!(used.insert(pod), "prompt {i} joined pod {pod}: {used:?}");
         index.insert(&h, pod);
@@ -497,10 +453,134 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
     }
     index.insert(&block_hashes("m", &b"x".repeat(64 * 40), 64, 128), 2);
     let h = block_hashes("m", b"a prompt no pod has seen", 64, 128);
-    let ask = Ask {
-        lora: None,
-        hashes: &h,
-        placed: None,
-    };
+    let ask = ask(&h);
     assert_eq!(first(&cfg, &busy, &ask, Some(&index)), 2);
+}
+
+/// prefix-cache 3 and least-request 1 (the cache-affinity profile), with `boundedLoad`.
+fn affinity(bounded_load: f64) -> Scheduler {
+    Scheduler {
+        prefix_bounded_load: bounded_load,
+        ..only(&[(Plugin::PrefixCache, 3), (Plugin::LeastRequest, 1)], &[])
+    }
+}
+
+/// An index that has seen two conversations open with `system` on pod 0 (so the system
+/// prompt's last block branches) and holds the system prompt on the `replicas` too.
+fn system_prompt_on(system: &str, replicas: &[u32]) -> PrefixIndex {
+    let mut index = PrefixIndex::new(10_000);
+    for (user, pod) in [(
+        "user a: hello there, a first question about trains in the Alps",
+        0,
+    )]
+    .into_iter()
+    .chain([(
+        "user b: good morning, a question about ferries between islands",
+        0,
+    )])
+    .chain(replicas.iter().map(|p| {
+        (
+            "user c: a question of my own, about night buses across Europe",
+            *p,
+        )
+    })) {
+        let text = format!("{system}{user}");
+        let h = block_hashes("m", text.as_bytes(), 64, 128);
+        index.insert(&h, pod);
+        index.note_successors(&h, text.len() / 64);
+    }
+    index
+}
+
+#[test]
+fn bounded_load_sends_a_new_conversation_off_a_pod_over_its_share_to_one_that_holds_its_prompt_too()
+{
+    let system = "You answer travel questions, briefly and with facts only. ".repeat(8);
+    let first_turn = block_hashes(
+        "m",
+        format!("{system}user d: a new conversation, about cycling routes in spring").as_bytes(),
+        64,
+        128,
+    );
+    // Pod 0 took 10 of the last 13 picks: over 1.5 x the mean share.
+    let mut recent = RecentPicks::default();
+    for (pod, picks) in [(0, 10), (1, 1), (2, 1), (3, 1)] {
+        for _ in 0..picks {
+            recent.record(pod, 0);
+        }
+    }
+    let pods = idle_pods(4);
+    let new_turn = Ask {
+        recent: Some(recent.at(0)),
+        ..ask(&first_turn)
+    };
+    let alone = system_prompt_on(&system, &[]);
+    assert_eq!(
+        first(&affinity(0.0), &pods, &new_turn, Some(&alone)),
+        0,
+        "without the bound: where the prompt is"
+    );
+    assert_ne!(first(&affinity(1.5), &pods, &new_turn, Some(&alone)), 0);
+    // A pod that holds the system prompt too is preferred to one that would prefill it.
+    let replicated = system_prompt_on(&system, &[2]);
+    assert_eq!(
+        first(&affinity(1.5), &pods, &new_turn, Some(&replicated)),
+        2
+    );
+    // Within its share pod 0 keeps the new conversation (where it is cached, fewer held on 2
+    // only breaking a tie of equal matches).
+    let mut even = RecentPicks::default();
+    for pod in 0..4 {
+        even.record(pod, 0);
+    }
+    let within = Ask {
+        recent: Some(even.at(0)),
+        ..ask(&first_turn)
+    };
+    assert_eq!(first(&affinity(1.5), &pods, &within, Some(&alone)), 0);
+}
+
+#[test]
+fn bounded_load_keeps_a_conversations_next_turn_on_its_pod_however_busy() {
+    let system = "You answer travel questions, briefly and with facts only. ".repeat(8);
+    let mut index = system_prompt_on(&system, &[2]);
+    // User a's conversation lives on pod 0; its next turn adds a short answer and question.
+    let opened = format!("{system}user a: hello there, a first question about trains in the Alps");
+    let next = format!("{opened}\nassistant: sure.\nuser a: and a second one?");
+    let h = block_hashes("m", next.as_bytes(), 64, 128);
+    index.insert(&block_hashes("m", opened.as_bytes(), 64, 128), 0);
+    let mut recent = RecentPicks::default();
+    for _ in 0..10 {
+        recent.record(0, 0);
+    }
+    let mut busy = idle_pods(4);
+    busy[0].in_flight = 8;
+    let turn = Ask {
+        recent: Some(recent.at(0)),
+        ..ask(&h)
+    };
+    // Without the bound, a few blocks of history weigh less than the load: the turn moves to
+    // pod 2 (which holds the system prompt) and leaves its history behind.
+    assert_eq!(first(&affinity(0.0), &busy, &turn, Some(&index)), 2);
+    assert_eq!(first(&affinity(1.5), &busy, &turn, Some(&index)), 0);
+}
+
+#[test]
+fn recent_picks_fade_with_time_and_keep_their_ratios_when_rescaled() {
+    let mut r = RecentPicks::default();
+    for _ in 0..10 {
+        r.record(0, 0);
+    }
+    // Five time constants later one pick outweighs the ten (e^5 ~ 148).
+    r.record(1, 5 * RECENT_PICKS_MS as u64);
+    let now = r.at(5 * RECENT_PICKS_MS as u64);
+    assert!(now.of(1) > 10.0 * now.of(0), "{} {}", now.of(1), now.of(0));
+    let ratio = now.of(1) / now.of(0);
+    // A minute on, the weights are scaled back: the ratios stand, a new pick weighs 1.
+    let later = 60_000;
+    r.record(2, later);
+    let v = r.at(later);
+    assert_eq!((v.of(2), v.one), (1.0, 1.0));
+    assert!((v.of(1) / v.of(0) - ratio).abs() < 1e-9 * ratio);
+    assert_eq!(v.of(7), 0.0, "a pod never picked");
 }

@@ -56,6 +56,7 @@ fn the_cache_affinity_profile_is_prefix_cache_then_load_without_a_filter() {
         s.scores,
         [w(Plugin::PrefixCache, 3), w(Plugin::LeastRequest, 1)]
     );
+    assert_eq!(s.prefix_bounded_load, 1.5);
 }
 
 #[test]
@@ -295,6 +296,32 @@ fn factor_out_of_range_is_an_error() {
             "scheduler:\n  pluginConfig:\n  - name: least-latency\n    args: {{TTFTTPOTWeightFactor: {good}}}\n  plugins:\n    Score: {{enabled: [{{name: least-latency}}]}}\n"
         ));
         assert_eq!(s.ttft_tpot_weight_factor, good.parse::<f64>().unwrap());
+    }
+}
+
+#[test]
+fn bounded_load_is_off_or_a_factor_of_at_least_1() {
+    let with = |v: &str| {
+        format!("scheduler:\n  pluginConfig:\n  - name: prefix-cache\n    args: {{boundedLoad: {v}}}\n  plugins:\n    Score: {{enabled: [{{name: prefix-cache}}]}}\n")
+    };
+    assert_eq!(
+        ok(&plugins("    Score: {enabled: [{name: prefix-cache}]}\n"))
+            .0
+            .prefix_bounded_load,
+        0.0
+    );
+    for (good, factor) in [("0", 0.0), ("1", 1.0), ("1.25", 1.25), ("3", 3.0)] {
+        let (s, warnings) = ok(&with(good));
+        assert!(warnings.is_empty(), "{good}: {warnings:?}");
+        assert_eq!(s.prefix_bounded_load, factor, "{good}");
+    }
+    for bad in ["0.5", "-1", "high", "~"] {
+        let e = errors(&with(bad));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with("s.yaml: scheduler.pluginConfig[0].args.boundedLoad: must be"),
+            "{bad}: {e:?}"
+        );
     }
 }
 
