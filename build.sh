@@ -8,7 +8,8 @@
 #                      and a short fuzzing run of every parser (MODELROUTE_FUZZ_SECONDS, 10 each)
 #   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md,
 #                                memory -> bench/MEMORY.md, routing quality -> bench/quality-results.md
-#                                (and, without --quick, with two gateways -> bench/two-gateways/)
+#                                (and, without --quick, on a skewed workload -> bench/skewed/ and
+#                                with two gateways -> bench/two-gateways/)
 #   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
@@ -312,6 +313,9 @@ bench() {
   log "routing quality: one seeded workload on simulated engines through each router (bench/QUALITY.md)"
   MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py $quick
   if [ -z "$quick" ]; then
+    log "routing quality when one system prompt draws most of the traffic (bench/skewed)"
+    MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py --workload skewed \
+      --out bench/skewed
     log "routing quality with two gateways in front of the same pods (bench/two-gateways)"
     MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py --gateways 2 \
       --out bench/two-gateways

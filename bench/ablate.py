@@ -25,6 +25,10 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
               and a real Redis (both on CPU 1): what a global budget costs a request
   timed       `metrics` with the timing build (target/timing): also prints the VM's own time
               per callback (host calls included), from its modelroute.timing.* counters
+  affinity    `filter` picking with examples/scheduler/cache-affinity.yaml without boundedLoad
+  bounded     `filter` picking with examples/scheduler/cache-affinity.yaml as shipped
+              (boundedLoad 1.5): what bounded-load placement costs (with --fresh-prompts every
+              request is a new branch, placed under the bound and published)
 """
 import argparse
 import json
@@ -137,6 +141,11 @@ def main():
                 f.write(L.modelroute_resources(pod_port).replace("  rules:\n", limit + "  rules:\n", 1))
         with open(os.path.join(work, "pods.yaml"), "w") as f:
             f.write(L.pods_yaml(ips, pod_port))
+        profile = open(os.path.join(L.ROOT, "examples", "scheduler", "cache-affinity.yaml")).read()
+        profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile)}
+        for name, text in profiles.items():
+            with open(os.path.join(work, f"{name}.yaml"), "w") as f:
+                f.write(text)
         live = {}
         for name in args.variants:
             port, admin = L.free_port(), L.free_port()
@@ -151,11 +160,12 @@ def main():
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
                 resources = {"limited": res_limited, "global": res_global if name == "global" else None}.get(name, res)
                 service = ["--rate-limit-service", rate_limit_service] if name == "global" else []
+                picking = ["--scheduler-config", os.path.join(work, f"{name}.yaml")] if name in profiles else []
                 subprocess.run([L.CONTROLLER, "render", "--resources", resources, "--pods", os.path.join(work, "pods.yaml"),
-                                "--wasm", wasm, "--out", conf] + service, check=True, capture_output=True)
+                                "--wasm", wasm, "--out", conf] + service + picking, check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log, service)
-                keep = {"old": 0, "filter": 0, "main": 1}.get(name)
+                keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)
             with open(cfg, "w") as f:

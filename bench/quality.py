@@ -2,8 +2,8 @@
 """Routing quality: the same seeded workload, on the same simulated engines, through each
 router; how often the engines' prefix caches hit and what clients wait.
 
-usage: quality.py [--quick] [--requests 900] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
-                  [--routers a,b,...] [--gateways 1] [--out bench]
+usage: quality.py [--quick] [--requests 1800] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
+                  [--routers a,b,...] [--gateways 1] [--workload even|skewed] [--out bench]
 
 Writes quality.json, quality-results.md (medians over the seeds, per rate) and quality.svg
 (the first rate) into --out. `./build.sh bench [--quick]` runs it.
@@ -373,7 +373,7 @@ def markdown(args, table, command):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="300 requests, one seed and rate, results in bench/quick/")
-    ap.add_argument("--requests", type=int, default=None, help="per run (default 900; 300 with --quick)")
+    ap.add_argument("--requests", type=int, default=None, help="per run (default 1800; 300 with --quick)")
     ap.add_argument("--rates", default=None, help="arrivals a second, comma-separated (default 60,120; 60 with --quick)")
     ap.add_argument("--pods", type=int, default=4)
     ap.add_argument("--seeds", default=None, help="comma-separated (default 7,8,9; 7 with --quick)")
@@ -384,7 +384,7 @@ def main():
                     help="how users are spread over the system prompts (see WORKLOADS)")
     ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
     args = ap.parse_args()
-    args.requests = args.requests or (300 if args.quick else 900)
+    args.requests = args.requests or (300 if args.quick else 1800)
     args.rates = args.rates or ("60" if args.quick else "60,120")
     args.seeds = args.seeds or ("7" if args.quick else "7,8,9")
     args.out = args.out or os.path.join(ROOT, "bench", "quick" if args.quick else "")

@@ -1,5 +1,6 @@
 //! Criterion benches of the filter's hot paths (native build of the pure core):
-//! pod picking at 8/64/512 pods, prefix hashing of 1 KB / 100 KB prompts, chat prompt
+//! pod picking at 8/64/512 pods (Kthena's default plugins; the cache-affinity profile with and
+//! without boundedLoad, for a new conversation), prefix hashing of 1 KB / 100 KB prompts, chat prompt
 //! rendering, body scanning, the model rewrite, the full routing decision, route lookup among
 //! 1,000 routes and parsing a 10,000-pod / 1,000-route configuration. Results: bench/MICRO.md.
 
@@ -8,7 +9,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use filter_config::{FilterConfig, Route, Rule, Scheduler, Server, Settings};
+use filter_config::{
+    FilterConfig, Plugin, Route, Rule, Scheduler, Server, Settings, WeightedPlugin,
+};
 use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
@@ -17,7 +20,7 @@ use modelroute::router::{
     no_in_flight, no_load_reports, no_placements, Request, Router, SharedPlacement,
 };
 use modelroute::scan::{scan, Model};
-use modelroute::scheduler::{rank, Ask, Candidate};
+use modelroute::scheduler::{rank, Ask, Candidate, RecentPicks};
 
 fn stats(i: usize) -> PodStats {
     PodStats {
@@ -41,6 +44,20 @@ fn prompt(len: usize) -> Vec<u8> {
 
 fn pick(c: &mut Criterion) {
     let cfg = Scheduler::default();
+    let affinity = Scheduler {
+        filters: vec![],
+        scores: vec![
+            WeightedPlugin {
+                name: Plugin::PrefixCache,
+                weight: 3,
+            },
+            WeightedPlugin {
+                name: Plugin::LeastRequest,
+                weight: 1,
+            },
+        ],
+        ..Scheduler::default()
+    };
     let mut g = c.benchmark_group("pick");
     for n in [8usize, 64, 512] {
         let all: Vec<PodStats> = (0..n).map(stats).collect();
@@ -80,6 +97,46 @@ fn pick(c: &mut Criterion) {
                 )
             })
         });
+        // The cache-affinity profile with boundedLoad: a new conversation after a system
+        // prompt every pod has seen (a new branch, placed under the bound).
+        let bounded = Scheduler {
+            prefix_bounded_load: 1.5,
+            ..affinity.clone()
+        };
+        let opening = block_hashes(
+            "m",
+            &[prompt(4096), b"a new question".to_vec()].concat(),
+            64,
+            128,
+        );
+        idx.note_successors(&hashes, hashes.len());
+        idx.note_successors(&opening, opening.len());
+        let mut recent = RecentPicks::default();
+        for i in 0..n as u32 {
+            recent.record(i, i as u64);
+        }
+        for (name, cfg) in [
+            ("cache-affinity", &affinity),
+            ("cache-affinity-bounded", &bounded),
+        ] {
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    rank(
+                        cfg,
+                        black_box(&candidates),
+                        &Ask {
+                            lora: None,
+                            hashes: &opening,
+                            placed: None,
+                            recent: Some(recent.at(n as u64)),
+                        },
+                        Some(&idx),
+                        &mut rng,
+                        3,
+                    )
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -18,7 +18,8 @@
 //! conversation never moves for load; a prompt that starts something new (its longest match
 //! ends where earlier prompts went separate ways, as after a shared system prompt, or no pod
 //! has seen it) keeps only the pods whose share of the server's recent picks
-//! ([`RecentPicks`]) is at most `boundedLoad` times the mean. A popular system prompt thus
+//! ([`RecentPicks`]) is at most `boundedLoad` times the mean, or whose engine reports no queue
+//! (balance buys nothing while every request gets a place in the batch). A popular system prompt thus
 //! spreads its new conversations to a second pod (which then holds it too) once its pod takes
 //! more than its share, instead of queueing every conversation on one pod; a prompt nobody
 //! shares still goes where it is cached.
@@ -45,6 +46,12 @@ impl Candidate<'_> {
     /// beyond them (other gateways'; none with one gateway).
     fn load(&self) -> f64 {
         f64::from(self.in_flight) + self.stats.map_or(0.0, |s| s.others)
+    }
+
+    /// Whether the pod's engine reported requests waiting for a place in its batch (or its
+    /// stats are unknown): only then does balance buy anything.
+    fn queues(&self) -> bool {
+        self.stats.is_none_or(|s| s.waiting > 0.0)
     }
 }
 
@@ -261,8 +268,12 @@ fn bound_load(
     } else if let Some(recent) = ask.recent {
         let mean = pods.iter().map(|c| recent.of(c.id)).sum::<f64>() / pods.len().max(1) as f64;
         // One pick's worth of slack: a pod is not over its share for its very first pick.
+        // A pod whose engine queues nothing keeps its share whatever it is: below its batch
+        // limit a request waits for nobody, and balancing would only cost cache misses.
         let bound = factor * mean + recent.one;
-        pods.iter().map(|c| recent.of(c.id) <= bound).collect()
+        pods.iter()
+            .map(|c| recent.of(c.id) <= bound || !c.queues())
+            .collect()
     } else {
         return;
     };

@@ -117,18 +117,19 @@ fn requests_sharing_a_long_prefix_go_to_one_pod() {
 }
 
 #[test]
-fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_and_keeps_each_where_it_began(
-) {
-    // The shipped profile: prefix affinity with boundedLoad 1.5. Forty conversations open
-    // with one system prompt: with prefix-cache alone they all go to one pod (the test
-    // above); with the bound, no pod takes much more than its share of the new ones, and
-    // every conversation's next turn goes back to the pod that holds it.
+fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_once_its_pod_queues() {
+    // The shipped profile: prefix affinity with boundedLoad 1.5. Conversations that open
+    // with one system prompt go where it is cached while no engine queues; once the pods
+    // report a queue, no pod takes much more than its share of the new ones (with
+    // prefix-cache alone all forty would go to one pod, as in the test above), and every
+    // conversation's next turn still goes back to the pod that holds it.
     let profile = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/scheduler/cache-affinity.yaml"
     ))
     .unwrap();
     let s = start(pods(4), profile);
+    s.wait_for_scrapes(2);
     let system = "You are the support assistant of a bicycle shop; answer precisely. ".repeat(30);
     let opening = |i: usize| {
         format!("{system}Customer {i} asks: which saddle suits a long tour on gravel roads?")
@@ -139,17 +140,32 @@ fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_and_ke
         assert_eq!(r.status, 200, "{}", r.text());
         r.pod()
     };
-    let home: Vec<String> = (0..40).map(|i| pod_for(opening(i))).collect();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for p in &home {
-        *counts.entry(p.as_str()).or_insert(0) += 1;
+    let tally = |pods: &[String]| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for p in pods {
+            *counts.entry(p.clone()).or_insert(0) += 1;
+        }
+        counts
+    };
+    let calm: Vec<String> = (0..10).map(|i| pod_for(opening(i))).collect();
+    assert_eq!(
+        tally(&calm).len(),
+        1,
+        "no queue, cache first: {:?}",
+        tally(&calm)
+    );
+    for i in 0..4 {
+        s.hold_metrics(&format!("pod-{i}"), r#"{"waiting": 1}"#);
     }
+    s.wait_for_scrapes(3);
+    let busy: Vec<String> = (10..50).map(|i| pod_for(opening(i))).collect();
+    let counts = tally(&busy);
     let top = counts.values().max().copied().unwrap_or(0);
     assert!(counts.len() >= 2 && top <= 24, "{counts:?}");
     // A next turn follows its answer: by then the two workers' indexes are in step (their
     // journal syncs every 25 ms; these openings took about a millisecond each).
     std::thread::sleep(Duration::from_millis(200));
-    for (i, pod) in home.iter().enumerate() {
+    for (i, pod) in calm.iter().chain(&busy).enumerate() {
         let next = format!(
             "{} The assistant says: a leather one. Customer {i} asks: and when it rains?",
             opening(i)

@@ -538,6 +538,17 @@ fn bounded_load_sends_a_new_conversation_off_a_pod_over_its_share_to_one_that_ho
         ..ask(&first_turn)
     };
     assert_eq!(first(&affinity(1.5), &pods, &within, Some(&alone)), 0);
+    // So does a pod over its share whose engine queues nothing: every request still gets a
+    // place in its batch, and moving would only cost the prefill of the system prompt. (The
+    // idle pods above have no stats: unknown counts as queueing.)
+    let (no_queue, queue) = (
+        stats(2.0, 0.0, 0.0, 0.0, 0.0),
+        stats(4.0, 1.0, 0.0, 0.0, 0.0),
+    );
+    let calm = pods_with(&[&no_queue, &no_queue, &no_queue, &no_queue]);
+    let queueing = pods_with(&[&queue, &no_queue, &no_queue, &no_queue]);
+    assert_eq!(first(&affinity(1.5), &calm, &new_turn, Some(&alone)), 0);
+    assert_ne!(first(&affinity(1.5), &queueing, &new_turn, Some(&alone)), 0);
 }
 
 #[test]
