@@ -4,10 +4,13 @@ deployment, measured with less noise than the load benchmark (one Envoy worker p
 0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
 
 usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old-wasm PATH]
-                 [--fresh-prompts] VARIANT...
+                 [--fresh-prompts | --fresh-endings] VARIANT...
 
 --fresh-prompts: every request's prompt starts with a number of its own, so no pod has seen
 it (what one-off prompts cost the prefix index and its placement records).
+--fresh-endings: every request's prompt ends with a number of its own after the same ~1 KB,
+so each starts a new branch off a prefix every pod has seen (a new conversation after a shared
+system prompt: what bounded-load placement and its placement record cost).
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -93,6 +96,12 @@ request = function()
 end
 """
 
+# wrk: the body with a request counter at the end of the first message's content.
+FRESH_ENDINGS_LUA = FRESH_LUA.replace("""local head, tail = body:match('^(.-"content": ")(.*)$')""",
+                                      """local head, tail = body:match('^(.*)(", "role".*)$')
+if not head then head, tail = body:match('^(.*)("}%].*)$') end""")
+FRESH_ENDINGS_LUA = FRESH_ENDINGS_LUA.replace('head .. n .. " " .. tail', 'head .. " " .. n .. tail')
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -102,6 +111,7 @@ def main():
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (1: unloaded latency)")
     ap.add_argument("--pods", type=int, default=2, help="mock pods (1: every variant picks the same pod)")
     ap.add_argument("--fresh-prompts", action="store_true", help="a prompt no pod has seen, every request")
+    ap.add_argument("--fresh-endings", action="store_true", help="a new branch off a known prefix, every request")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="modelroute-ablate-")
@@ -181,7 +191,7 @@ def main():
             f.write(L.chat_body(1024))
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:
-            f.write(FRESH_LUA if args.fresh_prompts else L.WRK_LUA)
+            f.write(FRESH_LUA if args.fresh_prompts else FRESH_ENDINGS_LUA if args.fresh_endings else L.WRK_LUA)
         results = {n: [] for n in live}
         latencies = {n: [] for n in live}
         for _ in range(args.rounds):

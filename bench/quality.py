@@ -346,7 +346,8 @@ def summary(rows):
 def markdown(args, table, command):
     lines = [f"# Routing quality, as `{command}` last recorded it",
              "",
-             f"{args.requests} requests per run, {args.pods} simulated pods ({' '.join(SIM)}), "
+             f"{args.requests} requests per run, workload `{args.workload}` (bench/QUALITY.md), "
+             f"{args.pods} simulated pods ({' '.join(SIM)}), "
              + (f"{args.gateways} instances of each router, requests spread over them at random, "
                 if args.gateways > 1 else "") + "seeds "
              f"{args.seeds}; each cell the median over the seeds [lowest, highest]. Analysis: bench/QUALITY.md.",

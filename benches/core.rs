@@ -9,9 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use filter_config::{
-    FilterConfig, Plugin, Route, Rule, Scheduler, Server, Settings, WeightedPlugin,
-};
+use filter_config::{FilterConfig, Route, Rule, Scheduler, Server, Settings};
 use modelroute::metrics::{PodStats, Snapshot};
 use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
@@ -44,20 +42,7 @@ fn prompt(len: usize) -> Vec<u8> {
 
 fn pick(c: &mut Criterion) {
     let cfg = Scheduler::default();
-    let affinity = Scheduler {
-        filters: vec![],
-        scores: vec![
-            WeightedPlugin {
-                name: Plugin::PrefixCache,
-                weight: 3,
-            },
-            WeightedPlugin {
-                name: Plugin::LeastRequest,
-                weight: 1,
-            },
-        ],
-        ..Scheduler::default()
-    };
+    let affinity = Scheduler::cache_affinity();
     let mut g = c.benchmark_group("pick");
     for n in [8usize, 64, 512] {
         let all: Vec<PodStats> = (0..n).map(stats).collect();

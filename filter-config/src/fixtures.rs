@@ -3,8 +3,8 @@
 //! controller's: ModelServer `default/<name>` with cluster `modelserver|default|<name>`.
 
 use crate::{
-    Endpoint, Engine, FilterConfig, Match, Pd, RateLimit, Retry, Role, Route, Rule, Scheduler,
-    Server, Settings, Target, SCHEMA_VERSION,
+    Endpoint, Engine, FilterConfig, Match, Pd, Plugin, RateLimit, Retry, Role, Route, Rule,
+    Scheduler, Server, Settings, Target, WeightedPlugin, SCHEMA_VERSION,
 };
 
 impl FilterConfig {
@@ -33,6 +33,25 @@ impl Scheduler {
         Scheduler {
             filters: vec![],
             scores: vec![],
+            ..Default::default()
+        }
+    }
+
+    /// examples/scheduler/cache-affinity.yaml without `boundedLoad`: prefix-cache weight 3,
+    /// least-request 1, no filter.
+    pub fn cache_affinity() -> Self {
+        Scheduler {
+            filters: vec![],
+            scores: vec![
+                WeightedPlugin {
+                    name: Plugin::PrefixCache,
+                    weight: 3,
+                },
+                WeightedPlugin {
+                    name: Plugin::LeastRequest,
+                    weight: 1,
+                },
+            ],
             ..Default::default()
         }
     }

@@ -3,7 +3,7 @@
 use super::fake::FakeHost;
 use super::*;
 use crate::in_flight::InFlight;
-use filter_config::{FilterConfig, Match, Plugin, Route, Rule, Scheduler, Server, WeightedPlugin};
+use filter_config::{FilterConfig, Match, Route, Rule, Scheduler, Server};
 
 /// One ModelServer of four pods, picked by the cache-affinity profile with `boundedLoad`.
 fn config(bounded_load: f64) -> FilterConfig {
@@ -24,19 +24,8 @@ fn config(bounded_load: f64) -> FilterConfig {
     )
     .with_settings(|s| {
         s.scheduler = Scheduler {
-            filters: vec![],
-            scores: vec![
-                WeightedPlugin {
-                    name: Plugin::PrefixCache,
-                    weight: 3,
-                },
-                WeightedPlugin {
-                    name: Plugin::LeastRequest,
-                    weight: 1,
-                },
-            ],
             prefix_bounded_load: bounded_load,
-            ..Scheduler::default()
+            ..Scheduler::cache_affinity()
         }
     })
 }

@@ -4,7 +4,7 @@ use super::fake::FakeHost;
 use super::*;
 use crate::in_flight::InFlight;
 use filter_config::placement_store::{Answer, KEY_HEADER, PATH as STORE_PATH};
-use filter_config::{FilterConfig, Match, Plugin, Route, Rule, Server, WeightedPlugin};
+use filter_config::{FilterConfig, Match, Route, Rule, Server};
 
 const PODS: [&str; 4] = [
     "127.0.0.2:8000",
@@ -25,17 +25,7 @@ fn gateway(seed: u64) -> Router {
         vec![Server::fixture("ds", "m", &PODS).with_timeout_ms(10_000)],
     )
     .with_settings(|s| {
-        s.scheduler.filters = vec![];
-        s.scheduler.scores = vec![
-            WeightedPlugin {
-                name: Plugin::PrefixCache,
-                weight: 3,
-            },
-            WeightedPlugin {
-                name: Plugin::LeastRequest,
-                weight: 1,
-            },
-        ];
+        s.scheduler = filter_config::Scheduler::cache_affinity();
         s.shared_placements = Some(filter_config::SharedPlacements {
             cluster: "modelroute_ratelimit".into(),
             redis: "127.0.0.1:6379".into(),

@@ -469,20 +469,7 @@ fn a_new_prefix_one_worker_placed_is_followed_by_another_before_their_indexes_sy
     // record; without it, the in-flight tie-break sent it to the other pod, the prompt was
     // cached on both, and its conversations drifted between them (bench/QUALITY.md).
     let mut cfg = router_config();
-    cfg.settings.scheduler = filter_config::Scheduler {
-        filters: vec![],
-        scores: vec![
-            filter_config::WeightedPlugin {
-                name: filter_config::Plugin::PrefixCache,
-                weight: 3,
-            },
-            filter_config::WeightedPlugin {
-                name: filter_config::Plugin::LeastRequest,
-                weight: 1,
-            },
-        ],
-        ..filter_config::Scheduler::default()
-    };
+    cfg.settings.scheduler = filter_config::Scheduler::cache_affinity();
     let mut workers = [
         (
             Router::compile(cfg.clone(), 1).unwrap(),

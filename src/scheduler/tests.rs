@@ -461,7 +461,7 @@ fn new_prefixes_go_to_the_least_busy_then_the_least_cached_pod_not_where_a_hash_
 fn affinity(bounded_load: f64) -> Scheduler {
     Scheduler {
         prefix_bounded_load: bounded_load,
-        ..only(&[(Plugin::PrefixCache, 3), (Plugin::LeastRequest, 1)], &[])
+        ..Scheduler::cache_affinity()
     }
 }
 
