@@ -87,22 +87,29 @@ pub struct RecentPicks {
     epoch_ms: u64,
 }
 
-/// A pick's weight beyond which every weight is scaled back to it being 1 (about a minute
-/// at the default time constant).
-const RESCALE_AT: f64 = 1e12;
+/// Time constants after which the weights are scaled back so that a pick weighs 1 again
+/// (e^28, about a minute at 2 s): far from where f64 overflows (e^709).
+const RESCALE_AFTER: f64 = 28.0;
 
 impl RecentPicks {
-    /// What a pick made at `now_ms` weighs.
-    fn weight(&self, now_ms: u64) -> f64 {
-        (now_ms.saturating_sub(self.epoch_ms) as f64 / RECENT_PICKS_MS).exp()
+    /// The exponent of a pick made at `now_ms`.
+    fn age(&self, now_ms: u64) -> f64 {
+        now_ms.saturating_sub(self.epoch_ms) as f64 / RECENT_PICKS_MS
     }
 
     /// The server's pick at `now_ms` went to pod `id` (ids are bounded by the pod list).
     pub fn record(&mut self, id: u32, now_ms: u64) {
-        if self.weights.is_empty() {
+        let age = self.age(now_ms);
+        if self.weights.is_empty() || age > RESCALE_AFTER {
+            // Rescaled before adding, so no weight is ever infinite (a server idle for half an
+            // hour would make e^age overflow): the old picks shrink by e^-age, to 0 if long ago.
+            let shrink = (-age).exp();
+            for slot in &mut self.weights {
+                *slot *= shrink;
+            }
             self.epoch_ms = now_ms;
         }
-        let w = self.weight(now_ms);
+        let w = self.age(now_ms).exp();
         let i = id as usize;
         if self.weights.len() <= i {
             self.weights.resize(i + 1, 0.0);
@@ -110,19 +117,15 @@ impl RecentPicks {
         if let Some(slot) = self.weights.get_mut(i) {
             *slot += w;
         }
-        if w > RESCALE_AT {
-            for slot in &mut self.weights {
-                *slot /= w;
-            }
-            self.epoch_ms = now_ms;
-        }
     }
 
     /// The shares as the scheduler compares them at `now_ms`.
     pub fn at(&self, now_ms: u64) -> Recent<'_> {
         Recent {
             weights: &self.weights,
-            one: self.weight(now_ms),
+            // Long idle: every recorded pick has faded, and a pick now outweighs them all
+            // (capped so the bound stays finite).
+            one: self.age(now_ms).min(RESCALE_AFTER * 2.0).exp(),
         }
     }
 }

@@ -594,4 +594,15 @@ fn recent_picks_fade_with_time_and_keep_their_ratios_when_rescaled() {
     assert_eq!((v.of(2), v.one), (1.0, 1.0));
     assert!((v.of(1) / v.of(0) - ratio).abs() < 1e-9 * ratio);
     assert_eq!(v.of(7), 0.0, "a pod never picked");
+    // A server idle for a day: e^(age) would overflow; every weight stays finite, the old
+    // picks have faded to nothing, and the bound still lets pods through.
+    let next_day = later + 86_400_000;
+    let idle = r.at(next_day);
+    assert!(idle.one.is_finite() && idle.one > 1e20);
+    r.record(3, next_day);
+    let v = r.at(next_day);
+    assert_eq!(
+        (v.of(0), v.of(1), v.of(2), v.of(3), v.one),
+        (0.0, 0.0, 0.0, 1.0, 1.0)
+    );
 }
