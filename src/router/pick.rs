@@ -1,7 +1,8 @@
 //! Pod choice for a routed request, one sequence for plain and PD servers: without the
 //! scheduler, round robin (pods, or PD pairs spread over groups); with it, the candidates (every
 //! pod, or the decode pods of groups that still have a prefill pod up) are ranked by Kthena's
-//! plugins, the best one remembers the prompt in the server's prefix index, and the ranking
+//! plugins, the best one remembers the prompt in the server's prefix index (with prefix-cache's
+//! `boundedLoad` also where it branches, and the pick in the server's recent picks), and the ranking
 //! becomes the endpoint list (chosen pod first, then the retry order) or, for PD, decode pods
 //! each paired with the best prefill pod of their group. Pure: stats, in-flight counts, the
 //! prompt and randomness come in through [`Request`] and the router.
@@ -70,7 +71,7 @@ impl Router {
                 (Some(p), SharedPlacement::Answered { placed, .. }) if p.answered => placed,
                 _ => None,
             },
-            recent: (cfg.prefix_bounded_load > 0.0).then(|| server.recent.at(req.now_ms)),
+            recent: bounded.then(|| server.recent.at(req.now_ms)),
         };
         let (ranked, pairs) = {
             let view = PodView::new(
@@ -97,7 +98,7 @@ impl Router {
             };
             (ranked, pairs)
         };
-        if let Some(best) = ranked.first().filter(|_| cfg.prefix_bounded_load > 0.0) {
+        if let Some(best) = ranked.first().filter(|_| bounded) {
             server.recent.record(*best, req.now_ms);
         }
         let mut prefix_match = None;
