@@ -8,9 +8,10 @@ usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old
 
 --fresh-prompts: every request's prompt starts with a number of its own, so no pod has seen
 it (what one-off prompts cost the prefix index and its placement records).
---fresh-endings: every request's prompt ends with a number of its own after the same ~1 KB,
-so each starts a new branch off a prefix every pod has seen (a new conversation after a shared
-system prompt: what bounded-load placement and its placement record cost).
+--fresh-endings: every request's prompt has a number of its own 200 bytes before its end, after
+the same ~700 bytes, so each starts a new branch off a prefix every pod has seen (a new
+conversation after a shared system prompt: what bounded-load placement and its placement
+record cost).
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -30,13 +31,14 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
               per callback (host calls included), from its modelroute.timing.* counters
   affinity    `filter` picking with examples/scheduler/cache-affinity.yaml without boundedLoad
   bounded     `filter` picking with examples/scheduler/cache-affinity.yaml as shipped
-              (boundedLoad 1.5): what bounded-load placement costs (with --fresh-prompts every
+              (boundedLoad 1.5): what bounded-load placement costs (with --fresh-endings every
               request is a new branch, placed under the bound and published)
 """
 import argparse
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import tempfile
@@ -81,12 +83,13 @@ def set_loggers(boot, keep):
     return boot[: line.start(2)] + json.dumps(loggers) + boot[line.end(2):]
 
 
-# wrk: the body with a request counter at the start of the first message's content.
-FRESH_LUA = """
+# wrk: the body with a request counter of its own spliced into the first message's content:
+# `split` is the Lua pattern cutting the body in two around where it goes.
+FRESH_LUA_TEMPLATE = string.Template("""
 local f = io.open(os.getenv("BENCH_BODY"), "rb")
 local body = f:read("*a")
 f:close()
-local head, tail = body:match('^(.-"content": ")(.*)$')
+local head, tail = body:match($split)
 assert(head, "the body has no content member")
 local n = 0
 request = function()
@@ -94,13 +97,14 @@ request = function()
   return wrk.format("POST", "/v1/chat/completions", {["Host"] = "bench", ["Content-Type"] = "application/json"},
                     head .. n .. " " .. tail)
 end
-"""
-
-# wrk: the body with a request counter at the end of the first message's content.
-FRESH_ENDINGS_LUA = FRESH_LUA.replace("""local head, tail = body:match('^(.-"content": ")(.*)$')""",
-                                      """local head, tail = body:match('^(.*)(", "role".*)$')
-if not head then head, tail = body:match('^(.*)("}%].*)$') end""")
-FRESH_ENDINGS_LUA = FRESH_ENDINGS_LUA.replace('head .. n .. " " .. tail', 'head .. " " .. n .. tail')
+""")
+# At the start of the content: a prompt no pod has seen.
+FRESH_LUA = FRESH_LUA_TEMPLATE.substitute(split="""'^(.-"content": ")(.*)$'""")
+# 200 bytes before the end of the content (the last message's): the same ~700 bytes first,
+# then whole blocks of its own, so each prompt branches off a prefix every pod has seen. (At
+# the very end the counter would only change the prompt's last, partial block: a
+# continuation, not a branch.)
+FRESH_ENDINGS_LUA = FRESH_LUA_TEMPLATE.substitute(split="""'^(.*)(' .. string.rep(".", 200) .. '"}%].*)$'""")
 
 
 def main():

@@ -167,6 +167,18 @@ impl PrefixIndex {
         self.entries.get(&h).is_some_and(|e| e.next == BRANCHES)
     }
 
+    /// Whether a prompt whose first `known` blocks of `hashes` were served before starts a new
+    /// branch there: none was, or the last of them ends a prefix earlier prompts went on from
+    /// in different ways (a new conversation after a shared system prompt). A prompt that goes
+    /// on past one conversation's blocks, or was served whole as far as it is hashed,
+    /// continues a line instead.
+    pub fn starts_branch(&self, hashes: &[u64], known: usize) -> bool {
+        match known.checked_sub(1).and_then(|last| hashes.get(last)) {
+            None => true,
+            Some(last) => known < hashes.len() && self.branches_after(*last),
+        }
+    }
+
     /// Whether some pod served a prompt starting with block hash `h`.
     pub fn knows(&self, h: u64) -> bool {
         self.entries.contains_key(&h)

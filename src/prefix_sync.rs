@@ -181,10 +181,10 @@ pub fn new_prompt_known_blocks(index: &PrefixIndex, hashes: &[u64]) -> Option<us
 /// of its first looks the same, and finds that record. None otherwise.
 pub fn new_branch_known_blocks(index: &PrefixIndex, hashes: &[u64]) -> Option<usize> {
     // Chained hashes: knowing a block means knowing those before it, so the known length is
-    // a binary search (seven lookups for 128 blocks), not a walk.
+    // a binary search (seven lookups for 128 blocks), not a walk. Nothing known is a new
+    // prompt ([`new_prompt_known_blocks`]), not a branch.
     let known = hashes.partition_point(|h| index.knows(*h));
-    let last = known.checked_sub(1).and_then(|i| hashes.get(i))?;
-    (known < hashes.len() && index.branches_after(*last)).then_some(known)
+    (known > 0 && index.starts_branch(hashes, known)).then_some(known)
 }
 
 /// The key of the placement record for prompts whose first block unknown to the index has

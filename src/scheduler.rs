@@ -258,15 +258,7 @@ fn bound_load(
     idx: &PrefixIndex,
 ) {
     let best = matched.iter().copied().max().unwrap_or(0);
-    // The longest match ends inside one line of prompts (or covers the whole prompt as far
-    // as it is hashed): a continuation.
-    let continues = best > 0
-        && ask.hashes.get(best).is_none_or(|_| {
-            ask.hashes
-                .get(best - 1)
-                .is_some_and(|h| !idx.branches_after(*h))
-        });
-    let keep: Vec<bool> = if continues {
+    let keep: Vec<bool> = if !idx.starts_branch(ask.hashes, best) {
         matched.iter().map(|m| *m == best).collect()
     } else if let Some(recent) = ask.recent {
         let mean = pods.iter().map(|c| recent.of(c.id)).sum::<f64>() / pods.len().max(1) as f64;
