@@ -4,9 +4,11 @@ router; how often the engines' prefix caches hit and what clients wait.
 
 usage: quality.py [--quick] [--requests 1800] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
                   [--routers a,b,...] [--gateways 1] [--workload even|skewed] [--out bench]
+                  [--requests-out DIR]
 
 Writes quality.json, quality-results.md (medians over the seeds, per rate) and quality.svg
-(the first rate) into --out. `./build.sh bench [--quick]` runs it.
+(the first rate) into --out; with --requests-out each run's requests (pod and TTFT), which
+`quality_breakdown.py` explains. `./build.sh bench [--quick]` runs it.
 
 Engines: `mock-llm fleet` with the simulated engine (`--sim-kv-blocks`: a prefix KV cache of
 bounded size, LRU; prefill time per uncached block; decode time per token; `--max-running`:
@@ -232,37 +234,57 @@ def cache_stats(pods, pod_port):
 ORACLE = "oracle: exact caches, no load"
 
 
-def oracle_hit_rate(trace, pods, kv_blocks):
-    """The cache hit rate of a reference that is not a router: each prompt, in arrival order,
-    goes to the pod whose simulated cache holds most of it (ties: fewest prompts so far),
-    knowing every cache exactly and ignoring time and load. The caches mirror mock-llm's
-    (`mock-llm/src/sim.rs`: `prompt_text`'s `role\ncontent\n`, 64-byte chained blocks,
-    `KvCache::admit`'s LRU of `kv_blocks` per pod); a change there is a change here. A greedy
-    reference for what cache-aware placement can win on this trace, not a bound: a router
-    may place differently and do a little better."""
-    caches = [collections.OrderedDict() for _ in range(pods)]
-    placed = [0] * pods
-    hits = queries = 0
-    for _, msgs, _ in trace:
-        text = "".join(f"{m['role']}\n{m['content']}\n" for m in msgs).encode()
-        blocks, h = [], b""
-        for i in range(0, len(text), 64):
-            h = hashlib.blake2b(h + text[i:i + 64], digest_size=8).digest()
-            blocks.append(h)
-        cached = []
-        for c in caches:
-            n = 0
-            while n < len(blocks) and blocks[n] in c:
-                n += 1
-            cached.append(n)
-        best = max(range(pods), key=lambda p: (cached[p], -placed[p]))
-        hits, queries, placed[best] = hits + cached[best], queries + len(blocks), placed[best] + 1
-        cache = caches[best]
+def prompt_blocks(msgs):
+    """The prompt's chained block hashes as mock-llm's simulated engine makes them
+    (`mock-llm/src/sim.rs`: `prompt_text`'s `role\ncontent\n`, 64-byte chained blocks); a
+    change there is a change here."""
+    text = "".join(f"{m['role']}\n{m['content']}\n" for m in msgs).encode()
+    blocks, h = [], b""
+    for i in range(0, len(text), 64):
+        h = hashlib.blake2b(h + text[i:i + 64], digest_size=8).digest()
+        blocks.append(h)
+    return blocks
+
+
+class MirrorCaches:
+    """The simulated engines' prefix caches, mirrored: per pod an LRU of `kv_blocks` blocks
+    (`KvCache::admit` in mock-llm), a block counting only behind a cached prefix."""
+
+    def __init__(self, pods, kv_blocks):
+        self.caches = [collections.OrderedDict() for _ in range(pods)]
+        self.kv_blocks = kv_blocks
+
+    def cached(self, pod, blocks):
+        """Leading blocks of the prompt pod `pod` holds."""
+        n = 0
+        while n < len(blocks) and blocks[n] in self.caches[pod]:
+            n += 1
+        return n
+
+    def admit(self, pod, blocks):
+        cache = self.caches[pod]
         for b in blocks:
             cache[b] = True
             cache.move_to_end(b)
-        while len(cache) > kv_blocks:
+        while len(cache) > self.kv_blocks:
             cache.popitem(last=False)
+
+
+def oracle_hit_rate(trace, pods, kv_blocks):
+    """The cache hit rate of a reference that is not a router: each prompt, in arrival order,
+    goes to the pod whose simulated cache holds most of it (ties: fewest prompts so far),
+    knowing every cache exactly and ignoring time and load. A greedy reference for what
+    cache-aware placement can win on this trace, not a bound: a router may place differently
+    and do a little better."""
+    mirror = MirrorCaches(pods, kv_blocks)
+    placed = [0] * pods
+    hits = queries = 0
+    for _, msgs, _ in trace:
+        blocks = prompt_blocks(msgs)
+        cached = [mirror.cached(p, blocks) for p in range(pods)]
+        best = max(range(pods), key=lambda p: (cached[p], -placed[p]))
+        hits, queries, placed[best] = hits + cached[best], queries + len(blocks), placed[best] + 1
+        mirror.admit(best, blocks)
     return round(hits / max(1, queries), 3)
 
 
@@ -283,7 +305,8 @@ def conversation_moves(trace, results):
 
 
 def run_router(name, args, trace):
-    """One router on freshly started (cold) engines: the trace replayed, one result row."""
+    """One router on freshly started (cold) engines: the trace replayed; one result row and
+    the per-request results ((TTFT s, end to end s, pod) or None), or None if not installed."""
     work = tempfile.mkdtemp(prefix=f"modelroute-quality-{name}-")
     procs = L.Procs()
     try:
@@ -297,7 +320,7 @@ def run_router(name, args, trace):
                  for g in range(args.gateways)]
         if None in ports:
             print(f"skipping {name}: not installed", file=sys.stderr)
-            return None
+            return None, None
         time.sleep(1)
         before = cache_stats(args.pods, pod_port)
         results, wall = replay(ports, trace)
@@ -319,7 +342,7 @@ def run_router(name, args, trace):
             "conversation_moves": conversation_moves(trace, results),
             "ttft_p50_ms": round(pct(ttft, 50), 1), "ttft_p99_ms": round(pct(ttft, 99), 1),
             "e2e_p50_ms": round(pct(e2e, 50), 1), "e2e_p99_ms": round(pct(e2e, 99), 1),
-            "throughput_rps": round(len(ok) / wall, 1)}
+            "throughput_rps": round(len(ok) / wall, 1)}, results
 
 
 METRICS = ["cache_hit_rate", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "throughput_rps",
@@ -384,6 +407,8 @@ def main():
     ap.add_argument("--workload", choices=WORKLOADS, default="even",
                     help="how users are spread over the system prompts (see WORKLOADS)")
     ap.add_argument("--out", default=None, help="default bench/ (bench/quick/ with --quick)")
+    ap.add_argument("--requests-out", default=None,
+                    help="also write each run's pod and TTFT per request here, for quality_breakdown.py")
     args = ap.parse_args()
     args.requests = args.requests or (300 if args.quick else 1800)
     args.rates = args.rates or ("60" if args.quick else "60,120")
@@ -395,7 +420,9 @@ def main():
         for seed in [int(s) for s in args.seeds.split(",")]:
             trace = workload(seed, args.requests, rate, args.workload)
             for name in args.routers.split(","):
-                row = run_router(name, args, trace)
+                row, results = run_router(name, args, trace)
+                if row and args.requests_out:
+                    save_requests(args, name, rate, seed, results)
                 if row:
                     row.update(rate=rate, seed=seed)
                     print(json.dumps(row), flush=True)
@@ -413,6 +440,18 @@ def main():
     write_svg(os.path.join(args.out, "quality.svg"),
               [r for r in table if r["rate"] == table[0]["rate"] and r["router"] != ORACLE])
     print(markdown(args, table, command))
+
+
+def save_requests(args, router, rate, seed, results):
+    """One run's requests in arrival order: which pod served each and its TTFT (ms); with
+    what rebuilds the trace (`workload()`)."""
+    os.makedirs(args.requests_out, exist_ok=True)
+    path = os.path.join(args.requests_out, f"{router}-{args.workload}-{rate:g}-{seed}.json")
+    with open(path, "w") as f:
+        json.dump({"router": router, "workload": args.workload, "rate": rate, "seed": seed,
+                   "requests": args.requests, "pods": args.pods,
+                   "pod": [r[2] if r else None for r in results],
+                   "ttft_ms": [round(r[0] * 1000, 2) if r and r[0] is not None else None for r in results]}, f)
 
 
 def write_svg(path, rows):
