@@ -10,8 +10,9 @@
 //!
 //! Rules, each with a unit test below:
 //! - plugins: `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `lora-affinity`,
-//!   `random`; any other name is an error. `kvcache-aware` (needs Redis and the Kthena router
-//!   runtime) is warned about and ignored wherever it is enabled or configured.
+//!   `random`; any other name is an error (`session-affinity` and `cost-aware`, plugins of
+//!   newer Kthena routers, with an error that says so). `kvcache-aware` (needs Redis and the
+//!   Kthena router runtime) is warned about and ignored wherever it is enabled or configured.
 //! - `Filter.enabled`: only `least-request` and `lora-affinity`; `Score.enabled`: only
 //!   `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `random`.
 //! - a score `weight` is an integer >= 0, 1 when omitted.
@@ -42,6 +43,9 @@ use crate::load::Source;
 pub const CONFIGMAP_KEY: &str = "routerConfiguration";
 /// Kthena's Redis-backed KV-cache plugin: not supported, ignored with a warning.
 pub const KVCACHE_AWARE: &str = "kvcache-aware";
+/// Plugins of newer Kthena routers not implemented here. An error, not a warning: ignoring
+/// `session-affinity` would silently unpin sessions, `cost-aware` silently stop its budgets.
+const NOT_YET: [&str; 2] = ["session-affinity", "cost-aware"];
 
 const ALL: [Plugin; 6] = [
     Plugin::LeastRequest,
@@ -301,6 +305,17 @@ fn named(v: &Value, path: &str, r: &mut Report) -> Named {
     }
     match plugin_by_name(name) {
         Some(p) => Named::Plugin(p),
+        None if NOT_YET.contains(&name) => {
+            r.error(
+                path,
+                &format!(
+                    "{name:?} is a plugin of newer Kthena routers that this router does not \
+                     implement yet (known: {})",
+                    names(|_| true)
+                ),
+            );
+            Named::Invalid
+        }
         None => {
             r.error(
                 path,

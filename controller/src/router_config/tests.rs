@@ -188,6 +188,27 @@ fn unknown_plugin_is_an_error_with_its_path() {
 }
 
 #[test]
+fn newer_kthena_plugins_are_errors_that_say_so() {
+    let e = errors(&plugins(
+        "    Score:\n      enabled:\n      - {name: prefix-cache, weight: 3}\n      - {name: session-affinity, weight: 10}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "s.yaml: scheduler.plugins.Score.enabled[1].name: \"session-affinity\" is a plugin of newer Kthena routers that this router does not implement yet"
+        ),
+        "{e:?}"
+    );
+    let e = errors("scheduler:\n  pluginConfig:\n  - name: cost-aware\n    args: {mode: score}\n");
+    assert!(
+        e[0].starts_with(
+            "s.yaml: scheduler.pluginConfig[0].name: \"cost-aware\" is a plugin of newer"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn filter_only_plugin_cannot_score() {
     let e = errors(&plugins(
         "    Score: {enabled: [{name: lora-affinity, weight: 1}]}\n",
