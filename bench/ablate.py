@@ -4,7 +4,7 @@ deployment, measured with less noise than the load benchmark (one Envoy worker p
 0; wrk and the mock pods pinned to CPU 1), in interleaved rounds.
 
 usage: ablate.py [--rounds N] [--duration S] [--connections N] [--pods N] [--old-wasm PATH]
-                 [--fresh-prompts | --fresh-endings] VARIANT...
+                 [--fresh-prompts | --fresh-endings | --sessions N] VARIANT...
 
 --fresh-prompts: every request's prompt starts with a number of its own, so no pod has seen
 it (what one-off prompts cost the prefix index and its placement records).
@@ -12,6 +12,7 @@ it (what one-off prompts cost the prefix index and its placement records).
 the same ~700 bytes, so each starts a new branch off a prefix every pod has seen (a new
 conversation after a shared system prompt: what bounded-load placement and its placement
 record cost).
+--sessions N: every request names one of N sessions in turn (`X-Session-ID: s<i>`).
 
 Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then edited):
   plain       Envoy routing to the pods, no filter (the floor)
@@ -33,12 +34,14 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   bounded     `filter` picking with examples/scheduler/cache-affinity.yaml as shipped
               (boundedLoad 1.5): what bounded-load placement costs (with --fresh-endings every
               request is a new branch, placed under the bound and published)
+  leastreq    `filter` picking by least-request alone
+  session     `leastreq` with Kthena's session-affinity (weight 10) before it: with
+              --sessions, what reading (and renewing) a session's binding costs a request
 """
 import argparse
 import json
 import os
 import re
-import string
 import subprocess
 import sys
 import tempfile
@@ -85,26 +88,28 @@ def set_loggers(boot, keep):
 
 # wrk: the body with a request counter of its own spliced into the first message's content:
 # `split` is the Lua pattern cutting the body in two around where it goes.
-FRESH_LUA_TEMPLATE = string.Template("""
-local f = io.open(os.getenv("BENCH_BODY"), "rb")
-local body = f:read("*a")
-f:close()
-local head, tail = body:match($split)
-assert(head, "the body has no content member")
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format("POST", "/v1/chat/completions", {["Host"] = "bench", ["Content-Type"] = "application/json"},
-                    head .. n .. " " .. tail)
-end
-""")
+def fresh_lua(split):
+    return L.per_request_lua("head .. n .. ' ' .. tail", setup=f"""local head, tail = body:match({split})
+assert(head, "the body has no content member")""")
+
+
 # At the start of the content: a prompt no pod has seen.
-FRESH_LUA = FRESH_LUA_TEMPLATE.substitute(split="""'^(.-"content": ")(.*)$'""")
+FRESH_LUA = fresh_lua("""'^(.-"content": ")(.*)$'""")
 # 200 bytes before the end of the content (the last message's): the same ~700 bytes first,
 # then whole blocks of its own, so each prompt branches off a prefix every pod has seen. (At
 # the very end the counter would only change the prompt's last, partial block: a
 # continuation, not a branch.)
-FRESH_ENDINGS_LUA = FRESH_LUA_TEMPLATE.substitute(split="""'^(.*)(' .. string.rep(".", 200) .. '"}%].*)$'""")
+FRESH_ENDINGS_LUA = fresh_lua("""'^(.*)(' .. string.rep(".", 200) .. '"}%].*)$'""")
+
+
+def sessions_lua(sessions):
+    """The same body every request, naming session `n % sessions`."""
+    return L.per_request_lua("body", headers=f', ["X-Session-ID"] = "s" .. (n % {sessions})')
+
+
+# Scheduler profiles of the picking variants besides the shipped cache-affinity one.
+LEAST_REQUEST = "scheduler:\n  plugins:\n    Score:\n      enabled:\n      - {name: least-request, weight: 1}\n"
+SESSION = LEAST_REQUEST.replace("      enabled:\n", "      enabled:\n      - {name: session-affinity, weight: 10}\n")
 
 
 def main():
@@ -116,6 +121,7 @@ def main():
     ap.add_argument("--pods", type=int, default=2, help="mock pods (1: every variant picks the same pod)")
     ap.add_argument("--fresh-prompts", action="store_true", help="a prompt no pod has seen, every request")
     ap.add_argument("--fresh-endings", action="store_true", help="a new branch off a known prefix, every request")
+    ap.add_argument("--sessions", type=int, default=0, help="requests name one of N sessions in turn")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="modelroute-ablate-")
@@ -156,7 +162,8 @@ def main():
         with open(os.path.join(work, "pods.yaml"), "w") as f:
             f.write(L.pods_yaml(ips, pod_port))
         profile = open(os.path.join(L.ROOT, "examples", "scheduler", "cache-affinity.yaml")).read()
-        profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile)}
+        profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile),
+                    "leastreq": LEAST_REQUEST, "session": SESSION}
         for name, text in profiles.items():
             with open(os.path.join(work, f"{name}.yaml"), "w") as f:
                 f.write(text)
@@ -179,7 +186,8 @@ def main():
                                 "--wasm", wasm, "--out", conf] + service + picking, check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log, service)
-                keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0}.get(name)
+                keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0, "leastreq": 0,
+                        "session": 0}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)
             with open(cfg, "w") as f:
@@ -195,7 +203,8 @@ def main():
             f.write(L.chat_body(1024))
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:
-            f.write(FRESH_LUA if args.fresh_prompts else FRESH_ENDINGS_LUA if args.fresh_endings else L.WRK_LUA)
+            f.write(FRESH_LUA if args.fresh_prompts else FRESH_ENDINGS_LUA if args.fresh_endings
+                    else sessions_lua(args.sessions) if args.sessions else L.WRK_LUA)
         results = {n: [] for n in live}
         latencies = {n: [] for n in live}
         for _ in range(args.rounds):

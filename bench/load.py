@@ -271,6 +271,24 @@ request = function() return req end
 """
 
 
+def per_request_lua(body, setup="", headers=""):
+    """A wrk script whose every request is built anew: the body file (BENCH_BODY) read into
+    `body`, then the Lua `setup` lines, and each request's body the Lua expression `body`
+    (of `body` and the request's number `n`), with `headers` (Lua table entries) added."""
+    return f"""
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+local body = f:read("*a")
+f:close()
+{setup}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v1/chat/completions",
+                    {{["Host"] = "bench", ["Content-Type"] = "application/json"{headers}}}, {body})
+end
+"""
+
+
 def timing_stats(admin):
     """The timing build's counters (nanoseconds per phase, requests) from Envoy's admin."""
     import urllib.request

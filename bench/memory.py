@@ -26,17 +26,8 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load as L  # noqa: E402
 
-VARYING_LUA = """
-local f = io.open(os.getenv("BENCH_BODY"), "rb")
-local body = f:read("*a")
-f:close()
-local n = 0
-request = function()
-  n = n + 1
-  local b = body:gsub("The quick", "Request " .. n .. " " .. math.random(1e9) .. ": the quick", 1)
-  return wrk.format("POST", "/v1/chat/completions", {["Host"] = "bench", ["Content-Type"] = "application/json"}, b)
-end
-"""
+VARYING_LUA = L.per_request_lua(
+    '(body:gsub("The quick", "Request " .. n .. " " .. math.random(1e9) .. ": the quick", 1))')
 
 
 def gauges(admin):

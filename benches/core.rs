@@ -15,7 +15,7 @@ use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
 use modelroute::router::{
-    no_in_flight, no_load_reports, no_placements, Request, Router, SharedPlacement,
+    no_in_flight, no_load_reports, no_shared_data, Request, Router, SharedPlacement,
 };
 use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate, RecentPicks};
@@ -75,6 +75,7 @@ fn pick(c: &mut Criterion) {
                         hashes: &hashes,
                         placed: None,
                         recent: None,
+                        session_pod: None,
                     },
                     Some(&idx),
                     &mut rng,
@@ -114,6 +115,7 @@ fn pick(c: &mut Criterion) {
                             hashes: &opening,
                             placed: None,
                             recent: Some(recent.at(n as u64)),
+                            session_pod: None,
                         },
                         Some(&idx),
                         &mut rng,
@@ -210,7 +212,7 @@ fn decide(c: &mut Criterion) {
                     prompt: &p,
                     in_flight: &no_in_flight,
                     load_reports: &no_load_reports,
-                    placements: &no_placements,
+                    shared_data: &no_shared_data,
                     shared: SharedPlacement::Off,
                     now_ms: 0,
                 })
@@ -317,7 +319,7 @@ fn route_lookup(c: &mut Criterion) {
                             prompt: &[],
                             in_flight: &no_in_flight,
                             load_reports: &no_load_reports,
-                            placements: &no_placements,
+                            shared_data: &no_shared_data,
                             shared: SharedPlacement::Off,
                             now_ms: 0,
                         })

@@ -493,8 +493,12 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod pd_tests;
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod shared_placement_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod usage_tests;
+#[cfg(test)]
+mod workers;

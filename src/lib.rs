@@ -42,6 +42,7 @@ pub mod rng;
 pub mod router;
 pub mod scan;
 pub mod scheduler;
+pub mod session;
 pub mod tally;
 pub mod usage;
 pub mod weights;

@@ -24,7 +24,7 @@ use crate::scheduler::{self, RecentPicks};
 use crate::weights::Weighted;
 
 mod request;
-pub use request::{no_in_flight, no_load_reports, no_placements, Request, SharedPlacement};
+pub use request::{no_in_flight, no_load_reports, no_shared_data, Request, SharedPlacement};
 
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +194,9 @@ pub struct Decision {
     /// With shared placements: the store's keys for that record (the server it was placed
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
+    /// session-affinity: shared-data keys and records binding the request's session to the
+    /// chosen pod (and, PD, prefill pod) when the binding is new, moved or half expired.
+    pub session_bindings: Vec<(String, Vec<u8>)>,
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin

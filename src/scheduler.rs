@@ -8,7 +8,8 @@
 //! flight plus what the engine last reported beyond them, i.e. other gateways'), `gpu-usage`
 //! ((1 - KV usage) x 100), `least-latency` (min-max normalised TTFT and TPOT mixed by
 //! TTFTTPOTWeightFactor; pods not measured yet get 50), `prefix-cache` (share of the prompt's
-//! leading blocks the pod has served), `random`. Pods whose last scrape failed are skipped
+//! leading blocks the pod has served), `random`, `session-affinity` (100 for the pod the
+//! request's session is bound to, [`crate::session`]). Pods whose last scrape failed are skipped
 //! unless every pod is down; stale stats count as unknown.
 //!
 //! Beyond Kthena, prefix-cache's `boundedLoad` (affinity with bounded load, after
@@ -68,6 +69,8 @@ pub struct Ask<'a> {
     pub placed: Option<&'a [u32]>,
     /// The server's recent picks, for `boundedLoad` (None: no bound).
     pub recent: Option<Recent<'a>>,
+    /// session-affinity: the pod the request's session is bound to ([`crate::session`]).
+    pub session_pod: Option<u32>,
 }
 
 /// How long a pick counts in a pod's recent share: its weight decays by e every this many
@@ -348,6 +351,16 @@ fn score(
         }
         Plugin::PrefixCache => vec![0.0; pods.len()],
         Plugin::Random => pods.iter().map(|_| rng.below(101) as f64).collect(),
+        Plugin::SessionAffinity => pods
+            .iter()
+            .map(|c| {
+                if ask.session_pod == Some(c.id) {
+                    100.0
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
         Plugin::LoraAffinity => vec![0.0; pods.len()],
     }
 }

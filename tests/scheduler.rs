@@ -207,6 +207,46 @@ fn least_request_counts_the_requests_other_gateways_keep_at_a_pod() {
 }
 
 #[test]
+fn a_sessions_requests_stay_on_its_pod_while_load_sends_the_rest_elsewhere() {
+    // Kthena's session-affinity with its arguments: the session named by X-Conversation.
+    let sched = scheduler(&[], &[("session-affinity", 10), ("least-request", 1)]).replace(
+        "  plugins:\n",
+        "  - name: session-affinity\n    args:\n      headerName: X-Conversation\n      ttl: 1h\n  plugins:\n",
+    );
+    let s = start(pods(2), sched);
+    let send = |session: Option<&str>, i: usize| {
+        let body =
+            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
+        let headers: Vec<(&str, &str)> =
+            session.map(|v| ("x-conversation", v)).into_iter().collect();
+        let r = s.post("/v1/completions", &body.to_string(), &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.pod()
+    };
+    let home = send(Some("alice"), 0);
+    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
+    // The session's pod now runs three requests of another gateway: least-request avoids it.
+    s.hold_metrics(&home, r#"{"running": 3}"#);
+    s.wait_for_scrapes(3);
+    for i in 1..=20 {
+        assert_eq!(
+            send(Some("alice"), i),
+            home,
+            "request {i} of the session moved"
+        );
+    }
+    let mut counts = HashMap::new();
+    for i in 0..20 {
+        *counts.entry(send(None, i)).or_insert(0) += 1;
+        // A session no request has named before is placed by load like any other.
+        *counts
+            .entry(send(Some(&format!("new-{i}")), i))
+            .or_insert(0) += 1;
+    }
+    assert!(share(&counts, other) >= 0.9, "{counts:?}");
+}
+
+#[test]
 fn gpu_usage_avoids_the_pod_with_a_full_kv_cache() {
     let s = start(pods(2), scheduler(&[], &[("gpu-usage", 1)]));
     s.hold_metrics("pod-1", r#"{"kv_cache_usage": 0.95}"#);

@@ -10,11 +10,12 @@
 //!
 //! Rules, each with a unit test below:
 //! - plugins: `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `lora-affinity`,
-//!   `random`; any other name is an error (`session-affinity` and `cost-aware`, plugins of
+//!   `random`, `session-affinity`; any other name is an error (`cost-aware`, a plugin of
 //!   newer Kthena routers, with an error that says so). `kvcache-aware` (needs Redis and the
 //!   Kthena router runtime) is warned about and ignored wherever it is enabled or configured.
 //! - `Filter.enabled`: only `least-request` and `lora-affinity`; `Score.enabled`: only
-//!   `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `random`.
+//!   `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `random`,
+//!   `session-affinity`.
 //! - a score `weight` is an integer >= 0, 1 when omitted.
 //! - `disabled` lists only document intent; a plugin both enabled and disabled in one section is
 //!   an error.
@@ -25,6 +26,8 @@
 //! - arguments: `maxWaitingRequests` >= 1, `TTFTTPOTWeightFactor` finite in 0.0..=1.0 (Kthena
 //!   rejects others), `blockSizeToHash`, `maxBlocksToMatch`, `maxHashCacheSize`,
 //!   `topKMatches` >= 1; missing arguments keep their defaults; unknown ones are warned about.
+//!   `session-affinity`'s `headerName` (a header name) and `ttl` (a Go duration above zero;
+//!   Kthena falls back to its defaults on bad values, here they are errors).
 //!   Beyond Kthena: `prefix-cache`'s `boundedLoad` (0: off, else a number >= 1.0; Kthena's
 //!   router ignores an argument it does not know, so the YAML stays Kthena's).
 //! - other top-level keys of routerConfiguration (`auth`, ...) are warned about and ignored; a
@@ -44,16 +47,17 @@ pub const CONFIGMAP_KEY: &str = "routerConfiguration";
 /// Kthena's Redis-backed KV-cache plugin: not supported, ignored with a warning.
 pub const KVCACHE_AWARE: &str = "kvcache-aware";
 /// Plugins of newer Kthena routers not implemented here. An error, not a warning: ignoring
-/// `session-affinity` would silently unpin sessions, `cost-aware` silently stop its budgets.
-const NOT_YET: [&str; 2] = ["session-affinity", "cost-aware"];
+/// `cost-aware` would silently drop its token budgets.
+const NOT_YET: [&str; 1] = ["cost-aware"];
 
-const ALL: [Plugin; 6] = [
+const ALL: [Plugin; 7] = [
     Plugin::LeastRequest,
     Plugin::GpuUsage,
     Plugin::LeastLatency,
     Plugin::PrefixCache,
     Plugin::LoraAffinity,
     Plugin::Random,
+    Plugin::SessionAffinity,
 ];
 
 /// Kthena's name of a plugin.
@@ -65,6 +69,7 @@ pub fn plugin_name(p: Plugin) -> &'static str {
         Plugin::PrefixCache => "prefix-cache",
         Plugin::LoraAffinity => "lora-affinity",
         Plugin::Random => "random",
+        Plugin::SessionAffinity => "session-affinity",
     }
 }
 
@@ -523,6 +528,34 @@ fn load_factor(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// session-affinity's `headerName`: an HTTP header name, kept lower-case as Envoy gives
+/// headers to the filter. Kthena falls back to its default on a bad value; here it is an error.
+fn header_name(v: &Value) -> Result<String, String> {
+    let Some(name) = v.as_str() else {
+        return Err(format!("must be a header name, got {}", type_name(v)));
+    };
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("must be an HTTP header name, got {name:?}"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// session-affinity's `ttl`: a Go duration above zero (Kthena falls back to 30m on a bad one).
+fn ttl(v: &Value) -> Result<u64, String> {
+    let Some(text) = v.as_str() else {
+        return Err(format!(
+            "must be a duration such as \"30m\", got {}",
+            type_name(v)
+        ));
+    };
+    match crate::duration::parse_duration_ms(text) {
+        Ok(0) => Err(format!("must be longer than zero, got {text:?}")),
+        Ok(ms) => Ok(ms),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn plugin_config(v: &Value, out: &mut Scheduler, r: &mut Report) {
     const PATH: &str = "scheduler.pluginConfig";
     let mut seen: Vec<Plugin> = Vec::new();
@@ -585,6 +618,18 @@ fn plugin_args(
                 match fraction(value) {
                     Ok(f) => out.ttft_tpot_weight_factor = f,
                     Err(msg) => r.error(&at, &msg),
+                }
+                continue;
+            }
+            (Plugin::SessionAffinity, "headerName" | "ttl") => {
+                let args = out.session_affinity.get_or_insert_with(Default::default);
+                let set = if key == "ttl" {
+                    ttl(value).map(|ms| args.ttl_ms = ms)
+                } else {
+                    header_name(value).map(|h| args.header = h)
+                };
+                if let Err(msg) = set {
+                    r.error(&at, &msg);
                 }
                 continue;
             }

@@ -172,6 +172,9 @@ pub struct Scheduler {
     /// server's recent requests.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prefix_bounded_load: f64,
+    /// session-affinity's arguments (None: its defaults, [`SessionAffinity::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
     /// How often engine metrics (`/metrics`, `/v1/models`) are collected from every pod.
     pub metrics_interval_ms: u64,
     /// Metrics older than this are ignored and the pod counts as unreachable.
@@ -198,8 +201,33 @@ impl Default for Scheduler {
             prefix_max_hashes: 50_000,
             prefix_top_k: 5,
             prefix_bounded_load: 0.0,
+            session_affinity: None,
             metrics_interval_ms: 1000,
             metrics_stale_ms: 5000,
+        }
+    }
+}
+
+/// Arguments of Kthena's `session-affinity` score plugin: requests carrying the same value
+/// of `header` go to the pod the last one went to, for `ttl_ms` after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionAffinity {
+    /// Request header naming the session, lower-case (Kthena's `headerName`, `X-Session-ID`).
+    pub header: String,
+    /// How long a session stays bound to its pod after its last request (Kthena's `ttl`).
+    pub ttl_ms: u64,
+}
+
+/// Kthena's session-affinity defaults: `X-Session-ID`, 30 minutes.
+pub const DEFAULT_SESSION_HEADER: &str = "x-session-id";
+pub const DEFAULT_SESSION_TTL_MS: u64 = 30 * 60 * 1000;
+
+impl Default for SessionAffinity {
+    fn default() -> Self {
+        SessionAffinity {
+            header: DEFAULT_SESSION_HEADER.to_string(),
+            ttl_ms: DEFAULT_SESSION_TTL_MS,
         }
     }
 }
@@ -214,6 +242,7 @@ pub enum Plugin {
     PrefixCache,
     LoraAffinity,
     Random,
+    SessionAffinity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

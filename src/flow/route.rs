@@ -77,7 +77,7 @@ impl Flow {
             prompt: &prompt,
             in_flight: &counts,
             load_reports: &reports,
-            placements: &|key: &str| host.shared_get(key).0,
+            shared_data: &|key: &str| host.shared_get(key).0,
             shared,
             now_ms,
         });
@@ -108,6 +108,10 @@ impl Flow {
             // Last writer wins: a placement is a hint, not a count.
             host.shared_set(key, record, None);
             Flow::share_placement(router, host, record, decision.shared_keys.as_ref());
+        }
+        for (key, record) in &decision.session_bindings {
+            // Last writer wins, as in Kthena: a session follows its latest pick.
+            host.shared_set(key, record, None);
         }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).

@@ -2,7 +2,8 @@
 //! scheduler, round robin (pods, or PD pairs spread over groups); with it, the candidates (every
 //! pod, or the decode pods of groups that still have a prefill pod up) are ranked by Kthena's
 //! plugins, the best one remembers the prompt in the server's prefix index (with prefix-cache's
-//! `boundedLoad` also where it branches, and the pick in the server's recent picks), and the ranking
+//! `boundedLoad` also where it branches, and the pick in the server's recent picks; with
+//! session-affinity the session's binding), and the ranking
 //! becomes the endpoint list (chosen pod first, then the retry order) or, for PD, decode pods
 //! each paired with the best prefill pod of their group. Pure: stats, in-flight counts, the
 //! prompt and randomness come in through [`Request`] and the router.
@@ -15,6 +16,8 @@ use crate::prefix::{block_hashes, PrefixIndex};
 use crate::prefix_sync;
 use crate::rng::Rng;
 use crate::scheduler::{self, Ask, Candidate, Unschedulable};
+use crate::session::{Role, Slot};
+use filter_config::{Plugin, Scheduler, DEFAULT_SESSION_HEADER, DEFAULT_SESSION_TTL_MS};
 
 impl Router {
     /// The pods of `target.server` for `req`: how many follow the chosen one comes from
@@ -72,6 +75,21 @@ impl Router {
                 _ => None,
             },
             recent: bounded.then(|| server.recent.at(req.now_ms)),
+            session_pod: None,
+        };
+        let session = SessionRead::of(server, cfg, req, Role::Pod);
+        let prefill_session = server
+            .pd
+            .as_ref()
+            .and_then(|_| SessionRead::of(server, cfg, req, Role::Prefill));
+        let pods = (server.pod_list, server.endpoints.len(), req.now_ms);
+        let ask = Ask {
+            session_pod: session.as_ref().and_then(|s| s.bound_pod(pods)),
+            ..ask
+        };
+        let prefill_ask = Ask {
+            session_pod: prefill_session.as_ref().and_then(|s| s.bound_pod(pods)),
+            ..ask
         };
         let (ranked, pairs) = {
             let view = PodView::new(
@@ -93,7 +111,9 @@ impl Router {
                     RouteError::AllFiltered(server.name.clone(), p)
                 })?;
             let pairs = match &server.pd {
-                Some(pd) => pd.pair_with_prefills(&ranked, &view, cfg, &ask, prefix, &mut self.rng),
+                Some(pd) => {
+                    pd.pair_with_prefills(&ranked, &view, cfg, &prefill_ask, prefix, &mut self.rng)
+                }
                 None => Vec::new(),
             };
             (ranked, pairs)
@@ -120,6 +140,21 @@ impl Router {
                 shared_keys = p.shared_keys;
             }
         }
+        let ttl_ms = cfg
+            .session_affinity
+            .as_ref()
+            .map_or(DEFAULT_SESSION_TTL_MS, |a| a.ttl_ms);
+        let chosen_prefill = pairs
+            .first()
+            .and_then(|p| server.endpoint_index(&p.prefill));
+        let session_bindings: Vec<(String, Vec<u8>)> = [
+            session.zip(ranked.first().copied()),
+            prefill_session.zip(chosen_prefill.map(|i| i as u32)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|(s, pod)| s.rebind(server.pod_list, pod, req.now_ms, ttl_ms))
+        .collect();
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
             Some(_) => first_decode(&pairs, &server.name)?,
@@ -134,7 +169,55 @@ impl Router {
             placement_record,
         );
         d.shared_keys = shared_keys;
+        d.session_bindings = session_bindings;
         Ok(d)
+    }
+}
+
+/// session-affinity: the request's session slot on a server ([`crate::session`]) and the
+/// record it holds now.
+struct SessionRead {
+    slot: Slot,
+    current: Option<Vec<u8>>,
+}
+
+impl SessionRead {
+    /// None unless session-affinity scores and the request names a session.
+    fn of(server: &Server, cfg: &Scheduler, req: &Request<'_>, role: Role) -> Option<Self> {
+        if !cfg
+            .scores
+            .iter()
+            .any(|s| s.name == Plugin::SessionAffinity && s.weight > 0)
+        {
+            return None;
+        }
+        let header = cfg
+            .session_affinity
+            .as_ref()
+            .map_or(DEFAULT_SESSION_HEADER, |a| a.header.as_str());
+        let slot = Slot::of(&server.cluster, role, &(req.header)(header)?)?;
+        let current = (req.shared_data)(&slot.key);
+        Some(SessionRead { slot, current })
+    }
+
+    /// The pod the session is bound to: `(pod list, pods, now)` of the server.
+    fn bound_pod(&self, (pod_list, pods, now_ms): (u32, usize, u64)) -> Option<u32> {
+        self.slot
+            .bound_pod(self.current.as_deref()?, pod_list, pods, now_ms)
+    }
+
+    /// The slot's key and new record when the pick changes or renews the binding.
+    fn rebind(
+        self,
+        pod_list: u32,
+        pod: u32,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<(String, Vec<u8>)> {
+        let record = self
+            .slot
+            .rebind(self.current.as_deref(), pod_list, pod, now_ms, ttl_ms)?;
+        Some((self.slot.key, record))
     }
 }
 
@@ -183,7 +266,7 @@ fn read_placement_record(
     let shared_keys = (req.shared != SharedPlacement::Off)
         .then(|| prefix_sync::shared_placement_keys(&server.cluster, server.pod_list, block));
     let pods = (server.pod_list, server.endpoints.len());
-    let local = (req.placements)(&key)
+    let local = (req.shared_data)(&key)
         .and_then(|record| prefix_sync::decode_placement(&record, hashes, known, pods, req.now_ms));
     let answered = matches!((req.shared, &shared_keys),
         (SharedPlacement::Answered { asked: Some(asked), .. }, Some(keys)) if asked == keys);
@@ -237,6 +320,7 @@ fn decision(
         prefix_match,
         placement_record,
         shared_keys: None,
+        session_bindings: Vec::new(),
     }
 }
 

@@ -16,8 +16,8 @@ pub struct Request<'a> {
     /// The pods' latest in-band load reports, from all workers (by load key).
     pub load_reports: &'a dyn Fn(&str, usize) -> Vec<Option<crate::load_report::Reported>>,
     /// A shared-data value by key: the workers' placement records of new prefixes
-    /// ([`crate::prefix_sync::placement_key`]).
-    pub placements: &'a dyn Fn(&str) -> Option<Vec<u8>>,
+    /// ([`crate::prefix_sync::placement_key`]) and session bindings ([`crate::session`]).
+    pub shared_data: &'a dyn Fn(&str) -> Option<Vec<u8>>,
     /// The gateways' shared placements, for a prompt no local record answers for.
     pub shared: SharedPlacement<'a>,
     /// Host clock, for metrics freshness.
@@ -50,10 +50,9 @@ pub fn no_in_flight(_: &str, n: usize) -> Vec<u32> {
     vec![0; n]
 }
 
-/// A no-op placement-record source (tests, or no shared state).
-///
-/// With it, [`Request::shared`] is usually [`SharedPlacement::Off`].
-pub fn no_placements(_: &str) -> Option<Vec<u8>> {
+/// A no-op shared-data source: no placement records, no session bindings (tests, or no
+/// shared state). With it, [`Request::shared`] is usually [`SharedPlacement::Off`].
+pub fn no_shared_data(_: &str) -> Option<Vec<u8>> {
     None
 }
 

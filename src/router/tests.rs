@@ -101,7 +101,7 @@ fn decide(
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
-        placements: &no_placements,
+        shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         now_ms: 0,
     })?;
@@ -258,7 +258,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
-        placements: &no_placements,
+        shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         now_ms: 0,
     };
@@ -271,7 +271,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         prompt: b"",
         in_flight: &no_in_flight,
         load_reports: &no_load_reports,
-        placements: &no_placements,
+        shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         now_ms: 0,
     };
@@ -511,5 +511,72 @@ fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it(
             .find(|t| t.address == "10.0.0.3:8000")
             .unwrap();
         assert!(prefill.in_flight_slots.is_empty());
+    }
+}
+
+#[test]
+fn a_pd_sessions_prefill_and_decode_pods_are_bound_apart_and_followed() {
+    use filter_config::{Plugin, Role, Scheduler, WeightedPlugin};
+    let pd = server("pd", "m", &[]).with_pd(
+        "group",
+        None,
+        &[
+            ("10.0.0.3:8000", Some("g0"), Some(Role::Prefill)),
+            ("10.0.0.5:8000", Some("g0"), Some(Role::Prefill)),
+            ("10.0.0.4:8000", Some("g0"), Some(Role::Decode)),
+            ("10.0.0.6:8000", Some("g0"), Some(Role::Decode)),
+        ],
+    );
+    let route = CRoute::fixture(
+        "pd",
+        Some("pd"),
+        &[],
+        vec![CRule::fixture("default", Match::default(), &[("pd", 100)])],
+    );
+    let cfg = |weight| {
+        FilterConfig::fixture(vec![route.clone()], vec![pd.clone()]).with_settings(|s| {
+            s.scheduler = Scheduler {
+                filters: vec![],
+                scores: vec![
+                    WeightedPlugin {
+                        name: Plugin::SessionAffinity,
+                        weight,
+                    },
+                    WeightedPlugin {
+                        name: Plugin::Random,
+                        weight: 1,
+                    },
+                ],
+                ..Scheduler::default()
+            }
+        })
+    };
+    for (weight, sticks) in [(10, true), (0, false)] {
+        let mut r = Router::compile(cfg(weight), 1).unwrap();
+        let store = std::cell::RefCell::new(HashMap::<String, Vec<u8>>::new());
+        let mut pairs = std::collections::HashSet::new();
+        for now_ms in 0..24 {
+            let d = r
+                .decide(&Request {
+                    model: "pd",
+                    path: "/v1/completions",
+                    header: &|h: &str| (h == "x-session-id").then(|| "s-1".to_string()),
+                    prompt: b"",
+                    in_flight: &no_in_flight,
+                    load_reports: &no_load_reports,
+                    shared_data: &|k: &str| store.borrow().get(k).cloned(),
+                    shared: SharedPlacement::Off,
+                    now_ms,
+                })
+                .unwrap();
+            let pair = d.pairs.first().unwrap();
+            pairs.insert((pair.prefill.clone(), pair.decode.clone()));
+            for (k, v) in d.session_bindings {
+                store.borrow_mut().insert(k, v);
+            }
+        }
+        // Both pods bound (two slots), or nothing written without the plugin.
+        assert_eq!(store.borrow().len(), if sticks { 2 } else { 0 });
+        assert_eq!(pairs.len() == 1, sticks, "weight {weight}: {pairs:?}");
     }
 }

@@ -56,6 +56,7 @@ const NO_ASK: Ask<'static> = Ask {
     hashes: &[],
     placed: None,
     recent: None,
+    session_pod: None,
 };
 
 /// What the scheduler is asked for a prompt with these block hashes, and nothing else.
@@ -605,4 +606,32 @@ fn recent_picks_fade_with_time_and_keep_their_ratios_when_rescaled() {
         (v.of(0), v.of(1), v.of(2), v.of(3), v.one),
         (0.0, 0.0, 0.0, 1.0, 1.0)
     );
+}
+
+#[test]
+fn session_affinity_scores_the_bound_pod_over_a_lighter_one() {
+    let cfg = only(
+        &[(Plugin::SessionAffinity, 10), (Plugin::LeastRequest, 1)],
+        &[],
+    );
+    let mut pods = idle_pods(3);
+    pods[2].in_flight = 3;
+    let bound = Ask {
+        session_pod: Some(2),
+        ..NO_ASK
+    };
+    assert_eq!(first(&cfg, &pods, &bound, None), 2);
+    // Without a binding (or bound to a pod no longer a candidate) load decides.
+    assert_ne!(first(&cfg, &pods, &NO_ASK, None), 2);
+    let gone = Ask {
+        session_pod: Some(7),
+        ..NO_ASK
+    };
+    assert_ne!(first(&cfg, &pods, &gone, None), 2);
+    // A weight that does not outweigh the load score lets the session move, as in Kthena.
+    let weak = only(
+        &[(Plugin::SessionAffinity, 1), (Plugin::LeastRequest, 10)],
+        &[],
+    );
+    assert_ne!(first(&weak, &pods, &bound, None), 2);
 }

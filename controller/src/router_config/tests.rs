@@ -85,7 +85,7 @@ fn configmap_errors_name_the_configmap_and_key() {
     let e = errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kthena-router-config, namespace: kthena-system}\ndata:\n  routerConfiguration: |-\n    scheduler:\n      plugins:\n        Filter: {enabled: [foo]}\n");
     assert_eq!(
         e,
-        vec!["s.yaml: ConfigMap kthena-system/kthena-router-config: data.routerConfiguration: scheduler.plugins.Filter.enabled[0]: unknown plugin \"foo\" (known: least-request, gpu-usage, least-latency, prefix-cache, lora-affinity, random)"]
+        vec!["s.yaml: ConfigMap kthena-system/kthena-router-config: data.routerConfiguration: scheduler.plugins.Filter.enabled[0]: unknown plugin \"foo\" (known: least-request, gpu-usage, least-latency, prefix-cache, lora-affinity, random, session-affinity)"]
     );
     let e = errors("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {other: y}\n");
     assert_eq!(
@@ -188,14 +188,14 @@ fn unknown_plugin_is_an_error_with_its_path() {
 }
 
 #[test]
-fn newer_kthena_plugins_are_errors_that_say_so() {
+fn cost_aware_a_plugin_of_newer_kthena_routers_is_an_error_that_says_so() {
     let e = errors(&plugins(
-        "    Score:\n      enabled:\n      - {name: prefix-cache, weight: 3}\n      - {name: session-affinity, weight: 10}\n",
+        "    Score:\n      enabled:\n      - {name: prefix-cache, weight: 3}\n      - {name: cost-aware, weight: 10}\n",
     ));
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].starts_with(
-            "s.yaml: scheduler.plugins.Score.enabled[1].name: \"session-affinity\" is a plugin of newer Kthena routers that this router does not implement yet"
+            "s.yaml: scheduler.plugins.Score.enabled[1].name: \"cost-aware\" is a plugin of newer Kthena routers that this router does not implement yet"
         ),
         "{e:?}"
     );
@@ -209,13 +209,58 @@ fn newer_kthena_plugins_are_errors_that_say_so() {
 }
 
 #[test]
+fn session_affinity_scores_with_its_header_and_ttl() {
+    let enabled = "  plugins:\n    Score: {enabled: [{name: session-affinity, weight: 10}, {name: least-request}]}\n";
+    let (s, warnings) = ok(&format!("scheduler:\n{enabled}"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(s.scores[0], w(Plugin::SessionAffinity, 10));
+    // Kthena's defaults apply without arguments.
+    assert_eq!(s.session_affinity, None);
+    let with = |args: &str| {
+        format!(
+            "scheduler:\n  pluginConfig:\n  - name: session-affinity\n    args: {args}\n{enabled}"
+        )
+    };
+    let (s, warnings) = ok(&with("{headerName: X-Conversation-ID, ttl: 1h30m}"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        s.session_affinity,
+        Some(filter_config::SessionAffinity {
+            header: "x-conversation-id".into(),
+            ttl_ms: 5_400_000
+        })
+    );
+    let (s, _) = ok(&with("{ttl: 90s}"));
+    assert_eq!(
+        s.session_affinity.map(|a| (a.header, a.ttl_ms)),
+        Some(("x-session-id".into(), 90_000))
+    );
+    for (bad, field) in [
+        ("{ttl: 0s}", "ttl"),
+        ("{ttl: -5m}", "ttl"),
+        ("{ttl: soon}", "ttl"),
+        ("{ttl: 30}", "ttl"),
+        ("{headerName: \"x session\"}", "headerName"),
+        ("{headerName: \"\"}", "headerName"),
+        ("{headerName: [a]}", "headerName"),
+    ] {
+        let e = errors(&with(bad));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!("s.yaml: scheduler.pluginConfig[0].args.{field}: ")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn filter_only_plugin_cannot_score() {
     let e = errors(&plugins(
         "    Score: {enabled: [{name: lora-affinity, weight: 1}]}\n",
     ));
     assert_eq!(
         e,
-        vec!["s.yaml: scheduler.plugins.Score.enabled[0].name: \"lora-affinity\" is not a score plugin (scores: least-request, gpu-usage, least-latency, prefix-cache, random)"]
+        vec!["s.yaml: scheduler.plugins.Score.enabled[0].name: \"lora-affinity\" is not a score plugin (scores: least-request, gpu-usage, least-latency, prefix-cache, random, session-affinity)"]
     );
 }
 

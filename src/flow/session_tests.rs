@@ -1,0 +1,49 @@
+//! Fake-host tests of session-affinity through the whole request flow: a session's requests
+//! follow its binding through either worker, against the load.
+use super::workers::{four_pods, Workers};
+use filter_config::{FilterConfig, Plugin, Scheduler, SessionAffinity, WeightedPlugin};
+
+/// Four pods picked by session-affinity (`weight`) and least-request (1).
+fn config(weight: u32, header: Option<&str>) -> FilterConfig {
+    four_pods(Scheduler {
+        filters: vec![],
+        scores: [(Plugin::SessionAffinity, weight), (Plugin::LeastRequest, 1)]
+            .into_iter()
+            .map(|(name, weight)| WeightedPlugin { name, weight })
+            .collect(),
+        session_affinity: header.map(|h| SessionAffinity {
+            header: h.to_string(),
+            ..SessionAffinity::default()
+        }),
+        ..Scheduler::default()
+    })
+}
+
+#[test]
+fn a_sessions_requests_stay_on_its_pod_through_either_worker_while_it_is_busy() {
+    for (weight, sticks) in [(10, true), (0, false)] {
+        let mut w = Workers::new(config(weight, None));
+        let alice = [("x-session-id", "alice")];
+        // Left in flight: least-request alone would send the next request elsewhere.
+        let home = w.send(0, "hello", &alice, false);
+        for worker in [1, 0, 1] {
+            let pod = w.send(worker, "and then?", &alice, false);
+            assert_eq!(pod == home, sticks, "weight {weight}: {pod} vs {home}");
+        }
+        if sticks {
+            // Another session, or none, is placed by load: away from the busy pod.
+            assert_ne!(w.route(1, "hi", &[("x-session-id", "bob")]), home);
+            assert_ne!(w.route(0, "hi", &[]), home);
+        }
+    }
+}
+
+#[test]
+fn the_session_header_is_configurable() {
+    let mut w = Workers::new(config(10, Some("x-conversation")));
+    let home = w.send(0, "hello", &[("x-conversation", "c-1")], false);
+    assert_eq!(w.send(1, "more", &[("x-conversation", "c-1")], false), home);
+    // The default header means nothing now.
+    let home = w.send(0, "hello", &[("x-session-id", "s-1")], false);
+    assert_ne!(w.send(1, "more", &[("x-session-id", "s-1")], false), home);
+}
