@@ -234,6 +234,12 @@ impl Router {
         }
         check_header_name(&cfg.settings.cluster_header, "settings.cluster_header")?;
         check_header_name(&cfg.settings.endpoint_header, "settings.endpoint_header")?;
+        if let Some(sessions) = &cfg.settings.scheduler.session_affinity {
+            check_header_name(
+                &sessions.header,
+                "settings.scheduler.session_affinity.header",
+            )?;
+        }
 
         let uses_prefix = cfg
             .settings

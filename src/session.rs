@@ -1,6 +1,6 @@
 //! Session bindings for Kthena's `session-affinity` score plugin: a request carrying a session
 //! header (`X-Session-ID` unless configured otherwise) scores 100 on the pod the session's
-//! last request went to, while that binding is younger than its TTL; every pick (re)binds
+//! last request went to, while that request is younger than the TTL; every pick (re)binds
 //! the session to the chosen pod. On a PD server the decode and the prefill pod are bound
 //! separately, as Kthena does.
 //!
@@ -9,22 +9,24 @@
 //! memory stays bounded whatever the clients send, and a session whose slot another session
 //! took meanwhile is simply placed anew (Kthena's in-memory map is unbounded instead). A
 //! record names the session (its hash), the pod (its index, with the pod list it indexes: a
-//! binding to another pod list is void, as a placement record is) and when it expires.
+//! binding to another pod list is void, as a placement record is) and when it was made, so
+//! that the TTL configured now applies to it.
 //!
 //! A client chooses a session name, never a pod: the bound pod is one the scheduler picked,
 //! and a binding only adds to that pod's score.
 
 use crate::prefix::hash;
 
-/// Slots per server and role: about this many sessions can be bound at once before they
-/// start taking each other's slot (with N sessions live, about N / SLOTS of them).
+/// Slots per server and role. With N sessions live, a new session's slot already holds
+/// another live one's binding with a chance of about N / SLOTS (while N is well below it).
 pub const SLOTS: u64 = 8192;
 /// Hash seed for session names (any constant; keeps them apart from prompt block hashes).
 const SEED: u64 = 0x5e55_1011;
 const RECORD: usize = 24;
-/// Longest session name hashed in full: a longer header is hashed by its first bytes only
-/// (names are ids; the request's header size is Envoy's to bound).
-const MAX_NAME: usize = 256;
+/// A binding is renewed (rewritten with a new time) at most this often: a busy session
+/// costs a shared-data write a second, not one a request, and lives the TTL after its last
+/// request less at most this.
+pub const RENEW_MS: u64 = 1000;
 
 /// Which pod of a request a binding is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +51,8 @@ impl Slot {
         if name.is_empty() {
             return None;
         }
-        let bytes = name.as_bytes();
-        let session = hash(SEED, bytes.get(..MAX_NAME).unwrap_or(bytes));
+        // Hashed whole (Envoy bounds a request's headers): names sharing a long start stay apart.
+        let session = hash(SEED, name.as_bytes());
         let role = match role {
             Role::Pod => "pod",
             Role::Prefill => "prefill",
@@ -62,51 +64,57 @@ impl Slot {
     }
 
     /// The pod the session is bound to, from the slot's record: None when the record is
-    /// another session's, for another pod list, for a pod beyond `pods`, expired, or garbled.
-    pub fn bound_pod(&self, record: &[u8], pod_list: u32, pods: usize, now_ms: u64) -> Option<u32> {
+    /// another session's, for another pod list, for a pod beyond `pods`, older than `ttl_ms`,
+    /// or garbled.
+    pub fn bound_pod(
+        &self,
+        record: &[u8],
+        (pod_list, pods): (u32, usize),
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<u32> {
         let r = Record::decode(record)?;
         let live = r.session == self.session
             && r.pod_list == pod_list
             && (r.pod as usize) < pods
-            && r.expires_ms > now_ms;
+            && now_ms.saturating_sub(r.bound_ms) < ttl_ms;
         live.then_some(r.pod)
     }
 
-    /// The record binding the session to `pod` until `now_ms + ttl_ms`, or None when the slot
-    /// already holds that binding for more than half its TTL (spares a shared-data write on
-    /// most requests of a busy session; the binding then lives at least half a TTL).
+    /// The record binding the session to `pod` from `now_ms`, or None when the slot already
+    /// holds that binding, made less than [`RENEW_MS`] ago (spares a shared-data write on
+    /// most requests of a busy session).
     pub fn rebind(
         &self,
         current: Option<&[u8]>,
         pod_list: u32,
         pod: u32,
         now_ms: u64,
-        ttl_ms: u64,
     ) -> Option<Vec<u8>> {
         let fresh = current.and_then(Record::decode).is_some_and(|r| {
             r.session == self.session
                 && r.pod_list == pod_list
                 && r.pod == pod
-                && r.expires_ms.saturating_sub(now_ms) > ttl_ms / 2
+                && now_ms.saturating_sub(r.bound_ms) < RENEW_MS
         });
         (!fresh).then(|| {
             Record {
                 session: self.session,
                 pod_list,
                 pod,
-                expires_ms: now_ms.saturating_add(ttl_ms),
+                bound_ms: now_ms,
             }
             .encode()
         })
     }
 }
 
-/// `session hash u64 | pod list u32 | pod u32 | expires ms u64`, little-endian.
+/// `session hash u64 | pod list u32 | pod u32 | bound at ms u64`, little-endian.
 struct Record {
     session: u64,
     pod_list: u32,
     pod: u32,
-    expires_ms: u64,
+    bound_ms: u64,
 }
 
 impl Record {
@@ -115,7 +123,7 @@ impl Record {
         out.extend_from_slice(&self.session.to_le_bytes());
         out.extend_from_slice(&self.pod_list.to_le_bytes());
         out.extend_from_slice(&self.pod.to_le_bytes());
-        out.extend_from_slice(&self.expires_ms.to_le_bytes());
+        out.extend_from_slice(&self.bound_ms.to_le_bytes());
         out
     }
 
@@ -129,7 +137,7 @@ impl Record {
             session: u64_at(0)?,
             pod_list: u32_at(8)?,
             pod: u32_at(12)?,
-            expires_ms: u64_at(16)?,
+            bound_ms: u64_at(16)?,
         })
     }
 }
@@ -139,6 +147,7 @@ mod tests {
     use super::*;
 
     const TTL: u64 = 60_000;
+    const PODS: (u32, usize) = (7, 4);
 
     fn slot(name: &str) -> Slot {
         Slot::of("outbound|80||llama", Role::Pod, name).unwrap()
@@ -147,38 +156,57 @@ mod tests {
     #[test]
     fn a_binding_holds_for_its_session_pod_list_and_ttl_only() {
         let s = slot("user-1");
-        let record = s.rebind(None, 7, 2, 1_000, TTL).unwrap();
-        assert_eq!(s.bound_pod(&record, 7, 4, 1_000), Some(2));
-        assert_eq!(s.bound_pod(&record, 7, 4, 1_000 + TTL - 1), Some(2));
-        assert_eq!(s.bound_pod(&record, 7, 4, 1_000 + TTL), None, "expired");
-        assert_eq!(s.bound_pod(&record, 8, 4, 1_000), None, "another pod list");
-        assert_eq!(s.bound_pod(&record, 7, 2, 1_000), None, "the pod is gone");
+        let record = s.rebind(None, 7, 2, 1_000).unwrap();
+        assert_eq!(s.bound_pod(&record, PODS, 1_000, TTL), Some(2));
+        assert_eq!(s.bound_pod(&record, PODS, 1_000 + TTL - 1, TTL), Some(2));
+        assert_eq!(
+            s.bound_pod(&record, PODS, 1_000 + TTL, TTL),
+            None,
+            "expired"
+        );
+        // The TTL configured now counts, not the one it was made under.
+        assert_eq!(s.bound_pod(&record, PODS, 1_000 + TTL / 2, TTL / 4), None);
+        assert_eq!(
+            s.bound_pod(&record, (8, 4), 1_000, TTL),
+            None,
+            "another pod list"
+        );
+        assert_eq!(
+            s.bound_pod(&record, (7, 2), 1_000, TTL),
+            None,
+            "the pod is gone"
+        );
         // Another session in the same slot does not inherit the binding.
         let other = (0..)
             .map(|i| slot(&format!("other-{i}")))
             .find(|o| o.key == s.key)
             .unwrap();
-        assert_eq!(other.bound_pod(&record, 7, 4, 1_000), None);
-        assert_eq!(s.bound_pod(&record[..23], 7, 4, 1_000), None, "garbled");
-    }
-
-    #[test]
-    fn rebinding_writes_only_when_the_pod_changes_or_half_the_ttl_has_passed() {
-        let s = slot("user-1");
-        let first = s.rebind(None, 7, 2, 0, TTL).unwrap();
-        assert_eq!(s.rebind(Some(&first), 7, 2, TTL / 2 - 1, TTL), None);
-        let moved = s.rebind(Some(&first), 7, 3, 10, TTL).unwrap();
-        assert_eq!(s.bound_pod(&moved, 7, 4, 10), Some(3));
-        let renewed = s.rebind(Some(&first), 7, 2, TTL / 2 + 1, TTL).unwrap();
-        assert_eq!(s.bound_pod(&renewed, 7, 4, TTL + 10), Some(2));
-        assert!(
-            s.rebind(Some(&first), 8, 2, 10, TTL).is_some(),
-            "new pod list"
+        assert_eq!(other.bound_pod(&record, PODS, 1_000, TTL), None);
+        assert_eq!(
+            s.bound_pod(&record[..23], PODS, 1_000, TTL),
+            None,
+            "garbled"
         );
     }
 
     #[test]
-    fn sessions_spread_over_bounded_slots_per_role() {
+    fn rebinding_writes_when_the_pod_changes_or_a_renewal_is_due() {
+        let s = slot("user-1");
+        let first = s.rebind(None, 7, 2, 0).unwrap();
+        assert_eq!(s.rebind(Some(&first), 7, 2, RENEW_MS - 1), None);
+        let moved = s.rebind(Some(&first), 7, 3, 10).unwrap();
+        assert_eq!(s.bound_pod(&moved, PODS, 10, TTL), Some(3));
+        // Renewed: the TTL runs from the latest request, less at most RENEW_MS.
+        let renewed = s.rebind(Some(&first), 7, 2, RENEW_MS).unwrap();
+        assert_eq!(
+            s.bound_pod(&renewed, PODS, TTL + RENEW_MS - 1, TTL),
+            Some(2)
+        );
+        assert!(s.rebind(Some(&first), 8, 2, 10).is_some(), "new pod list");
+    }
+
+    #[test]
+    fn sessions_spread_over_bounded_slots_per_role_and_are_told_apart_whole() {
         assert_eq!(Slot::of("c", Role::Pod, ""), None);
         let a = Slot::of("c", Role::Pod, "s").unwrap();
         let b = Slot::of("c", Role::Prefill, "s").unwrap();
@@ -187,5 +215,9 @@ mod tests {
         let c = Slot::of("c", Role::Pod, &long).unwrap();
         let slot: u64 = c.key.rsplit('.').next().unwrap().parse().unwrap();
         assert!(slot < SLOTS);
+        // Two names sharing their first 100,000 bytes are two sessions.
+        let d = Slot::of("c", Role::Pod, &format!("{long}y")).unwrap();
+        let record = c.rebind(None, 7, 1, 0).unwrap();
+        assert_eq!(d.bound_pod(&record, PODS, 0, TTL), None);
     }
 }

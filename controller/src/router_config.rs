@@ -528,15 +528,17 @@ fn load_factor(v: &Value) -> Result<f64, String> {
     }
 }
 
-/// session-affinity's `headerName`: an HTTP header name, kept lower-case as Envoy gives
-/// headers to the filter. Kthena falls back to its default on a bad value; here it is an error.
+/// session-affinity's `headerName`: a header name of letters, digits and `-` (Envoy refuses
+/// others by default), kept lower-case as Envoy gives headers to the filter. Kthena falls back
+/// to its default on a bad value; here it is an error.
 fn header_name(v: &Value) -> Result<String, String> {
     let Some(name) = v.as_str() else {
         return Err(format!("must be a header name, got {}", type_name(v)));
     };
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(token) {
-        return Err(format!("must be an HTTP header name, got {name:?}"));
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!(
+            "must be a header name of letters, digits and '-', got {name:?}"
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }

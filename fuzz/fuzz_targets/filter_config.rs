@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use modelroute::metrics::{PodStats, Snapshot};
-use modelroute::router::{no_load_reports, no_shared_data, Request, Router, SharedPlacement};
+use modelroute::router::{no_load_reports, Request, Router, SharedPlacement};
 use modelroute_fuzz::{must_parse, parts};
 use serde_json::Value;
 
@@ -86,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
             prompt,
             in_flight: &in_flight,
             load_reports: &no_load_reports,
-            shared_data: &no_shared_data,
+            // Fuzzed bytes as a session's binding too.
+            shared_data: &|key: &str| key.starts_with("modelroute.session.").then(|| prompt.to_vec()),
             // Fuzzed bytes as another gateway's record (with a store in the configuration).
             shared: SharedPlacement::Answered {
                 asked: None,

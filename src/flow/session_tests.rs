@@ -47,3 +47,9 @@ fn the_session_header_is_configurable() {
     let home = w.send(0, "hello", &[("x-session-id", "s-1")], false);
     assert_ne!(w.send(1, "more", &[("x-session-id", "s-1")], false), home);
 }
+
+#[test]
+fn a_session_header_that_is_not_a_lower_case_name_is_refused_with_the_configuration() {
+    let err = crate::router::Router::compile(config(10, Some("X-Conversation")), 1).unwrap_err();
+    assert!(err.0.contains("session_affinity.header"), "{err:?}");
+}

@@ -82,13 +82,14 @@ impl Router {
             .pd
             .as_ref()
             .and_then(|_| SessionRead::of(server, cfg, req, Role::Prefill));
-        let pods = (server.pod_list, server.endpoints.len(), req.now_ms);
         let ask = Ask {
-            session_pod: session.as_ref().and_then(|s| s.bound_pod(pods)),
+            session_pod: session.as_ref().and_then(|s| s.bound_pod(server, cfg, req)),
             ..ask
         };
         let prefill_ask = Ask {
-            session_pod: prefill_session.as_ref().and_then(|s| s.bound_pod(pods)),
+            session_pod: prefill_session
+                .as_ref()
+                .and_then(|s| s.bound_pod(server, cfg, req)),
             ..ask
         };
         let (ranked, pairs) = {
@@ -140,21 +141,21 @@ impl Router {
                 shared_keys = p.shared_keys;
             }
         }
-        let ttl_ms = cfg
-            .session_affinity
-            .as_ref()
-            .map_or(DEFAULT_SESSION_TTL_MS, |a| a.ttl_ms);
-        let chosen_prefill = pairs
-            .first()
-            .and_then(|p| server.endpoint_index(&p.prefill));
-        let session_bindings: Vec<(String, Vec<u8>)> = [
-            session.zip(ranked.first().copied()),
-            prefill_session.zip(chosen_prefill.map(|i| i as u32)),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|(s, pod)| s.rebind(server.pod_list, pod, req.now_ms, ttl_ms))
-        .collect();
+        // Bound where the request goes: for PD the first pair's pods (a ranked decode pod
+        // whose group had no prefill pod left is skipped in pairing).
+        let (chosen, chosen_prefill) = match pairs.first() {
+            Some(p) => (
+                server.endpoint_index(&p.decode),
+                server.endpoint_index(&p.prefill),
+            ),
+            None => (ranked.first().map(|i| *i as usize), None),
+        };
+        let session_bindings: Vec<(String, Vec<u8>)> =
+            [session.zip(chosen), prefill_session.zip(chosen_prefill)]
+                .into_iter()
+                .flatten()
+                .filter_map(|(s, pod)| s.rebind(server.pod_list, pod as u32, req.now_ms))
+                .collect();
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
             Some(_) => first_decode(&pairs, &server.name)?,
@@ -200,23 +201,22 @@ impl SessionRead {
         Some(SessionRead { slot, current })
     }
 
-    /// The pod the session is bound to: `(pod list, pods, now)` of the server.
-    fn bound_pod(&self, (pod_list, pods, now_ms): (u32, usize, u64)) -> Option<u32> {
+    /// The pod the session is bound to on `server`.
+    fn bound_pod(&self, server: &Server, cfg: &Scheduler, req: &Request<'_>) -> Option<u32> {
+        let ttl_ms = cfg
+            .session_affinity
+            .as_ref()
+            .map_or(DEFAULT_SESSION_TTL_MS, |a| a.ttl_ms);
+        let pods = (server.pod_list, server.endpoints.len());
         self.slot
-            .bound_pod(self.current.as_deref()?, pod_list, pods, now_ms)
+            .bound_pod(self.current.as_deref()?, pods, req.now_ms, ttl_ms)
     }
 
     /// The slot's key and new record when the pick changes or renews the binding.
-    fn rebind(
-        self,
-        pod_list: u32,
-        pod: u32,
-        now_ms: u64,
-        ttl_ms: u64,
-    ) -> Option<(String, Vec<u8>)> {
+    fn rebind(self, pod_list: u32, pod: u32, now_ms: u64) -> Option<(String, Vec<u8>)> {
         let record = self
             .slot
-            .rebind(self.current.as_deref(), pod_list, pod, now_ms, ttl_ms)?;
+            .rebind(self.current.as_deref(), pod_list, pod, now_ms)?;
         Some((self.slot.key, record))
     }
 }

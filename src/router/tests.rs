@@ -514,69 +514,107 @@ fn a_pod_is_scraped_once_with_the_in_flight_count_of_each_server_that_counts_it(
     }
 }
 
-#[test]
-fn a_pd_sessions_prefill_and_decode_pods_are_bound_apart_and_followed() {
-    use filter_config::{Plugin, Role, Scheduler, WeightedPlugin};
-    let pd = server("pd", "m", &[]).with_pd(
-        "group",
-        None,
-        &[
-            ("10.0.0.3:8000", Some("g0"), Some(Role::Prefill)),
-            ("10.0.0.5:8000", Some("g0"), Some(Role::Prefill)),
-            ("10.0.0.4:8000", Some("g0"), Some(Role::Decode)),
-            ("10.0.0.6:8000", Some("g0"), Some(Role::Decode)),
-        ],
-    );
+/// A PD server of `pods` (address, group, role) picked by session-affinity (`weight`) and
+/// random, least-request filtering.
+fn pd_sessions(pods: &[(&str, Option<&str>, Option<filter_config::Role>)], weight: u32) -> Router {
+    use filter_config::{Plugin, Scheduler, WeightedPlugin};
     let route = CRoute::fixture(
         "pd",
         Some("pd"),
         &[],
         vec![CRule::fixture("default", Match::default(), &[("pd", 100)])],
     );
-    let cfg = |weight| {
-        FilterConfig::fixture(vec![route.clone()], vec![pd.clone()]).with_settings(|s| {
-            s.scheduler = Scheduler {
-                filters: vec![],
-                scores: vec![
-                    WeightedPlugin {
-                        name: Plugin::SessionAffinity,
-                        weight,
-                    },
-                    WeightedPlugin {
-                        name: Plugin::Random,
-                        weight: 1,
-                    },
-                ],
-                ..Scheduler::default()
-            }
-        })
-    };
-    for (weight, sticks) in [(10, true), (0, false)] {
-        let mut r = Router::compile(cfg(weight), 1).unwrap();
-        let store = std::cell::RefCell::new(HashMap::<String, Vec<u8>>::new());
-        let mut pairs = std::collections::HashSet::new();
-        for now_ms in 0..24 {
-            let d = r
-                .decide(&Request {
-                    model: "pd",
-                    path: "/v1/completions",
-                    header: &|h: &str| (h == "x-session-id").then(|| "s-1".to_string()),
-                    prompt: b"",
-                    in_flight: &no_in_flight,
-                    load_reports: &no_load_reports,
-                    shared_data: &|k: &str| store.borrow().get(k).cloned(),
-                    shared: SharedPlacement::Off,
-                    now_ms,
-                })
-                .unwrap();
-            let pair = d.pairs.first().unwrap();
-            pairs.insert((pair.prefill.clone(), pair.decode.clone()));
-            for (k, v) in d.session_bindings {
-                store.borrow_mut().insert(k, v);
-            }
+    let pd = server("pd", "m", &[]).with_pd("group", None, pods);
+    let cfg = FilterConfig::fixture(vec![route], vec![pd]).with_settings(|s| {
+        s.scheduler = Scheduler {
+            filters: vec![Plugin::LeastRequest],
+            scores: [(Plugin::SessionAffinity, weight), (Plugin::Random, 1)]
+                .into_iter()
+                .map(|(name, weight)| WeightedPlugin { name, weight })
+                .collect(),
+            ..Scheduler::default()
         }
+    });
+    Router::compile(cfg, 1).unwrap()
+}
+
+/// Session `s-1`'s request at `now_ms`, its bindings kept in `store`: (prefill, decode).
+fn pd_session_pick(
+    r: &mut Router,
+    store: &std::cell::RefCell<HashMap<String, Vec<u8>>>,
+    now_ms: u64,
+) -> (String, String) {
+    let d = r
+        .decide(&Request {
+            model: "pd",
+            path: "/v1/completions",
+            header: &|h: &str| (h == "x-session-id").then(|| "s-1".to_string()),
+            prompt: b"",
+            in_flight: &no_in_flight,
+            load_reports: &no_load_reports,
+            shared_data: &|k: &str| store.borrow().get(k).cloned(),
+            shared: SharedPlacement::Off,
+            now_ms,
+        })
+        .unwrap();
+    for (k, v) in d.session_bindings {
+        store.borrow_mut().insert(k, v);
+    }
+    let pair = d.pairs.first().unwrap();
+    (pair.prefill.clone(), pair.decode.clone())
+}
+
+#[test]
+fn a_pd_sessions_prefill_and_decode_pods_are_bound_apart_and_followed() {
+    use filter_config::Role;
+    let pods = [
+        ("10.0.0.3:8000", Some("g0"), Some(Role::Prefill)),
+        ("10.0.0.5:8000", Some("g0"), Some(Role::Prefill)),
+        ("10.0.0.4:8000", Some("g0"), Some(Role::Decode)),
+        ("10.0.0.6:8000", Some("g0"), Some(Role::Decode)),
+    ];
+    for (weight, sticks) in [(10, true), (0, false)] {
+        let mut r = pd_sessions(&pods, weight);
+        let store = std::cell::RefCell::new(HashMap::new());
+        let pairs: std::collections::HashSet<_> = (0..24)
+            .map(|now_ms| pd_session_pick(&mut r, &store, now_ms))
+            .collect();
         // Both pods bound (two slots), or nothing written without the plugin.
         assert_eq!(store.borrow().len(), if sticks { 2 } else { 0 });
         assert_eq!(pairs.len() == 1, sticks, "weight {weight}: {pairs:?}");
+    }
+}
+
+#[test]
+fn a_pd_session_is_bound_to_the_decode_pod_it_went_to_when_its_own_group_had_no_prefill_left() {
+    use filter_config::Role;
+    let pods = [
+        ("10.0.0.10:8000", Some("g0"), Some(Role::Prefill)),
+        ("10.0.0.11:8000", Some("g0"), Some(Role::Decode)),
+        ("10.0.0.20:8000", Some("g1"), Some(Role::Prefill)),
+        ("10.0.0.21:8000", Some("g1"), Some(Role::Decode)),
+    ];
+    let mut r = pd_sessions(&pods, 10);
+    let store = std::cell::RefCell::new(HashMap::new());
+    let (_, home) = pd_session_pick(&mut r, &store, 0);
+    let (prefill, group) = if home == "10.0.0.11:8000" {
+        ("10.0.0.10:8000", "g0")
+    } else {
+        ("10.0.0.20:8000", "g1")
+    };
+    // The home group's prefill pod queues past maxWaitingRequests: the bound decode pod still
+    // ranks first, but pairing skips it and the request goes to the other group.
+    let queued = crate::metrics::PodStats {
+        up: true,
+        waiting: 20.0,
+        ..Default::default()
+    };
+    r.set_stats([(prefill.to_string(), queued)].into_iter().collect());
+    let (_, moved) = pd_session_pick(&mut r, &store, 1);
+    assert_ne!(moved, home, "{group}");
+    // The binding followed the request: with the queue gone the session stays where it went.
+    r.set_stats(HashMap::new());
+    for now_ms in 2..10 {
+        assert_eq!(pd_session_pick(&mut r, &store, now_ms).1, moved, "{group}");
     }
 }
