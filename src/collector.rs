@@ -131,7 +131,7 @@ impl Collector {
             let lease = take_lease(current.as_deref(), self.me, now_ms, 3 * self.interval_ms);
             self.collecting = lease.is_some_and(|l| host.shared_set(LEASE_KEY, &l, cas));
             if self.collecting {
-                host.shared_set(SNAPSHOT_KEY, &encode(&self.snapshot()), None);
+                host.shared_put(SNAPSHOT_KEY, &encode(&self.snapshot()));
             }
         }
         if self.collecting {

@@ -478,7 +478,19 @@ impl Host for EnvoyHost {
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        // Envoy writes an absent key whatever the token, and a present one only if the token
+        // matches (a token of 0 - `None` in the SDK - matches anything). Its tokens count up
+        // from 1 across all keys; a key absent when read is written under the last one, so the
+        // write lands only if the key is still absent, or if the writer who created it since
+        // drew exactly that token (one write in four billion).
+        const STILL_ABSENT: u32 = u32::MAX;
+        hostcalls::set_shared_data(key, Some(value), Some(cas.unwrap_or(STILL_ABSENT))).is_ok()
+    }
+
+    fn shared_put(&mut self, key: &str, value: &[u8]) {
+        if hostcalls::set_shared_data(key, Some(value), None).is_err() {
+            log::warn!("modelroute: shared data {key} could not be written");
+        }
     }
 
     fn response_body(&self, len: usize) -> Option<Vec<u8>> {

@@ -57,8 +57,12 @@ pub trait Host {
     fn add_to_metric(&mut self, kind: MetricKind, name: &str, delta: i64);
     /// Shared data (all workers): the value under `key` and its CAS token.
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Stores `value` under `key` if its CAS token is still `cas`; false on a lost race.
+    /// Stores `value` under `key` if nobody wrote it since it was read: `cas` is the token
+    /// [`Host::shared_get`] returned, `None` when the key was absent (then it is written only
+    /// if still absent). False on a lost race: read again and retry.
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+    /// Stores `value` under `key` whatever is there: for hints where the last writer wins.
+    fn shared_put(&mut self, key: &str, value: &[u8]);
 }
 
 /// Counters the flow reports (exposed by Envoy as `wasmcustom.<name>`).

@@ -204,11 +204,25 @@ mod tests {
     }
 
     #[test]
+    fn two_workers_counting_a_pod_list_first_at_once_keep_both_counts() {
+        // Both read no counts yet; the other worker's first count lands between this one's
+        // read and write, which must not land over it.
+        let mut other = FakeHost::default();
+        assert!(InFlight::default().acquire(&mut other, "k", 3, 2, None));
+        let mut h = FakeHost {
+            racing_write: Some(("k".to_string(), other.shared["k"].0.clone())),
+            ..FakeHost::default()
+        };
+        let mut f = InFlight::default();
+        let (_, read) = f.read(&h, "k", 3);
+        assert!(f.acquire(&mut h, "k", 3, 1, Some(read)));
+        assert_eq!(stored(&h, "k"), [0, 1, 1]);
+    }
+
+    #[test]
     fn a_stale_read_is_retried_not_lost() {
         let mut h = FakeHost::default();
         let (mut a, mut b) = (InFlight::default(), InFlight::default());
-        // (The very first write of a key cannot be conditional: the host has no token for an
-        // absent key. Both workers racing on it could lose one count, once per pod list.)
         assert!(a.acquire(&mut h, "k", 3, 1, None));
         let (_, read_a) = a.read(&h, "k", 3);
         let (_, read_b) = b.read(&h, "k", 3);

@@ -26,6 +26,9 @@ pub struct FakeHost {
     pub counters: Vec<Counter>,
     /// Shared data: key -> (value, cas).
     pub shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    /// Another worker's write (key, value) that lands between this host's next read of that
+    /// key and its write: a race, played on demand.
+    pub racing_write: Option<(String, Vec<u8>)>,
     /// Shared-data reads (host calls), by key.
     pub shared_gets: std::cell::RefCell<Vec<String>>,
     /// How often the flow read the request headers (one host call each).
@@ -179,13 +182,21 @@ impl Host for FakeHost {
         }
     }
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        if let Some((_, other)) = self.racing_write.take_if(|(k, _)| k == key) {
+            self.shared_put(key, &other);
+        }
+        // As Envoy (with the glue's create-only token for `None`): a key present must still
+        // hold the token read; an absent one is created whatever the token.
         let current = self.shared.get(key).map(|(_, c)| *c);
-        if cas.is_some() && cas != current {
+        if current.is_some() && cas != current {
             return false;
         }
-        let next = current.unwrap_or(0) + 1;
-        self.shared.insert(key.to_string(), (value.to_vec(), next));
+        self.shared_put(key, value);
         true
+    }
+    fn shared_put(&mut self, key: &str, value: &[u8]) {
+        let next = self.shared.get(key).map_or(0, |(_, c)| *c) + 1;
+        self.shared.insert(key.to_string(), (value.to_vec(), next));
     }
     fn count(&mut self, counter: Counter) {
         self.counters.push(counter);

@@ -106,12 +106,12 @@ impl Flow {
         self.acct.prefix_match = decision.prefix_match;
         if let Some((key, record)) = &decision.placement_record {
             // Last writer wins: a placement is a hint, not a count.
-            host.shared_set(key, record, None);
+            host.shared_put(key, record);
             Flow::share_placement(router, host, record, decision.shared_keys.as_ref());
         }
         for (key, record) in &decision.session_bindings {
             // Last writer wins, as in Kthena: a session follows its latest pick.
-            host.shared_set(key, record, None);
+            host.shared_put(key, record);
         }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).

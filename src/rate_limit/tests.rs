@@ -251,3 +251,29 @@ fn the_tick_writes_what_is_owed_to_every_budget() {
     assert_eq!(decode(Some(&h.shared[&b].0), 1).map(tokens), Some(80));
     assert!(debits.is_empty());
 }
+
+#[test]
+fn a_budget_two_workers_create_at_once_keeps_both_draws() {
+    // Both workers find no bucket yet; the other one's first draw lands between this one's
+    // read and write. Shared data has no create-if-absent of its own: a write that does not
+    // check would wipe the other's draw, and both requests would be paid for as one.
+    let limit = PER_MINUTE_30;
+    let key = "modelroute.ratelimit.pool";
+    let mut other = FakeHost::default();
+    draw(
+        &mut other,
+        key,
+        &limit,
+        &[(Direction::Input, Draw::Take(5))],
+        0,
+    )
+    .unwrap();
+    let mut h = FakeHost {
+        racing_write: Some((key.to_string(), other.shared[key].0.clone())),
+        ..FakeHost::default()
+    };
+    draw(&mut h, key, &limit, &[(Direction::Input, Draw::Take(5))], 0).unwrap();
+    let (bytes, _) = h.shared_get(key);
+    let left = decode(bytes.as_deref(), Direction::Input as usize).unwrap();
+    assert_eq!(tokens(left), 20);
+}
