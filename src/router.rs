@@ -195,7 +195,8 @@ pub struct Decision {
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
     /// session-affinity: shared-data keys and records binding the request's session to the
-    /// chosen pod (and, PD, prefill pod) when the binding is new, moved or half expired.
+    /// chosen pod (and, PD, prefill pod) when the binding is new, moved or due for renewal
+    /// ([`crate::session::RENEW_MS`]).
     pub session_bindings: Vec<(String, Vec<u8>)>,
 }
 
@@ -244,9 +245,7 @@ impl Router {
         let uses_prefix = cfg
             .settings
             .scheduler
-            .scores
-            .iter()
-            .any(|p| p.name == filter_config::Plugin::PrefixCache && p.weight > 0);
+            .scores_with(filter_config::Plugin::PrefixCache);
         let mut servers = Vec::with_capacity(cfg.servers.len());
         let mut server_index = HashMap::with_capacity(cfg.servers.len());
         for (i, s) in cfg.servers.into_iter().enumerate() {

@@ -194,10 +194,7 @@ pub fn rank(
         }
     }
 
-    let prefix_on = cfg
-        .scores
-        .iter()
-        .any(|s| s.name == Plugin::PrefixCache && s.weight > 0);
+    let prefix_on = cfg.scores_with(Plugin::PrefixCache);
     // Leading blocks of the prompt each pod has served, by position in `pods`.
     let mut matched = match prefix {
         Some(idx) if prefix_on && !ask.hashes.is_empty() => {

@@ -109,6 +109,42 @@ impl Slot {
     }
 }
 
+/// A session's slot on one server and the record it held when the request read it.
+pub struct Binding {
+    slot: Slot,
+    current: Option<Vec<u8>>,
+}
+
+impl Binding {
+    /// Session `name`'s slot for `role` on the server of `cluster`, read from shared data;
+    /// None for an empty name.
+    pub fn read(
+        cluster: &str,
+        role: Role,
+        name: &str,
+        shared_data: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<Binding> {
+        let slot = Slot::of(cluster, role, name)?;
+        let current = shared_data(&slot.key);
+        Some(Binding { slot, current })
+    }
+
+    /// The pod the session is bound to, among `(pod list, pods)` ([`Slot::bound_pod`]).
+    pub fn pod(&self, pods: (u32, usize), now_ms: u64, ttl_ms: u64) -> Option<u32> {
+        self.slot
+            .bound_pod(self.current.as_deref()?, pods, now_ms, ttl_ms)
+    }
+
+    /// The slot's key and new record when binding the session to `pod` changes or renews
+    /// what it held ([`Slot::rebind`]).
+    pub fn rebind(self, pod_list: u32, pod: u32, now_ms: u64) -> Option<(String, Vec<u8>)> {
+        let record = self
+            .slot
+            .rebind(self.current.as_deref(), pod_list, pod, now_ms)?;
+        Some((self.slot.key, record))
+    }
+}
+
 /// `session hash u64 | pod list u32 | pod u32 | bound at ms u64`, little-endian.
 struct Record {
     session: u64,

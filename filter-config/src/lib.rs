@@ -208,6 +208,27 @@ impl Default for Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Whether `plugin` is a score plugin with a weight above 0.
+    pub fn scores_with(&self, plugin: Plugin) -> bool {
+        self.scores.iter().any(|s| s.name == plugin && s.weight > 0)
+    }
+
+    /// session-affinity's header, its default when not configured.
+    pub fn session_header(&self) -> &str {
+        self.session_affinity
+            .as_ref()
+            .map_or(DEFAULT_SESSION_HEADER, |a| a.header.as_str())
+    }
+
+    /// session-affinity's TTL, its default when not configured.
+    pub fn session_ttl_ms(&self) -> u64 {
+        self.session_affinity
+            .as_ref()
+            .map_or(DEFAULT_SESSION_TTL_MS, |a| a.ttl_ms)
+    }
+}
+
 /// Arguments of Kthena's `session-affinity` score plugin: requests carrying the same value
 /// of `header` go to the pod the last one went to, for `ttl_ms` after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

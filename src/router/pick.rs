@@ -16,8 +16,8 @@ use crate::prefix::{block_hashes, PrefixIndex};
 use crate::prefix_sync;
 use crate::rng::Rng;
 use crate::scheduler::{self, Ask, Candidate, Unschedulable};
-use crate::session::{Role, Slot};
-use filter_config::{Plugin, Scheduler, DEFAULT_SESSION_HEADER, DEFAULT_SESSION_TTL_MS};
+use crate::session::{Binding, Role};
+use filter_config::Plugin;
 
 impl Router {
     /// The pods of `target.server` for `req`: how many follow the chosen one comes from
@@ -67,6 +67,25 @@ impl Router {
             Err(shared_keys) => return Err(RouteError::PlacementUnknown(shared_keys)),
             Ok(placement) => placement,
         };
+        // session-affinity: the session the request names, read once for both PD roles.
+        let session_name = match cfg.scores_with(Plugin::SessionAffinity) {
+            true => (req.header)(cfg.session_header()),
+            false => None,
+        };
+        let read_session = |role| {
+            Binding::read(
+                &server.cluster,
+                role,
+                session_name.as_deref()?,
+                req.shared_data,
+            )
+        };
+        let session = read_session(Role::Pod);
+        let prefill_session = server.pd.as_ref().and_then(|_| read_session(Role::Prefill));
+        let bound_pod = |s: &Option<Binding>| {
+            let pods = (server.pod_list, server.endpoints.len());
+            s.as_ref()?.pod(pods, req.now_ms, cfg.session_ttl_ms())
+        };
         let ask = Ask {
             lora: target.lora.then_some(req.model),
             hashes: &hashes,
@@ -75,21 +94,10 @@ impl Router {
                 _ => None,
             },
             recent: bounded.then(|| server.recent.at(req.now_ms)),
-            session_pod: None,
-        };
-        let session = SessionRead::of(server, cfg, req, Role::Pod);
-        let prefill_session = server
-            .pd
-            .as_ref()
-            .and_then(|_| SessionRead::of(server, cfg, req, Role::Prefill));
-        let ask = Ask {
-            session_pod: session.as_ref().and_then(|s| s.bound_pod(server, cfg, req)),
-            ..ask
+            session_pod: bound_pod(&session),
         };
         let prefill_ask = Ask {
-            session_pod: prefill_session
-                .as_ref()
-                .and_then(|s| s.bound_pod(server, cfg, req)),
+            session_pod: bound_pod(&prefill_session),
             ..ask
         };
         let (ranked, pairs) = {
@@ -172,52 +180,6 @@ impl Router {
         d.shared_keys = shared_keys;
         d.session_bindings = session_bindings;
         Ok(d)
-    }
-}
-
-/// session-affinity: the request's session slot on a server ([`crate::session`]) and the
-/// record it holds now.
-struct SessionRead {
-    slot: Slot,
-    current: Option<Vec<u8>>,
-}
-
-impl SessionRead {
-    /// None unless session-affinity scores and the request names a session.
-    fn of(server: &Server, cfg: &Scheduler, req: &Request<'_>, role: Role) -> Option<Self> {
-        if !cfg
-            .scores
-            .iter()
-            .any(|s| s.name == Plugin::SessionAffinity && s.weight > 0)
-        {
-            return None;
-        }
-        let header = cfg
-            .session_affinity
-            .as_ref()
-            .map_or(DEFAULT_SESSION_HEADER, |a| a.header.as_str());
-        let slot = Slot::of(&server.cluster, role, &(req.header)(header)?)?;
-        let current = (req.shared_data)(&slot.key);
-        Some(SessionRead { slot, current })
-    }
-
-    /// The pod the session is bound to on `server`.
-    fn bound_pod(&self, server: &Server, cfg: &Scheduler, req: &Request<'_>) -> Option<u32> {
-        let ttl_ms = cfg
-            .session_affinity
-            .as_ref()
-            .map_or(DEFAULT_SESSION_TTL_MS, |a| a.ttl_ms);
-        let pods = (server.pod_list, server.endpoints.len());
-        self.slot
-            .bound_pod(self.current.as_deref()?, pods, req.now_ms, ttl_ms)
-    }
-
-    /// The slot's key and new record when the pick changes or renews the binding.
-    fn rebind(self, pod_list: u32, pod: u32, now_ms: u64) -> Option<(String, Vec<u8>)> {
-        let record = self
-            .slot
-            .rebind(self.current.as_deref(), pod_list, pod, now_ms)?;
-        Some((self.slot.key, record))
     }
 }
 
