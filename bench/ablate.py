@@ -37,6 +37,8 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   leastreq    `filter` picking by least-request alone
   session     `leastreq` with Kthena's session-affinity (weight 10) before it: with
               --sessions, what reading (and renewing) a session's binding costs a request
+  sticky      `leastreq` with the route's sessionSticky (header X-Session-ID): with
+              --sessions, what a sticky session costs a request
 """
 import argparse
 import json
@@ -145,6 +147,11 @@ def main():
         with open(os.path.join(res_limited, "bench.yaml"), "w") as f:
             limit = "  rateLimit: { inputTokensPerUnit: 1000000000, outputTokensPerUnit: 1000000000 }\n"
             f.write(L.modelroute_resources(pod_port).replace("  rules:\n", limit + "  rules:\n", 1))
+        res_sticky = os.path.join(work, "resources-sticky")
+        os.makedirs(res_sticky)
+        with open(os.path.join(res_sticky, "bench.yaml"), "w") as f:
+            sticky = "  sessionSticky: { sources: [ { type: Header, name: X-Session-ID } ] }\n"
+            f.write(L.modelroute_resources(pod_port).replace("  rules:\n", sticky + "  rules:\n", 1))
         rate_limit_service = None
         if "global" in args.variants:
             redis_port, rls_port = L.free_port(), L.free_port()
@@ -163,7 +170,7 @@ def main():
             f.write(L.pods_yaml(ips, pod_port))
         profile = open(os.path.join(L.ROOT, "examples", "scheduler", "cache-affinity.yaml")).read()
         profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile),
-                    "leastreq": LEAST_REQUEST, "session": SESSION}
+                    "leastreq": LEAST_REQUEST, "session": SESSION, "sticky": LEAST_REQUEST}
         for name, text in profiles.items():
             with open(os.path.join(work, f"{name}.yaml"), "w") as f:
                 f.write(text)
@@ -179,7 +186,8 @@ def main():
             else:
                 conf = os.path.join(work, f"config-{name}")
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
-                resources = {"limited": res_limited, "global": res_global if name == "global" else None}.get(name, res)
+                resources = {"limited": res_limited, "sticky": res_sticky,
+                             "global": res_global if name == "global" else None}.get(name, res)
                 service = ["--rate-limit-service", rate_limit_service] if name == "global" else []
                 picking = ["--scheduler-config", os.path.join(work, f"{name}.yaml")] if name in profiles else []
                 subprocess.run([L.CONTROLLER, "render", "--resources", resources, "--pods", os.path.join(work, "pods.yaml"),
@@ -187,7 +195,7 @@ def main():
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log, service)
                 keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0, "leastreq": 0,
-                        "session": 0}.get(name)
+                        "session": 0, "sticky": 0}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)
             with open(cfg, "w") as f:

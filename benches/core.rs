@@ -76,6 +76,7 @@ fn pick(c: &mut Criterion) {
                         placed: None,
                         recent: None,
                         session_pod: None,
+                        pinned: None,
                     },
                     Some(&idx),
                     &mut rng,
@@ -116,6 +117,7 @@ fn pick(c: &mut Criterion) {
                             placed: None,
                             recent: Some(recent.at(n as u64)),
                             session_pod: None,
+                            pinned: None,
                         },
                         Some(&idx),
                         &mut rng,
@@ -208,6 +210,7 @@ fn decide(c: &mut Criterion) {
                 .decide(&Request {
                     model: "m",
                     path: "/v1/completions",
+                    query: "",
                     header: &header,
                     prompt: &p,
                     in_flight: &no_in_flight,
@@ -315,6 +318,7 @@ fn route_lookup(c: &mut Criterion) {
                         .decide(&Request {
                             model: black_box(model),
                             path: "/v1/chat/completions",
+                            query: "",
                             header: &header,
                             prompt: &[],
                             in_flight: &no_in_flight,

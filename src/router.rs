@@ -104,6 +104,7 @@ struct Route {
     name: String,
     rules: Vec<Rule>,
     rate_limit: Option<filter_config::RateLimit>,
+    session_sticky: Option<filter_config::SessionSticky>,
 }
 
 /// A ModelServer as the filter uses it.
@@ -118,6 +119,8 @@ pub struct Server {
     /// Present for PD-disaggregated servers.
     pub pd: Option<PdServer>,
     endpoints: Vec<String>,
+    /// The endpoints' identities in session bindings ([`crate::session::pod_id`]).
+    pod_ids: Vec<u64>,
     next: usize,
     /// Shared-data key of this server's in-flight counts (changes with the pod list).
     pub in_flight_key: String,
@@ -194,7 +197,7 @@ pub struct Decision {
     /// With shared placements: the store's keys for that record (the server it was placed
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
-    /// session-affinity: shared-data keys and records binding the request's session to the
+    /// sessionSticky and session-affinity: shared-data keys and records binding the request's session to the
     /// chosen pod (and, PD, prefill pod) when the binding is new, moved or due for renewal
     /// ([`crate::session::RENEW_MS`]).
     pub session_bindings: Vec<(String, Vec<u8>)>,
@@ -241,6 +244,15 @@ impl Router {
                 "settings.scheduler.session_affinity.header",
             )?;
         }
+        for r in &cfg.routes {
+            let sources = r.session_sticky.iter().flat_map(|s| &s.sources);
+            for source in sources.filter(|s| s.kind == filter_config::SessionKeyKind::Header) {
+                check_header_name(
+                    &source.name,
+                    &format!("route {}: session_sticky header", r.name),
+                )?;
+            }
+        }
 
         let uses_prefix = cfg
             .settings
@@ -284,6 +296,11 @@ impl Router {
                         seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     )
                 }),
+                pod_ids: s
+                    .endpoints
+                    .iter()
+                    .map(|e| crate::session::pod_id(&e.address))
+                    .collect(),
                 endpoints: s.endpoints.into_iter().map(|e| e.address).collect(),
                 next: 0,
             });
@@ -355,6 +372,7 @@ impl Router {
                 rules,
                 // Kthena limits requests for a route's modelName, never its LoRA adapters.
                 rate_limit: r.rate_limit.clone().filter(|_| r.model_name.is_some()),
+                session_sticky: r.session_sticky.clone(),
             });
         }
         let settings_scheduler = cfg.settings.scheduler.clone();
@@ -626,5 +644,7 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
 }
 
 mod pick;
+#[cfg(test)]
+mod sticky_tests;
 #[cfg(test)]
 mod tests;

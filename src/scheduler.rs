@@ -71,6 +71,9 @@ pub struct Ask<'a> {
     pub recent: Option<Recent<'a>>,
     /// session-affinity: the pod the request's session is bound to ([`crate::session`]).
     pub session_pod: Option<u32>,
+    /// A route's sessionSticky: the pod the request's session is bound to, ranked first
+    /// whenever it passes the filters ([`crate::session`]).
+    pub pinned: Option<u32>,
 }
 
 /// How long a pick counts in a pod's recent share: its weight decays by e every this many
@@ -194,6 +197,9 @@ pub fn rank(
         }
     }
 
+    // sessionSticky: the bound pod is picked if the filters kept it (Kthena: else rebound).
+    let pinned = ask.pinned.filter(|p| pods.iter().any(|c| c.id == *p));
+
     let prefix_on = cfg.scores_with(Plugin::PrefixCache);
     // Leading blocks of the prompt each pod has served, by position in `pods`.
     let mut matched = match prefix {
@@ -240,11 +246,13 @@ pub fn rank(
         })
         .collect();
     order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    Ok(order
+    // A pinned pod leads even where boundedLoad left it out: the session, not the
+    // prompt, decides.
+    let rest = order
         .into_iter()
-        .take(take.max(1))
         .map(|(_, _, id)| id)
-        .collect())
+        .filter(|id| Some(*id) != pinned);
+    Ok(pinned.into_iter().chain(rest).take(take.max(1)).collect())
 }
 
 /// `boundedLoad`: keeps the pods a prompt may go to (see the module header); `matched`

@@ -247,6 +247,66 @@ fn a_sessions_requests_stay_on_its_pod_while_load_sends_the_rest_elsewhere() {
 }
 
 #[test]
+fn a_sticky_routes_sessions_stay_on_their_pods_until_a_filter_drops_one() {
+    // Kthena's ModelRoute spec.sessionSticky: the session from a header, a query parameter
+    // or a cookie, whichever comes first.
+    let sticky = "  sessionSticky:\n    sessionAffinitySeconds: 3600\n    sources:\n    - {type: Header, name: X-Session-ID}\n    - {type: Query, name: session}\n    - {type: Cookie, name: sid}\n";
+    let res = resources().replace(
+        "  modelName: \"pool\"\n",
+        &format!("  modelName: \"pool\"\n{sticky}"),
+    );
+    let opts = Options {
+        controller_args: ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
+            .map(String::from)
+            .to_vec(),
+        scheduler: Some(scheduler(&["least-request"], &[("least-request", 1)])),
+        ..Options::default()
+    };
+    let s = Stack::start(&res, pods(2), opts);
+    let send = |path: &str, headers: &[(&str, &str)], i: usize| {
+        let body =
+            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
+        let r = s.post(path, &body.to_string(), headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.pod()
+    };
+    let alice = [("x-session-id", "alice")];
+    let home = send("/v1/completions", &alice, 0);
+    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
+    // The session's pod now runs three requests of another gateway: least-request avoids it,
+    // but not for the session, however it is named.
+    s.hold_metrics(&home, r#"{"running": 3}"#);
+    s.wait_for_scrapes(3);
+    for i in 1..=10 {
+        assert_eq!(send("/v1/completions", &alice, i), home, "request {i}");
+        let by_query = send("/v1/completions?x=1&session=alice", &[], i);
+        assert_eq!(by_query, home, "query, request {i}");
+        let by_cookie = send("/v1/completions", &[("cookie", "a=b; sid=alice")], i);
+        assert_eq!(by_cookie, home, "cookie, request {i}");
+    }
+    let mut counts = HashMap::new();
+    for i in 0..10 {
+        *counts.entry(send("/v1/completions", &[], i)).or_insert(0) += 1;
+        let new = format!("new-{i}");
+        *counts
+            .entry(send("/v1/completions", &[("x-session-id", &new)], i))
+            .or_insert(0) += 1;
+    }
+    assert!(share(&counts, other) >= 0.9, "placed by load: {counts:?}");
+    // Past maxWaitingRequests the filter drops the pod: the session moves, and stays where it
+    // went once the queue is gone.
+    s.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);
+    s.wait_for_scrapes(3);
+    assert_eq!(send("/v1/completions", &alice, 20), other);
+    s.hold_metrics(&home, r#"{"running": null, "waiting": null}"#);
+    s.hold_metrics(other, r#"{"running": 3}"#);
+    s.wait_for_scrapes(3);
+    for i in 21..=30 {
+        assert_eq!(send("/v1/completions", &alice, i), other, "request {i}");
+    }
+}
+
+#[test]
 fn gpu_usage_avoids_the_pod_with_a_full_kv_cache() {
     let s = start(pods(2), scheduler(&[], &[("gpu-usage", 1)]));
     s.hold_metrics("pod-1", r#"{"kv_cache_usage": 0.95}"#);

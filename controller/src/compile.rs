@@ -156,10 +156,11 @@ pub fn compile(inputs: &Inputs, settings: Settings, diags: &mut Diagnostics) -> 
     let mut servers: Vec<&Object<ModelServerSpec>> = inputs.servers.iter().collect();
     servers.sort_by_key(|s| s.meta.key());
     let mut excluded = Vec::new();
-    let (servers, clusters) = servers
+    let (servers, clusters): (Vec<_>, _) = servers
         .into_iter()
         .map(|s| compile_server(s, &inputs.pods, &mut excluded, diags))
         .unzip();
+    report_sticky_pd_targets(&routes, &servers, diags);
     if !excluded.is_empty() {
         log::debug!(
             "ready pods left out of PD servers: {}",
@@ -348,7 +349,53 @@ fn compile_route(
         lora_adapters: r.spec.lora_adapters.clone(),
         rules,
         rate_limit,
+        session_sticky: r.spec.session_sticky.as_ref().map(compile_session_sticky),
     })
+}
+
+/// `spec.sessionSticky` as the filter takes it (validated before): header names lower-case,
+/// names trimmed, the TTL in ms.
+fn compile_session_sticky(s: &kthena::SessionStickySpec) -> filter_config::SessionSticky {
+    use filter_config::{SessionKeyKind as Kind, SessionKeySource as Source};
+    let sources = s
+        .sources
+        .iter()
+        .filter_map(|src| {
+            let name = src.name.trim();
+            match src.kind.as_str() {
+                "Header" => Some(Source::new(Kind::Header, &name.to_ascii_lowercase())),
+                "Query" => Some(Source::new(Kind::Query, name)),
+                "Cookie" => Some(Source::new(Kind::Cookie, name)),
+                _ => None,
+            }
+        })
+        .collect();
+    let ttl_ms = s
+        .session_affinity_seconds
+        .filter(|s| *s >= 1)
+        .map_or(filter_config::DEFAULT_STICKY_TTL_MS, |s| {
+            u64::try_from(s).unwrap_or(1).saturating_mul(1000)
+        });
+    filter_config::SessionSticky { sources, ttl_ms }
+}
+
+/// Kthena bypasses a route's session stickiness for PD-disaggregated servers (its proposal
+/// leaves PD to later work); so does the filter, and this says so.
+fn report_sticky_pd_targets(
+    routes: &[Route],
+    servers: &[filter_config::Server],
+    diags: &mut Diagnostics,
+) {
+    for r in routes.iter().filter(|r| r.session_sticky.is_some()) {
+        for t in r.rules.iter().flat_map(|rule| &rule.targets) {
+            if servers.iter().any(|s| s.name == t.server && s.pd.is_some()) {
+                diags.warn(format!(
+                    "ModelRoute {}: spec.sessionSticky: ModelServer {} is PD-disaggregated; its requests are scheduled without session stickiness (as in Kthena)",
+                    r.name, t.server
+                ));
+            }
+        }
+    }
 }
 
 fn compile_match(m: &kthena::ModelMatch) -> Match {

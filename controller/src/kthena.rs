@@ -95,7 +95,37 @@ pub struct ModelRouteSpec {
     pub rules: Vec<RouteRule>,
     /// Token rate limits of requests for `modelName`.
     pub rate_limit: Option<RateLimitSpec>,
+    /// Session stickiness (Kthena's session-sticky proposal); absent or null: off.
+    pub session_sticky: Option<SessionStickySpec>,
 }
+
+/// `spec.sessionSticky`: where a request's session key comes from (the first source that
+/// yields one), and how long a session stays bound to its pod after its last request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionStickySpec {
+    /// Seconds (Kthena's default 600, at least 1).
+    pub session_affinity_seconds: Option<i64>,
+    pub sources: Vec<SessionKeySourceSpec>,
+}
+
+/// One `spec.sessionSticky.sources` entry: `type` Header, Query, Cookie or JWTClaim.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SessionKeySourceSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+}
+
+/// Whether `name` is a header name the filter can be configured with: letters, digits and
+/// `-` (Envoy refuses `_` in header names by default).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Most `spec.sessionSticky.sources` Kthena's CRD admits.
+pub const MAX_SESSION_KEY_SOURCES: usize = 16;
 
 /// `spec.rateLimit`: tokens per unit of time, per Envoy unless `global` names a Redis.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -10,8 +10,8 @@
 //!
 //! Rules, each with a unit test below:
 //! - plugins: `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `lora-affinity`,
-//!   `random`, `session-affinity`; any other name is an error (`cost-aware`, a plugin of
-//!   newer Kthena routers, with an error that says so). `kvcache-aware` (needs Redis and the
+//!   `random`, `session-affinity` (from an open Kthena pull request); any other name is an
+//!   error (`cost-aware`, proposed in another, with an error that says so). `kvcache-aware` (needs Redis and the
 //!   Kthena router runtime) is warned about and ignored wherever it is enabled or configured.
 //! - `Filter.enabled`: only `least-request` and `lora-affinity`; `Score.enabled`: only
 //!   `least-request`, `gpu-usage`, `least-latency`, `prefix-cache`, `random`,
@@ -48,7 +48,7 @@ use crate::load::Source;
 pub const CONFIGMAP_KEY: &str = "routerConfiguration";
 /// Kthena's Redis-backed KV-cache plugin: not supported, ignored with a warning.
 pub const KVCACHE_AWARE: &str = "kvcache-aware";
-/// Plugins of newer Kthena routers not implemented here. An error, not a warning: ignoring
+/// Plugins proposed for Kthena's router (open pull requests) and not implemented here. An error, not a warning: ignoring
 /// `cost-aware` would silently drop its token budgets.
 const NOT_YET: [&str; 1] = ["cost-aware"];
 
@@ -316,8 +316,8 @@ fn named(v: &Value, path: &str, r: &mut Report) -> Named {
             r.error(
                 path,
                 &format!(
-                    "{name:?} is a plugin of newer Kthena routers that this router does not \
-                     implement yet (known: {})",
+                    "{name:?} is a plugin proposed for Kthena's router (an open pull request) \
+                     that this router does not implement (known: {})",
                     names(|_| true)
                 ),
             );

@@ -9,7 +9,8 @@ use crate::diag::{object_line, Diagnostics};
 use crate::duration::parse_duration_ms;
 use crate::kthena::{
     annotation_path, parse_port_annotation, ModelRouteSpec, ModelServerSpec, Object, ObjectMeta,
-    StringMatch, KV_CONNECTORS, SGLANG_BOOTSTRAP_PORT_ANNOTATION,
+    SessionStickySpec, StringMatch, KV_CONNECTORS, MAX_SESSION_KEY_SOURCES,
+    SGLANG_BOOTSTRAP_PORT_ANNOTATION,
 };
 use crate::load::Inputs;
 
@@ -121,6 +122,9 @@ pub fn validate_route(spec: &ModelRouteSpec) -> Findings {
             ));
         }
     }
+    if let Some(sticky) = &spec.session_sticky {
+        validate_session_sticky(sticky, &mut f);
+    }
     if spec.rules.is_empty() {
         f.push(("spec.rules".into(), "at least one rule is required".into()));
     }
@@ -209,6 +213,58 @@ pub fn validate_route(spec: &ModelRouteSpec) -> Findings {
         }
     }
     f
+}
+
+/// `spec.sessionSticky`: Kthena's CRD and webhook rules (sources 1..16, a known type, a
+/// name, TTL at least 1 s), a header name a header can have, and no JWTClaim source (the
+/// filter does not see JWT claims; Envoy's jwt_authn can copy one into a header).
+fn validate_session_sticky(sticky: &SessionStickySpec, f: &mut Findings) {
+    let path = "spec.sessionSticky";
+    if sticky.sources.is_empty() {
+        f.push((
+            format!("{path}.sources"),
+            "must not be empty (omit sessionSticky to turn it off)".into(),
+        ));
+    }
+    if sticky.sources.len() > MAX_SESSION_KEY_SOURCES {
+        f.push((
+            format!("{path}.sources"),
+            format!(
+                "at most {MAX_SESSION_KEY_SOURCES} sources are allowed, got {}",
+                sticky.sources.len()
+            ),
+        ));
+    }
+    if sticky.session_affinity_seconds.is_some_and(|s| s < 1) {
+        f.push((
+            format!("{path}.sessionAffinitySeconds"),
+            "must be at least 1".into(),
+        ));
+    }
+    for (i, source) in sticky.sources.iter().enumerate() {
+        let at = format!("{path}.sources[{i}]");
+        let name = source.name.trim();
+        if name.is_empty() {
+            f.push((format!("{at}.name"), "must not be empty".into()));
+        }
+        match source.kind.as_str() {
+            "Header" if !name.is_empty() && !crate::kthena::is_header_name(name) => f.push((
+                format!("{at}.name"),
+                format!("{name:?} is not a header name (letters, digits and -)"),
+            )),
+            "Header" | "Query" | "Cookie" => {}
+            "JWTClaim" => f.push((
+                format!("{at}.type"),
+                "JWTClaim is not supported: copy the claim into a request header with Envoy's \
+                 jwt_authn claim_to_headers and use a Header source"
+                    .into(),
+            )),
+            other => f.push((
+                format!("{at}.type"),
+                format!("{other:?} is not one of Header, Query, Cookie, JWTClaim"),
+            )),
+        }
+    }
 }
 
 fn check_regex(path: &str, sm: &StringMatch, f: &mut Findings) {

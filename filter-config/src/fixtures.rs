@@ -4,7 +4,8 @@
 
 use crate::{
     Endpoint, Engine, FilterConfig, Match, Pd, Plugin, RateLimit, Retry, Role, Route, Rule,
-    Scheduler, Server, Settings, Target, WeightedPlugin, SCHEMA_VERSION,
+    Scheduler, Server, SessionKeySource, SessionSticky, Settings, Target, WeightedPlugin,
+    SCHEMA_VERSION,
 };
 
 impl FilterConfig {
@@ -136,7 +137,14 @@ impl Route {
             lora_adapters: lora.iter().map(|s| s.to_string()).collect(),
             rules,
             rate_limit: None,
+            session_sticky: None,
         }
+    }
+
+    /// The route with `spec.sessionSticky` reading the session key from `sources`.
+    pub fn with_session_sticky(mut self, sources: Vec<SessionKeySource>, ttl_ms: u64) -> Self {
+        self.session_sticky = Some(SessionSticky { sources, ttl_ms });
+        self
     }
 
     /// The route with Kthena's token rate limits.

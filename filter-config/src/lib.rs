@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod global_rate_limit;
 pub mod placement_store;
+pub mod query;
 
 /// Version of this schema. The filter rejects a config whose `version` differs.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -316,6 +317,51 @@ pub struct Route {
     /// adapters), shared by every worker of one Envoy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Kthena's `spec.sessionSticky`: requests naming the same session go to the pod the
+    /// session is bound to while it passes the filters (PD servers: not applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sticky: Option<SessionSticky>,
+}
+
+/// Kthena's `spec.sessionSticky` (its session-sticky proposal): where a request's session key
+/// comes from, and how long a session stays bound to its pod after its last request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSticky {
+    /// Tried in order; the first non-empty value is the session key.
+    pub sources: Vec<SessionKeySource>,
+    /// `sessionAffinitySeconds` in ms (Kthena's default 600 s).
+    pub ttl_ms: u64,
+}
+
+/// Kthena's default `sessionAffinitySeconds`.
+pub const DEFAULT_STICKY_TTL_MS: u64 = 600 * 1000;
+
+/// One place a session key may come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionKeySource {
+    #[serde(rename = "type")]
+    pub kind: SessionKeyKind,
+    /// A header's (lower-case), a query parameter's (exact, after percent-decoding) or a
+    /// cookie's (exact, case-sensitive) name.
+    pub name: String,
+}
+
+/// Where a [`SessionKeySource`] looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKeyKind {
+    Header,
+    Query,
+    Cookie,
+}
+
+impl SessionKeySource {
+    pub fn new(kind: SessionKeyKind, name: &str) -> Self {
+        SessionKeySource {
+            kind,
+            name: name.to_string(),
+        }
+    }
 }
 
 /// Token budgets per unit of time: a bucket of `per_unit` tokens refilled continuously over
@@ -591,6 +637,13 @@ mod tests {
                     client_header: Some("x-user".into()),
                     client_slots: 64,
                     global: None,
+                }),
+                session_sticky: Some(SessionSticky {
+                    sources: vec![
+                        SessionKeySource::new(SessionKeyKind::Header, "x-session-id"),
+                        SessionKeySource::new(SessionKeyKind::Cookie, "sid"),
+                    ],
+                    ttl_ms: DEFAULT_STICKY_TTL_MS,
                 }),
             }],
             servers: vec![Server {

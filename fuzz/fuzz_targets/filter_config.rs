@@ -3,7 +3,8 @@
 //! Input: `config-json 0xFF model 0xFF path 0xFF header-value 0xFF prompt 0xFF pod-stats`.
 //! Asserts: no configuration, however odd, panics the parser or the compiler; when one is
 //! accepted, the `/v1/models` answers are valid JSON, and `decide` (for the fuzzed model and
-//! every listed one, with fuzzed headers, path, prompt, engine stats and in-flight counts)
+//! every listed one, with fuzzed headers (a cookie too), path and query, prompt, engine stats,
+//! in-flight counts and session bindings)
 //! never panics and only ever names a real server and that config's pods.
 //! Why: Envoy hands the filter whatever the control plane wrote; a panic at configure time or
 //! on a request aborts the VM, and a decision naming a pod out of the config misroutes.
@@ -71,7 +72,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     router.set_stats(snapshot);
 
-    let path = String::from_utf8_lossy(path);
+    let full_path = String::from_utf8_lossy(path);
+    let (path, query) = full_path.split_once('?').unwrap_or((&full_path, ""));
     let header_value = String::from_utf8_lossy(header).into_owned();
     let header = |_: &str| (!header_value.is_empty()).then(|| header_value.clone());
     let in_flight =
@@ -81,7 +83,8 @@ fuzz_target!(|data: &[u8]| {
     for model in std::iter::once(fuzzed.as_ref()).chain(ids.iter().map(String::as_str)) {
         let req = Request {
             model,
-            path: &path,
+            path,
+            query,
             header: &header,
             prompt,
             in_flight: &in_flight,

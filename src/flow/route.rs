@@ -73,6 +73,7 @@ impl Flow {
         let decision = router.decide(&Request {
             model: &model,
             path: &self.path,
+            query: query_of(&self.full_path),
             header: &header,
             prompt: &prompt,
             in_flight: &counts,
@@ -237,4 +238,10 @@ impl Flow {
         }
         Action::Continue
     }
+}
+
+/// The query string of a request's `:path` (between `?` and any `#`; empty if none).
+fn query_of(full_path: &str) -> &str {
+    let path = full_path.split('#').next().unwrap_or("");
+    path.split_once('?').map_or("", |(_, q)| q)
 }

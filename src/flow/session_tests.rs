@@ -1,7 +1,11 @@
-//! Fake-host tests of session-affinity through the whole request flow: a session's requests
-//! follow its binding through either worker, against the load.
+//! Fake-host tests of session bindings through the whole request flow: a session's requests
+//! follow its binding through either worker, against the load (session-affinity, and a
+//! route's sessionSticky).
 use super::workers::{four_pods, Workers};
-use filter_config::{FilterConfig, Plugin, Scheduler, SessionAffinity, WeightedPlugin};
+use filter_config::{
+    FilterConfig, Plugin, Scheduler, SessionAffinity, SessionKeyKind, SessionKeySource,
+    WeightedPlugin,
+};
 
 /// Four pods picked by session-affinity (`weight`) and least-request (1).
 fn config(weight: u32, header: Option<&str>) -> FilterConfig {
@@ -52,4 +56,30 @@ fn the_session_header_is_configurable() {
 fn a_session_header_that_is_not_a_lower_case_name_is_refused_with_the_configuration() {
     let err = crate::router::Router::compile(config(10, Some("X-Conversation")), 1).unwrap_err();
     assert!(err.0.contains("session_affinity.header"), "{err:?}");
+}
+
+#[test]
+fn a_sticky_routes_sessions_follow_their_query_parameter_through_either_worker() {
+    let least_request = Scheduler {
+        filters: vec![],
+        scores: vec![WeightedPlugin {
+            name: Plugin::LeastRequest,
+            weight: 1,
+        }],
+        ..Scheduler::default()
+    };
+    let mut cfg = four_pods(least_request);
+    cfg.routes[0] = cfg.routes[0].clone().with_session_sticky(
+        vec![SessionKeySource::new(SessionKeyKind::Query, "session")],
+        60_000,
+    );
+    let mut w = Workers::new(cfg);
+    w.path = "/v1/completions?session=s-1";
+    let home = w.send(0, "hello", &[], false);
+    for worker in [1, 0, 1] {
+        assert_eq!(w.send(worker, "and then?", &[], false), home);
+    }
+    // Another session is placed by load, away from the busy pod.
+    w.path = "/v1/completions?session=s-2";
+    assert_ne!(w.send(1, "hi", &[], false), home);
 }

@@ -31,6 +31,8 @@ pub struct Workers {
     routers: [Router; 2],
     in_flight: [InFlight; 2],
     shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    /// The request path, query included.
+    pub path: &'static str,
 }
 
 impl Workers {
@@ -42,6 +44,7 @@ impl Workers {
             ],
             in_flight: [InFlight::default(), InFlight::default()],
             shared: Default::default(),
+            path: "/v1/completions",
         }
     }
 
@@ -59,7 +62,7 @@ impl Workers {
         finish: bool,
     ) -> String {
         let body = serde_json::json!({"model": "chat", "prompt": prompt}).to_string();
-        let mut h = FakeHost::post("/v1/completions", &body, headers);
+        let mut h = FakeHost::post(self.path, &body, headers);
         h.shared = std::mem::take(&mut self.shared);
         let r = &mut self.routers[worker];
         let mut f = Flow::new();

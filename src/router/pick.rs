@@ -16,6 +16,7 @@ use crate::prefix::{block_hashes, PrefixIndex};
 use crate::prefix_sync;
 use crate::rng::Rng;
 use crate::scheduler::{self, Ask, Candidate, Unschedulable};
+use crate::session::source::session_key;
 use crate::session::{Binding, Role};
 use filter_config::Plugin;
 
@@ -41,15 +42,30 @@ impl Router {
             Some(_) => (server.retry_attempts.unwrap_or(1) as usize).saturating_add(1),
             None => fallbacks.saturating_add(1),
         };
+        // The route's sessionSticky (plain servers; Kthena bypasses it for PD): the pod the
+        // session is bound to, picked while it passes the filters.
+        let sticky = match (self.routes.get(target.route), &server.pd) {
+            (Some(route), None) => route.session_sticky.as_ref().and_then(|cfg| {
+                let key = session_key(&cfg.sources, req.header, req.query)?;
+                let binding = Binding::read(&route.name, Role::Sticky, &key, req.shared_data)?;
+                let pod = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
+                Some((binding, pod))
+            }),
+            _ => None,
+        };
+        let pinned = sticky.as_ref().and_then(|(_, pod)| *pod);
         if !self.scheduling {
             let (endpoints, pairs) = match server.pd.as_mut() {
                 Some(pd) => {
                     let pairs = pd.pick_pairs(wanted, &server.endpoints);
                     (first_decode(&pairs, &server.name)?, pairs)
                 }
-                None => (server.round_robin(wanted), Vec::new()),
+                None => (server.round_robin(wanted, pinned), Vec::new()),
             };
-            return Ok(decision(target, endpoints, pairs, None, None, None));
+            let mut d = decision(target, endpoints, pairs, None, None, None);
+            d.session_bindings
+                .extend(rebind_sticky(sticky, server, &d.endpoints, req.now_ms));
+            return Ok(d);
         }
 
         if let Some(key) = &server.load_key {
@@ -83,8 +99,8 @@ impl Router {
         let session = read_session(Role::Pod);
         let prefill_session = server.pd.as_ref().and_then(|_| read_session(Role::Prefill));
         let bound_pod = |s: &Option<Binding>| {
-            let pods = (server.pod_list, server.endpoints.len());
-            s.as_ref()?.pod(pods, req.now_ms, cfg.session_ttl_ms())
+            s.as_ref()?
+                .pod(&server.pod_ids, req.now_ms, cfg.session_ttl_ms())
         };
         let ask = Ask {
             lora: target.lora.then_some(req.model),
@@ -95,9 +111,11 @@ impl Router {
             },
             recent: bounded.then(|| server.recent.at(req.now_ms)),
             session_pod: bound_pod(&session),
+            pinned,
         };
         let prefill_ask = Ask {
             session_pod: bound_pod(&prefill_session),
+            pinned: None,
             ..ask
         };
         let (ranked, pairs) = {
@@ -158,17 +176,18 @@ impl Router {
             ),
             None => (ranked.first().map(|i| *i as usize), None),
         };
-        let session_bindings: Vec<(String, Vec<u8>)> =
+        let mut session_bindings: Vec<(String, Vec<u8>)> =
             [session.zip(chosen), prefill_session.zip(chosen_prefill)]
                 .into_iter()
                 .flatten()
-                .filter_map(|(s, pod)| s.rebind(server.pod_list, pod as u32, req.now_ms))
+                .filter_map(|(s, pod)| s.rebind(*server.pod_ids.get(pod)?, req.now_ms))
                 .collect();
         let pod_index = ranked.first().map(|i| *i as usize);
         let endpoints = match &server.pd {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
+        session_bindings.extend(rebind_sticky(sticky, server, &endpoints, req.now_ms));
         let mut d = decision(
             target,
             endpoints,
@@ -286,6 +305,19 @@ fn decision(
     }
 }
 
+/// The sessionSticky binding's new record when the request's chosen pod (the first of
+/// `endpoints`) is not the one it was bound to, or a renewal is due.
+fn rebind_sticky(
+    sticky: Option<(Binding, Option<u32>)>,
+    server: &Server,
+    endpoints: &str,
+    now_ms: u64,
+) -> Option<(String, Vec<u8>)> {
+    let chosen = endpoints.split(',').next()?;
+    let pod = *server.pod_ids.get(server.endpoint_index(chosen)?)?;
+    sticky?.0.rebind(pod, now_ms)
+}
+
 /// A PD request's endpoint header: the first pair's decode pod alone (a decode that follows a
 /// prefill is never retried blindly elsewhere).
 fn first_decode(pairs: &[Pair], server: &str) -> Result<String, RouteError> {
@@ -309,12 +341,17 @@ fn join_addresses(endpoints: &[String], indices: impl Iterator<Item = usize>) ->
 
 impl Server {
     /// Round robin over the ready pods: the next one, followed by the ones after it, `take`
-    /// in all (at most every pod once).
-    fn round_robin(&mut self, take: usize) -> String {
+    /// in all (at most every pod once). A `pinned` pod (a session's) goes first instead,
+    /// without taking a turn.
+    fn round_robin(&mut self, take: usize, pinned: Option<u32>) -> String {
         let n = self.endpoints.len().max(1);
+        let take = self.endpoints.len().min(take);
+        if let Some(p) = pinned.map(|p| p as usize).filter(|p| *p < n) {
+            let rest = (1..n).map(|k| (p + k) % n);
+            return join_addresses(&self.endpoints, std::iter::once(p).chain(rest).take(take));
+        }
         let start = self.next % n;
         self.next = (start + 1) % n;
-        let take = self.endpoints.len().min(take);
         join_addresses(&self.endpoints, (0..take).map(|k| (start + k) % n))
     }
 

@@ -7,6 +7,9 @@ pub struct Request<'a> {
     pub model: &'a str,
     /// Path without the query string.
     pub path: &'a str,
+    /// The query string (after `?`; empty if none): a route's `sessionSticky` may read a
+    /// parameter.
+    pub query: &'a str,
     /// First value of a request header (lower-case name), if present.
     pub header: &'a dyn Fn(&str) -> Option<String>,
     /// The prompt text to hash for prefix-cache scoring (empty: none).

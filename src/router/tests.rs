@@ -97,6 +97,7 @@ fn decide(
     let d = r.decide(&Request {
         model,
         path: "/v1/completions",
+        query: "",
         header: headers,
         prompt: b"",
         in_flight: &no_in_flight,
@@ -254,6 +255,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
     let chat = Request {
         model: "deepseek-simple",
         path: "/v1/chat/completions",
+        query: "",
         header: &team,
         prompt: b"",
         in_flight: &no_in_flight,
@@ -267,6 +269,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
     let completions = Request {
         model: "deepseek-simple",
         path: "/v1/completions",
+        query: "",
         header: &team,
         prompt: b"",
         in_flight: &no_in_flight,
@@ -548,6 +551,7 @@ fn pd_session_pick(
         .decide(&Request {
             model: "pd",
             path: "/v1/completions",
+            query: "",
             header: &|h: &str| (h == "x-session-id").then(|| "s-1".to_string()),
             prompt: b"",
             in_flight: &no_in_flight,

@@ -57,6 +57,7 @@ const NO_ASK: Ask<'static> = Ask {
     placed: None,
     recent: None,
     session_pod: None,
+    pinned: None,
 };
 
 /// What the scheduler is asked for a prompt with these block hashes, and nothing else.
@@ -634,4 +635,38 @@ fn session_affinity_scores_the_bound_pod_over_a_lighter_one() {
         &[],
     );
     assert_ne!(first(&weak, &pods, &bound, None), 2);
+}
+
+#[test]
+fn a_sticky_sessions_pod_leads_the_ranking_even_where_bounded_load_leaves_it_out() {
+    let system = "You answer travel questions, briefly and with facts only. ".repeat(8);
+    let first_turn = block_hashes("m", format!("{system}user d: hello").as_bytes(), 64, 128);
+    // Pod 0 holds the prompt and took every recent pick: the bound leaves it out.
+    let mut recent = RecentPicks::default();
+    for _ in 0..10 {
+        recent.record(0, 0);
+    }
+    let index = system_prompt_on(&system, &[]);
+    let pods = idle_pods(4);
+    let unpinned = Ask {
+        recent: Some(recent.at(0)),
+        ..ask(&first_turn)
+    };
+    assert_ne!(first(&affinity(1.5), &pods, &unpinned, Some(&index)), 0);
+    let pinned = Ask {
+        pinned: Some(0),
+        ..unpinned
+    };
+    let ranked = rank(
+        &affinity(1.5),
+        &pods,
+        &pinned,
+        Some(&index),
+        &mut Rng::new(1),
+        3,
+    )
+    .unwrap();
+    assert_eq!(ranked[0], 0);
+    assert_eq!(ranked.len(), 3, "then the retry order: {ranked:?}");
+    assert!(!ranked[1..].contains(&0));
 }

@@ -556,3 +556,65 @@ fn shared_placements_go_through_the_gateways_rate_limit_service() {
     let w = diags.warnings.join("\n");
     assert!(w.contains("--shared-placements-redis"), "{w}");
 }
+
+#[test]
+fn session_sticky_compiles_to_lower_case_headers_and_ms_and_warns_for_pd_targets() {
+    let route = |name: &str, server: &str, sticky: &str| {
+        format!("---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {name}}}\nspec: {{modelName: {name}, sessionSticky: {sticky}, rules: [{{name: a, targetModels: [{{modelServerName: {server}}}]}}]}}\n")
+    };
+    let pd = "---\napiVersion: networking.serving.volcano.sh/v1alpha1\nkind: ModelServer\nmetadata: {name: pd}\nspec: {inferenceEngine: vLLM, workloadSelector: {matchLabels: {app: x}, pdGroup: {groupKey: group, prefillLabels: {role: P}, decodeLabels: {role: D}}}, workloadPort: {port: 8000}}\n";
+    let yaml = format!(
+        "{SERVER}{pd}{}{}{}",
+        route("a", "s", "{sessionAffinitySeconds: 30, sources: [{type: Header, name: X-Session-ID}, {type: Query, name: Sess}, {type: Cookie, name: ' SID '}]}"),
+        route("b", "s", "{sources: [{type: Header, name: x-user}]}"),
+        route("p", "pd", "{sources: [{type: Header, name: x-user}]}"),
+    );
+    let (c, diags) = compile_yaml(&yaml);
+    let sticky = |name: &str| {
+        c.config
+            .routes
+            .iter()
+            .find(|r| r.name == format!("default/{name}"))
+            .and_then(|r| r.session_sticky.clone())
+    };
+    use filter_config::{SessionKeyKind as K, SessionKeySource as S};
+    assert_eq!(
+        sticky("a"),
+        Some(filter_config::SessionSticky {
+            sources: vec![
+                S::new(K::Header, "x-session-id"),
+                S::new(K::Query, "Sess"),
+                S::new(K::Cookie, "SID"),
+            ],
+            ttl_ms: 30_000,
+        })
+    );
+    assert_eq!(
+        sticky("b").map(|s| s.ttl_ms),
+        Some(600_000),
+        "Kthena's default"
+    );
+    let w = diags.warnings.join("\n");
+    assert!(
+        w.contains(
+            "ModelRoute default/p: spec.sessionSticky: ModelServer default/pd is PD-disaggregated"
+        ),
+        "{w}"
+    );
+    assert!(
+        !w.contains("default/a:") && !w.contains("default/b:"),
+        "{w}"
+    );
+}
+
+#[test]
+fn the_session_sticky_example_validates_and_compiles() {
+    let yaml = include_str!("../../../examples/session-sticky/ModelRoute-session-sticky.yaml");
+    let mut diags = Diagnostics::default();
+    let inputs = inputs(yaml);
+    crate::validate::validate(&inputs, &mut diags);
+    assert!(diags.errors.is_empty(), "{:?}", diags.errors);
+    let c = compile(&inputs, Settings::default(), &mut diags);
+    let sticky = c.config.routes[0].session_sticky.clone().unwrap();
+    assert_eq!((sticky.sources.len(), sticky.ttl_ms), (3, 600_000));
+}

@@ -74,6 +74,40 @@ pub struct ModelRouteSpec {
     pub rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Session stickiness (Kthena's session-sticky proposal); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_sticky: Option<SessionSticky>,
+}
+
+/// Where a request's session key comes from (the first source that yields one) and how long
+/// a session stays bound to its pod after its last request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSticky {
+    /// Seconds; 600 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub session_affinity_seconds: Option<i32>,
+    #[schemars(length(min = 1, max = 16))]
+    pub sources: Vec<SessionKeySource>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+pub struct SessionKeySource {
+    #[serde(rename = "type")]
+    pub kind: SessionKeySourceType,
+    /// Header name, query key, cookie name or JWT claim name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SessionKeySourceType {
+    Header,
+    Query,
+    Cookie,
+    #[serde(rename = "JWTClaim")]
+    JwtClaim,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]

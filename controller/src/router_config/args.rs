@@ -50,15 +50,14 @@ fn load_factor(v: &Value) -> Result<f64, String> {
     }
 }
 
-/// session-affinity's `headerName`: a header name of letters, digits and `-` (what the filter
-/// accepts for every header it is configured with; Envoy refuses `_` by default), kept
+/// session-affinity's `headerName`: a header name ([`crate::kthena::is_header_name`]), kept
 /// lower-case as Envoy gives headers to the filter. Kthena falls back to its default on a bad
 /// value; here it is an error.
 fn header_name(v: &Value) -> Result<String, String> {
     let Some(name) = v.as_str() else {
         return Err(format!("must be a header name, got {}", type_name(v)));
     };
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !crate::kthena::is_header_name(name) {
         return Err(format!(
             "must be a header name of letters, digits and '-', got {name:?}"
         ));

@@ -188,21 +188,21 @@ fn unknown_plugin_is_an_error_with_its_path() {
 }
 
 #[test]
-fn cost_aware_a_plugin_of_newer_kthena_routers_is_an_error_that_says_so() {
+fn cost_aware_a_plugin_proposed_for_kthena_is_an_error_that_says_so() {
     let e = errors(&plugins(
         "    Score:\n      enabled:\n      - {name: prefix-cache, weight: 3}\n      - {name: cost-aware, weight: 10}\n",
     ));
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].starts_with(
-            "s.yaml: scheduler.plugins.Score.enabled[1].name: \"cost-aware\" is a plugin of newer Kthena routers that this router does not implement yet"
+            "s.yaml: scheduler.plugins.Score.enabled[1].name: \"cost-aware\" is a plugin proposed for Kthena's router (an open pull request) that this router does not implement"
         ),
         "{e:?}"
     );
     let e = errors("scheduler:\n  pluginConfig:\n  - name: cost-aware\n    args: {mode: score}\n");
     assert!(
         e[0].starts_with(
-            "s.yaml: scheduler.pluginConfig[0].name: \"cost-aware\" is a plugin of newer"
+            "s.yaml: scheduler.pluginConfig[0].name: \"cost-aware\" is a plugin proposed for Kthena"
         ),
         "{e:?}"
     );

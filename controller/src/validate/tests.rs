@@ -430,3 +430,41 @@ fn rate_limits_are_at_least_one_token_per_known_unit() {
     ));
     assert!(f.is_empty(), "{f:?}");
 }
+
+fn sticky_route(sticky: &str) -> Findings {
+    validate_route(&route(&format!(
+        "modelName: m\nsessionSticky: {sticky}\nrules: [{{name: a, targetModels: [{{modelServerName: s}}]}}]"
+    )))
+}
+
+#[test]
+fn session_sticky_follows_kthenas_rules_and_refuses_what_the_filter_cannot_read() {
+    let good = "{sessionAffinitySeconds: 60, sources: [{type: Header, name: X-Session-ID}, {type: Query, name: s}, {type: Cookie, name: sid}]}";
+    assert!(sticky_route(good).is_empty(), "{:?}", sticky_route(good));
+    assert!(sticky_route("null").is_empty(), "null: off");
+    assert_eq!(paths(&sticky_route("{}")), ["spec.sessionSticky.sources"]);
+    let seventeen = vec!["{type: Header, name: x}"; 17].join(", ");
+    assert_eq!(
+        paths(&sticky_route(&format!("{{sources: [{seventeen}]}}"))),
+        ["spec.sessionSticky.sources"]
+    );
+    assert_eq!(
+        paths(&sticky_route(
+            "{sessionAffinitySeconds: 0, sources: [{type: Query, name: s}]}"
+        )),
+        ["spec.sessionSticky.sessionAffinitySeconds"]
+    );
+    let f = sticky_route(
+        "{sources: [{type: Header, name: ' '}, {type: Header, name: x_y}, {type: Path, name: p}, {type: JWTClaim, name: sub}]}",
+    );
+    assert_eq!(
+        paths(&f),
+        [
+            "spec.sessionSticky.sources[0].name",
+            "spec.sessionSticky.sources[1].name",
+            "spec.sessionSticky.sources[2].type",
+            "spec.sessionSticky.sources[3].type",
+        ]
+    );
+    assert!(f[3].1.contains("claim_to_headers"), "{f:?}");
+}

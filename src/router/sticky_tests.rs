@@ -1,0 +1,243 @@
+//! A route's `sessionSticky`: a session's requests go to its bound pod against the load
+//! while the pod passes the filters, and are rebound where they go otherwise.
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::*;
+use crate::metrics::PodStats;
+use filter_config::{
+    Match, Plugin, Role, Route as CRoute, Rule as CRule, Scheduler, Server as CServer,
+    SessionKeyKind, SessionKeySource, WeightedPlugin,
+};
+
+const PODS: [&str; 4] = [
+    "10.0.0.2:8000",
+    "10.0.0.3:8000",
+    "10.0.0.4:8000",
+    "10.0.0.5:8000",
+];
+const TTL_MS: u64 = 60_000;
+
+/// Least-request filtering and scoring, or (`scheduler` false) round robin.
+fn config(pods: &[&str], sticky: bool, scheduler: bool) -> FilterConfig {
+    let mut route = CRoute::fixture(
+        "chat",
+        Some("chat"),
+        &[],
+        vec![CRule::fixture(
+            "default",
+            Match::default(),
+            &[("pool", 100)],
+        )],
+    );
+    if sticky {
+        let sources = vec![
+            SessionKeySource::new(SessionKeyKind::Header, "x-session-id"),
+            SessionKeySource::new(SessionKeyKind::Query, "session"),
+        ];
+        route = route.with_session_sticky(sources, TTL_MS);
+    }
+    let scheduler = match scheduler {
+        true => Scheduler {
+            filters: vec![Plugin::LeastRequest],
+            scores: vec![WeightedPlugin {
+                name: Plugin::LeastRequest,
+                weight: 1,
+            }],
+            ..Scheduler::default()
+        },
+        false => Scheduler {
+            filters: vec![],
+            scores: vec![],
+            ..Scheduler::default()
+        },
+    };
+    FilterConfig::fixture(vec![route], vec![CServer::fixture("pool", "m", pods)])
+        .with_settings(|s| s.scheduler = scheduler)
+}
+
+/// One router, the workers' shared data, and the requests each pod has in flight.
+struct Gateway {
+    router: Router,
+    shared: RefCell<HashMap<String, Vec<u8>>>,
+    in_flight: HashMap<String, u32>,
+}
+
+impl Gateway {
+    fn new(cfg: FilterConfig) -> Self {
+        Gateway {
+            router: Router::compile(cfg, 1).unwrap(),
+            shared: RefCell::default(),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// The pod a request with `headers` and `query` goes to at `now_ms`; it stays in flight.
+    fn send(&mut self, headers: &[(&str, &str)], query: &str, now_ms: u64) -> String {
+        let pods = self.router.servers[0].endpoints.clone();
+        let counts = |_: &str, n: usize| {
+            (0..n)
+                .map(|i| {
+                    pods.get(i)
+                        .and_then(|p| self.in_flight.get(p))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let d = self
+            .router
+            .decide(&Request {
+                model: "chat",
+                path: "/v1/completions",
+                query,
+                header: &header,
+                prompt: b"",
+                in_flight: &counts,
+                load_reports: &no_load_reports,
+                shared_data: &|k: &str| self.shared.borrow().get(k).cloned(),
+                shared: SharedPlacement::Off,
+                now_ms,
+            })
+            .unwrap();
+        for (k, v) in d.session_bindings {
+            self.shared.borrow_mut().insert(k, v);
+        }
+        let pod = d.endpoints.split(',').next().unwrap().to_string();
+        *self.in_flight.entry(pod.clone()).or_default() += 1;
+        pod
+    }
+}
+
+const ALICE: [(&str, &str); 1] = [("x-session-id", "alice")];
+
+#[test]
+fn a_session_stays_on_its_pod_against_the_load_only_when_its_route_is_sticky() {
+    for sticky in [true, false] {
+        let mut g = Gateway::new(config(&PODS, sticky, true));
+        let home = g.send(&ALICE, "", 0);
+        // Every request stays in flight: least-request alone spreads them over the pods.
+        let pods: std::collections::HashSet<String> =
+            (1..12).map(|t| g.send(&ALICE, "", t)).collect();
+        match sticky {
+            true => assert_eq!(pods, [home.clone()].into(), "sticky"),
+            false => assert_eq!(pods.len(), 4, "the header steers nothing: {pods:?}"),
+        }
+        assert_eq!(g.shared.borrow().len(), usize::from(sticky));
+    }
+}
+
+#[test]
+fn a_session_moves_when_its_pod_is_filtered_or_down_and_stays_where_it_went() {
+    let mut g = Gateway::new(config(&PODS, true, true));
+    let home = g.send(&ALICE, "", 0);
+    let queued = PodStats {
+        up: true,
+        waiting: 20.0,
+        ..Default::default()
+    };
+    for stats in [
+        queued,
+        PodStats {
+            up: false,
+            ..Default::default()
+        },
+    ] {
+        let home_before = g.send(&ALICE, "", 1);
+        g.router.set_stats([(home_before.clone(), stats)].into());
+        let moved = g.send(&ALICE, "", 2);
+        assert_ne!(moved, home_before);
+        // Rebound: with the pod back (and lighter than the new one), the session stays put.
+        g.router.set_stats(HashMap::new());
+        g.in_flight.clear();
+        g.in_flight.insert(moved.clone(), 5);
+        assert_eq!(g.send(&ALICE, "", 3), moved);
+    }
+    assert_ne!(g.send(&ALICE, "", 4), home);
+}
+
+#[test]
+fn sessions_are_named_by_the_first_source_that_yields_a_key_and_expire_after_the_ttl() {
+    let mut g = Gateway::new(config(&PODS, true, true));
+    let by_query = g.send(&[], "a=1&session=q-1", 0);
+    for t in 1..4 {
+        assert_eq!(g.send(&[], "session=q-1", t), by_query);
+    }
+    // The header comes first: a request naming both is session "alice", bound anew.
+    let alice = g.send(&ALICE, "session=q-1", 4);
+    assert_ne!(alice, by_query, "placed by load, away from the busy pod");
+    assert_eq!(g.send(&ALICE, "", 5), alice);
+    // Past the TTL after its last request, the session is placed by load again.
+    g.in_flight.insert(alice.clone(), 50);
+    assert_ne!(g.send(&ALICE, "", 5 + TTL_MS), alice);
+}
+
+#[test]
+fn a_binding_survives_other_pods_joining_and_leaving() {
+    let mut g = Gateway::new(config(&PODS, true, true));
+    let home = g.send(&ALICE, "", 0);
+    // A new pod list: two pods gone, one new, the bound pod at another index.
+    let mut pods: Vec<&str> = vec!["10.0.0.9:8000", &home];
+    pods.extend(PODS.iter().filter(|p| **p != home).take(1));
+    let shared = g.shared.take();
+    let mut g = Gateway::new(config(&pods, true, true));
+    g.shared = RefCell::new(shared);
+    g.in_flight.insert(home.clone(), 50);
+    assert_eq!(g.send(&ALICE, "", 1), home);
+}
+
+#[test]
+fn round_robin_pins_a_session_without_taking_its_turn() {
+    let mut g = Gateway::new(config(&PODS, true, false));
+    let home = g.send(&ALICE, "", 0);
+    let others: Vec<String> = (1..4).map(|t| g.send(&[], "", t)).collect();
+    assert!(
+        !others.contains(&home),
+        "the rotation went on: {home} then {others:?}"
+    );
+    for t in 4..8 {
+        assert_eq!(g.send(&ALICE, "", t), home);
+    }
+}
+
+#[test]
+fn pd_servers_schedule_without_stickiness() {
+    let route = CRoute::fixture(
+        "pd",
+        Some("chat"),
+        &[],
+        vec![CRule::fixture("default", Match::default(), &[("pd", 100)])],
+    )
+    .with_session_sticky(
+        vec![SessionKeySource::new(
+            SessionKeyKind::Header,
+            "x-session-id",
+        )],
+        TTL_MS,
+    );
+    let pods = [
+        ("10.0.0.3:8000", Some("g0"), Some(Role::Prefill)),
+        ("10.0.0.4:8000", Some("g0"), Some(Role::Decode)),
+    ];
+    let pd = CServer::fixture("pd", "m", &[]).with_pd("group", None, &pods);
+    let mut g = Gateway::new(FilterConfig::fixture(vec![route], vec![pd]));
+    g.send(&ALICE, "", 0);
+    assert!(g.shared.borrow().is_empty());
+}
+
+#[test]
+fn a_sticky_header_that_is_not_a_lower_case_name_is_refused_with_the_configuration() {
+    let mut cfg = config(&PODS, true, true);
+    cfg.routes[0].session_sticky = Some(filter_config::SessionSticky {
+        sources: vec![SessionKeySource::new(SessionKeyKind::Header, "X-Session")],
+        ttl_ms: TTL_MS,
+    });
+    let err = Router::compile(cfg, 1).unwrap_err();
+    assert!(err.0.contains("session_sticky header"), "{err:?}");
+}
