@@ -39,6 +39,9 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
               --sessions, what reading (and renewing) a session's binding costs a request
   sticky      `leastreq` with the route's sessionSticky (header X-Session-ID): with
               --sessions, what a sticky session costs a request
+  stickyshared `sticky` with the gateways' shared store (modelroute-ratelimit and a real
+              Redis, both on CPU 1): a session this Envoy has not confirmed within a second
+              is read from the store, a binding made or renewed written there
 """
 import argparse
 import json
@@ -153,7 +156,7 @@ def main():
             sticky = "  sessionSticky: { sources: [ { type: Header, name: X-Session-ID } ] }\n"
             f.write(L.modelroute_resources(pod_port).replace("  rules:\n", sticky + "  rules:\n", 1))
         rate_limit_service = None
-        if "global" in args.variants:
+        if "global" in args.variants or "stickyshared" in args.variants:
             redis_port, rls_port = L.free_port(), L.free_port()
             procs.start(["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                          "--save", "", "--appendonly", "no"], logs)
@@ -170,7 +173,8 @@ def main():
             f.write(L.pods_yaml(ips, pod_port))
         profile = open(os.path.join(L.ROOT, "examples", "scheduler", "cache-affinity.yaml")).read()
         profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile),
-                    "leastreq": LEAST_REQUEST, "session": SESSION, "sticky": LEAST_REQUEST}
+                    "leastreq": LEAST_REQUEST, "session": SESSION, "sticky": LEAST_REQUEST,
+                    "stickyshared": LEAST_REQUEST}
         for name, text in profiles.items():
             with open(os.path.join(work, f"{name}.yaml"), "w") as f:
                 f.write(text)
@@ -186,16 +190,17 @@ def main():
             else:
                 conf = os.path.join(work, f"config-{name}")
                 wasm = {"old": args.old_wasm, "timed": L.TIMING_WASM}.get(name, L.WASM)
-                resources = {"limited": res_limited, "sticky": res_sticky,
+                resources = {"limited": res_limited, "sticky": res_sticky, "stickyshared": res_sticky,
                              "global": res_global if name == "global" else None}.get(name, res)
-                service = ["--rate-limit-service", rate_limit_service] if name == "global" else []
+                service = ["--rate-limit-service", rate_limit_service] if name in ("global", "stickyshared") else []
+                shared = ["--shared-placements-redis", f"127.0.0.1:{redis_port}"] if name == "stickyshared" else []
                 picking = ["--scheduler-config", os.path.join(work, f"{name}.yaml")] if name in profiles else []
                 subprocess.run([L.CONTROLLER, "render", "--resources", resources, "--pods", os.path.join(work, "pods.yaml"),
-                                "--wasm", wasm, "--out", conf] + service + picking, check=True, capture_output=True)
+                                "--wasm", wasm, "--out", conf] + service + shared + picking, check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log, service)
                 keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0, "leastreq": 0,
-                        "session": 0, "sticky": 0}.get(name)
+                        "session": 0, "sticky": 0, "stickyshared": 0}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)
             with open(cfg, "w") as f:

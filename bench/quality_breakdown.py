@@ -2,8 +2,9 @@
 """Where a router's cache hits were won and lost, request by request: replays one recorded
 run (`quality.py --requests-out DIR`) through the mirrored engine caches with the pods the
 router chose, and prints the hit rate by kind of prompt (a conversation's system prompt and
-its history, first turns, one-off prompts), which pods each system prompt went to, where the
-one-off prompts went, and TTFT per pod.
+its history, first turns, one-off prompts), which pods each system prompt went to and how
+many of its blocks each pod missed (copies, and evictions between uses), where the one-off
+prompts went, and TTFT per pod.
 
 usage: quality_breakdown.py RUN.json [RUN.json ...]
 
@@ -35,6 +36,8 @@ def breakdown(run):
     mirror = Q.MirrorCaches(len(names), kv_blocks)
     hit = collections.defaultdict(lambda: [0, 0])  # kind -> [cached blocks, blocks]
     pods_of = collections.defaultdict(collections.Counter)
+    # System-prompt blocks missed, by system prompt and pod: where copies and evictions cost.
+    missed_of = collections.defaultdict(collections.Counter)
     ttft = collections.defaultdict(list)
     systems = {}
     for (_, msgs, _), pod, t in zip(trace, run["pod"], run["ttft_ms"]):
@@ -55,6 +58,7 @@ def breakdown(run):
                 hit[key][0] += n
                 hit[key][1] += of
             pods_of[k.rsplit(" ", 2)[0]][pod] += 1
+            missed_of[k.rsplit(" ", 2)[0]][pod] += own - min(cached, own)
         else:
             pods_of["one-off prompts"][pod] += 1
         if t is not None:
@@ -64,9 +68,12 @@ def breakdown(run):
     print("| prompts | hit rate | blocks |\n|---|---|---|")
     for k in sorted(hit):
         print(f"| {k} | {hit[k][0] / max(1, hit[k][1]):.3f} | {hit[k][1]} |")
-    print("\n| requests of | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    print("\n| requests of (system-prompt blocks missed) | " + " | ".join(names) + " |\n|---|"
+          + "---|" * len(names))
     for k in sorted(pods_of):
-        print(f"| {k} | " + " | ".join(str(pods_of[k][p]) for p in names) + " |")
+        cells = (f"{pods_of[k][p]} ({missed_of[k][p]})" if k in missed_of and pods_of[k][p] else str(pods_of[k][p])
+                 for p in names)
+        print(f"| {k} | " + " | ".join(cells) + " |")
     print("| TTFT p50 / p99 ms | " + " | ".join(
         f"{Q.pct(ttft[p], 50):.1f} / {Q.pct(ttft[p], 99):.1f}" for p in names) + " |\n")
 

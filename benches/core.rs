@@ -15,7 +15,7 @@ use modelroute::prefix::{block_hashes, PrefixIndex};
 use modelroute::rewrite::splice_string;
 use modelroute::rng::Rng;
 use modelroute::router::{
-    no_in_flight, no_load_reports, no_shared_data, Request, Router, SharedPlacement,
+    no_in_flight, no_load_reports, no_shared_data, Request, Router, SharedPlacement, SharedSession,
 };
 use modelroute::scan::{scan, Model};
 use modelroute::scheduler::{rank, Ask, Candidate, RecentPicks};
@@ -217,6 +217,7 @@ fn decide(c: &mut Criterion) {
                     load_reports: &no_load_reports,
                     shared_data: &no_shared_data,
                     shared: SharedPlacement::Off,
+                    session_store: SharedSession::Off,
                     now_ms: 0,
                 })
                 .map(|d| d.endpoints.len())
@@ -325,6 +326,7 @@ fn route_lookup(c: &mut Criterion) {
                             load_reports: &no_load_reports,
                             shared_data: &no_shared_data,
                             shared: SharedPlacement::Off,
+                            session_store: SharedSession::Off,
                             now_ms: 0,
                         })
                         .map(|d| d.server)

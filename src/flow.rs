@@ -22,15 +22,17 @@ use crate::in_flight::InFlight;
 use crate::load_report;
 use crate::prompt::estimate_input_tokens;
 use crate::rate_limit::{self, Direction, Draw};
-use crate::router::{Router, SharedPlacement};
+use crate::router::Router;
 use crate::scan::{scan, Model, Scan};
 
 mod prefill;
 use prefill::PdRequest;
 mod route;
 mod shared_placement;
+mod shared_session;
 pub use prefill::DEFAULT_PREFILL_TIMEOUT_MS;
 use shared_placement::{Parsed, PlacementAsk};
+use shared_session::SessionAsk;
 
 /// Envoy headers the filter owns on inference requests; client copies are always removed.
 /// The whole-request timeout is never set (it would cut a stream that has begun); the route's
@@ -102,6 +104,8 @@ pub struct Flow {
     load_report_slot: Option<(String, usize, usize)>,
     /// The gateways' store of placements was asked about this request's prompt.
     placement_ask: Option<PlacementAsk>,
+    /// The gateways' store was asked about this request's sticky session.
+    session_ask: Option<SessionAsk>,
 }
 
 impl Flow {
@@ -261,11 +265,7 @@ impl Flow {
             }
         }
 
-        let shared = if router.settings.shared_placements.is_some() && router.scheduling() {
-            SharedPlacement::Unasked
-        } else {
-            SharedPlacement::Off
-        };
+        let shared = shared_placement::unasked(router);
         let Scan {
             stream,
             members,
@@ -294,6 +294,7 @@ impl Flow {
     pub fn on_done(&mut self, host: &mut dyn Host, in_flight: &mut InFlight) {
         // A store answer still due would route a request that is over.
         self.placement_ask = None;
+        self.session_ask = None;
         if let Some((key, n, idx)) = self.counted.take() {
             in_flight.release(host, &key, n, idx);
         }

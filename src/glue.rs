@@ -222,7 +222,7 @@ impl Context for Request {
         _num_trailers: usize,
     ) {
         let shared = self.with_router_and_in_flight(|flow, router, in_flight| {
-            flow.on_shared_placement(router, &mut EnvoyHost, in_flight, token, body_size)
+            flow.on_store_answer(router, &mut EnvoyHost, in_flight, token, body_size)
         });
         if !shared {
             self.flow.on_call_response(&mut EnvoyHost, token, body_size);

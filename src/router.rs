@@ -24,7 +24,9 @@ use crate::scheduler::{self, RecentPicks};
 use crate::weights::Weighted;
 
 mod request;
-pub use request::{no_in_flight, no_load_reports, no_shared_data, Request, SharedPlacement};
+pub use request::{
+    no_in_flight, no_load_reports, no_shared_data, Request, SharedPlacement, SharedSession,
+};
 
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,10 @@ pub enum RouteError {
     /// Not a failure: asked with [`SharedPlacement::Unasked`], the prompt is one no local
     /// record answers for; ask the gateways' store under these keys, then decide again.
     PlacementUnknown(crate::prefix_sync::SharedKeys),
+    /// Not a failure: asked with [`SharedSession::Unasked`], the request's sticky session has
+    /// no binding this Envoy confirmed within [`crate::session::RENEW_MS`]; ask the gateways'
+    /// store under this key, then decide again.
+    SessionUnknown(String),
 }
 
 #[derive(Debug)]
@@ -197,6 +203,9 @@ pub struct Decision {
     /// With shared placements: the store's keys for that record (the server it was placed
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
+    /// sessionSticky with the gateways' store: the binding to write there (key, the chosen
+    /// pod's address, its time to live in seconds), when the store holds another pod or none.
+    pub session_store_write: Option<(String, String, u64)>,
     /// sessionSticky and session-affinity: shared-data keys and records binding the request's session to the
     /// chosen pod (and, PD, prefill pod) when the binding is new, moved or due for renewal
     /// ([`crate::session::RENEW_MS`]).

@@ -91,6 +91,24 @@ impl Slot {
         u32::try_from(at).ok()
     }
 
+    /// Whether the slot's record is this session's, (re)bound less than [`RENEW_MS`] before
+    /// `now_ms`: this Envoy confirmed the binding lately (several gateways check the
+    /// gateways' store only past that).
+    pub fn confirmed(&self, record: &[u8], now_ms: u64) -> bool {
+        Record::decode(record).is_some_and(|r| {
+            r.session == self.session && now_ms.saturating_sub(r.bound_ms) < RENEW_MS
+        })
+    }
+
+    /// The session's key in the gateways' store, in `scope`.
+    pub fn store_key(&self, scope: &str) -> String {
+        format!(
+            "{}{scope}:{:016x}",
+            filter_config::placement_store::SESSION_KEY_PREFIX,
+            self.session
+        )
+    }
+
     /// The record binding the session to the pod `pod` (its [`pod_id`]) from `now_ms`, or
     /// None when the slot already holds that binding, made less than [`RENEW_MS`] ago
     /// (spares a shared-data write on most requests of a busy session).
@@ -135,6 +153,18 @@ impl Binding {
     pub fn pod(&self, pods: &[u64], now_ms: u64, ttl_ms: u64) -> Option<u32> {
         self.slot
             .bound_pod(self.current.as_deref()?, pods, now_ms, ttl_ms)
+    }
+
+    /// Whether this Envoy (re)bound the session less than [`RENEW_MS`] ago ([`Slot::confirmed`]).
+    pub fn confirmed(&self, now_ms: u64) -> bool {
+        self.current
+            .as_deref()
+            .is_some_and(|r| self.slot.confirmed(r, now_ms))
+    }
+
+    /// The session's key in the gateways' store ([`Slot::store_key`]).
+    pub fn store_key(&self, scope: &str) -> String {
+        self.slot.store_key(scope)
     }
 
     /// The slot's key and new record when binding the session to `pod` (its [`pod_id`])

@@ -484,24 +484,38 @@ fn a_new_system_prompts_first_requests_on_both_workers_meet_on_one_pod() {
     panic!("five rounds of 8 connections never reached both workers");
 }
 
+/// A gateway of `start`'s with the rate-limit service and the gateways' shared store in
+/// `redis`, picking with `sched`.
+fn shared_store_options(
+    service: &test_support::RateLimitService,
+    redis: &test_support::RedisServer,
+    sched: String,
+) -> Options {
+    let service_flag = ["--rate-limit-service".to_string(), service.addr.clone()];
+    let mut controller_args: Vec<String> =
+        ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
+            .map(String::from)
+            .to_vec();
+    controller_args.extend(service_flag.clone());
+    controller_args.extend(["--shared-placements-redis".to_string(), redis.addr()]);
+    Options {
+        controller_args,
+        bootstrap_args: service_flag.to_vec(),
+        scheduler: Some(sched),
+        ..Options::default()
+    }
+}
+
 #[test]
 fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
     let redis = test_support::RedisServer::start();
     let service = test_support::RateLimitService::start();
     let opts = || {
-        let service_flag = ["--rate-limit-service".to_string(), service.addr.clone()];
-        let mut controller_args: Vec<String> =
-            ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
-                .map(String::from)
-                .to_vec();
-        controller_args.extend(service_flag.clone());
-        controller_args.extend(["--shared-placements-redis".to_string(), redis.addr()]);
-        Options {
-            controller_args,
-            bootstrap_args: service_flag.to_vec(),
-            scheduler: Some(scheduler(&[], &[("prefix-cache", 3), ("least-request", 1)])),
-            ..Options::default()
-        }
+        shared_store_options(
+            &service,
+            &redis,
+            scheduler(&[], &[("prefix-cache", 3), ("least-request", 1)]),
+        )
     };
     let a = Stack::start(&resources(), pods(4), opts());
     let b = a.another_gateway(opts());
@@ -563,4 +577,59 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
     assert_eq!(count[index], fewest, "{pod} holds {count:?}");
     let keys = redis.cli(&["KEYS", "modelroute:placed:*"]);
     assert!(keys.lines().count() >= 5, "{keys}");
+}
+
+#[test]
+fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
+    let redis = test_support::RedisServer::start();
+    let service = test_support::RateLimitService::start();
+    let sticky = "  sessionSticky:\n    sources:\n    - {type: Header, name: X-Session-ID}\n";
+    let res = resources().replace(
+        "  modelName: \"pool\"\n",
+        &format!("  modelName: \"pool\"\n{sticky}"),
+    );
+    let opts = || {
+        shared_store_options(
+            &service,
+            &redis,
+            scheduler(&["least-request"], &[("least-request", 1)]),
+        )
+    };
+    let a = Stack::start(&res, pods(2), opts());
+    let b = a.another_gateway(opts());
+    let send = |s: &Stack, i: usize| {
+        let body =
+            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
+        let r = s.post(
+            "/v1/completions",
+            &body.to_string(),
+            &[("x-session-id", "alice")],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.pod()
+    };
+    let home = send(&a, 0);
+    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
+    // The session's pod runs three requests no gateway sent: gateway B, meeting the session
+    // first, would place it elsewhere by load; it follows A's binding from the store.
+    a.hold_metrics(&home, r#"{"running": 3}"#);
+    a.wait_for_scrapes(3);
+    b.wait_for_scrapes(3);
+    for i in 1..=6 {
+        assert_eq!(send(&b, i), home, "gateway B, request {i}");
+    }
+    // A's filter drops the pod (20 waiting): the session moves on A, and B follows the move
+    // once its own binding is a second old, though the pod is back.
+    a.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);
+    a.wait_for_scrapes(3);
+    assert_eq!(send(&a, 7), other);
+    a.hold_metrics(&home, r#"{"running": null, "waiting": null}"#);
+    a.hold_metrics(other, r#"{"running": 3}"#);
+    a.wait_for_scrapes(3);
+    b.wait_for_scrapes(3);
+    std::thread::sleep(Duration::from_millis(1100));
+    for i in 8..=12 {
+        assert_eq!(send(&b, i), other, "gateway B after the move, request {i}");
+        assert_eq!(send(&a, i), other, "gateway A after the move, request {i}");
+    }
 }

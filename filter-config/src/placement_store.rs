@@ -1,6 +1,7 @@
-//! The contract between the filter and the store of placements shared by every gateway in
-//! front of the same pods (Settings' `shared_placements`), which `modelroute-ratelimit`
-//! serves next to the global rate limits, in Redis. One HTTP/2 `POST` per call: the record's
+//! The contract between the filter and the store of placements (and of sticky sessions'
+//! bindings, [`SESSION_PATH`]) shared by every gateway in front of the same pods (Settings'
+//! `shared_placements`), which `modelroute-ratelimit` serves next to the global rate limits,
+//! in Redis. One HTTP/2 `POST` per call: the record's
 //! key and the Redis in headers; an empty body reads the record, a record in the body
 //! writes it unless one placed on the same pod list is there. The answer (200) is always an
 //! [`Answer`]: the record kept under the key (if any) and how many prompt blocks every
@@ -27,6 +28,18 @@ pub const POD_LIST_BYTES: std::ops::Range<usize> = 12..16;
 pub const MAX_RECORD: usize = 4096;
 /// Families counted per pod at most (a pod index past it is not counted).
 pub const MAX_PODS: usize = 65536;
+
+/// Session bindings of routes with `sessionSticky`, shared by the gateways through the same
+/// service: one `POST` to this path per call, the binding's key in [`KEY_HEADER`], the Redis in
+/// [`REDIS_HEADER`], the binding's time to live in [`TTL_HEADER`]. An empty body reads the
+/// binding, a pod's address binds the session to it; either way its time to live starts
+/// again. The answer (200) is the address bound after the call, empty for none (or when
+/// Redis did not answer).
+pub const SESSION_PATH: &str = "/modelroute.sessions/v1";
+/// The prefix of session bindings' keys; the service touches no other key on that path.
+pub const SESSION_KEY_PREFIX: &str = "modelroute:session:";
+/// The longest pod address bound.
+pub const MAX_SESSION_POD: usize = 256;
 
 /// The store's answer: `record length (u32 LE) | record | blocks placed per pod (u32 LE each, by
 /// pod index)`.

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use modelroute::metrics::{PodStats, Snapshot};
-use modelroute::router::{no_load_reports, Request, Router, SharedPlacement};
+use modelroute::router::{no_load_reports, Request, Router, SharedPlacement, SharedSession};
 use modelroute_fuzz::{must_parse, parts};
 use serde_json::Value;
 
@@ -97,6 +97,8 @@ fuzz_target!(|data: &[u8]| {
                 record: Some(prompt),
                 placed: Some(&[1, 0, 2]),
             },
+            // Fuzzed bytes as another gateway's session binding.
+            session_store: SharedSession::Answered(Some(&header_value)),
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

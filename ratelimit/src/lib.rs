@@ -11,5 +11,6 @@ pub mod placements;
 pub mod proto;
 pub mod redis;
 mod server;
+pub mod sessions;
 
 pub use server::{serve, Services};

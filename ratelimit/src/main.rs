@@ -59,7 +59,8 @@ fn main() -> ExitCode {
         let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
         let services = Arc::new(ratelimit::Services {
             limiter: Limiter::new(args.redis.clone(), timeout),
-            placements: Placements::new(args.redis, timeout),
+            placements: Placements::new(args.redis.clone(), timeout),
+            sessions: ratelimit::sessions::Sessions::new(args.redis, timeout),
         });
         eprintln!("modelroute-ratelimit listening on {}", args.listen);
         tokio::select! {

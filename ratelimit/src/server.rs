@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::limiter::Limiter;
 use crate::placements::Placements;
 use crate::proto::RateLimitRequest;
+use crate::sessions::Sessions;
 
 const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 /// A request holds a few descriptors of a few hundred bytes.
@@ -28,6 +29,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct Services {
     pub limiter: Limiter,
     pub placements: Placements,
+    pub sessions: Sessions,
 }
 
 /// Serves connections from `listener` until the process ends.
@@ -56,6 +58,9 @@ async fn handle(req: Request<Incoming>, services: &Services) -> Response<Frames>
     if req.uri().path() == filter_config::placement_store::PATH {
         return placement(req, &services.placements).await;
     }
+    if req.uri().path() == filter_config::placement_store::SESSION_PATH {
+        return session(req, &services.sessions).await;
+    }
     let limiter = &services.limiter;
     if req.uri().path() != METHOD {
         return status_only(12, "unknown method"); // UNIMPLEMENTED
@@ -83,42 +88,90 @@ async fn handle(req: Request<Incoming>, services: &Services) -> Response<Frames>
     ])))
 }
 
-/// A placement store call: the store's [`filter_config::placement_store::Answer`] as the
-/// body (empty: Redis did not answer).
-async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<Frames> {
-    use filter_config::placement_store as contract;
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (redis, key) = (header(contract::REDIS_HEADER), header(contract::KEY_HEADER));
-    let placed_blocks = header(contract::PLACED_BLOCKS_HEADER);
-    let ttl_s = header(contract::TTL_HEADER)
-        .and_then(|t| t.parse::<u64>().ok())
-        .unwrap_or(600);
-    let body = Limited::new(req.into_body(), contract::MAX_RECORD)
-        .collect()
-        .await;
-    // An empty body: no answer (the filter places the prompt on its own).
-    // Only the store's own keys: never a rate-limit bucket, whatever a caller names.
-    let key = key.filter(|k| k.starts_with(contract::RECORD_KEY_PREFIX));
-    let placed_blocks = placed_blocks.filter(|k| k.starts_with(contract::PLACED_BLOCKS_KEY_PREFIX));
-    let kept = match (redis, key, placed_blocks, body) {
-        (Some(redis), Some(key), Some(placed_blocks), Ok(record)) => placements
-            .call(&redis, &key, &placed_blocks, &record.to_bytes(), ttl_s)
-            .await
-            .map(|a| a.encode())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let mut r = Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(kept))])));
+/// What a store call (placements or sessions) names in its headers, and its body.
+struct StoreCall {
+    redis: Option<String>,
+    key: Option<String>,
+    placed_blocks: Option<String>,
+    ttl_s: u64,
+    /// None: longer than `max` bytes, or cut.
+    body: Option<Bytes>,
+}
+
+impl StoreCall {
+    async fn read(req: Request<Incoming>, max: usize) -> StoreCall {
+        use filter_config::placement_store as contract;
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (redis, key) = (header(contract::REDIS_HEADER), header(contract::KEY_HEADER));
+        let placed_blocks = header(contract::PLACED_BLOCKS_HEADER);
+        let ttl_s = header(contract::TTL_HEADER)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(600);
+        let body = Limited::new(req.into_body(), max).collect().await;
+        StoreCall {
+            redis,
+            key,
+            placed_blocks,
+            ttl_s,
+            body: body.ok().map(|b| b.to_bytes()),
+        }
+    }
+}
+
+/// A store call's answer: `body` (empty: no answer; the filter then decides on its own).
+fn store_answer(body: Vec<u8>) -> Response<Frames> {
+    let mut r = Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(body))])));
     r.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/octet-stream"),
     );
     r
+}
+
+/// A placement store call: the store's [`filter_config::placement_store::Answer`] as the
+/// body (empty: Redis did not answer).
+async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<Frames> {
+    use filter_config::placement_store as contract;
+    let call = StoreCall::read(req, contract::MAX_RECORD).await;
+    // Only the store's own keys: never a rate-limit bucket, whatever a caller names.
+    let key = call
+        .key
+        .filter(|k| k.starts_with(contract::RECORD_KEY_PREFIX));
+    let placed_blocks = call
+        .placed_blocks
+        .filter(|k| k.starts_with(contract::PLACED_BLOCKS_KEY_PREFIX));
+    let kept = match (call.redis, key, placed_blocks, call.body) {
+        (Some(redis), Some(key), Some(placed_blocks), Some(record)) => placements
+            .call(&redis, &key, &placed_blocks, &record, call.ttl_s)
+            .await
+            .map(|a| a.encode())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    store_answer(kept)
+}
+
+/// A session store call: the pod address bound as the body (empty: none, or Redis did not
+/// answer).
+async fn session(req: Request<Incoming>, sessions: &Sessions) -> Response<Frames> {
+    use filter_config::placement_store as contract;
+    let call = StoreCall::read(req, contract::MAX_SESSION_POD).await;
+    let key = call
+        .key
+        .filter(|k| k.starts_with(contract::SESSION_KEY_PREFIX));
+    let bound = match (call.redis, key, call.body) {
+        (Some(redis), Some(key), Some(pod)) => sessions
+            .call(&redis, &key, &pod, call.ttl_s)
+            .await
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    store_answer(bound)
 }
 
 /// The message of a gRPC body: one uncompressed, length-prefixed message.

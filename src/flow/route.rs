@@ -1,6 +1,7 @@
 //! Routing a parsed request: the router's decision, the pod counted in flight, the body and
 //! headers Envoy forwards (or the PD legs started). Part of [`Flow`]; runs once per request,
-//! twice when the gateways' placement store was asked ([`super::shared_placement`]).
+//! again after each answer of the gateways' store ([`super::shared_placement`],
+//! [`super::shared_session`]).
 
 use std::borrow::Cow;
 
@@ -80,10 +81,11 @@ impl Flow {
             load_reports: &reports,
             shared_data: &|key: &str| host.shared_get(key).0,
             shared,
+            session_store: self.session_store(router),
             now_ms,
         });
         drop(prompt);
-        if let Err(RouteError::PlacementUnknown(key)) = decision {
+        if let Err(RouteError::SessionUnknown(_) | RouteError::PlacementUnknown(_)) = decision {
             let parsed = Parsed {
                 body,
                 body_size,
@@ -91,7 +93,15 @@ impl Flow {
                 model,
                 span,
             };
-            return self.ask_shared_placement(router, host, in_flight, parsed, key);
+            return match decision {
+                Err(RouteError::SessionUnknown(key)) => {
+                    self.ask_shared_session(router, host, in_flight, parsed, key)
+                }
+                Err(RouteError::PlacementUnknown(key)) => {
+                    self.ask_shared_placement(router, host, in_flight, parsed, key)
+                }
+                _ => Action::Continue,
+            };
         }
         self.outcome.model_known =
             !matches!(decision, Err(crate::router::RouteError::ModelNotFound));
@@ -113,6 +123,9 @@ impl Flow {
         for (key, record) in &decision.session_bindings {
             // Last writer wins, as in Kthena: a session follows its latest pick.
             host.shared_put(key, record);
+        }
+        if let Some(write) = &decision.session_store_write {
+            Flow::share_session(router, host, write);
         }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).

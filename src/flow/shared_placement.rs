@@ -6,7 +6,8 @@
 //! (Redis, through the rate-limit service) is asked for the placement record under the
 //! prompt's key: another gateway's record is followed as a local one is; none (or no answer
 //! in time), this gateway places it and writes its record, kept unless one is there already.
-//! Part of [`Flow`].
+//! (A route's sticky sessions use the same store: [`super::shared_session`].) Part of
+//! [`Flow`].
 
 use std::ops::Range;
 
@@ -32,18 +33,70 @@ pub(super) struct Parsed {
     pub span: Range<usize>,
 }
 
-/// The store was asked about this request's prompt (the call's token until it answers) under
-/// `key`; the parsed request waits here meanwhile.
+/// A call this request made to the store (its token until it answers), and the request
+/// waiting for the answer.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    token: Option<u32>,
+    parsed: Option<Parsed>,
+}
+
+impl Waiting {
+    /// Waits for call `token` with `parsed`; None (the host refused the call): gives
+    /// `parsed` back, to be routed at once.
+    pub(super) fn on(&mut self, token: Option<u32>, parsed: Parsed) -> Option<Parsed> {
+        self.token = token;
+        match token {
+            Some(_) => {
+                self.parsed = Some(parsed);
+                None
+            }
+            None => Some(parsed),
+        }
+    }
+
+    /// For the answer to side call `token`: None when it is not the call waited for; else
+    /// the request that waited (None if it no longer does, the client went away) and the
+    /// answer's body (empty: no answer, or not a 200).
+    pub(super) fn answer(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        body_size: usize,
+    ) -> Option<Option<(Parsed, Vec<u8>)>> {
+        if self.token != Some(token) {
+            return None;
+        }
+        self.token = None;
+        Some(self.parsed.take().map(|parsed| {
+            let body = match host.call_status() {
+                Some(200) => host.call_body(body_size).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            (parsed, body)
+        }))
+    }
+}
+
+/// The store was asked about this request's prompt under `key`.
 #[derive(Debug)]
 pub(super) struct PlacementAsk {
-    token: Option<u32>,
+    call: Waiting,
     key: SharedKeys,
-    waiting: Option<Parsed>,
+}
+
+/// Where the store of placements stands for a request about to be routed the first time.
+pub(super) fn unasked(router: &Router) -> SharedPlacement<'static> {
+    if router.settings.shared_placements.is_some() && router.scheduling() {
+        SharedPlacement::Unasked
+    } else {
+        SharedPlacement::Off
+    }
 }
 
 impl Flow {
     /// The prompt is new to this gateway and no local record answers for it: ask the store
-    /// under `key` and pause; the answer continues in [`Flow::on_shared_placement`]. A call
+    /// under `key` and pause; the answer continues in [`Flow::on_store_answer`]. A call
     /// the host refuses places it here and now.
     pub(super) fn ask_shared_placement(
         &mut self,
@@ -57,26 +110,20 @@ impl Flow {
             return self.route(router, host, in_flight, parsed, UNANSWERED);
         };
         let token = dispatch(host, &shared, &key, b"");
-        self.placement_ask = Some(PlacementAsk {
-            token,
+        let ask = self.placement_ask.insert(PlacementAsk {
+            call: Waiting::default(),
             key,
-            waiting: None,
         });
-        match token {
-            Some(_) => {
-                if let Some(ask) = self.placement_ask.as_mut() {
-                    ask.waiting = Some(parsed);
-                }
-                Action::Pause
-            }
-            None => self.route(router, host, in_flight, parsed, UNANSWERED),
+        match ask.call.on(token, parsed) {
+            None => Action::Pause,
+            Some(parsed) => self.route(router, host, in_flight, parsed, UNANSWERED),
         }
     }
 
     /// A side call answered (the request context's `on_http_call_response`): if it is the
-    /// store's answer about this request's prompt, the request is routed with it and
-    /// resumed. True when the call was the store's.
-    pub fn on_shared_placement(
+    /// store's answer about this request's session or prompt, the request is routed with it
+    /// and resumed. True when the call was the store's.
+    pub fn on_store_answer(
         &mut self,
         router: Option<&mut Router>,
         host: &mut dyn Host,
@@ -84,34 +131,59 @@ impl Flow {
         token: u32,
         body_size: usize,
     ) -> bool {
-        let Some(ask) = self
-            .placement_ask
-            .as_mut()
-            .filter(|a| a.token == Some(token))
-        else {
+        let session = self.session_ask.as_mut().map(|a| &mut a.call);
+        if let Some(waited) = session.and_then(|c| c.answer(host, token, body_size)) {
+            if let Some((parsed, answer)) = waited {
+                self.on_shared_session(router, host, in_flight, parsed, answer);
+            }
+            return true;
+        }
+        let placement = self.placement_ask.as_mut().map(|a| &mut a.call);
+        let Some(waited) = placement.and_then(|c| c.answer(host, token, body_size)) else {
             return false;
         };
-        ask.token = None;
-        let Some(parsed) = ask.waiting.take() else {
-            return true;
-        };
-        let Some(router) = router else {
-            self.fail(host, &ErrorReply::not_configured());
-            return true;
-        };
-        let answer = match host.call_status() {
-            Some(200) => host.call_body(body_size).unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        if let Some((parsed, answer)) = waited {
+            self.on_shared_placement(router, host, in_flight, parsed, answer);
+        }
+        true
+    }
+
+    /// The store answered about this request's prompt (empty: no answer): route it with
+    /// the answer and resume it.
+    fn on_shared_placement(
+        &mut self,
+        router: Option<&mut Router>,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        parsed: Parsed,
+        answer: Vec<u8>,
+    ) {
+        let asked = self.placement_ask.as_ref().map(|a| a.key.clone());
         let answer = store::Answer::decode(&answer);
-        let asked = ask.key.clone();
         let shared = match &answer {
             Some(a) => SharedPlacement::Answered {
-                asked: Some(&asked),
+                asked: asked.as_ref(),
                 record: (!a.record.is_empty()).then_some(a.record.as_slice()),
                 placed: Some(&a.placed_blocks),
             },
             None => UNANSWERED,
+        };
+        self.resume_routed(router, host, in_flight, parsed, shared);
+    }
+
+    /// Routes a request that waited for the store (`shared`: where the store of placements
+    /// stands for it) and resumes it.
+    pub(super) fn resume_routed(
+        &mut self,
+        router: Option<&mut Router>,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        parsed: Parsed,
+        shared: SharedPlacement<'_>,
+    ) {
+        let Some(router) = router else {
+            self.fail(host, &ErrorReply::not_configured());
+            return;
         };
         if matches!(
             self.route(router, host, in_flight, parsed, shared),
@@ -119,7 +191,6 @@ impl Flow {
         ) {
             host.resume();
         }
-        true
     }
 
     /// This gateway placed a prompt the store had no record for: write its record there

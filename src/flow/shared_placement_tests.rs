@@ -62,6 +62,34 @@ fn pod(h: &FakeHost) -> String {
     endpoints.split(',').next().unwrap_or_default().to_string()
 }
 
+/// Starts `body`'s request through `gateway` on `h`, with `busy` requests in flight on each
+/// pod (this gateway's counts): the flow, its in-flight counts and what the body returned.
+fn start(
+    gateway: &mut Router,
+    h: &mut FakeHost,
+    body: &str,
+    busy: [u32; 4],
+) -> (Flow, InFlight, Action) {
+    let counts: Vec<u8> = busy.iter().flat_map(|c| c.to_le_bytes()).collect();
+    let key = gateway.server(0).map(|s| s.in_flight_key.clone()).unwrap();
+    h.shared.insert(key, (counts, 1));
+    let mut in_flight = InFlight::default();
+    let mut f = Flow::new();
+    f.on_request_headers(Some(gateway), h, false);
+    let action = f.on_request_body(Some(gateway), h, &mut in_flight, body.len(), true);
+    (f, in_flight, action)
+}
+
+/// The first call the request made: a read of the store at `path`; its token.
+fn take_read(h: &mut FakeHost, path: &str) -> u32 {
+    let (token, cluster, headers, read, _) = h.calls.remove(0);
+    assert_eq!(cluster, "modelroute_ratelimit");
+    assert!(headers.contains(&(":path".to_string(), path.to_string())));
+    assert!(headers.iter().any(|(k, _)| k == KEY_HEADER));
+    assert!(read.is_empty(), "the first call reads");
+    token
+}
+
 /// Sends `body` through `gateway` with `busy` requests in flight on each pod (this
 /// gateway's counts); the store answers `answer` (status, record) to its read. Returns the
 /// host after the request went on, and the record the gateway wrote to the store, if any.
@@ -72,23 +100,13 @@ fn send(
     answer: (Option<u32>, Vec<u8>),
 ) -> (FakeHost, Option<Vec<u8>>) {
     let mut h = FakeHost::post("/v1/chat/completions", body, &[]);
-    let counts: Vec<u8> = busy.iter().flat_map(|c| c.to_le_bytes()).collect();
-    let key = gateway.server(0).map(|s| s.in_flight_key.clone()).unwrap();
-    h.shared.insert(key, (counts, 1));
-    let mut in_flight = InFlight::default();
-    let mut f = Flow::new();
-    f.on_request_headers(Some(gateway), &mut h, false);
-    let action = f.on_request_body(Some(gateway), &mut h, &mut in_flight, body.len(), true);
+    let (mut f, mut in_flight, action) = start(gateway, &mut h, body, busy);
     assert_eq!(action, Action::Pause, "a new prompt waits for the store");
     assert_eq!(h.get("x-gateway-destination-endpoint"), None);
-    let (token, cluster, headers, read, _) = h.calls.remove(0);
-    assert_eq!(cluster, "modelroute_ratelimit");
-    assert!(headers.contains(&(":path".to_string(), STORE_PATH.to_string())));
-    assert!(headers.iter().any(|(k, _)| k == KEY_HEADER));
-    assert!(read.is_empty(), "the first call reads");
+    let token = take_read(&mut h, STORE_PATH);
     let size = answer.1.len();
     h.call_answer = Some(answer);
-    assert!(f.on_shared_placement(Some(gateway), &mut h, &mut in_flight, token, size));
+    assert!(f.on_store_answer(Some(gateway), &mut h, &mut in_flight, token, size));
     assert_eq!(h.resumed, 1);
     assert_eq!(h.reply, None);
     let written = h.calls.pop().map(|(_, _, _, record, _)| record);
@@ -161,7 +179,7 @@ fn an_answer_after_the_request_ended_routes_nothing() {
     f.on_done(&mut h, &mut in_flight);
     h.call_answer = Some((Some(200), none()));
     let n = none().len();
-    assert!(!f.on_shared_placement(Some(&mut g), &mut h, &mut in_flight, token, n));
+    assert!(!f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, n));
     assert_eq!((h.resumed, h.calls.len()), (0, 0));
     assert_eq!(h.get("x-gateway-destination-endpoint"), None);
 }
@@ -209,4 +227,101 @@ fn a_prompt_placed_anew_goes_to_the_pod_every_gateway_has_placed_least_on() {
         assert_eq!(pod(&h), PODS[2]);
         assert!(written.is_some());
     }
+}
+
+/// A gateway with a sticky route (the session in `x-session-id`), least-request picking and
+/// the store.
+fn sticky_gateway() -> Router {
+    let route = Route::fixture(
+        "chat",
+        Some("chat"),
+        &[],
+        vec![Rule::fixture("default", Match::default(), &[("ds", 100)])],
+    )
+    .with_session_sticky(
+        vec![filter_config::SessionKeySource::new(
+            filter_config::SessionKeyKind::Header,
+            "x-session-id",
+        )],
+        60_000,
+    );
+    let least_request = filter_config::Scheduler {
+        filters: vec![],
+        scores: vec![filter_config::WeightedPlugin {
+            name: filter_config::Plugin::LeastRequest,
+            weight: 1,
+        }],
+        ..filter_config::Scheduler::default()
+    };
+    let cfg = FilterConfig::fixture(vec![route], vec![Server::fixture("ds", "m", &PODS)])
+        .with_settings(|s| {
+            s.scheduler = least_request;
+            s.shared_placements = gateway(1).settings.shared_placements.clone();
+        });
+    Router::compile(cfg, 1).unwrap()
+}
+
+/// Session alice's request through `gateway` with its shared data `shared` and `busy`
+/// requests in flight on each pod. With `answer`, the store is asked and answers it (status,
+/// body); without, no call may be made. Returns the host after the request went on.
+fn sticky_send(
+    gateway: &mut Router,
+    shared: &mut std::collections::HashMap<String, (Vec<u8>, u32)>,
+    busy: [u32; 4],
+    answer: Option<(Option<u32>, &str)>,
+) -> FakeHost {
+    use filter_config::placement_store::SESSION_PATH;
+    let body = r#"{"model":"chat","prompt":"hello"}"#;
+    let mut h = FakeHost::post("/v1/completions", body, &[("x-session-id", "alice")]);
+    h.shared = std::mem::take(shared);
+    let (mut f, mut in_flight, action) = start(gateway, &mut h, body, busy);
+    if let Some((status, bound)) = answer {
+        assert_eq!(action, Action::Pause, "the store is asked first");
+        let token = take_read(&mut h, SESSION_PATH);
+        h.call_answer = Some((status, bound.as_bytes().to_vec()));
+        let n = bound.len();
+        assert!(f.on_store_answer(Some(gateway), &mut h, &mut in_flight, token, n));
+        assert_eq!(h.resumed, 1);
+    } else {
+        assert_eq!(action, Action::Continue);
+    }
+    assert_eq!(h.reply, None);
+    *shared = std::mem::take(&mut h.shared);
+    h
+}
+
+#[test]
+fn gateways_share_a_sticky_sessions_binding_through_the_store() {
+    let (mut a, mut b) = (sticky_gateway(), sticky_gateway());
+    let (mut shared_a, mut shared_b) = (Default::default(), Default::default());
+    // Gateway A: the store knows nothing; A places the session and writes its binding.
+    let h = sticky_send(&mut a, &mut shared_a, [0, 5, 5, 5], Some((Some(200), "")));
+    assert_eq!(pod(&h), PODS[0]);
+    let written: Vec<_> = h
+        .calls
+        .iter()
+        .map(|(_, _, _, body, _)| body.clone())
+        .collect();
+    assert_eq!(written, [PODS[0].as_bytes().to_vec()]);
+    // Within a second A neither asks nor writes; the session stays against the load.
+    let h = sticky_send(&mut a, &mut shared_a, [9, 0, 0, 0], None);
+    assert_eq!((pod(&h).as_str(), h.calls.len()), (PODS[0], 0));
+    // Gateway B, whose view sends new requests elsewhere, follows A's binding.
+    let h = sticky_send(
+        &mut b,
+        &mut shared_b,
+        [9, 0, 0, 0],
+        Some((Some(200), PODS[0])),
+    );
+    assert_eq!(pod(&h), PODS[0]);
+    // No answer from the store (an error status): a third gateway places it by its own view.
+    let mut c = sticky_gateway();
+    let mut shared_c = Default::default();
+    let h = sticky_send(
+        &mut c,
+        &mut shared_c,
+        [9, 0, 0, 0],
+        Some((Some(503), "junk")),
+    );
+    assert_ne!(pod(&h), PODS[0]);
 }

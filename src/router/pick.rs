@@ -9,7 +9,8 @@
 //! prompt and randomness come in through [`Request`] and the router.
 
 use super::{
-    Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, SharedPlacement, Target,
+    Decision, Group, Pair, PdServer, Request, Route, RouteError, Router, Server, SharedPlacement,
+    SharedSession, Target,
 };
 use crate::metrics::Snapshot;
 use crate::prefix::{block_hashes, PrefixIndex};
@@ -44,16 +45,11 @@ impl Router {
         };
         // The route's sessionSticky (plain servers; Kthena bypasses it for PD): the pod the
         // session is bound to, picked while it passes the filters.
-        let sticky = match (self.routes.get(target.route), &server.pd) {
-            (Some(route), None) => route.session_sticky.as_ref().and_then(|cfg| {
-                let key = session_key(&cfg.sources, req.header, req.query)?;
-                let binding = Binding::read(&route.name, Role::Sticky, &key, req.shared_data)?;
-                let pod = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-                Some((binding, pod))
-            }),
-            _ => None,
+        let sticky = match self.routes.get(target.route) {
+            Some(route) => StickySession::of(route, server, req)?,
+            None => None,
         };
-        let pinned = sticky.as_ref().and_then(|(_, pod)| *pod);
+        let pinned = sticky.as_ref().and_then(|s| s.pinned);
         if !self.scheduling {
             let (endpoints, pairs) = match server.pd.as_mut() {
                 Some(pd) => {
@@ -63,8 +59,9 @@ impl Router {
                 None => (server.round_robin(wanted, pinned), Vec::new()),
             };
             let mut d = decision(target, endpoints, pairs, None, None, None);
-            d.session_bindings
-                .extend(rebind_sticky(sticky, server, &d.endpoints, req.now_ms));
+            if let Some(s) = sticky {
+                s.rebind(server, &mut d, req.now_ms);
+            }
             return Ok(d);
         }
 
@@ -176,7 +173,7 @@ impl Router {
             ),
             None => (ranked.first().map(|i| *i as usize), None),
         };
-        let mut session_bindings: Vec<(String, Vec<u8>)> =
+        let session_bindings: Vec<(String, Vec<u8>)> =
             [session.zip(chosen), prefill_session.zip(chosen_prefill)]
                 .into_iter()
                 .flatten()
@@ -187,7 +184,6 @@ impl Router {
             Some(_) => first_decode(&pairs, &server.name)?,
             None => join_addresses(&server.endpoints, ranked.iter().map(|i| *i as usize)),
         };
-        session_bindings.extend(rebind_sticky(sticky, server, &endpoints, req.now_ms));
         let mut d = decision(
             target,
             endpoints,
@@ -198,6 +194,9 @@ impl Router {
         );
         d.shared_keys = shared_keys;
         d.session_bindings = session_bindings;
+        if let Some(s) = sticky {
+            s.rebind(server, &mut d, req.now_ms);
+        }
         Ok(d)
     }
 }
@@ -301,21 +300,88 @@ fn decision(
         prefix_match,
         placement_record,
         shared_keys: None,
+        session_store_write: None,
         session_bindings: Vec::new(),
     }
 }
 
-/// The sessionSticky binding's new record when the request's chosen pod (the first of
-/// `endpoints`) is not the one it was bound to, or a renewal is due.
-fn rebind_sticky(
-    sticky: Option<(Binding, Option<u32>)>,
-    server: &Server,
-    endpoints: &str,
-    now_ms: u64,
-) -> Option<(String, Vec<u8>)> {
-    let chosen = endpoints.split(',').next()?;
-    let pod = *server.pod_ids.get(server.endpoint_index(chosen)?)?;
-    sticky?.0.rebind(pod, now_ms)
+/// A request's session on a route with sessionSticky: its binding in this Envoy's shared
+/// data, the pod it is pinned to, and its key in the gateways' store (with one).
+struct StickySession {
+    binding: Binding,
+    /// The bound pod's index: the store's answer if it named one of the server's pods, else
+    /// this Envoy's binding.
+    pinned: Option<u32>,
+    store_key: Option<String>,
+    /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
+    /// (not asked) what this Envoy confirmed lately.
+    stored: Option<u32>,
+    ttl_ms: u64,
+}
+
+impl StickySession {
+    /// None when the route is not sticky, the server is PD (Kthena bypasses it), or the
+    /// request names no session. With the gateways' store and a binding this Envoy has not
+    /// confirmed lately, the store is to be asked first ([`RouteError::SessionUnknown`]).
+    fn of(route: &Route, server: &Server, req: &Request<'_>) -> Result<Option<Self>, RouteError> {
+        let Some(cfg) = route
+            .session_sticky
+            .as_ref()
+            .filter(|_| server.pd.is_none())
+        else {
+            return Ok(None);
+        };
+        let Some(binding) = session_key(&cfg.sources, req.header, req.query)
+            .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))
+        else {
+            return Ok(None);
+        };
+        let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
+        let store_key = || binding.store_key(&route.name);
+        let (pinned, stored, store_key) = match req.session_store {
+            SharedSession::Off => (local, None, None),
+            SharedSession::Unasked if binding.confirmed(req.now_ms) => {
+                (local, local, Some(store_key()))
+            }
+            SharedSession::Unasked => return Err(RouteError::SessionUnknown(store_key())),
+            SharedSession::Answered(pod) => {
+                let stored = pod
+                    .and_then(|a| server.endpoint_index(a))
+                    .and_then(|i| u32::try_from(i).ok());
+                (stored.or(local), stored, Some(store_key()))
+            }
+        };
+        Ok(Some(StickySession {
+            binding,
+            pinned,
+            store_key,
+            stored,
+            ttl_ms: cfg.ttl_ms,
+        }))
+    }
+
+    /// Binds the session to the pod `d` goes to (the first of its endpoints) when it moved
+    /// or a renewal is due, in this Envoy's shared data; with a store, there too when the
+    /// store holds another pod or none (a read renews it there).
+    fn rebind(self, server: &Server, d: &mut Decision, now_ms: u64) {
+        let Some(chosen) = d.endpoints.split(',').next() else {
+            return;
+        };
+        let Some(index) = server.endpoint_index(chosen) else {
+            return;
+        };
+        let Some(&pod) = server.pod_ids.get(index) else {
+            return;
+        };
+        if self.stored != u32::try_from(index).ok() {
+            d.session_store_write = self
+                .store_key
+                .map(|key| (key, chosen.to_string(), self.ttl_ms.div_ceil(1000)));
+        }
+        if let Some(record) = self.binding.rebind(pod, now_ms) {
+            d.session_bindings.push(record);
+        }
+    }
 }
 
 /// A PD request's endpoint header: the first pair's decode pod alone (a decode that follows a

@@ -23,6 +23,9 @@ pub struct Request<'a> {
     pub shared_data: &'a dyn Fn(&str) -> Option<Vec<u8>>,
     /// The gateways' shared placements, for a prompt no local record answers for.
     pub shared: SharedPlacement<'a>,
+    /// The gateways' shared session bindings, for a sticky session this Envoy has not
+    /// confirmed lately.
+    pub session_store: SharedSession<'a>,
     /// Host clock, for metrics freshness.
     pub now_ms: u64,
 }
@@ -46,6 +49,19 @@ pub enum SharedPlacement<'a> {
         record: Option<&'a [u8]>,
         placed: Option<&'a [u32]>,
     },
+}
+
+/// Where the gateways' store of sticky sessions' bindings stands for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedSession<'a> {
+    /// No store: bindings are this Envoy's alone.
+    Off,
+    /// Not asked yet: a sticky session without a binding this Envoy confirmed lately is not
+    /// placed but returned as [`super::RouteError::SessionUnknown`], for the caller to ask.
+    Unasked,
+    /// The store's answer: the pod address the session is bound to (None: no binding, or no
+    /// answer; the local binding, if any, then holds).
+    Answered(Option<&'a str>),
 }
 
 /// A no-op in-flight source (tests, or no shared state).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::metrics::PodStats;
+use crate::router::SharedSession;
 use filter_config::{
     Match, Plugin, Role, Route as CRoute, Rule as CRule, Scheduler, Server as CServer,
     SessionKeyKind, SessionKeySource, WeightedPlugin,
@@ -56,11 +57,13 @@ fn config(pods: &[&str], sticky: bool, scheduler: bool) -> FilterConfig {
         .with_settings(|s| s.scheduler = scheduler)
 }
 
-/// One router, the workers' shared data, and the requests each pod has in flight.
+/// One router, the workers' shared data, the requests each pod has in flight, and where the
+/// gateways' store stands for its requests.
 struct Gateway {
     router: Router,
     shared: RefCell<HashMap<String, Vec<u8>>>,
     in_flight: HashMap<String, u32>,
+    store: SharedSession<'static>,
 }
 
 impl Gateway {
@@ -69,11 +72,23 @@ impl Gateway {
             router: Router::compile(cfg, 1).unwrap(),
             shared: RefCell::default(),
             in_flight: HashMap::new(),
+            store: SharedSession::Off,
         }
     }
 
     /// The pod a request with `headers` and `query` goes to at `now_ms`; it stays in flight.
     fn send(&mut self, headers: &[(&str, &str)], query: &str, now_ms: u64) -> String {
+        let d = self.decide(headers, query, now_ms).unwrap();
+        d.endpoints.split(',').next().unwrap().to_string()
+    }
+
+    /// The decision for that request; a decided one's bindings are written, its pod counted.
+    fn decide(
+        &mut self,
+        headers: &[(&str, &str)],
+        query: &str,
+        now_ms: u64,
+    ) -> Result<Decision, RouteError> {
         let pods = self.router.servers[0].endpoints.clone();
         let counts = |_: &str, n: usize| {
             (0..n)
@@ -91,27 +106,25 @@ impl Gateway {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
         };
-        let d = self
-            .router
-            .decide(&Request {
-                model: "chat",
-                path: "/v1/completions",
-                query,
-                header: &header,
-                prompt: b"",
-                in_flight: &counts,
-                load_reports: &no_load_reports,
-                shared_data: &|k: &str| self.shared.borrow().get(k).cloned(),
-                shared: SharedPlacement::Off,
-                now_ms,
-            })
-            .unwrap();
-        for (k, v) in d.session_bindings {
-            self.shared.borrow_mut().insert(k, v);
+        let d = self.router.decide(&Request {
+            model: "chat",
+            path: "/v1/completions",
+            query,
+            header: &header,
+            prompt: b"",
+            in_flight: &counts,
+            load_reports: &no_load_reports,
+            shared_data: &|k: &str| self.shared.borrow().get(k).cloned(),
+            shared: SharedPlacement::Off,
+            session_store: self.store,
+            now_ms,
+        })?;
+        for (k, v) in &d.session_bindings {
+            self.shared.borrow_mut().insert(k.clone(), v.clone());
         }
         let pod = d.endpoints.split(',').next().unwrap().to_string();
-        *self.in_flight.entry(pod.clone()).or_default() += 1;
-        pod
+        *self.in_flight.entry(pod).or_default() += 1;
+        Ok(d)
     }
 }
 
@@ -240,4 +253,58 @@ fn a_sticky_header_that_is_not_a_lower_case_name_is_refused_with_the_configurati
     });
     let err = Router::compile(cfg, 1).unwrap_err();
     assert!(err.0.contains("session_sticky header"), "{err:?}");
+}
+
+#[test]
+fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_asked_for() {
+    let mut g = Gateway::new(config(&PODS, true, true));
+    g.store = SharedSession::Unasked;
+    let Err(RouteError::SessionUnknown(key)) = g.decide(&ALICE, "", 0) else {
+        panic!("the store is asked first");
+    };
+    assert!(key.starts_with("modelroute:session:default/chat:"), "{key}");
+    // Another gateway bound the session to a busy pod: followed (the read renewed it in the
+    // store: nothing to write).
+    g.in_flight.insert(PODS[3].to_string(), 50);
+    g.store = SharedSession::Answered(Some(PODS[3]));
+    let d = g.decide(&ALICE, "", 0).unwrap();
+    assert!(d.endpoints.starts_with(PODS[3]), "{}", d.endpoints);
+    assert_eq!(d.session_store_write, None);
+    // Confirmed here within a second: not asked again, nothing written.
+    g.store = SharedSession::Unasked;
+    let d = g.decide(&ALICE, "", crate::session::RENEW_MS - 1).unwrap();
+    assert!(d.endpoints.starts_with(PODS[3]));
+    assert_eq!(d.session_store_write, None);
+    assert!(matches!(
+        g.decide(&ALICE, "", crate::session::RENEW_MS),
+        Err(RouteError::SessionUnknown(_))
+    ));
+    // The store knows nothing (or did not answer): this Envoy's binding holds,
+    g.store = SharedSession::Answered(None);
+    let d = g.decide(&ALICE, "", crate::session::RENEW_MS).unwrap();
+    assert!(d.endpoints.starts_with(PODS[3]));
+    // and written there.
+    assert_eq!(
+        d.session_store_write,
+        Some((key.clone(), PODS[3].to_string(), 60))
+    );
+    // Confirmed, but the filter drops the pod: the session moves, and the move is written.
+    g.store = SharedSession::Unasked;
+    let queued = PodStats {
+        up: true,
+        waiting: 20.0,
+        ..Default::default()
+    };
+    g.router.set_stats([(PODS[3].to_string(), queued)].into());
+    let d = g.decide(&ALICE, "", crate::session::RENEW_MS + 1).unwrap();
+    let moved = d.endpoints.split(',').next().unwrap().to_string();
+    assert_ne!(moved, PODS[3]);
+    assert_eq!(d.session_store_write, Some((key.clone(), moved, 60)));
+    // A pod the store names that is not one of this server's: placed by load, and written.
+    let mut fresh = Gateway::new(config(&PODS, true, true));
+    fresh.in_flight.insert(PODS[3].to_string(), 50);
+    fresh.store = SharedSession::Answered(Some("10.9.9.9:8000"));
+    let d = fresh.decide(&ALICE, "", 0).unwrap();
+    assert!(!d.endpoints.starts_with(PODS[3]));
+    assert!(d.session_store_write.is_some_and(|(k, ..)| k == key));
 }

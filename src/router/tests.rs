@@ -104,6 +104,7 @@ fn decide(
         load_reports: &no_load_reports,
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
+        session_store: SharedSession::Off,
         now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
@@ -262,6 +263,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         load_reports: &no_load_reports,
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
+        session_store: SharedSession::Off,
         now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
@@ -276,6 +278,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         load_reports: &no_load_reports,
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
+        session_store: SharedSession::Off,
         now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();
@@ -558,6 +561,7 @@ fn pd_session_pick(
             load_reports: &no_load_reports,
             shared_data: &|k: &str| store.borrow().get(k).cloned(),
             shared: SharedPlacement::Off,
+            session_store: SharedSession::Off,
             now_ms,
         })
         .unwrap();

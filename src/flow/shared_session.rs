@@ -1,0 +1,113 @@
+//! Sticky sessions' bindings shared by every gateway in front of the same pods, through the
+//! store of placements ([`super::shared_placement`]; Settings' `shared_placements`). Each
+//! Envoy binds a session where its own pick sent it, so behind several gateways one session
+//! would be bound to as many pods. So a session this Envoy has not confirmed within
+//! [`crate::session::RENEW_MS`] is asked of the store first (the request pauses; another
+//! gateway may have bound or moved it; the read renews the binding there), and a binding
+//! this Envoy makes or moves is written there (not awaited). Without an answer in time, this
+//! Envoy's binding holds. Part of [`Flow`].
+
+use filter_config::placement_store as store;
+use filter_config::SharedPlacements;
+
+use super::shared_placement::{unasked, Parsed, Waiting};
+use super::Flow;
+use crate::host::{Action, Host};
+use crate::in_flight::InFlight;
+use crate::router::{Router, SharedPlacement, SharedSession};
+
+/// The store was asked about this request's sticky session; `answer` is the pod address it
+/// named.
+#[derive(Debug, Default)]
+pub(super) struct SessionAsk {
+    pub call: Waiting,
+    answer: Option<String>,
+}
+
+impl Flow {
+    /// Where the store of session bindings stands for this request.
+    pub(super) fn session_store(&self, router: &Router) -> SharedSession<'_> {
+        match (&router.settings.shared_placements, &self.session_ask) {
+            (None, _) => SharedSession::Off,
+            (Some(_), None) => SharedSession::Unasked,
+            (Some(_), Some(ask)) => SharedSession::Answered(ask.answer.as_deref()),
+        }
+    }
+
+    /// The request's sticky session has no binding this Envoy confirmed lately: ask the
+    /// store under `key` and pause; the answer continues in [`Flow::on_store_answer`]. A
+    /// call the host refuses routes it by this Envoy's binding, here and now.
+    pub(super) fn ask_shared_session(
+        &mut self,
+        router: &mut Router,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        parsed: Parsed,
+        key: String,
+    ) -> Action {
+        let token = router
+            .settings
+            .shared_placements
+            .as_ref()
+            .and_then(|shared| dispatch(host, shared, &key, "", shared.ttl_s));
+        let ask = self.session_ask.insert(SessionAsk::default());
+        match ask.call.on(token, parsed) {
+            None => Action::Pause,
+            Some(parsed) => {
+                let shared = unasked(router);
+                self.route(router, host, in_flight, parsed, shared)
+            }
+        }
+    }
+
+    /// The store answered about this request's session (the pod address bound; empty: none,
+    /// or no answer): route it with the answer and resume it.
+    pub(super) fn on_shared_session(
+        &mut self,
+        router: Option<&mut Router>,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        parsed: Parsed,
+        answer: Vec<u8>,
+    ) {
+        if let Some(ask) = self.session_ask.as_mut() {
+            ask.answer = String::from_utf8(answer).ok().filter(|a| !a.is_empty());
+        }
+        let shared = router.as_deref().map_or(SharedPlacement::Off, unasked);
+        self.resume_routed(router, host, in_flight, parsed, shared);
+    }
+
+    /// This Envoy bound (or moved) a sticky session: write the binding (key, pod address,
+    /// time to live in seconds) to the store; the answer is not awaited.
+    pub(super) fn share_session(
+        router: &Router,
+        host: &mut dyn Host,
+        (key, pod, ttl_s): &(String, String, u64),
+    ) {
+        if let Some(shared) = &router.settings.shared_placements {
+            let _ = dispatch(host, shared, key, pod, *ttl_s);
+        }
+    }
+}
+
+/// A call to the store about a session: an empty `pod` reads the binding under `key`, an
+/// address binds the session to it for `ttl_s`; the answer is the address bound.
+fn dispatch(
+    host: &mut dyn Host,
+    shared: &SharedPlacements,
+    key: &str,
+    pod: &str,
+    ttl_s: u64,
+) -> Option<u32> {
+    let ttl = ttl_s.to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", store::SESSION_PATH),
+        (":authority", "modelroute-placements"),
+        ("content-type", "application/octet-stream"),
+        (store::REDIS_HEADER, shared.redis.as_str()),
+        (store::KEY_HEADER, key),
+        (store::TTL_HEADER, ttl.as_str()),
+    ];
+    host.dispatch(&shared.cluster, &headers, pod.as_bytes(), shared.timeout_ms)
+}
