@@ -31,6 +31,8 @@ pub struct FakeHost {
     pub racing_write: Option<(String, Vec<u8>)>,
     /// Shared-data reads (host calls), by key.
     pub shared_gets: std::cell::RefCell<Vec<String>>,
+    /// The lengths side-call answer bodies were read with.
+    pub call_body_reads: std::cell::RefCell<Vec<usize>>,
     /// How often the flow read the request headers (one host call each).
     pub header_reads: std::cell::Cell<usize>,
     /// Headers removed, in order (each a host call).
@@ -161,6 +163,7 @@ impl Host for FakeHost {
         self.call_answer.as_ref().and_then(|(s, _)| *s)
     }
     fn call_body(&self, len: usize) -> Option<Vec<u8>> {
+        self.call_body_reads.borrow_mut().push(len);
         self.call_answer
             .as_ref()
             .map(|(_, b)| b[..len.min(b.len())].to_vec())

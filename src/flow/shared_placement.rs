@@ -57,12 +57,14 @@ impl Waiting {
 
     /// For the answer to side call `token`: None when it is not the call waited for; else
     /// the request that waited (None if it no longer does, the client went away) and the
-    /// answer's body (empty: no answer, or not a 200).
+    /// answer's body (empty: no answer, not a 200, or longer than `max` bytes, which no
+    /// store answer is: nothing beyond is read).
     pub(super) fn answer(
         &mut self,
         host: &dyn Host,
         token: u32,
         body_size: usize,
+        max: usize,
     ) -> Option<Option<(Parsed, Vec<u8>)>> {
         if self.token != Some(token) {
             return None;
@@ -70,7 +72,7 @@ impl Waiting {
         self.token = None;
         Some(self.parsed.take().map(|parsed| {
             let body = match host.call_status() {
-                Some(200) => host.call_body(body_size).unwrap_or_default(),
+                Some(200) if body_size <= max => host.call_body(body_size).unwrap_or_default(),
                 _ => Vec::new(),
             };
             (parsed, body)
@@ -132,14 +134,19 @@ impl Flow {
         body_size: usize,
     ) -> bool {
         let session = self.session_ask.as_mut().map(|a| &mut a.call);
-        if let Some(waited) = session.and_then(|c| c.answer(host, token, body_size)) {
+        let session_answer = store::MAX_SESSION_POD;
+        if let Some(waited) = session.and_then(|c| c.answer(host, token, body_size, session_answer))
+        {
             if let Some((parsed, answer)) = waited {
                 self.on_shared_session(router, host, in_flight, parsed, answer);
             }
             return true;
         }
         let placement = self.placement_ask.as_mut().map(|a| &mut a.call);
-        let Some(waited) = placement.and_then(|c| c.answer(host, token, body_size)) else {
+        let placement_answer = 4 + store::MAX_RECORD + 4 * store::MAX_PODS;
+        let Some(waited) =
+            placement.and_then(|c| c.answer(host, token, body_size, placement_answer))
+        else {
             return false;
         };
         if let Some((parsed, answer)) = waited {

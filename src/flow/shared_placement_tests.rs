@@ -325,3 +325,22 @@ fn gateways_share_a_sticky_sessions_binding_through_the_store() {
     );
     assert_ne!(pod(&h), PODS[0]);
 }
+
+#[test]
+fn a_store_answer_longer_than_any_the_store_gives_is_not_read() {
+    let mut g = sticky_gateway();
+    let mut shared = Default::default();
+    let long = format!("{}{}", PODS[0], " ".repeat(100_000));
+    let h = sticky_send(
+        &mut g,
+        &mut shared,
+        [9, 0, 0, 0],
+        Some((Some(200), long.as_str())),
+    );
+    assert!(
+        h.call_body_reads.borrow().is_empty(),
+        "{:?}",
+        h.call_body_reads
+    );
+    assert_ne!(pod(&h), PODS[0], "no answer: placed by this gateway's view");
+}
