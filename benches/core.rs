@@ -218,6 +218,7 @@ fn decide(c: &mut Criterion) {
                     shared_data: &no_shared_data,
                     shared: SharedPlacement::Off,
                     session_store: SharedSession::Off,
+                    target: None,
                     now_ms: 0,
                 })
                 .map(|d| d.endpoints.len())
@@ -327,6 +328,7 @@ fn route_lookup(c: &mut Criterion) {
                             shared_data: &no_shared_data,
                             shared: SharedPlacement::Off,
                             session_store: SharedSession::Off,
+                            target: None,
                             now_ms: 0,
                         })
                         .map(|d| d.server)

@@ -134,7 +134,7 @@ impl ErrorReply {
                 format!("the router failed to route model {model:?}: {what}"),
             ),
             // The flow asks the store on this; reaching a reply would be a bug of ours.
-            RouteError::PlacementUnknown(_) | RouteError::SessionUnknown(_) => Self::new(
+            RouteError::PlacementUnknown(..) | RouteError::SessionUnknown(..) => Self::new(
                 500,
                 "internal_error",
                 format!("the router failed to route model {model:?}: shared store not asked"),

@@ -22,7 +22,7 @@ use crate::in_flight::InFlight;
 use crate::load_report;
 use crate::prompt::estimate_input_tokens;
 use crate::rate_limit::{self, Direction, Draw};
-use crate::router::Router;
+use crate::router::{Router, Target};
 use crate::scan::{scan, Model, Scan};
 
 mod prefill;
@@ -106,6 +106,10 @@ pub struct Flow {
     placement_ask: Option<PlacementAsk>,
     /// The gateways' store was asked about this request's sticky session.
     session_ask: Option<SessionAsk>,
+    /// When the request was first routed, and where the first decision sent it: a decision
+    /// made again after a store answer uses both, so that a weighted target is chosen once
+    /// per request and a session confirmed then is not asked about in the same request.
+    first_decision: Option<(u64, Option<Target>)>,
 }
 
 impl Flow {

@@ -57,11 +57,11 @@ pub enum RouteError {
     Internal(&'static str),
     /// Not a failure: asked with [`SharedPlacement::Unasked`], the prompt is one no local
     /// record answers for; ask the gateways' store under these keys, then decide again.
-    PlacementUnknown(crate::prefix_sync::SharedKeys),
+    PlacementUnknown(crate::prefix_sync::SharedKeys, Target),
     /// Not a failure: asked with [`SharedSession::Unasked`], the request's sticky session has
     /// no binding this Envoy confirmed within [`crate::session::RENEW_MS`]; ask the gateways'
     /// store under this key, then decide again.
-    SessionUnknown(String),
+    SessionUnknown(String, Target),
 }
 
 #[derive(Debug)]
@@ -440,7 +440,15 @@ impl Router {
 
     /// Routes one request: [`Router::find`] its ModelServer, then pick that server's pods.
     pub fn decide(&mut self, req: &Request<'_>) -> Result<Decision, RouteError> {
-        let target = self.find(req)?;
+        // Deciding again after a store answer: the first decision's target, while this
+        // configuration still has it.
+        let known = req
+            .target
+            .filter(|t| self.routes.get(t.route).is_some() && self.servers.get(t.server).is_some());
+        let target = match known {
+            Some(t) => t,
+            None => self.find(req)?,
+        };
         self.pick(target, req)
     }
 

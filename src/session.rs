@@ -62,12 +62,12 @@ pub struct Slot {
 impl Slot {
     /// The slot of session `name` in `scope` (a route's name, or a server's cluster); None
     /// for an empty name (no session, as in Kthena).
-    pub fn of(scope: &str, role: Role, name: &str) -> Option<Slot> {
+    pub fn of(scope: &str, role: Role, name: &[u8]) -> Option<Slot> {
         if name.is_empty() {
             return None;
         }
         // Hashed whole (Envoy bounds a request's headers): names sharing a long start stay apart.
-        let session = hash(SEED, name.as_bytes());
+        let session = hash(SEED, name);
         let role = match role {
             Role::Sticky => "sticky",
             Role::Pod => "pod",
@@ -141,7 +141,7 @@ impl Binding {
     pub fn read(
         scope: &str,
         role: Role,
-        name: &str,
+        name: &[u8],
         shared_data: &dyn Fn(&str) -> Option<Vec<u8>>,
     ) -> Option<Binding> {
         let slot = Slot::of(scope, role, name)?;
@@ -217,7 +217,7 @@ mod tests {
     }
 
     fn slot(name: &str) -> Slot {
-        Slot::of("outbound|80||llama", Role::Pod, name).unwrap()
+        Slot::of("outbound|80||llama", Role::Pod, name.as_bytes()).unwrap()
     }
 
     #[test]
@@ -279,24 +279,24 @@ mod tests {
     #[test]
     fn sessions_spread_over_bounded_slots_per_scope_and_role_and_are_told_apart_whole() {
         let pods = pods();
-        assert_eq!(Slot::of("c", Role::Pod, ""), None);
+        assert_eq!(Slot::of("c", Role::Pod, b""), None);
         let keys: Vec<String> = [
             ("c", Role::Pod),
             ("c", Role::Prefill),
             ("c", Role::Sticky),
             ("d", Role::Pod),
         ]
-        .map(|(scope, role)| Slot::of(scope, role, "s").unwrap().key)
+        .map(|(scope, role)| Slot::of(scope, role, b"s").unwrap().key)
         .to_vec();
         for (i, k) in keys.iter().enumerate() {
             assert!(!keys[..i].contains(k), "{k} twice");
         }
         let long = "x".repeat(100_000);
-        let c = Slot::of("c", Role::Pod, &long).unwrap();
+        let c = Slot::of("c", Role::Pod, long.as_bytes()).unwrap();
         let slot: u64 = c.key.rsplit('.').next().unwrap().parse().unwrap();
         assert!(slot < SLOTS);
         // Two names sharing their first 100,000 bytes are two sessions.
-        let d = Slot::of("c", Role::Pod, &format!("{long}y")).unwrap();
+        let d = Slot::of("c", Role::Pod, format!("{long}y").as_bytes()).unwrap();
         let record = c.rebind(None, pods[1], 0).unwrap();
         assert_eq!(d.bound_pod(&record, &pods, 0, TTL), None);
     }

@@ -33,8 +33,8 @@ pub const MAX_PODS: usize = 65536;
 /// service: one `POST` to this path per call, the binding's key in [`KEY_HEADER`], the Redis in
 /// [`REDIS_HEADER`], the binding's time to live in [`TTL_HEADER`]. An empty body reads the
 /// binding, a pod's address binds the session to it; either way its time to live starts
-/// again. The answer (200) is the address bound after the call, empty for none (or when
-/// Redis did not answer).
+/// again. The answer (200) is the address bound after the call, empty for none; 503 when
+/// Redis did not answer.
 pub const SESSION_PATH: &str = "/modelroute.sessions/v1";
 /// The prefix of session bindings' keys; the service touches no other key on that path.
 pub const SESSION_KEY_PREFIX: &str = "modelroute:session:";

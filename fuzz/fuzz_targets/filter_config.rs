@@ -99,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
             },
             // Fuzzed bytes as another gateway's session binding.
             session_store: SharedSession::Answered(Some(&header_value)),
+            target: None,
             now_ms: NOW_MS,
         };
         // Twice: rotation and prefix state change between requests.

@@ -156,8 +156,9 @@ async fn placement(req: Request<Incoming>, placements: &Placements) -> Response<
     store_answer(kept)
 }
 
-/// A session store call: the pod address bound as the body (empty: none, or Redis did not
-/// answer).
+/// A session store call: the pod address bound as the body (empty: none); 503 when Redis
+/// did not answer or the call named no session key, so that the gateway does not take it for
+/// "no binding" and overwrite another gateway's.
 async fn session(req: Request<Incoming>, sessions: &Sessions) -> Response<Frames> {
     use filter_config::placement_store as contract;
     let call = StoreCall::read(req, contract::MAX_SESSION_POD).await;
@@ -165,11 +166,13 @@ async fn session(req: Request<Incoming>, sessions: &Sessions) -> Response<Frames
         .key
         .filter(|k| k.starts_with(contract::SESSION_KEY_PREFIX));
     let bound = match (call.redis, key, call.body) {
-        (Some(redis), Some(key), Some(pod)) => sessions
-            .call(&redis, &key, &pod, call.ttl_s)
-            .await
-            .unwrap_or_default(),
-        _ => Vec::new(),
+        (Some(redis), Some(key), Some(pod)) => sessions.call(&redis, &key, &pod, call.ttl_s).await,
+        _ => None,
+    };
+    let Some(bound) = bound else {
+        let mut r = store_answer(Vec::new());
+        *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        return r;
     };
     store_answer(bound)
 }

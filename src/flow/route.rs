@@ -48,12 +48,11 @@ impl Flow {
             0 => Cow::Borrowed(&[][..]),
             cap => prompt_text(&body, &scanned, cap),
         };
-        // The clock only matters for metrics freshness, i.e. when the scheduler picks.
-        let now_ms = if router.scheduling() {
-            host.now_ms()
-        } else {
-            0
-        };
+        // One clock per request (metrics freshness, session bindings' age), whether or not
+        // the store was asked meanwhile.
+        let (now_ms, target) = *self
+            .first_decision
+            .get_or_insert_with(|| (host.now_ms(), None));
         let headers = &self.headers;
         let header = |name: &str| headers.get_lossy(name);
         // The scheduler's read of in-flight counts also supplies the token to count this
@@ -82,10 +81,13 @@ impl Flow {
             shared_data: &|key: &str| host.shared_get(key).0,
             shared,
             session_store: self.session_store(router),
+            target,
             now_ms,
         });
         drop(prompt);
-        if let Err(RouteError::SessionUnknown(_) | RouteError::PlacementUnknown(_)) = decision {
+        if let Err(RouteError::SessionUnknown(_, t) | RouteError::PlacementUnknown(_, t)) = decision
+        {
+            self.first_decision = Some((now_ms, Some(t)));
             let parsed = Parsed {
                 body,
                 body_size,
@@ -94,10 +96,10 @@ impl Flow {
                 span,
             };
             return match decision {
-                Err(RouteError::SessionUnknown(key)) => {
+                Err(RouteError::SessionUnknown(key, _)) => {
                     self.ask_shared_session(router, host, in_flight, parsed, key)
                 }
-                Err(RouteError::PlacementUnknown(key)) => {
+                Err(RouteError::PlacementUnknown(key, _)) => {
                     self.ask_shared_placement(router, host, in_flight, parsed, key)
                 }
                 _ => Action::Continue,

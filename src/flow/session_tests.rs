@@ -83,3 +83,30 @@ fn a_sticky_routes_sessions_follow_their_query_parameter_through_either_worker()
     w.path = "/v1/completions?session=s-2";
     assert_ne!(w.send(1, "hi", &[], false), home);
 }
+
+#[test]
+fn a_sticky_session_expires_after_its_ttl_with_round_robin_too() {
+    // No scheduler plugins: round robin, the session pinned while its binding lives.
+    let mut cfg = four_pods(Scheduler {
+        filters: vec![],
+        scores: vec![],
+        ..Scheduler::default()
+    });
+    cfg.routes[0] = cfg.routes[0].clone().with_session_sticky(
+        vec![SessionKeySource::new(
+            SessionKeyKind::Header,
+            "x-session-id",
+        )],
+        1_000,
+    );
+    let mut w = Workers::new(cfg);
+    let alice = [("x-session-id", "alice")];
+    w.now_ms = 10_000;
+    let home = w.route(0, "hello", &alice);
+    w.now_ms = 10_500;
+    assert_ne!(w.route(0, "hi", &[]), home, "the rotation goes on");
+    assert_eq!(w.route(1, "more", &alice), home);
+    // Past the TTL after its last request: placed by the rotation again.
+    w.now_ms = 12_000;
+    assert_ne!(w.route(0, "later", &alice), home);
+}

@@ -57,7 +57,7 @@ impl Waiting {
 
     /// For the answer to side call `token`: None when it is not the call waited for; else
     /// the request that waited (None if it no longer does, the client went away) and the
-    /// answer's body (empty: no answer, not a 200, or longer than `max` bytes, which no
+    /// answer's body (None: no answer, not a 200, or longer than `max` bytes, which no
     /// store answer is: nothing beyond is read).
     pub(super) fn answer(
         &mut self,
@@ -65,15 +65,17 @@ impl Waiting {
         token: u32,
         body_size: usize,
         max: usize,
-    ) -> Option<Option<(Parsed, Vec<u8>)>> {
+    ) -> Option<Option<(Parsed, Option<Vec<u8>>)>> {
         if self.token != Some(token) {
             return None;
         }
         self.token = None;
         Some(self.parsed.take().map(|parsed| {
             let body = match host.call_status() {
-                Some(200) if body_size <= max => host.call_body(body_size).unwrap_or_default(),
-                _ => Vec::new(),
+                Some(200) if body_size <= max => {
+                    Some(host.call_body(body_size).unwrap_or_default())
+                }
+                _ => None,
             };
             (parsed, body)
         }))
@@ -155,7 +157,7 @@ impl Flow {
         true
     }
 
-    /// The store answered about this request's prompt (empty: no answer): route it with
+    /// The store answered about this request's prompt (None: it did not): route it with
     /// the answer and resume it.
     fn on_shared_placement(
         &mut self,
@@ -163,10 +165,10 @@ impl Flow {
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        answer: Vec<u8>,
+        answer: Option<Vec<u8>>,
     ) {
         let asked = self.placement_ask.as_ref().map(|a| a.key.clone());
-        let answer = store::Answer::decode(&answer);
+        let answer = answer.and_then(|a| store::Answer::decode(&a));
         let shared = match &answer {
             Some(a) => SharedPlacement::Answered {
                 asked: asked.as_ref(),

@@ -229,6 +229,14 @@ fn a_prompt_placed_anew_goes_to_the_pod_every_gateway_has_placed_least_on() {
     }
 }
 
+/// A sticky route's session source: the `x-session-id` header.
+fn session_header() -> [filter_config::SessionKeySource; 1] {
+    [filter_config::SessionKeySource::new(
+        filter_config::SessionKeyKind::Header,
+        "x-session-id",
+    )]
+}
+
 /// A gateway with a sticky route (the session in `x-session-id`), least-request picking and
 /// the store.
 fn sticky_gateway() -> Router {
@@ -238,13 +246,7 @@ fn sticky_gateway() -> Router {
         &[],
         vec![Rule::fixture("default", Match::default(), &[("ds", 100)])],
     )
-    .with_session_sticky(
-        vec![filter_config::SessionKeySource::new(
-            filter_config::SessionKeyKind::Header,
-            "x-session-id",
-        )],
-        60_000,
-    );
+    .with_session_sticky(session_header().to_vec(), 60_000);
     let least_request = filter_config::Scheduler {
         filters: vec![],
         scores: vec![filter_config::WeightedPlugin {
@@ -324,6 +326,54 @@ fn gateways_share_a_sticky_sessions_binding_through_the_store() {
         Some((Some(503), "junk")),
     );
     assert_ne!(pod(&h), PODS[0]);
+    assert!(
+        h.calls.is_empty(),
+        "nothing written over what the store may hold"
+    );
+}
+
+#[test]
+fn a_weighted_target_is_chosen_once_per_request_whatever_the_store_is_asked() {
+    // Two ModelServers 50/50 behind a sticky route: every request names a new session, so
+    // each asks the store and is decided twice.
+    let route = Route::fixture(
+        "chat",
+        Some("chat"),
+        &[],
+        vec![Rule::fixture(
+            "default",
+            Match::default(),
+            &[("a", 50), ("b", 50)],
+        )],
+    )
+    .with_session_sticky(session_header().to_vec(), 60_000);
+    let servers = vec![
+        Server::fixture("a", "m", &PODS[..2]),
+        Server::fixture("b", "m", &PODS[2..]),
+    ];
+    let mut g = Router::compile(
+        FilterConfig::fixture(vec![route], servers).with_settings(|s| {
+            s.shared_placements = gateway(1).settings.shared_placements.clone();
+        }),
+        1,
+    )
+    .unwrap();
+    let body = r#"{"model":"chat","prompt":"hello"}"#;
+    let mut on_a = 0;
+    for i in 0..8 {
+        let session = format!("s-{i}");
+        let mut h = FakeHost::post("/v1/completions", body, &[("x-session-id", &session)]);
+        let mut in_flight = InFlight::default();
+        let mut f = Flow::new();
+        f.on_request_headers(Some(&g), &mut h, false);
+        let action = f.on_request_body(Some(&mut g), &mut h, &mut in_flight, body.len(), true);
+        assert_eq!(action, Action::Pause);
+        let token = take_read(&mut h, filter_config::placement_store::SESSION_PATH);
+        h.call_answer = Some((Some(200), Vec::new()));
+        assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, 0));
+        on_a += usize::from(PODS[..2].contains(&pod(&h).as_str()));
+    }
+    assert_eq!(on_a, 4, "the 50/50 split holds");
 }
 
 #[test]
@@ -343,4 +393,56 @@ fn a_store_answer_longer_than_any_the_store_gives_is_not_read() {
         h.call_body_reads
     );
     assert_ne!(pod(&h), PODS[0], "no answer: placed by this gateway's view");
+}
+
+#[test]
+fn a_sticky_session_and_a_new_prompt_ask_the_store_in_turn_and_the_request_goes_on_once() {
+    // The cache-affinity gateway with a sticky route: a new session with a new prompt.
+    let mut g = gateway(1);
+    let mut cfg = FilterConfig::fixture(
+        vec![Route::fixture(
+            "simple",
+            Some("deepseek-simple"),
+            &[],
+            vec![Rule::fixture("default", Match::default(), &[("ds", 100)])],
+        )
+        .with_session_sticky(session_header().to_vec(), 60_000)],
+        vec![Server::fixture("ds", "m", &PODS).with_timeout_ms(10_000)],
+    );
+    cfg.settings = g.settings.clone();
+    g = Router::compile(cfg, 1).unwrap();
+    let b = body(&"Speak like a sailor. ".repeat(20), "ahoy");
+    let mut h = FakeHost::post("/v1/chat/completions", &b, &[("x-session-id", "alice")]);
+    let (mut f, mut in_flight, action) = start(&mut g, &mut h, &b, [0, 0, 0, 0]);
+    assert_eq!(action, Action::Pause);
+    let token = take_read(&mut h, filter_config::placement_store::SESSION_PATH);
+    h.call_answer = Some((Some(200), Vec::new()));
+    assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, 0));
+    assert_eq!(
+        h.resumed, 0,
+        "still waiting: the prompt's placement is asked next"
+    );
+    let token = take_read(&mut h, STORE_PATH);
+    let n = none().len();
+    h.call_answer = Some((Some(200), none()));
+    assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, n));
+    assert_eq!((h.resumed, h.reply.as_ref()), (1, None));
+    let chosen = pod(&h);
+    // The placement record and the session's binding, both written for the pod it went to.
+    let writes: Vec<(String, Vec<u8>)> = h
+        .calls
+        .iter()
+        .map(|(_, _, headers, body, _)| {
+            let path = headers.iter().find(|(k, _)| k == ":path").unwrap();
+            (path.1.clone(), body.clone())
+        })
+        .collect();
+    assert!(writes.contains(&(
+        filter_config::placement_store::SESSION_PATH.to_string(),
+        chosen.into_bytes()
+    )));
+    assert!(
+        writes.iter().any(|(path, _)| path == STORE_PATH),
+        "{writes:?}"
+    );
 }

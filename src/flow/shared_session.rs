@@ -16,12 +16,12 @@ use crate::host::{Action, Host};
 use crate::in_flight::InFlight;
 use crate::router::{Router, SharedPlacement, SharedSession};
 
-/// The store was asked about this request's sticky session; `answer` is the pod address it
-/// named.
+/// The store was asked about this request's sticky session; `answer` is what it said (None:
+/// nothing yet, or no answer; then the pod address bound, if any).
 #[derive(Debug, Default)]
 pub(super) struct SessionAsk {
     pub call: Waiting,
-    answer: Option<String>,
+    answer: Option<Option<String>>,
 }
 
 impl Flow {
@@ -30,7 +30,10 @@ impl Flow {
         match (&router.settings.shared_placements, &self.session_ask) {
             (None, _) => SharedSession::Off,
             (Some(_), None) => SharedSession::Unasked,
-            (Some(_), Some(ask)) => SharedSession::Answered(ask.answer.as_deref()),
+            (Some(_), Some(ask)) => match &ask.answer {
+                Some(bound) => SharedSession::Answered(bound.as_deref()),
+                None => SharedSession::Unanswered,
+            },
         }
     }
 
@@ -60,18 +63,18 @@ impl Flow {
         }
     }
 
-    /// The store answered about this request's session (the pod address bound; empty: none,
-    /// or no answer): route it with the answer and resume it.
+    /// The store answered about this request's session (the pod address bound, empty for
+    /// none; None: it did not answer): route it with the answer and resume it.
     pub(super) fn on_shared_session(
         &mut self,
         router: Option<&mut Router>,
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        answer: Vec<u8>,
+        answer: Option<Vec<u8>>,
     ) {
         if let Some(ask) = self.session_ask.as_mut() {
-            ask.answer = String::from_utf8(answer).ok().filter(|a| !a.is_empty());
+            ask.answer = answer.map(|a| String::from_utf8(a).ok().filter(|a| !a.is_empty()));
         }
         let shared = router.as_deref().map_or(SharedPlacement::Off, unasked);
         self.resume_routed(router, host, in_flight, parsed, shared);

@@ -33,6 +33,8 @@ pub struct Workers {
     shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
     /// The request path, query included.
     pub path: &'static str,
+    /// The hosts' clock.
+    pub now_ms: u64,
 }
 
 impl Workers {
@@ -45,6 +47,7 @@ impl Workers {
             in_flight: [InFlight::default(), InFlight::default()],
             shared: Default::default(),
             path: "/v1/completions",
+            now_ms: 0,
         }
     }
 
@@ -63,6 +66,7 @@ impl Workers {
     ) -> String {
         let body = serde_json::json!({"model": "chat", "prompt": prompt}).to_string();
         let mut h = FakeHost::post(self.path, &body, headers);
+        h.now = self.now_ms;
         h.shared = std::mem::take(&mut self.shared);
         let r = &mut self.routers[worker];
         let mut f = Flow::new();

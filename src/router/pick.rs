@@ -46,7 +46,8 @@ impl Router {
         // The route's sessionSticky (plain servers; Kthena bypasses it for PD): the pod the
         // session is bound to, picked while it passes the filters.
         let sticky = match self.routes.get(target.route) {
-            Some(route) => StickySession::of(route, server, req)?,
+            Some(route) => StickySession::of(route, server, req)
+                .map_err(|key| RouteError::SessionUnknown(key, target))?,
             None => None,
         };
         let pinned = sticky.as_ref().and_then(|s| s.pinned);
@@ -77,7 +78,7 @@ impl Router {
         let hashes = prompt_hashes(server.prefix.as_ref(), req, cfg);
         let bounded = cfg.prefix_bounded_load > 0.0;
         let placement = match read_placement_record(server, &hashes, req, bounded) {
-            Err(shared_keys) => return Err(RouteError::PlacementUnknown(shared_keys)),
+            Err(shared_keys) => return Err(RouteError::PlacementUnknown(shared_keys, target)),
             Ok(placement) => placement,
         };
         // session-affinity: the session the request names, read once for both PD roles.
@@ -89,7 +90,7 @@ impl Router {
             Binding::read(
                 &server.cluster,
                 role,
-                session_name.as_deref()?,
+                session_name.as_deref()?.as_bytes(),
                 req.shared_data,
             )
         };
@@ -323,7 +324,8 @@ impl StickySession {
     /// None when the route is not sticky, the server is PD (Kthena bypasses it), or the
     /// request names no session. With the gateways' store and a binding this Envoy has not
     /// confirmed lately, the store is to be asked first ([`RouteError::SessionUnknown`]).
-    fn of(route: &Route, server: &Server, req: &Request<'_>) -> Result<Option<Self>, RouteError> {
+    /// Err: the key to ask the store under.
+    fn of(route: &Route, server: &Server, req: &Request<'_>) -> Result<Option<Self>, String> {
         let Some(cfg) = route
             .session_sticky
             .as_ref()
@@ -339,11 +341,11 @@ impl StickySession {
         let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
         let store_key = || binding.store_key(&route.name);
         let (pinned, stored, store_key) = match req.session_store {
-            SharedSession::Off => (local, None, None),
+            SharedSession::Off | SharedSession::Unanswered => (local, None, None),
             SharedSession::Unasked if binding.confirmed(req.now_ms) => {
                 (local, local, Some(store_key()))
             }
-            SharedSession::Unasked => return Err(RouteError::SessionUnknown(store_key())),
+            SharedSession::Unasked => return Err(store_key()),
             SharedSession::Answered(pod) => {
                 let stored = pod
                     .and_then(|a| server.endpoint_index(a))

@@ -26,7 +26,11 @@ pub struct Request<'a> {
     /// The gateways' shared session bindings, for a sticky session this Envoy has not
     /// confirmed lately.
     pub session_store: SharedSession<'a>,
-    /// Host clock, for metrics freshness.
+    /// The target a first decision for this request chose ([`super::RouteError`]'s
+    /// `PlacementUnknown` / `SessionUnknown`), when deciding again after the store answered:
+    /// a weighted choice is made once per request.
+    pub target: Option<super::Target>,
+    /// Host clock, for metrics freshness and session bindings' age.
     pub now_ms: u64,
 }
 
@@ -59,9 +63,12 @@ pub enum SharedSession<'a> {
     /// Not asked yet: a sticky session without a binding this Envoy confirmed lately is not
     /// placed but returned as [`super::RouteError::SessionUnknown`], for the caller to ask.
     Unasked,
-    /// The store's answer: the pod address the session is bound to (None: no binding, or no
-    /// answer; the local binding, if any, then holds).
+    /// The store's answer: the pod address the session is bound to (None: no binding; the
+    /// local binding, if any, then holds and is written there).
     Answered(Option<&'a str>),
+    /// The store did not answer (in time, or with an error): this Envoy's binding holds, and
+    /// nothing is written there (it may hold another gateway's binding).
+    Unanswered,
 }
 
 /// A no-op in-flight source (tests, or no shared state).

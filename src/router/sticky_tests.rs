@@ -117,6 +117,7 @@ impl Gateway {
             shared_data: &|k: &str| self.shared.borrow().get(k).cloned(),
             shared: SharedPlacement::Off,
             session_store: self.store,
+            target: None,
             now_ms,
         })?;
         for (k, v) in &d.session_bindings {
@@ -149,30 +150,31 @@ fn a_session_stays_on_its_pod_against_the_load_only_when_its_route_is_sticky() {
 #[test]
 fn a_session_moves_when_its_pod_is_filtered_or_down_and_stays_where_it_went() {
     let mut g = Gateway::new(config(&PODS, true, true));
-    let home = g.send(&ALICE, "", 0);
+    let mut bound = g.send(&ALICE, "", 0);
     let queued = PodStats {
         up: true,
         waiting: 20.0,
         ..Default::default()
     };
-    for stats in [
-        queued,
-        PodStats {
-            up: false,
-            ..Default::default()
-        },
-    ] {
-        let home_before = g.send(&ALICE, "", 1);
-        g.router.set_stats([(home_before.clone(), stats)].into());
-        let moved = g.send(&ALICE, "", 2);
-        assert_ne!(moved, home_before);
+    let down = PodStats {
+        up: false,
+        ..Default::default()
+    };
+    // Each pass 2 s after the last: the binding's renewal is due, and renewed, each time.
+    for (pass, stats) in [(1, queued), (2, down)] {
+        let t = pass * 2_000;
+        assert_eq!(g.send(&ALICE, "", t), bound);
+        g.router.set_stats([(bound.clone(), stats)].into());
+        let moved = g.send(&ALICE, "", t + 1);
+        assert_ne!(moved, bound);
         // Rebound: with the pod back (and lighter than the new one), the session stays put.
         g.router.set_stats(HashMap::new());
         g.in_flight.clear();
         g.in_flight.insert(moved.clone(), 5);
-        assert_eq!(g.send(&ALICE, "", 3), moved);
+        assert_eq!(g.send(&ALICE, "", t + 2), moved);
+        bound = moved;
     }
-    assert_ne!(g.send(&ALICE, "", 4), home);
+    assert_eq!(g.send(&ALICE, "", 10_000), bound);
 }
 
 #[test]
@@ -259,7 +261,7 @@ fn a_sticky_header_that_is_not_a_lower_case_name_is_refused_with_the_configurati
 fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_asked_for() {
     let mut g = Gateway::new(config(&PODS, true, true));
     g.store = SharedSession::Unasked;
-    let Err(RouteError::SessionUnknown(key)) = g.decide(&ALICE, "", 0) else {
+    let Err(RouteError::SessionUnknown(key, _)) = g.decide(&ALICE, "", 0) else {
         panic!("the store is asked first");
     };
     assert!(key.starts_with("modelroute:session:default/chat:"), "{key}");
@@ -277,7 +279,7 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_aske
     assert_eq!(d.session_store_write, None);
     assert!(matches!(
         g.decide(&ALICE, "", crate::session::RENEW_MS),
-        Err(RouteError::SessionUnknown(_))
+        Err(RouteError::SessionUnknown(..))
     ));
     // The store knows nothing (or did not answer): this Envoy's binding holds,
     g.store = SharedSession::Answered(None);

@@ -105,6 +105,7 @@ fn decide(
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         session_store: SharedSession::Off,
+        target: None,
         now_ms: 0,
     })?;
     Ok((r.server(d.server).unwrap().name.clone(), d))
@@ -264,6 +265,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         session_store: SharedSession::Off,
+        target: None,
         now_ms: 0,
     };
     let d = r.decide(&chat).unwrap();
@@ -279,6 +281,7 @@ fn regex_is_unanchored_and_uri_and_body_model_are_anded() {
         shared_data: &no_shared_data,
         shared: SharedPlacement::Off,
         session_store: SharedSession::Off,
+        target: None,
         now_ms: 0,
     };
     let d = r.decide(&completions).unwrap();
@@ -562,6 +565,7 @@ fn pd_session_pick(
             shared_data: &|k: &str| store.borrow().get(k).cloned(),
             shared: SharedPlacement::Off,
             session_store: SharedSession::Off,
+            target: None,
             now_ms,
         })
         .unwrap();

@@ -1,8 +1,10 @@
 //! A request's session key for a route's `spec.sessionSticky`: the first of the route's
 //! sources that yields a non-empty value, trimmed, read as Kthena's router reads them
 //! (Go's `net/http` and `net/url`): a header's first value; a query parameter's first value,
-//! percent- and `+`-decoded, pairs that do not decode skipped; a cookie by its exact name,
-//! surrounding double quotes removed, cookies with bytes a cookie value cannot hold skipped.
+//! percent- and `+`-decoded (a pair with a `;` or a bad escape skipped; any bytes, as Go's
+//! strings hold); the first cookie of that name (names trimmed; a cookie without `=` counts,
+//! with an empty value), surrounding double quotes removed, cookies with bytes a cookie value
+//! cannot hold skipped. The key is bytes: it is only ever hashed.
 
 use filter_config::query::unescape;
 use filter_config::{SessionKeyKind, SessionKeySource};
@@ -14,36 +16,49 @@ pub fn session_key(
     sources: &[SessionKeySource],
     header: &dyn Fn(&str) -> Option<String>,
     query: &str,
-) -> Option<String> {
+) -> Option<Vec<u8>> {
     sources.iter().find_map(|source| {
         let name = &source.name;
         let value = match source.kind {
-            SessionKeyKind::Header => header(name)?,
+            SessionKeyKind::Header => header(name)?.into_bytes(),
             SessionKeyKind::Query => query_value(query, name)?,
-            SessionKeyKind::Cookie => cookie_value(&header("cookie")?, name)?,
+            SessionKeyKind::Cookie => cookie_value(&header("cookie")?, name)?.into_bytes(),
         };
-        let value = value.trim();
-        (!value.is_empty()).then(|| value.to_string())
+        let value = trim(&value);
+        (!value.is_empty()).then(|| value.to_vec())
     })
+}
+
+/// Go's `strings.TrimSpace`: Unicode white space off both ends (ASCII white space off bytes
+/// that are not UTF-8).
+fn trim(value: &[u8]) -> &[u8] {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.trim().as_bytes(),
+        Err(_) => value.trim_ascii(),
+    }
 }
 
 /// The first value of parameter `name` in `query` (`a=1&b=2`).
-fn query_value(query: &str, name: &str) -> Option<String> {
+fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        // Go refuses a `;` in a key (and skips the pair); an undecodable pair likewise.
-        if key.contains(';') || unescape(key)? != name.as_bytes() {
+        // Go skips a pair with a `;` (and reports it), and one that does not decode.
+        if pair.contains(';') {
             return None;
         }
-        String::from_utf8(unescape(value)?).ok()
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if unescape(key)? != name.as_bytes() {
+            return None;
+        }
+        unescape(value)
     })
 }
 
-/// The value of cookie `name` in a `Cookie` header (`a=1; b="2"`).
+/// The value of the first cookie named `name` in a `Cookie` header (`a=1; b="2"`).
 fn cookie_value(header: &str, name: &str) -> Option<String> {
     header.split(';').find_map(|part| {
-        let (key, value) = part.trim().split_once('=')?;
-        if key != name {
+        let part = part.trim();
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        if key.trim() != name {
             return None;
         }
         let value = value
@@ -74,7 +89,7 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
         };
-        session_key(sources, &header, query)
+        session_key(sources, &header, query).map(|k| String::from_utf8_lossy(&k).into_owned())
     }
 
     #[test]
@@ -104,13 +119,18 @@ mod tests {
             q("a=1&s+id=x%2Fy+z&s%20id=second").as_deref(),
             Some("x/y z")
         );
-        // A pair that does not decode is skipped, and so is a key with ';'.
+        // A pair that does not decode is skipped, and so is one with ';' anywhere.
         assert_eq!(q("s+id=%zz&s+id=ok").as_deref(), Some("ok"));
         assert_eq!(q("s+id;=no&s+id=ok").as_deref(), Some("ok"));
-        assert_eq!(q("s+id=%e2%82").as_deref(), None, "not UTF-8");
+        assert_eq!(q("s+id=a;b&s+id=ok").as_deref(), Some("ok"));
         assert_eq!(q("s+id").as_deref(), None, "no value");
         assert_eq!(q("S+id=x"), None, "names are exact");
         assert_eq!(q("s+id=%").as_deref(), None);
+        // Bytes that are not UTF-8 name a session, as Go's strings hold any bytes; two such
+        // names stay two sessions.
+        let raw = |query: &str| session_key(&[source(Query, "s")], &|_: &str| None, query);
+        assert_eq!(raw("s=%ff%fe"), Some(vec![0xff, 0xfe]));
+        assert_ne!(raw("s=%ff"), raw("s=%fe"));
     }
 
     #[test]
@@ -121,6 +141,8 @@ mod tests {
         assert_eq!(c("SID=upper").as_deref(), None, "case-sensitive");
         assert_eq!(c("sid=a\\b; sid=ok").as_deref(), Some("ok"));
         assert_eq!(c("sidx=1; xsid=2"), None);
-        assert_eq!(c("sid"), None);
+        // Names are trimmed; the first cookie of the name counts, even without a value.
+        assert_eq!(c("sid =x").as_deref(), Some("x"));
+        assert_eq!(c("sid; sid=x"), None);
     }
 }
