@@ -7,14 +7,13 @@
 //! `modelName` are LoRA routes consulted. Within a route the first matching rule decides; a
 //! route none of whose rules match is skipped. Everything that can be computed from the config
 //! is computed once here (indexes, compiled regexes, the `/v1/models` answer), never per
-//! request. Owns: matching, target choice; pod choice lives in `router/pick.rs`. Must not touch
+//! request. Owns: matching (`router/rule.rs`), target choice; pod choice lives in
+//! `router/pick.rs` (a sticky session's pin in `router/sticky.rs`). Must not touch
 //! the host.
 
 use std::collections::HashMap;
 
-use filter_config::{
-    FilterConfig, Role, Settings, StringMatch, DEFAULT_SGLANG_BOOTSTRAP_PORT, SCHEMA_VERSION,
-};
+use filter_config::{FilterConfig, Role, Settings, DEFAULT_SGLANG_BOOTSTRAP_PORT, SCHEMA_VERSION};
 
 use crate::metrics::Snapshot;
 use crate::pd::Protocol;
@@ -24,9 +23,11 @@ use crate::scheduler::{self, RecentPicks};
 use crate::weights::Weighted;
 
 mod request;
+mod rule;
 pub use request::{
     no_in_flight, no_load_reports, no_shared_data, Request, SharedPlacement, SharedSession,
 };
+use rule::{Matcher, Rule};
 
 /// Why a configuration was rejected (`on_configure` returns false; the old one keeps serving).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,47 +63,6 @@ pub enum RouteError {
     /// no binding this Envoy confirmed within [`crate::session::RENEW_MS`]; ask the gateways'
     /// store under this key, then decide again.
     SessionUnknown(String, Target),
-}
-
-#[derive(Debug)]
-enum Matcher {
-    Any,
-    Exact(String),
-    Prefix(String),
-    Regex(regex_lite::Regex),
-}
-
-impl Matcher {
-    fn compile(m: &StringMatch, what: &str) -> Result<Self, InvalidConfig> {
-        Ok(match m {
-            StringMatch::Any {} => Matcher::Any,
-            StringMatch::Exact(s) => Matcher::Exact(s.clone()),
-            StringMatch::Prefix(s) => Matcher::Prefix(s.clone()),
-            StringMatch::Regex(r) => Matcher::Regex(
-                regex_lite::Regex::new(r)
-                    .map_err(|e| InvalidConfig(format!("{what}: invalid regex {r:?}: {e}")))?,
-            ),
-        })
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            Matcher::Any => true,
-            Matcher::Exact(s) => value == s,
-            Matcher::Prefix(s) => value.starts_with(s.as_str()),
-            Matcher::Regex(r) => r.is_match(value),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Rule {
-    headers: Vec<(String, Matcher)>,
-    uri: Option<Matcher>,
-    body_model: Option<String>,
-    /// Per target: index into `Router::servers`, or the missing server's name.
-    targets: Vec<Result<usize, String>>,
-    weights: Weighted,
 }
 
 #[derive(Debug)]
@@ -470,7 +430,7 @@ impl Router {
             .iter()
             .find_map(|&ri| {
                 let rules = &self.routes.get(ri)?.rules;
-                let qi = rules.iter().position(|rule| rule_matches(rule, req))?;
+                let qi = rules.iter().position(|rule| rule.matches(req))?;
                 Some((ri, qi))
             })
             .ok_or(RouteError::NoRuleMatched)?;
@@ -616,22 +576,6 @@ fn pd_groups(endpoints: &[filter_config::Endpoint]) -> Vec<Group> {
     groups
 }
 
-fn rule_matches(rule: &Rule, req: &Request<'_>) -> bool {
-    if let Some(m) = &rule.body_model {
-        if m != req.model {
-            return false;
-        }
-    }
-    if let Some(u) = &rule.uri {
-        if !u.matches(req.path) {
-            return false;
-        }
-    }
-    rule.headers
-        .iter()
-        .all(|(name, m)| m.matches((req.header)(name).as_deref().unwrap_or("")))
-}
-
 fn check_header_name(name: &str, what: &str) -> Result<(), InvalidConfig> {
     let ok = !name.is_empty()
         && name
@@ -661,6 +605,7 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
 }
 
 mod pick;
+mod sticky;
 #[cfg(test)]
 mod sticky_tests;
 #[cfg(test)]

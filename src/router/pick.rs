@@ -3,21 +3,22 @@
 //! pod, or the decode pods of groups that still have a prefill pod up) are ranked by Kthena's
 //! plugins, the best one remembers the prompt in the server's prefix index (with prefix-cache's
 //! `boundedLoad` also where it branches, and the pick in the server's recent picks; with
-//! session-affinity the session's binding), and the ranking
+//! session-affinity the session's binding; a route's sessionSticky pins its session's pod,
+//! `router/sticky.rs`), and the ranking
 //! becomes the endpoint list (chosen pod first, then the retry order) or, for PD, decode pods
 //! each paired with the best prefill pod of their group. Pure: stats, in-flight counts, the
 //! prompt and randomness come in through [`Request`] and the router.
 
 use super::{
-    Decision, Group, Pair, PdServer, Request, Route, RouteError, Router, Server, SharedPlacement,
-    SharedSession, Target,
+    Decision, Group, Pair, PdServer, Request, RouteError, Router, Server, SharedPlacement, Target,
 };
 use crate::metrics::Snapshot;
 use crate::prefix::{block_hashes, PrefixIndex};
 use crate::prefix_sync;
 use crate::rng::Rng;
 use crate::scheduler::{self, Ask, Candidate, Unschedulable};
-use crate::session::source::session_key;
+
+use super::sticky::StickySession;
 use crate::session::{Binding, Role};
 use filter_config::Plugin;
 
@@ -303,86 +304,6 @@ fn decision(
         shared_keys: None,
         session_store_write: None,
         session_bindings: Vec::new(),
-    }
-}
-
-/// A request's session on a route with sessionSticky: its binding in this Envoy's shared
-/// data, the pod it is pinned to, and its key in the gateways' store (with one).
-struct StickySession {
-    binding: Binding,
-    /// The bound pod's index: the store's answer if it named one of the server's pods, else
-    /// this Envoy's binding.
-    pinned: Option<u32>,
-    store_key: Option<String>,
-    /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
-    /// (not asked) what this Envoy confirmed lately.
-    stored: Option<u32>,
-    ttl_ms: u64,
-}
-
-impl StickySession {
-    /// None when the route is not sticky, the server is PD (Kthena bypasses it), or the
-    /// request names no session. With the gateways' store and a binding this Envoy has not
-    /// confirmed lately, the store is to be asked first ([`RouteError::SessionUnknown`]).
-    /// Err: the key to ask the store under.
-    fn of(route: &Route, server: &Server, req: &Request<'_>) -> Result<Option<Self>, String> {
-        let Some(cfg) = route
-            .session_sticky
-            .as_ref()
-            .filter(|_| server.pd.is_none())
-        else {
-            return Ok(None);
-        };
-        let Some(binding) = session_key(&cfg.sources, req.header, req.query)
-            .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))
-        else {
-            return Ok(None);
-        };
-        let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-        let store_key = || binding.store_key(&route.name);
-        let (pinned, stored, store_key) = match req.session_store {
-            SharedSession::Off | SharedSession::Unanswered => (local, None, None),
-            SharedSession::Unasked if binding.confirmed(req.now_ms) => {
-                (local, local, Some(store_key()))
-            }
-            SharedSession::Unasked => return Err(store_key()),
-            SharedSession::Answered(pod) => {
-                let stored = pod
-                    .and_then(|a| server.endpoint_index(a))
-                    .and_then(|i| u32::try_from(i).ok());
-                (stored.or(local), stored, Some(store_key()))
-            }
-        };
-        Ok(Some(StickySession {
-            binding,
-            pinned,
-            store_key,
-            stored,
-            ttl_ms: cfg.ttl_ms,
-        }))
-    }
-
-    /// Binds the session to the pod `d` goes to (the first of its endpoints) when it moved
-    /// or a renewal is due, in this Envoy's shared data; with a store, there too when the
-    /// store holds another pod or none (a read renews it there).
-    fn rebind(self, server: &Server, d: &mut Decision, now_ms: u64) {
-        let Some(chosen) = d.endpoints.split(',').next() else {
-            return;
-        };
-        let Some(index) = server.endpoint_index(chosen) else {
-            return;
-        };
-        let Some(&pod) = server.pod_ids.get(index) else {
-            return;
-        };
-        if self.stored != u32::try_from(index).ok() {
-            d.session_store_write = self
-                .store_key
-                .map(|key| (key, chosen.to_string(), self.ttl_ms.div_ceil(1000)));
-        }
-        if let Some(record) = self.binding.rebind(pod, now_ms) {
-            d.session_bindings.push(record);
-        }
     }
 }
 

@@ -1,5 +1,7 @@
 use super::*;
-use filter_config::{HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer};
+use filter_config::{
+    HeaderMatch, Match, Route as CRoute, Rule as CRule, Server as CServer, StringMatch,
+};
 
 fn server(name: &str, model: &str, pods: &[&str]) -> CServer {
     CServer::fixture(name, model, pods).with_timeout_ms(10_000)
