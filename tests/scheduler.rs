@@ -583,7 +583,7 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
 fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
     let redis = test_support::RedisServer::start();
     let service = test_support::RateLimitService::start();
-    let sticky = "  sessionSticky:\n    sources:\n    - {type: Header, name: X-Session-ID}\n";
+    let sticky = "  sessionSticky:\n    sources:\n    - {type: Header, name: X-Session-ID}\n    sessionAffinitySeconds: 30\n";
     let res = resources().replace(
         "  modelName: \"pool\"\n",
         &format!("  modelName: \"pool\"\n{sticky}"),
@@ -618,6 +618,10 @@ fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
     for i in 1..=6 {
         assert_eq!(send(&b, i), home, "gateway B, request {i}");
     }
+    // B's reads renewed the binding in Redis for the route's 30 s, not the placements' 600.
+    let key = redis.cli(&["--scan", "--pattern", "modelroute:session:*"]);
+    let ttl: u64 = redis.cli(&["TTL", &key]).parse().unwrap_or(u64::MAX);
+    assert!(ttl <= 30, "{key}: {ttl} s");
     // A's filter drops the pod (20 waiting): the session moves on A, and B follows the move
     // once its own binding is a second old, though the pod is back.
     a.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);

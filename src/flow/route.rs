@@ -96,8 +96,8 @@ impl Flow {
                 span,
             };
             return match decision {
-                Err(RouteError::SessionUnknown(key, _)) => {
-                    self.ask_shared_session(router, host, in_flight, parsed, key)
+                Err(RouteError::SessionUnknown(entry, _)) => {
+                    self.ask_shared_session(router, host, in_flight, parsed, entry)
                 }
                 Err(RouteError::PlacementUnknown(key, _)) => {
                     self.ask_shared_placement(router, host, in_flight, parsed, key)

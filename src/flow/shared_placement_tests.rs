@@ -446,3 +446,19 @@ fn a_sticky_session_and_a_new_prompt_ask_the_store_in_turn_and_the_request_goes_
         "{writes:?}"
     );
 }
+
+#[test]
+fn a_session_read_renews_the_binding_in_the_store_for_the_routes_ttl() {
+    // The route binds sessions for 60 s; placements live 600 s in the store. A read renews
+    // the binding there: for 60 s, else a session idle past its TTL would be followed again.
+    let mut g = sticky_gateway();
+    let body = r#"{"model":"chat","prompt":"hello"}"#;
+    let mut h = FakeHost::post("/v1/completions", body, &[("x-session-id", "alice")]);
+    let (_f, _in_flight, action) = start(&mut g, &mut h, body, [0, 0, 0, 0]);
+    assert_eq!(action, Action::Pause);
+    let (_, _, headers, _, _) = &h.calls[0];
+    let ttl = headers
+        .iter()
+        .find(|(k, _)| k == filter_config::placement_store::TTL_HEADER);
+    assert_eq!(ttl.map(|(_, v)| v.as_str()), Some("60"));
+}

@@ -14,7 +14,7 @@ use super::shared_placement::{unasked, Parsed, Waiting};
 use super::Flow;
 use crate::host::{Action, Host};
 use crate::in_flight::InFlight;
-use crate::router::{Router, SharedPlacement, SharedSession};
+use crate::router::{Router, SharedPlacement, SharedSession, StoredSession};
 
 /// The store was asked about this request's sticky session; `answer` is what it said (None:
 /// nothing yet, or no answer; then the pod address bound, if any).
@@ -38,7 +38,7 @@ impl Flow {
     }
 
     /// The request's sticky session has no binding this Envoy confirmed lately: ask the
-    /// store under `key` and pause; the answer continues in [`Flow::on_store_answer`]. A
+    /// store about its `entry` (the read renews the binding there) and pause; the answer continues in [`Flow::on_store_answer`]. A
     /// call the host refuses routes it by this Envoy's binding, here and now.
     pub(super) fn ask_shared_session(
         &mut self,
@@ -46,13 +46,13 @@ impl Flow {
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        key: String,
+        entry: StoredSession,
     ) -> Action {
         let token = router
             .settings
             .shared_placements
             .as_ref()
-            .and_then(|shared| dispatch(host, shared, &key, "", shared.ttl_s));
+            .and_then(|shared| dispatch(host, shared, &entry, ""));
         let ask = self.session_ask.insert(SessionAsk::default());
         match ask.call.on(token, parsed) {
             None => Action::Pause,
@@ -80,36 +80,36 @@ impl Flow {
         self.resume_routed(router, host, in_flight, parsed, shared);
     }
 
-    /// This Envoy bound (or moved) a sticky session: write the binding (key, pod address,
-    /// time to live in seconds) to the store; the answer is not awaited.
+    /// This Envoy bound (or moved) a sticky session: write the binding (the session's entry,
+    /// the pod's address) to the store; the answer is not awaited.
     pub(super) fn share_session(
         router: &Router,
         host: &mut dyn Host,
-        (key, pod, ttl_s): &(String, String, u64),
+        (entry, pod): &(StoredSession, String),
     ) {
         if let Some(shared) = &router.settings.shared_placements {
-            let _ = dispatch(host, shared, key, pod, *ttl_s);
+            let _ = dispatch(host, shared, entry, pod);
         }
     }
 }
 
-/// A call to the store about a session: an empty `pod` reads the binding under `key`, an
-/// address binds the session to it for `ttl_s`; the answer is the address bound.
+/// A call to the store about a session: an empty `pod` reads the binding under the entry's
+/// key, an address binds the session to it; either way the binding lives the entry's time
+/// to live from now. The answer is the address bound.
 fn dispatch(
     host: &mut dyn Host,
     shared: &SharedPlacements,
-    key: &str,
+    entry: &StoredSession,
     pod: &str,
-    ttl_s: u64,
 ) -> Option<u32> {
-    let ttl = ttl_s.to_string();
+    let ttl = entry.ttl_s.to_string();
     let headers = [
         (":method", "POST"),
         (":path", store::SESSION_PATH),
         (":authority", "modelroute-placements"),
         ("content-type", "application/octet-stream"),
         (store::REDIS_HEADER, shared.redis.as_str()),
-        (store::KEY_HEADER, key),
+        (store::KEY_HEADER, entry.key.as_str()),
         (store::TTL_HEADER, ttl.as_str()),
     ];
     host.dispatch(&shared.cluster, &headers, pod.as_bytes(), shared.timeout_ms)

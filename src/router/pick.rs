@@ -48,7 +48,7 @@ impl Router {
         // session is bound to, picked while it passes the filters.
         let sticky = match self.routes.get(target.route) {
             Some(route) => StickySession::of(route, server, req)
-                .map_err(|key| RouteError::SessionUnknown(key, target))?,
+                .map_err(|entry| RouteError::SessionUnknown(entry, target))?,
             None => None,
         };
         let pinned = sticky.as_ref().and_then(|s| s.pinned);

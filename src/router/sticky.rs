@@ -6,6 +6,14 @@ use super::{Decision, Request, Route, Server, SharedSession};
 use crate::session::source::session_key;
 use crate::session::{Binding, Role};
 
+/// A sticky session's entry in the gateways' store: its key there, and how long a binding
+/// lives there after its last read or write (the route's `sessionAffinitySeconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub key: String,
+    pub ttl_s: u64,
+}
+
 /// A request's session on a route with sessionSticky: its binding in this Envoy's shared
 /// data, the pod it is pinned to, and its key in the gateways' store (with one).
 pub(super) struct StickySession {
@@ -13,23 +21,22 @@ pub(super) struct StickySession {
     /// The bound pod's index: the store's answer if it named one of the server's pods, else
     /// this Envoy's binding.
     pub pinned: Option<u32>,
-    store_key: Option<String>,
+    store_entry: Option<StoredSession>,
     /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
     /// (not asked) what this Envoy confirmed lately.
     stored: Option<u32>,
-    ttl_ms: u64,
 }
 
 impl StickySession {
     /// None when the route is not sticky, the server is PD (Kthena bypasses it), or the
     /// request names no session. With the gateways' store and a binding this Envoy has not
     /// confirmed lately, the store is to be asked first ([`super::RouteError::SessionUnknown`]).
-    /// Err: the key to ask the store under.
+    /// Err: the session's entry, to ask the store about.
     pub(super) fn of(
         route: &Route,
         server: &Server,
         req: &Request<'_>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, StoredSession> {
         let Some(cfg) = route
             .session_sticky
             .as_ref()
@@ -43,26 +50,28 @@ impl StickySession {
             return Ok(None);
         };
         let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-        let store_key = || binding.store_key(&route.name);
-        let (pinned, stored, store_key) = match req.session_store {
+        let entry = || StoredSession {
+            key: binding.store_key(&route.name),
+            ttl_s: cfg.ttl_ms.div_ceil(1000),
+        };
+        let (pinned, stored, store_entry) = match req.session_store {
             SharedSession::Off | SharedSession::Unanswered => (local, None, None),
             SharedSession::Unasked if binding.confirmed(req.now_ms) => {
-                (local, local, Some(store_key()))
+                (local, local, Some(entry()))
             }
-            SharedSession::Unasked => return Err(store_key()),
+            SharedSession::Unasked => return Err(entry()),
             SharedSession::Answered(pod) => {
                 let stored = pod
                     .and_then(|a| server.endpoint_index(a))
                     .and_then(|i| u32::try_from(i).ok());
-                (stored.or(local), stored, Some(store_key()))
+                (stored.or(local), stored, Some(entry()))
             }
         };
         Ok(Some(StickySession {
             binding,
             pinned,
-            store_key,
+            store_entry,
             stored,
-            ttl_ms: cfg.ttl_ms,
         }))
     }
 
@@ -80,9 +89,7 @@ impl StickySession {
             return;
         };
         if self.stored != u32::try_from(index).ok() {
-            d.session_store_write = self
-                .store_key
-                .map(|key| (key, chosen.to_string(), self.ttl_ms.div_ceil(1000)));
+            d.session_store_write = self.store_entry.map(|entry| (entry, chosen.to_string()));
         }
         if let Some(record) = self.binding.rebind(pod, now_ms) {
             d.session_bindings.push(record);

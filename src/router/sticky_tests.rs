@@ -261,10 +261,14 @@ fn a_sticky_header_that_is_not_a_lower_case_name_is_refused_with_the_configurati
 fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_asked_for() {
     let mut g = Gateway::new(config(&PODS, true, true));
     g.store = SharedSession::Unasked;
-    let Err(RouteError::SessionUnknown(key, _)) = g.decide(&ALICE, "", 0) else {
+    let Err(RouteError::SessionUnknown(entry, _)) = g.decide(&ALICE, "", 0) else {
         panic!("the store is asked first");
     };
-    assert!(key.starts_with("modelroute:session:default/chat:"), "{key}");
+    assert!(
+        entry.key.starts_with("modelroute:session:default/chat:"),
+        "{entry:?}"
+    );
+    assert_eq!(entry.ttl_s, 60, "the route's sessionAffinitySeconds");
     // Another gateway bound the session to a busy pod: followed (the read renewed it in the
     // store: nothing to write).
     g.in_flight.insert(PODS[3].to_string(), 50);
@@ -288,7 +292,7 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_aske
     // and written there.
     assert_eq!(
         d.session_store_write,
-        Some((key.clone(), PODS[3].to_string(), 60))
+        Some((entry.clone(), PODS[3].to_string()))
     );
     // Confirmed, but the filter drops the pod: the session moves, and the move is written.
     g.store = SharedSession::Unasked;
@@ -301,12 +305,12 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_aske
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS + 1).unwrap();
     let moved = d.endpoints.split(',').next().unwrap().to_string();
     assert_ne!(moved, PODS[3]);
-    assert_eq!(d.session_store_write, Some((key.clone(), moved, 60)));
+    assert_eq!(d.session_store_write, Some((entry.clone(), moved)));
     // A pod the store names that is not one of this server's: placed by load, and written.
     let mut fresh = Gateway::new(config(&PODS, true, true));
     fresh.in_flight.insert(PODS[3].to_string(), 50);
     fresh.store = SharedSession::Answered(Some("10.9.9.9:8000"));
     let d = fresh.decide(&ALICE, "", 0).unwrap();
     assert!(!d.endpoints.starts_with(PODS[3]));
-    assert!(d.session_store_write.is_some_and(|(k, ..)| k == key));
+    assert!(d.session_store_write.is_some_and(|(e, _)| e == entry));
 }
