@@ -41,7 +41,8 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
               --sessions, what a sticky session costs a request
   stickyshared `sticky` with the gateways' shared store (modelroute-ratelimit and a real
               Redis, both on CPU 1): a session this Envoy has not confirmed within a second
-              is read from the store, a binding made or renewed written there
+              is claimed in the store (the pick ranks, then ranks again with the answer),
+              a move written there
 """
 import argparse
 import json

@@ -269,7 +269,6 @@ impl Flow {
             }
         }
 
-        let shared = shared_placement::unasked(router);
         let Scan {
             stream,
             members,
@@ -288,7 +287,7 @@ impl Flow {
             model,
             span,
         };
-        self.route(router, host, in_flight, parsed, shared)
+        self.route(router, host, in_flight, parsed)
     }
 
     /// Runs once when the request is over, completed or reset (Envoy's `on_log`, before

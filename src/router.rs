@@ -60,9 +60,9 @@ pub enum RouteError {
     /// record answers for; ask the gateways' store under these keys, then decide again.
     PlacementUnknown(crate::prefix_sync::SharedKeys, Target),
     /// Not a failure: asked with [`SharedSession::Unasked`], the request's sticky session has
-    /// no binding this Envoy confirmed within [`crate::session::RENEW_MS`]; ask the gateways'
-    /// store about it, then decide again.
-    SessionUnknown(StoredSession, Target),
+    /// no binding this Envoy confirmed within [`crate::session::RENEW_MS`]; claim it in the
+    /// gateways' store for the pod this Envoy would pick, then decide again with the answer.
+    SessionUnknown(StoreBinding, Target),
 }
 
 #[derive(Debug)]
@@ -163,9 +163,9 @@ pub struct Decision {
     /// With shared placements: the store's keys for that record (the server it was placed
     /// on decides them, not the one the store was asked about).
     pub shared_keys: Option<crate::prefix_sync::SharedKeys>,
-    /// sessionSticky with the gateways' store: the binding to write there (the session's
-    /// entry, the chosen pod's address), when the store holds another pod or none.
-    pub session_store_write: Option<(StoredSession, String)>,
+    /// sessionSticky with the gateways' store: the binding to write there (replacing the
+    /// one this Envoy saw), when the store holds another pod or none.
+    pub session_store_write: Option<StoreBinding>,
     /// sessionSticky and session-affinity: shared-data keys and records binding the request's session to the
     /// chosen pod (and, PD, prefill pod) when the binding is new, moved or due for renewal
     /// ([`crate::session::RENEW_MS`]).
@@ -606,7 +606,7 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
 
 mod pick;
 mod sticky;
-pub use sticky::StoredSession;
+pub use sticky::StoreBinding;
 #[cfg(test)]
 mod sticky_tests;
 #[cfg(test)]

@@ -17,43 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::pool::*;
 use support::*;
-
-const MODEL: &str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B";
-
-fn resources() -> String {
-    pool_resources(MODEL, &["lora-A"])
-}
-
-/// Kthena router configuration with the given filter and score plugins.
-fn scheduler(filters: &[&str], scores: &[(&str, u32)]) -> String {
-    let mut y = String::from("scheduler:\n  pluginConfig:\n  - name: least-request\n    args:\n      maxWaitingRequests: 10\n  plugins:\n    Filter:\n      enabled:\n");
-    for f in filters {
-        y += &format!("        - {f}\n");
-    }
-    y += "    Score:\n      enabled:\n";
-    for (s, w) in scores {
-        y += &format!("        - name: {s}\n          weight: {w}\n");
-    }
-    y
-}
-
-fn pods(n: usize) -> Vec<Pod> {
-    (0..n)
-        .map(|i| Pod::new(&format!("pod-{i}"), &[("app", "pool")], MODEL))
-        .collect()
-}
-
-fn start(pods: Vec<Pod>, sched: String) -> Stack {
-    let opts = Options {
-        controller_args: ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
-            .map(String::from)
-            .to_vec(),
-        scheduler: Some(sched),
-        ..Options::default()
-    };
-    Stack::start(&resources(), pods, opts)
-}
 
 /// Sends `n` requests for `model` with `prompt` and counts the serving pods.
 fn spread(
@@ -71,11 +36,6 @@ fn spread(
         *out.entry(r.pod()).or_insert(0) += 1;
     }
     out
-}
-
-fn share(counts: &HashMap<String, usize>, pod: &str) -> f64 {
-    let total: usize = counts.values().sum();
-    *counts.get(pod).unwrap_or(&0) as f64 / total as f64
 }
 
 #[test]
@@ -204,106 +164,6 @@ fn least_request_counts_the_requests_other_gateways_keep_at_a_pod() {
     s.wait_for_scrapes(3);
     let counts = spread(&s, 40, "pool", |i| format!("hello {i}"));
     assert!(share(&counts, "pod-1") >= 0.9, "{counts:?}");
-}
-
-#[test]
-fn a_sessions_requests_stay_on_its_pod_while_load_sends_the_rest_elsewhere() {
-    // Kthena's session-affinity with its arguments: the session named by X-Conversation.
-    let sched = scheduler(&[], &[("session-affinity", 10), ("least-request", 1)]).replace(
-        "  plugins:\n",
-        "  - name: session-affinity\n    args:\n      headerName: X-Conversation\n      ttl: 1h\n  plugins:\n",
-    );
-    let s = start(pods(2), sched);
-    let send = |session: Option<&str>, i: usize| {
-        let body =
-            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
-        let headers: Vec<(&str, &str)> =
-            session.map(|v| ("x-conversation", v)).into_iter().collect();
-        let r = s.post("/v1/completions", &body.to_string(), &headers);
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.pod()
-    };
-    let home = send(Some("alice"), 0);
-    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
-    // The session's pod now runs three requests of another gateway: least-request avoids it.
-    s.hold_metrics(&home, r#"{"running": 3}"#);
-    s.wait_for_scrapes(3);
-    for i in 1..=20 {
-        assert_eq!(
-            send(Some("alice"), i),
-            home,
-            "request {i} of the session moved"
-        );
-    }
-    let mut counts = HashMap::new();
-    for i in 0..20 {
-        *counts.entry(send(None, i)).or_insert(0) += 1;
-        // A session no request has named before is placed by load like any other.
-        *counts
-            .entry(send(Some(&format!("new-{i}")), i))
-            .or_insert(0) += 1;
-    }
-    assert!(share(&counts, other) >= 0.9, "{counts:?}");
-}
-
-#[test]
-fn a_sticky_routes_sessions_stay_on_their_pods_until_a_filter_drops_one() {
-    // Kthena's ModelRoute spec.sessionSticky: the session from a header, a query parameter
-    // or a cookie, whichever comes first.
-    let sticky = "  sessionSticky:\n    sessionAffinitySeconds: 3600\n    sources:\n    - {type: Header, name: X-Session-ID}\n    - {type: Query, name: session}\n    - {type: Cookie, name: sid}\n";
-    let res = resources().replace(
-        "  modelName: \"pool\"\n",
-        &format!("  modelName: \"pool\"\n{sticky}"),
-    );
-    let opts = Options {
-        controller_args: ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
-            .map(String::from)
-            .to_vec(),
-        scheduler: Some(scheduler(&["least-request"], &[("least-request", 1)])),
-        ..Options::default()
-    };
-    let s = Stack::start(&res, pods(2), opts);
-    let send = |path: &str, headers: &[(&str, &str)], i: usize| {
-        let body =
-            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
-        let r = s.post(path, &body.to_string(), headers);
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.pod()
-    };
-    let alice = [("x-session-id", "alice")];
-    let home = send("/v1/completions", &alice, 0);
-    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
-    // The session's pod now runs three requests of another gateway: least-request avoids it,
-    // but not for the session, however it is named.
-    s.hold_metrics(&home, r#"{"running": 3}"#);
-    s.wait_for_scrapes(3);
-    for i in 1..=10 {
-        assert_eq!(send("/v1/completions", &alice, i), home, "request {i}");
-        let by_query = send("/v1/completions?x=1&session=alice", &[], i);
-        assert_eq!(by_query, home, "query, request {i}");
-        let by_cookie = send("/v1/completions", &[("cookie", "a=b; sid=alice")], i);
-        assert_eq!(by_cookie, home, "cookie, request {i}");
-    }
-    let mut counts = HashMap::new();
-    for i in 0..10 {
-        *counts.entry(send("/v1/completions", &[], i)).or_insert(0) += 1;
-        let new = format!("new-{i}");
-        *counts
-            .entry(send("/v1/completions", &[("x-session-id", &new)], i))
-            .or_insert(0) += 1;
-    }
-    assert!(share(&counts, other) >= 0.9, "placed by load: {counts:?}");
-    // Past maxWaitingRequests the filter drops the pod: the session moves, and stays where it
-    // went once the queue is gone.
-    s.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);
-    s.wait_for_scrapes(3);
-    assert_eq!(send("/v1/completions", &alice, 20), other);
-    s.hold_metrics(&home, r#"{"running": null, "waiting": null}"#);
-    s.hold_metrics(other, r#"{"running": 3}"#);
-    s.wait_for_scrapes(3);
-    for i in 21..=30 {
-        assert_eq!(send("/v1/completions", &alice, i), other, "request {i}");
-    }
 }
 
 #[test]
@@ -484,28 +344,6 @@ fn a_new_system_prompts_first_requests_on_both_workers_meet_on_one_pod() {
     panic!("five rounds of 8 connections never reached both workers");
 }
 
-/// A gateway of `start`'s with the rate-limit service and the gateways' shared store in
-/// `redis`, picking with `sched`.
-fn shared_store_options(
-    service: &test_support::RateLimitService,
-    redis: &test_support::RedisServer,
-    sched: String,
-) -> Options {
-    let service_flag = ["--rate-limit-service".to_string(), service.addr.clone()];
-    let mut controller_args: Vec<String> =
-        ["--metrics-interval-ms", "200", "--metrics-stale-ms", "3000"]
-            .map(String::from)
-            .to_vec();
-    controller_args.extend(service_flag.clone());
-    controller_args.extend(["--shared-placements-redis".to_string(), redis.addr()]);
-    Options {
-        controller_args,
-        bootstrap_args: service_flag.to_vec(),
-        scheduler: Some(sched),
-        ..Options::default()
-    }
-}
-
 #[test]
 fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
     let redis = test_support::RedisServer::start();
@@ -577,63 +415,4 @@ fn two_gateways_agree_on_a_new_system_prompts_pod_through_the_shared_store() {
     assert_eq!(count[index], fewest, "{pod} holds {count:?}");
     let keys = redis.cli(&["KEYS", "modelroute:placed:*"]);
     assert!(keys.lines().count() >= 5, "{keys}");
-}
-
-#[test]
-fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
-    let redis = test_support::RedisServer::start();
-    let service = test_support::RateLimitService::start();
-    let sticky = "  sessionSticky:\n    sources:\n    - {type: Header, name: X-Session-ID}\n    sessionAffinitySeconds: 30\n";
-    let res = resources().replace(
-        "  modelName: \"pool\"\n",
-        &format!("  modelName: \"pool\"\n{sticky}"),
-    );
-    let opts = || {
-        shared_store_options(
-            &service,
-            &redis,
-            scheduler(&["least-request"], &[("least-request", 1)]),
-        )
-    };
-    let a = Stack::start(&res, pods(2), opts());
-    let b = a.another_gateway(opts());
-    let send = |s: &Stack, i: usize| {
-        let body =
-            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
-        let r = s.post(
-            "/v1/completions",
-            &body.to_string(),
-            &[("x-session-id", "alice")],
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.pod()
-    };
-    let home = send(&a, 0);
-    let other = if home == "pod-0" { "pod-1" } else { "pod-0" };
-    // The session's pod runs three requests no gateway sent: gateway B, meeting the session
-    // first, would place it elsewhere by load; it follows A's binding from the store.
-    a.hold_metrics(&home, r#"{"running": 3}"#);
-    a.wait_for_scrapes(3);
-    b.wait_for_scrapes(3);
-    for i in 1..=6 {
-        assert_eq!(send(&b, i), home, "gateway B, request {i}");
-    }
-    // B's reads renewed the binding in Redis for the route's 30 s, not the placements' 600.
-    let key = redis.cli(&["--scan", "--pattern", "modelroute:session:*"]);
-    let ttl: u64 = redis.cli(&["TTL", &key]).parse().unwrap_or(u64::MAX);
-    assert!(ttl <= 30, "{key}: {ttl} s");
-    // A's filter drops the pod (20 waiting): the session moves on A, and B follows the move
-    // once its own binding is a second old, though the pod is back.
-    a.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);
-    a.wait_for_scrapes(3);
-    assert_eq!(send(&a, 7), other);
-    a.hold_metrics(&home, r#"{"running": null, "waiting": null}"#);
-    a.hold_metrics(other, r#"{"running": 3}"#);
-    a.wait_for_scrapes(3);
-    b.wait_for_scrapes(3);
-    std::thread::sleep(Duration::from_millis(1100));
-    for i in 8..=12 {
-        assert_eq!(send(&b, i), other, "gateway B after the move, request {i}");
-        assert_eq!(send(&a, i), other, "gateway A after the move, request {i}");
-    }
 }

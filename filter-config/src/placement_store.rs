@@ -32,10 +32,16 @@ pub const MAX_PODS: usize = 65536;
 /// Session bindings of routes with `sessionSticky`, shared by the gateways through the same
 /// service: one `POST` to this path per call, the binding's key in [`KEY_HEADER`], the Redis in
 /// [`REDIS_HEADER`], the binding's time to live in [`TTL_HEADER`]. An empty body reads the
-/// binding, a pod's address binds the session to it; either way its time to live starts
-/// again. The answer (200) is the address bound after the call, empty for none; 503 when
-/// Redis did not answer.
+/// binding; a pod's address binds the session to it: with [`SESSION_EXPECT_HEADER`] only if
+/// the session is unbound or bound to the address that header names (compare-and-set), else
+/// unconditionally. Either way the binding's time to live starts again. The answer (200) is
+/// the address bound after the call, empty for none; 503 when Redis did not answer.
 pub const SESSION_PATH: &str = "/modelroute.sessions/v1";
+/// The binding a call to [`SESSION_PATH`] may replace: a gateway claiming a session names
+/// its own proposal (bind it if the session is free, else learn the pod bound); one moving a
+/// session off a pod it cannot use names that pod (another gateway's move meanwhile is kept).
+/// Empty: only an unbound session is bound.
+pub const SESSION_EXPECT_HEADER: &str = "x-modelroute-session-expect";
 /// The prefix of session bindings' keys; the service touches no other key on that path.
 pub const SESSION_KEY_PREFIX: &str = "modelroute:session:";
 /// The longest pod address bound.

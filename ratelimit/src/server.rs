@@ -93,6 +93,8 @@ struct StoreCall {
     redis: Option<String>,
     key: Option<String>,
     placed_blocks: Option<String>,
+    /// Sessions: the binding a write may replace (compare-and-set); None: unconditional.
+    expect: Option<String>,
     ttl_s: u64,
     /// None: longer than `max` bytes, or cut.
     body: Option<Bytes>,
@@ -109,6 +111,7 @@ impl StoreCall {
         };
         let (redis, key) = (header(contract::REDIS_HEADER), header(contract::KEY_HEADER));
         let placed_blocks = header(contract::PLACED_BLOCKS_HEADER);
+        let expect = header(contract::SESSION_EXPECT_HEADER);
         let ttl_s = header(contract::TTL_HEADER)
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(600);
@@ -117,6 +120,7 @@ impl StoreCall {
             redis,
             key,
             placed_blocks,
+            expect,
             ttl_s,
             body: body.ok().map(|b| b.to_bytes()),
         }
@@ -166,7 +170,10 @@ async fn session(req: Request<Incoming>, sessions: &Sessions) -> Response<Frames
         .key
         .filter(|k| k.starts_with(contract::SESSION_KEY_PREFIX));
     let bound = match (call.redis, key, call.body) {
-        (Some(redis), Some(key), Some(pod)) => sessions.call(&redis, &key, &pod, call.ttl_s).await,
+        (Some(redis), Some(key), Some(pod)) => {
+            let expect = call.expect.as_deref();
+            sessions.call(&redis, &key, &pod, expect, call.ttl_s).await
+        }
         _ => None,
     };
     let Some(bound) = bound else {

@@ -20,22 +20,22 @@ use crate::in_flight::InFlight;
 use crate::load_report;
 use crate::prompt::prompt_text;
 use crate::rewrite::{json_string, splice_string};
-use crate::router::{Request, RouteError, Router, SharedPlacement};
+use crate::router::{Request, RouteError, Router};
 use crate::scan::{Key, Scan};
 use crate::tally::metric_name;
 
 impl Flow {
     /// Routes the parsed request: decides the server and pod and sends it on (or starts its
-    /// PD legs). `shared`: where the gateways' store of placements stands for it; not asked
-    /// yet, a prompt no local record answers for pauses the request while the store is
-    /// asked ([`Flow::ask_shared_placement`]), and this runs again with the answer.
+    /// PD legs). With the gateways' store, a prompt no local record answers for, or a sticky
+    /// session this Envoy has not confirmed lately, pauses the request while the store is
+    /// asked ([`Flow::ask_shared_placement`], [`Flow::ask_shared_session`]), and this runs
+    /// again with the answer.
     pub(super) fn route(
         &mut self,
         router: &mut Router,
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        shared: SharedPlacement<'_>,
     ) -> Action {
         let Parsed {
             body,
@@ -79,7 +79,7 @@ impl Flow {
             in_flight: &counts,
             load_reports: &reports,
             shared_data: &|key: &str| host.shared_get(key).0,
-            shared,
+            shared: self.placement_store(router),
             session_store: self.session_store(router),
             target,
             now_ms,
@@ -96,8 +96,8 @@ impl Flow {
                 span,
             };
             return match decision {
-                Err(RouteError::SessionUnknown(entry, _)) => {
-                    self.ask_shared_session(router, host, in_flight, parsed, entry)
+                Err(RouteError::SessionUnknown(claim, _)) => {
+                    self.ask_shared_session(router, host, in_flight, parsed, claim)
                 }
                 Err(RouteError::PlacementUnknown(key, _)) => {
                     self.ask_shared_placement(router, host, in_flight, parsed, key)

@@ -82,23 +82,36 @@ impl Waiting {
     }
 }
 
-/// The store was asked about this request's prompt under `key`.
+/// The store was asked about this request's prompt under `key`; `answer` is what it said
+/// (None: nothing yet, or no answer).
 #[derive(Debug)]
 pub(super) struct PlacementAsk {
     call: Waiting,
     key: SharedKeys,
-}
-
-/// Where the store of placements stands for a request about to be routed the first time.
-pub(super) fn unasked(router: &Router) -> SharedPlacement<'static> {
-    if router.settings.shared_placements.is_some() && router.scheduling() {
-        SharedPlacement::Unasked
-    } else {
-        SharedPlacement::Off
-    }
+    answer: Option<store::Answer>,
 }
 
 impl Flow {
+    /// Where the store of placements stands for this request.
+    pub(super) fn placement_store(&self, router: &Router) -> SharedPlacement<'_> {
+        if router.settings.shared_placements.is_none() || !router.scheduling() {
+            return SharedPlacement::Off;
+        }
+        match &self.placement_ask {
+            None => SharedPlacement::Unasked,
+            Some(PlacementAsk {
+                key,
+                answer: Some(a),
+                ..
+            }) => SharedPlacement::Answered {
+                asked: Some(key),
+                record: (!a.record.is_empty()).then_some(a.record.as_slice()),
+                placed: Some(&a.placed_blocks),
+            },
+            Some(_) => UNANSWERED,
+        }
+    }
+
     /// The prompt is new to this gateway and no local record answers for it: ask the store
     /// under `key` and pause; the answer continues in [`Flow::on_store_answer`]. A call
     /// the host refuses places it here and now.
@@ -110,17 +123,19 @@ impl Flow {
         parsed: Parsed,
         key: SharedKeys,
     ) -> Action {
-        let Some(shared) = router.settings.shared_placements.clone() else {
-            return self.route(router, host, in_flight, parsed, UNANSWERED);
-        };
-        let token = dispatch(host, &shared, &key, b"");
+        let token = router
+            .settings
+            .shared_placements
+            .as_ref()
+            .and_then(|shared| dispatch(host, shared, &key, b""));
         let ask = self.placement_ask.insert(PlacementAsk {
             call: Waiting::default(),
             key,
+            answer: None,
         });
         match ask.call.on(token, parsed) {
             None => Action::Pause,
-            Some(parsed) => self.route(router, host, in_flight, parsed, UNANSWERED),
+            Some(parsed) => self.route(router, host, in_flight, parsed),
         }
     }
 
@@ -167,35 +182,27 @@ impl Flow {
         parsed: Parsed,
         answer: Option<Vec<u8>>,
     ) {
-        let asked = self.placement_ask.as_ref().map(|a| a.key.clone());
-        let answer = answer.and_then(|a| store::Answer::decode(&a));
-        let shared = match &answer {
-            Some(a) => SharedPlacement::Answered {
-                asked: asked.as_ref(),
-                record: (!a.record.is_empty()).then_some(a.record.as_slice()),
-                placed: Some(&a.placed_blocks),
-            },
-            None => UNANSWERED,
-        };
-        self.resume_routed(router, host, in_flight, parsed, shared);
+        if let Some(ask) = self.placement_ask.as_mut() {
+            ask.answer = answer.and_then(|a| store::Answer::decode(&a));
+        }
+        self.resume_routed(router, host, in_flight, parsed);
     }
 
-    /// Routes a request that waited for the store (`shared`: where the store of placements
-    /// stands for it) and resumes it.
+    /// Routes a request that waited for the store and resumes it (unless it waits for the
+    /// store again).
     pub(super) fn resume_routed(
         &mut self,
         router: Option<&mut Router>,
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        shared: SharedPlacement<'_>,
     ) {
         let Some(router) = router else {
             self.fail(host, &ErrorReply::not_configured());
             return;
         };
         if matches!(
-            self.route(router, host, in_flight, parsed, shared),
+            self.route(router, host, in_flight, parsed),
             Action::Continue
         ) {
             host.resume();

@@ -80,14 +80,38 @@ fn start(
     (f, in_flight, action)
 }
 
-/// The first call the request made: a read of the store at `path`; its token.
-fn take_read(h: &mut FakeHost, path: &str) -> u32 {
-    let (token, cluster, headers, read, _) = h.calls.remove(0);
+/// The first call the request made: a read of the store of placements; its token.
+fn take_read(h: &mut FakeHost) -> u32 {
+    let (token, body) = take_call(h, STORE_PATH);
+    assert!(body.is_empty(), "the first call reads");
+    token
+}
+
+/// The first call the request made, to the store at `path`: its token and body.
+fn take_call(h: &mut FakeHost, path: &str) -> (u32, Vec<u8>) {
+    let (token, cluster, headers, body, _) = h.calls.remove(0);
     assert_eq!(cluster, "modelroute_ratelimit");
     assert!(headers.contains(&(":path".to_string(), path.to_string())));
     assert!(headers.iter().any(|(k, _)| k == KEY_HEADER));
-    assert!(read.is_empty(), "the first call reads");
-    token
+    (token, body)
+}
+
+/// The first call the request made: a claim of its session in the store (bind it to the
+/// pod in the body unless another is bound); its token and the pod claimed for.
+fn take_claim(h: &mut FakeHost) -> (u32, String) {
+    use filter_config::placement_store::{SESSION_EXPECT_HEADER, SESSION_PATH};
+    let expect = h.calls.first().and_then(|(_, _, headers, _, _)| {
+        let e = headers.iter().find(|(k, _)| k == SESSION_EXPECT_HEADER)?;
+        Some(e.1.clone())
+    });
+    let (token, body) = take_call(h, SESSION_PATH);
+    let pod = String::from_utf8(body).unwrap();
+    assert_eq!(
+        expect.as_deref(),
+        Some(pod.as_str()),
+        "a claim expects its own pod"
+    );
+    (token, pod)
 }
 
 /// Sends `body` through `gateway` with `busy` requests in flight on each pod (this
@@ -103,7 +127,7 @@ fn send(
     let (mut f, mut in_flight, action) = start(gateway, &mut h, body, busy);
     assert_eq!(action, Action::Pause, "a new prompt waits for the store");
     assert_eq!(h.get("x-gateway-destination-endpoint"), None);
-    let token = take_read(&mut h, STORE_PATH);
+    let token = take_read(&mut h);
     let size = answer.1.len();
     h.call_answer = Some(answer);
     assert!(f.on_store_answer(Some(gateway), &mut h, &mut in_flight, token, size));
@@ -263,24 +287,38 @@ fn sticky_gateway() -> Router {
     Router::compile(cfg, 1).unwrap()
 }
 
+/// What the store answers a claim: the pod claimed for (the session was free), or another.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    Free,
+    Bound(&'a str),
+    /// Not a 200 (Redis did not answer).
+    Failed,
+}
+
 /// Session alice's request through `gateway` with its shared data `shared` and `busy`
-/// requests in flight on each pod. With `answer`, the store is asked and answers it (status,
-/// body); without, no call may be made. Returns the host after the request went on.
+/// requests in flight on each pod. With `store`, the session is claimed there first, and
+/// the store answers as it says; without, no call may be made before the request goes on.
+/// Returns the host after the request went on.
 fn sticky_send(
     gateway: &mut Router,
     shared: &mut std::collections::HashMap<String, (Vec<u8>, u32)>,
     busy: [u32; 4],
-    answer: Option<(Option<u32>, &str)>,
+    store: Option<Store<'_>>,
 ) -> FakeHost {
-    use filter_config::placement_store::SESSION_PATH;
     let body = r#"{"model":"chat","prompt":"hello"}"#;
     let mut h = FakeHost::post("/v1/completions", body, &[("x-session-id", "alice")]);
     h.shared = std::mem::take(shared);
     let (mut f, mut in_flight, action) = start(gateway, &mut h, body, busy);
-    if let Some((status, bound)) = answer {
-        assert_eq!(action, Action::Pause, "the store is asked first");
-        let token = take_read(&mut h, SESSION_PATH);
-        h.call_answer = Some((status, bound.as_bytes().to_vec()));
+    if let Some(store) = store {
+        assert_eq!(action, Action::Pause, "the store is claimed first");
+        let (token, claimed) = take_claim(&mut h);
+        let (status, bound) = match store {
+            Store::Free => (Some(200), claimed),
+            Store::Bound(pod) => (Some(200), pod.to_string()),
+            Store::Failed => (Some(503), String::new()),
+        };
+        h.call_answer = Some((status, bound.clone().into_bytes()));
         let n = bound.len();
         assert!(f.on_store_answer(Some(gateway), &mut h, &mut in_flight, token, n));
         assert_eq!(h.resumed, 1);
@@ -296,15 +334,10 @@ fn sticky_send(
 fn gateways_share_a_sticky_sessions_binding_through_the_store() {
     let (mut a, mut b) = (sticky_gateway(), sticky_gateway());
     let (mut shared_a, mut shared_b) = (Default::default(), Default::default());
-    // Gateway A: the store knows nothing; A places the session and writes its binding.
-    let h = sticky_send(&mut a, &mut shared_a, [0, 5, 5, 5], Some((Some(200), "")));
-    assert_eq!(pod(&h), PODS[0]);
-    let written: Vec<_> = h
-        .calls
-        .iter()
-        .map(|(_, _, _, body, _)| body.clone())
-        .collect();
-    assert_eq!(written, [PODS[0].as_bytes().to_vec()]);
+    // Gateway A: the session is free; A's claim for the pod it picks binds it, nothing more
+    // is written.
+    let h = sticky_send(&mut a, &mut shared_a, [0, 5, 5, 5], Some(Store::Free));
+    assert_eq!((pod(&h).as_str(), h.calls.len()), (PODS[0], 0));
     // Within a second A neither asks nor writes; the session stays against the load.
     let h = sticky_send(&mut a, &mut shared_a, [9, 0, 0, 0], None);
     assert_eq!((pod(&h).as_str(), h.calls.len()), (PODS[0], 0));
@@ -313,23 +346,74 @@ fn gateways_share_a_sticky_sessions_binding_through_the_store() {
         &mut b,
         &mut shared_b,
         [9, 0, 0, 0],
-        Some((Some(200), PODS[0])),
+        Some(Store::Bound(PODS[0])),
     );
-    assert_eq!(pod(&h), PODS[0]);
+    assert_eq!((pod(&h).as_str(), h.calls.len()), (PODS[0], 0));
     // No answer from the store (an error status): a third gateway places it by its own view.
     let mut c = sticky_gateway();
     let mut shared_c = Default::default();
-    let h = sticky_send(
-        &mut c,
-        &mut shared_c,
-        [9, 0, 0, 0],
-        Some((Some(503), "junk")),
-    );
+    let h = sticky_send(&mut c, &mut shared_c, [9, 0, 0, 0], Some(Store::Failed));
     assert_ne!(pod(&h), PODS[0]);
     assert!(
         h.calls.is_empty(),
         "nothing written over what the store may hold"
     );
+}
+
+/// The store's sessions as `modelroute-ratelimit`'s script keeps them (tested against Redis
+/// in `ratelimit/src/sessions.rs`): a call with a pod sets it if the session is unbound or
+/// bound to the expected pod; every call answers the pod bound after it.
+fn store_answers(bound: &mut Option<String>, call: &(Vec<(String, String)>, Vec<u8>)) -> Vec<u8> {
+    use filter_config::placement_store::SESSION_EXPECT_HEADER;
+    let (headers, body) = call;
+    let expect = headers.iter().find(|(k, _)| k == SESSION_EXPECT_HEADER);
+    let pod = String::from_utf8(body.clone()).unwrap();
+    let replaces = match expect {
+        None => true,
+        Some((_, e)) => bound.as_ref().is_none_or(|b| b == e),
+    };
+    if !pod.is_empty() && replaces {
+        *bound = Some(pod);
+    }
+    bound.clone().unwrap_or_default().into_bytes()
+}
+
+#[test]
+fn two_gateways_meeting_a_new_session_at_once_send_it_to_one_pod() {
+    // A and B each get a request of the new session before either has heard of it; their
+    // views differ (each has its own requests in flight), so each would pick its own pod.
+    let (mut a, mut b) = (sticky_gateway(), sticky_gateway());
+    let body = r#"{"model":"chat","prompt":"hello"}"#;
+    let request = || FakeHost::post("/v1/completions", body, &[("x-session-id", "alice")]);
+    let (mut ha, mut hb) = (request(), request());
+    let (mut fa, mut ia, action_a) = start(&mut a, &mut ha, body, [0, 5, 5, 5]);
+    let (mut fb, mut ib, action_b) = start(&mut b, &mut hb, body, [5, 0, 5, 5]);
+    assert_eq!((action_a, action_b), (Action::Pause, Action::Pause));
+    // Both calls reach the store before either answer is back: A's first, then B's.
+    let mut bound = None;
+    let mut store = |h: &mut FakeHost| {
+        let (token, _, headers, body, _) = h.calls.remove(0);
+        (token, store_answers(&mut bound, &(headers, body)))
+    };
+    let (answer_a, answer_b) = (store(&mut ha), store(&mut hb));
+    for (h, f, g, i, (token, answer)) in [
+        (&mut ha, &mut fa, &mut a, &mut ia, answer_a),
+        (&mut hb, &mut fb, &mut b, &mut ib, answer_b),
+    ] {
+        let n = answer.len();
+        h.call_answer = Some((Some(200), answer));
+        assert!(f.on_store_answer(Some(g), h, i, token, n));
+    }
+    // Then what each wrote after routing (not awaited).
+    for h in [&mut ha, &mut hb] {
+        while !h.calls.is_empty() {
+            store(h);
+        }
+    }
+    assert_eq!((ha.resumed, hb.resumed), (1, 1));
+    assert_eq!(pod(&ha), PODS[0], "A's own pick");
+    assert_eq!(pod(&hb), PODS[0], "B follows A's claim");
+    assert_eq!(bound.as_deref(), Some(PODS[0]));
 }
 
 #[test]
@@ -368,7 +452,7 @@ fn a_weighted_target_is_chosen_once_per_request_whatever_the_store_is_asked() {
         f.on_request_headers(Some(&g), &mut h, false);
         let action = f.on_request_body(Some(&mut g), &mut h, &mut in_flight, body.len(), true);
         assert_eq!(action, Action::Pause);
-        let token = take_read(&mut h, filter_config::placement_store::SESSION_PATH);
+        let (token, _) = take_claim(&mut h);
         h.call_answer = Some((Some(200), Vec::new()));
         assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, 0));
         on_a += usize::from(PODS[..2].contains(&pod(&h).as_str()));
@@ -381,12 +465,7 @@ fn a_store_answer_longer_than_any_the_store_gives_is_not_read() {
     let mut g = sticky_gateway();
     let mut shared = Default::default();
     let long = format!("{}{}", PODS[0], " ".repeat(100_000));
-    let h = sticky_send(
-        &mut g,
-        &mut shared,
-        [9, 0, 0, 0],
-        Some((Some(200), long.as_str())),
-    );
+    let h = sticky_send(&mut g, &mut shared, [9, 0, 0, 0], Some(Store::Bound(&long)));
     assert!(
         h.call_body_reads.borrow().is_empty(),
         "{:?}",
@@ -396,7 +475,7 @@ fn a_store_answer_longer_than_any_the_store_gives_is_not_read() {
 }
 
 #[test]
-fn a_sticky_session_and_a_new_prompt_ask_the_store_in_turn_and_the_request_goes_on_once() {
+fn a_new_prompt_and_a_sticky_session_ask_the_store_in_turn_and_the_request_goes_on_once() {
     // The cache-affinity gateway with a sticky route: a new session with a new prompt.
     let mut g = gateway(1);
     let mut cfg = FilterConfig::fixture(
@@ -415,36 +494,30 @@ fn a_sticky_session_and_a_new_prompt_ask_the_store_in_turn_and_the_request_goes_
     let mut h = FakeHost::post("/v1/chat/completions", &b, &[("x-session-id", "alice")]);
     let (mut f, mut in_flight, action) = start(&mut g, &mut h, &b, [0, 0, 0, 0]);
     assert_eq!(action, Action::Pause);
-    let token = take_read(&mut h, filter_config::placement_store::SESSION_PATH);
-    h.call_answer = Some((Some(200), Vec::new()));
-    assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, 0));
-    assert_eq!(
-        h.resumed, 0,
-        "still waiting: the prompt's placement is asked next"
-    );
-    let token = take_read(&mut h, STORE_PATH);
+    // The prompt's placement first (no gateway placed it), then the session's claim for
+    // where the prompt goes; the placement is not asked again.
+    let token = take_read(&mut h);
     let n = none().len();
     h.call_answer = Some((Some(200), none()));
     assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, n));
+    assert_eq!(h.resumed, 0, "still waiting: the session is claimed next");
+    let (token, claimed) = take_claim(&mut h);
+    assert!(h.calls.is_empty(), "{:?}", h.calls);
+    h.call_answer = Some((Some(200), claimed.clone().into_bytes()));
+    let n = claimed.len();
+    assert!(f.on_store_answer(Some(&mut g), &mut h, &mut in_flight, token, n));
     assert_eq!((h.resumed, h.reply.as_ref()), (1, None));
-    let chosen = pod(&h);
-    // The placement record and the session's binding, both written for the pod it went to.
-    let writes: Vec<(String, Vec<u8>)> = h
+    assert_eq!(pod(&h), claimed);
+    // The placement record is written for the pod it went to; the claim bound the session.
+    let writes: Vec<String> = h
         .calls
         .iter()
-        .map(|(_, _, headers, body, _)| {
+        .map(|(_, _, headers, _, _)| {
             let path = headers.iter().find(|(k, _)| k == ":path").unwrap();
-            (path.1.clone(), body.clone())
+            path.1.clone()
         })
         .collect();
-    assert!(writes.contains(&(
-        filter_config::placement_store::SESSION_PATH.to_string(),
-        chosen.into_bytes()
-    )));
-    assert!(
-        writes.iter().any(|(path, _)| path == STORE_PATH),
-        "{writes:?}"
-    );
+    assert_eq!(writes, [STORE_PATH]);
 }
 
 #[test]

@@ -2,19 +2,21 @@
 //! store of placements ([`super::shared_placement`]; Settings' `shared_placements`). Each
 //! Envoy binds a session where its own pick sent it, so behind several gateways one session
 //! would be bound to as many pods. So a session this Envoy has not confirmed within
-//! [`crate::session::RENEW_MS`] is asked of the store first (the request pauses; another
-//! gateway may have bound or moved it; the read renews the binding there), and a binding
-//! this Envoy makes or moves is written there (not awaited). Without an answer in time, this
-//! Envoy's binding holds. Part of [`Flow`].
+//! [`crate::session::RENEW_MS`] is claimed in the store before the pick counts: the request
+//! pauses while the store binds the session to the pod this Envoy would pick unless it holds
+//! another (which the request then goes to; the call renews the binding there), so gateways
+//! meeting a new session at once agree. A binding this Envoy moves (its pod no longer
+//! passes the filters) is written there, replacing only the pod it saw (compare-and-set;
+//! not awaited). Without an answer in time, this Envoy's binding holds. Part of [`Flow`].
 
 use filter_config::placement_store as store;
 use filter_config::SharedPlacements;
 
-use super::shared_placement::{unasked, Parsed, Waiting};
+use super::shared_placement::{Parsed, Waiting};
 use super::Flow;
 use crate::host::{Action, Host};
 use crate::in_flight::InFlight;
-use crate::router::{Router, SharedPlacement, SharedSession, StoredSession};
+use crate::router::{Router, SharedSession, StoreBinding};
 
 /// The store was asked about this request's sticky session; `answer` is what it said (None:
 /// nothing yet, or no answer; then the pod address bound, if any).
@@ -37,8 +39,8 @@ impl Flow {
         }
     }
 
-    /// The request's sticky session has no binding this Envoy confirmed lately: ask the
-    /// store about its `entry` (the read renews the binding there) and pause; the answer continues in [`Flow::on_store_answer`]. A
+    /// The request's sticky session has no binding this Envoy confirmed lately: send the
+    /// store the `claim` and pause; the answer continues in [`Flow::on_store_answer`]. A
     /// call the host refuses routes it by this Envoy's binding, here and now.
     pub(super) fn ask_shared_session(
         &mut self,
@@ -46,20 +48,17 @@ impl Flow {
         host: &mut dyn Host,
         in_flight: &mut InFlight,
         parsed: Parsed,
-        entry: StoredSession,
+        claim: StoreBinding,
     ) -> Action {
         let token = router
             .settings
             .shared_placements
             .as_ref()
-            .and_then(|shared| dispatch(host, shared, &entry, ""));
+            .and_then(|shared| dispatch(host, shared, &claim));
         let ask = self.session_ask.insert(SessionAsk::default());
         match ask.call.on(token, parsed) {
             None => Action::Pause,
-            Some(parsed) => {
-                let shared = unasked(router);
-                self.route(router, host, in_flight, parsed, shared)
-            }
+            Some(parsed) => self.route(router, host, in_flight, parsed),
         }
     }
 
@@ -76,41 +75,36 @@ impl Flow {
         if let Some(ask) = self.session_ask.as_mut() {
             ask.answer = answer.map(|a| String::from_utf8(a).ok().filter(|a| !a.is_empty()));
         }
-        let shared = router.as_deref().map_or(SharedPlacement::Off, unasked);
-        self.resume_routed(router, host, in_flight, parsed, shared);
+        self.resume_routed(router, host, in_flight, parsed);
     }
 
-    /// This Envoy bound (or moved) a sticky session: write the binding (the session's entry,
-    /// the pod's address) to the store; the answer is not awaited.
-    pub(super) fn share_session(
-        router: &Router,
-        host: &mut dyn Host,
-        (entry, pod): &(StoredSession, String),
-    ) {
+    /// This Envoy bound (or moved) a sticky session: write the binding to the store; the
+    /// answer is not awaited.
+    pub(super) fn share_session(router: &Router, host: &mut dyn Host, write: &StoreBinding) {
         if let Some(shared) = &router.settings.shared_placements {
-            let _ = dispatch(host, shared, entry, pod);
+            let _ = dispatch(host, shared, write);
         }
     }
 }
 
-/// A call to the store about a session: an empty `pod` reads the binding under the entry's
-/// key, an address binds the session to it; either way the binding lives the entry's time
-/// to live from now. The answer is the address bound.
-fn dispatch(
-    host: &mut dyn Host,
-    shared: &SharedPlacements,
-    entry: &StoredSession,
-    pod: &str,
-) -> Option<u32> {
-    let ttl = entry.ttl_s.to_string();
+/// A call to the store setting a session's binding (compare-and-set); the answer is the
+/// address bound after it.
+fn dispatch(host: &mut dyn Host, shared: &SharedPlacements, b: &StoreBinding) -> Option<u32> {
+    let ttl = b.ttl_s.to_string();
     let headers = [
         (":method", "POST"),
         (":path", store::SESSION_PATH),
         (":authority", "modelroute-placements"),
         ("content-type", "application/octet-stream"),
         (store::REDIS_HEADER, shared.redis.as_str()),
-        (store::KEY_HEADER, entry.key.as_str()),
+        (store::KEY_HEADER, b.key.as_str()),
         (store::TTL_HEADER, ttl.as_str()),
+        (store::SESSION_EXPECT_HEADER, b.expect.as_str()),
     ];
-    host.dispatch(&shared.cluster, &headers, pod.as_bytes(), shared.timeout_ms)
+    host.dispatch(
+        &shared.cluster,
+        &headers,
+        b.pod.as_bytes(),
+        shared.timeout_ms,
+    )
 }

@@ -46,13 +46,16 @@ impl Router {
         };
         // The route's sessionSticky (plain servers; Kthena bypasses it for PD): the pod the
         // session is bound to, picked while it passes the filters.
-        let sticky = match self.routes.get(target.route) {
-            Some(route) => StickySession::of(route, server, req)
-                .map_err(|entry| RouteError::SessionUnknown(entry, target))?,
-            None => None,
-        };
+        let sticky = self
+            .routes
+            .get(target.route)
+            .and_then(|route| StickySession::of(route, server, req));
         let pinned = sticky.as_ref().and_then(|s| s.pinned);
         if !self.scheduling {
+            let first = server.round_robin_first(pinned);
+            if let Some(claim) = sticky.as_ref().and_then(|s| s.claim(server, Some(first))) {
+                return Err(RouteError::SessionUnknown(claim, target));
+            }
             let (endpoints, pairs) = match server.pd.as_mut() {
                 Some(pd) => {
                     let pairs = pd.pick_pairs(wanted, &server.endpoints);
@@ -144,6 +147,12 @@ impl Router {
             };
             (ranked, pairs)
         };
+        // The store's claim comes before anything is learnt from the ranking: the request
+        // is decided again with the store's answer.
+        let best = ranked.first().map(|i| *i as usize);
+        if let Some(claim) = sticky.as_ref().and_then(|s| s.claim(server, best)) {
+            return Err(RouteError::SessionUnknown(claim, target));
+        }
         if let Some(best) = ranked.first().filter(|_| bounded) {
             server.recent.record(*best, req.now_ms);
         }
@@ -331,17 +340,26 @@ fn join_addresses(endpoints: &[String], indices: impl Iterator<Item = usize>) ->
 impl Server {
     /// Round robin over the ready pods: the next one, followed by the ones after it, `take`
     /// in all (at most every pod once). A `pinned` pod (a session's) goes first instead,
-    /// without taking a turn.
+    /// taking the turn only if it is the turn's pod (a session claimed in the gateways' store
+    /// for the next turn's pod is pinned to it when decided again).
     fn round_robin(&mut self, take: usize, pinned: Option<u32>) -> String {
         let n = self.endpoints.len().max(1);
         let take = self.endpoints.len().min(take);
-        if let Some(p) = pinned.map(|p| p as usize).filter(|p| *p < n) {
-            let rest = (1..n).map(|k| (p + k) % n);
-            return join_addresses(&self.endpoints, std::iter::once(p).chain(rest).take(take));
+        let start = self.round_robin_first(pinned);
+        if start == self.next % n {
+            self.next = (start + 1) % n;
         }
-        let start = self.next % n;
-        self.next = (start + 1) % n;
         join_addresses(&self.endpoints, (0..take).map(|k| (start + k) % n))
+    }
+
+    /// The pod [`Server::round_robin`] puts first: the `pinned` one (a pod index), else the
+    /// next turn's.
+    fn round_robin_first(&self, pinned: Option<u32>) -> usize {
+        let n = self.endpoints.len().max(1);
+        pinned
+            .map(|p| p as usize)
+            .filter(|p| *p < n)
+            .unwrap_or(self.next % n)
     }
 
     /// The index of the pod at `address`, if it is one of this server's.

@@ -1,83 +1,102 @@
 //! A route's `sessionSticky` during one pick: the session's binding, the pod it pins, and
 //! (with the gateways' store) what the store holds and what to write there. The pick asks
-//! [`StickySession::of`] before ranking and [`StickySession::rebind`] once it has chosen.
+//! [`StickySession::of`] before ranking, [`StickySession::claim`] once it has ranked (before
+//! anything is learnt from the ranking), and [`StickySession::rebind`] once it has chosen.
 
 use super::{Decision, Request, Route, Server, SharedSession};
 use crate::session::source::session_key;
 use crate::session::{Binding, Role};
 
-/// A sticky session's entry in the gateways' store: its key there, and how long a binding
-/// lives there after its last read or write (the route's `sessionAffinitySeconds`).
+/// A sticky session's binding to set in the gateways' store: the session's key there, the
+/// binding's time to live there (the route's `sessionAffinitySeconds`), the pod's address,
+/// and the binding it may replace (compare-and-set: set only if the store holds `expect` or
+/// nothing; empty: only nothing). The store answers with the pod bound after the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSession {
+pub struct StoreBinding {
     pub key: String,
     pub ttl_s: u64,
+    pub pod: String,
+    pub expect: String,
 }
 
 /// A request's session on a route with sessionSticky: its binding in this Envoy's shared
-/// data, the pod it is pinned to, and its key in the gateways' store (with one).
+/// data, the pod it is pinned to, and where the gateways' store stands for it (with one).
 pub(super) struct StickySession {
     binding: Binding,
     /// The bound pod's index: the store's answer if it named one of the server's pods, else
     /// this Envoy's binding.
     pub pinned: Option<u32>,
-    store_entry: Option<StoredSession>,
+    store: Option<InStore>,
+}
+
+/// A sticky session in the gateways' store, as this request sees it.
+struct InStore {
+    key: String,
+    ttl_s: u64,
     /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
     /// (not asked) what this Envoy confirmed lately.
     stored: Option<u32>,
+    /// Not confirmed lately and not asked yet: the store is to be claimed first.
+    ask: bool,
 }
 
 impl StickySession {
     /// None when the route is not sticky, the server is PD (Kthena bypasses it), or the
-    /// request names no session. With the gateways' store and a binding this Envoy has not
-    /// confirmed lately, the store is to be asked first ([`super::RouteError::SessionUnknown`]).
-    /// Err: the session's entry, to ask the store about.
-    pub(super) fn of(
-        route: &Route,
-        server: &Server,
-        req: &Request<'_>,
-    ) -> Result<Option<Self>, StoredSession> {
-        let Some(cfg) = route
+    /// request names no session.
+    pub(super) fn of(route: &Route, server: &Server, req: &Request<'_>) -> Option<Self> {
+        let cfg = route
             .session_sticky
             .as_ref()
-            .filter(|_| server.pd.is_none())
-        else {
-            return Ok(None);
-        };
-        let Some(binding) = session_key(&cfg.sources, req.header, req.query)
-            .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))
-        else {
-            return Ok(None);
-        };
+            .filter(|_| server.pd.is_none())?;
+        let binding = session_key(&cfg.sources, req.header, req.query)
+            .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))?;
         let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-        let entry = || StoredSession {
+        let in_store = |stored, ask| InStore {
             key: binding.store_key(&route.name),
             ttl_s: cfg.ttl_ms.div_ceil(1000),
+            stored,
+            ask,
         };
-        let (pinned, stored, store_entry) = match req.session_store {
-            SharedSession::Off | SharedSession::Unanswered => (local, None, None),
-            SharedSession::Unasked if binding.confirmed(req.now_ms) => {
-                (local, local, Some(entry()))
+        let (pinned, store) = match req.session_store {
+            SharedSession::Off | SharedSession::Unanswered => (local, None),
+            SharedSession::Unasked => {
+                let confirmed = binding.confirmed(req.now_ms);
+                let stored = if confirmed { local } else { None };
+                (local, Some(in_store(stored, !confirmed)))
             }
-            SharedSession::Unasked => return Err(entry()),
             SharedSession::Answered(pod) => {
                 let stored = pod
                     .and_then(|a| server.endpoint_index(a))
                     .and_then(|i| u32::try_from(i).ok());
-                (stored.or(local), stored, Some(entry()))
+                (stored.or(local), Some(in_store(stored, false)))
             }
         };
-        Ok(Some(StickySession {
+        Some(StickySession {
             binding,
             pinned,
-            store_entry,
-            stored,
-        }))
+            store,
+        })
+    }
+
+    /// With the gateways' store and a binding this Envoy has not confirmed lately, the claim
+    /// to send before the pick counts ([`super::RouteError::SessionUnknown`]): bind the
+    /// session to `proposed` (the pod this Envoy would send it to: its index) unless the
+    /// store holds another pod, which the request is then decided again with (the call renews
+    /// the binding there either way). Two gateways meeting a new session at once thus agree.
+    pub(super) fn claim(&self, server: &Server, proposed: Option<usize>) -> Option<StoreBinding> {
+        let store = self.store.as_ref().filter(|s| s.ask)?;
+        let pod = server.endpoints.get(proposed?)?;
+        Some(StoreBinding {
+            key: store.key.clone(),
+            ttl_s: store.ttl_s,
+            pod: pod.clone(),
+            expect: pod.clone(),
+        })
     }
 
     /// Binds the session to the pod `d` goes to (the first of its endpoints) when it moved
     /// or a renewal is due, in this Envoy's shared data; with a store, there too when the
-    /// store holds another pod or none (a read renews it there).
+    /// store holds another pod (replacing only that one) or none.
     pub(super) fn rebind(self, server: &Server, d: &mut Decision, now_ms: u64) {
         let Some(chosen) = d.endpoints.split(',').next() else {
             return;
@@ -88,8 +107,16 @@ impl StickySession {
         let Some(&pod) = server.pod_ids.get(index) else {
             return;
         };
-        if self.stored != u32::try_from(index).ok() {
-            d.session_store_write = self.store_entry.map(|entry| (entry, chosen.to_string()));
+        if let Some(store) = self.store {
+            if store.stored != u32::try_from(index).ok() {
+                let stored = store.stored.and_then(|s| server.endpoints.get(s as usize));
+                d.session_store_write = Some(StoreBinding {
+                    key: store.key,
+                    ttl_s: store.ttl_s,
+                    pod: chosen.to_string(),
+                    expect: stored.cloned().unwrap_or_default(),
+                });
+            }
         }
         if let Some(record) = self.binding.rebind(pod, now_ms) {
             d.session_bindings.push(record);

@@ -64,6 +64,7 @@ struct Gateway {
     shared: RefCell<HashMap<String, Vec<u8>>>,
     in_flight: HashMap<String, u32>,
     store: SharedSession<'static>,
+    prompt: Vec<u8>,
 }
 
 impl Gateway {
@@ -73,6 +74,7 @@ impl Gateway {
             shared: RefCell::default(),
             in_flight: HashMap::new(),
             store: SharedSession::Off,
+            prompt: Vec::new(),
         }
     }
 
@@ -111,7 +113,7 @@ impl Gateway {
             path: "/v1/completions",
             query,
             header: &header,
-            prompt: b"",
+            prompt: &self.prompt,
             in_flight: &counts,
             load_reports: &no_load_reports,
             shared_data: &|k: &str| self.shared.borrow().get(k).cloned(),
@@ -258,43 +260,57 @@ fn a_sticky_header_that_is_not_a_lower_case_name_is_refused_with_the_configurati
 }
 
 #[test]
-fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_asked_for() {
+fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_claimed_first() {
     let mut g = Gateway::new(config(&PODS, true, true));
     g.store = SharedSession::Unasked;
-    let Err(RouteError::SessionUnknown(entry, _)) = g.decide(&ALICE, "", 0) else {
-        panic!("the store is asked first");
+    for (pod, n) in [(PODS[0], 5), (PODS[2], 4), (PODS[3], 4)] {
+        g.in_flight.insert(pod.to_string(), n);
+    }
+    // The store is claimed for the pod this Envoy would pick (pod 1: least loaded), before
+    // the pick counts.
+    let Err(RouteError::SessionUnknown(claim, _)) = g.decide(&ALICE, "", 0) else {
+        panic!("the store is claimed first");
     };
     assert!(
-        entry.key.starts_with("modelroute:session:default/chat:"),
-        "{entry:?}"
+        claim.key.starts_with("modelroute:session:default/chat:"),
+        "{claim:?}"
     );
-    assert_eq!(entry.ttl_s, 60, "the route's sessionAffinitySeconds");
-    // Another gateway bound the session to a busy pod: followed (the read renewed it in the
-    // store: nothing to write).
+    assert_eq!(claim.ttl_s, 60, "the route's sessionAffinitySeconds");
+    assert_eq!(
+        (claim.pod.as_str(), claim.expect.as_str()),
+        (PODS[1], PODS[1])
+    );
+    // Another gateway had bound the session to a busy pod: followed (the claim renewed it
+    // in the store: nothing to write).
     g.in_flight.insert(PODS[3].to_string(), 50);
     g.store = SharedSession::Answered(Some(PODS[3]));
     let d = g.decide(&ALICE, "", 0).unwrap();
     assert!(d.endpoints.starts_with(PODS[3]), "{}", d.endpoints);
     assert_eq!(d.session_store_write, None);
-    // Confirmed here within a second: not asked again, nothing written.
+    // Confirmed here within a second: not claimed again, nothing written.
     g.store = SharedSession::Unasked;
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS - 1).unwrap();
     assert!(d.endpoints.starts_with(PODS[3]));
     assert_eq!(d.session_store_write, None);
-    assert!(matches!(
-        g.decide(&ALICE, "", crate::session::RENEW_MS),
-        Err(RouteError::SessionUnknown(..))
-    ));
-    // The store knows nothing (or did not answer): this Envoy's binding holds,
+    // Past it: claimed for the pod this Envoy's binding names, though others are idler.
+    let Err(RouteError::SessionUnknown(again, _)) = g.decide(&ALICE, "", crate::session::RENEW_MS)
+    else {
+        panic!("claimed again");
+    };
+    assert_eq!(
+        (again.pod.as_str(), again.expect.as_str()),
+        (PODS[3], PODS[3])
+    );
+    // The store knows nothing: this Envoy's binding holds, and is written there (only if
+    // nothing is bound there meanwhile).
     g.store = SharedSession::Answered(None);
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS).unwrap();
     assert!(d.endpoints.starts_with(PODS[3]));
-    // and written there.
-    assert_eq!(
-        d.session_store_write,
-        Some((entry.clone(), PODS[3].to_string()))
-    );
-    // Confirmed, but the filter drops the pod: the session moves, and the move is written.
+    let write = d.session_store_write.unwrap();
+    assert_eq!((write.pod.as_str(), write.expect.as_str()), (PODS[3], ""));
+    assert_eq!((write.key.as_str(), write.ttl_s), (claim.key.as_str(), 60));
+    // Confirmed, but the filter drops the pod: the session moves, and the move is written,
+    // replacing only the pod this Envoy saw bound (another gateway's move meanwhile stays).
     g.store = SharedSession::Unasked;
     let queued = PodStats {
         up: true,
@@ -305,12 +321,64 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_aske
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS + 1).unwrap();
     let moved = d.endpoints.split(',').next().unwrap().to_string();
     assert_ne!(moved, PODS[3]);
-    assert_eq!(d.session_store_write, Some((entry.clone(), moved)));
-    // A pod the store names that is not one of this server's: placed by load, and written.
+    let write = d.session_store_write.unwrap();
+    assert_eq!((write.pod, write.expect.as_str()), (moved, PODS[3]));
+    // A pod the store names that is not one of this server's: placed by load, and written
+    // where the store holds no pod this Envoy knows.
     let mut fresh = Gateway::new(config(&PODS, true, true));
     fresh.in_flight.insert(PODS[3].to_string(), 50);
     fresh.store = SharedSession::Answered(Some("10.9.9.9:8000"));
     let d = fresh.decide(&ALICE, "", 0).unwrap();
     assert!(!d.endpoints.starts_with(PODS[3]));
-    assert!(d.session_store_write.is_some_and(|(e, _)| e == entry));
+    assert!(d
+        .session_store_write
+        .is_some_and(|w| w.key == claim.key && w.expect.is_empty()));
+}
+
+#[test]
+fn a_claim_made_before_the_pick_counts_leaves_no_trace_of_the_pick() {
+    // Round robin: the claim proposes the next turn without taking it; the request decided
+    // again with the store's answer takes it once.
+    let mut g = Gateway::new(config(&PODS, true, false));
+    g.store = SharedSession::Unasked;
+    let Err(RouteError::SessionUnknown(claim, _)) = g.decide(&ALICE, "", 0) else {
+        panic!("the store is claimed first");
+    };
+    let Err(RouteError::SessionUnknown(again, _)) = g.decide(&ALICE, "", 0) else {
+        panic!("the store is claimed first");
+    };
+    assert_eq!(claim.pod, again.pod, "no turn taken by a claim");
+    let answer: &'static str = claim.pod.clone().leak();
+    g.store = SharedSession::Answered(Some(answer));
+    let d = g.decide(&ALICE, "", 0).unwrap();
+    assert!(d.endpoints.starts_with(&claim.pod));
+    g.store = SharedSession::Off;
+    let next = g.send(&[], "", 1);
+    assert_ne!(next, claim.pod, "the pinned session took no turn either");
+}
+
+#[test]
+fn a_claimed_pick_is_not_learnt_by_the_prefix_index_unless_the_store_grants_it() {
+    // Prefix affinity: the pod a prompt went to is learnt. A claim for pod 0 that the store
+    // answers with pod 2 (another gateway's binding) leaves only pod 2 knowing the prompt.
+    let cfg =
+        config(&PODS, true, true).with_settings(|s| s.scheduler = Scheduler::cache_affinity());
+    let mut g = Gateway::new(cfg);
+    g.prompt = "Answer as a pirate would, in three sentences at most. "
+        .repeat(20)
+        .into_bytes();
+    g.store = SharedSession::Unasked;
+    for pod in &PODS[1..] {
+        g.in_flight.insert(pod.to_string(), 5);
+    }
+    let Err(RouteError::SessionUnknown(claim, _)) = g.decide(&ALICE, "", 0) else {
+        panic!("the store is claimed first");
+    };
+    assert_eq!(claim.pod, PODS[0]);
+    g.store = SharedSession::Answered(Some(PODS[2]));
+    assert_eq!(g.send(&ALICE, "", 0), PODS[2]);
+    // The same prompt without a session: pod 2 alone holds it, though pod 0 is idler.
+    g.store = SharedSession::Off;
+    g.in_flight = [(PODS[2].to_string(), 1)].into();
+    assert_eq!(g.send(&[], "", 1), PODS[2]);
 }

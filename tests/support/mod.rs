@@ -16,6 +16,8 @@ pub use test_support::{
     bin, free_port, http, loopback_net, repo_root, wait_until, wasm, ReservedPort, Response,
 };
 
+pub mod pool;
+
 pub const SEED_RESOURCES: &str = "examples/kthena";
 
 fn root() -> PathBuf {
