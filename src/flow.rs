@@ -106,6 +106,9 @@ pub struct Flow {
     placement_ask: Option<PlacementAsk>,
     /// The gateways' store was asked about this request's sticky session.
     session_ask: Option<SessionAsk>,
+    /// A sticky session's request went to a plain server (its index): the session follows
+    /// the pod that answers.
+    session_follow: Option<(usize, crate::router::SessionFollow)>,
     /// When the request was first routed, and where the first decision sent it: a decision
     /// made again after a store answer uses both, so that a weighted target is chosen once
     /// per request and a session confirmed then is not asked about in the same request.

@@ -295,6 +295,12 @@ impl HttpContext for Request {
                     self.flow.on_load_report(&mut EnvoyHost, router, report);
                 }
             }
+            if self.flow.follows_session() {
+                let router = self.router.try_borrow().ok();
+                let router = router.as_deref().and_then(Option::as_ref);
+                self.flow
+                    .on_session_answered(&mut EnvoyHost, router, status);
+            }
             // The rate-limit service's refusal is for this filter's metrics, not the client.
             let refused = if self.flow.awaits_global_verdict() {
                 let refused = headers.get(global_rate_limit::REFUSED_HEADER);

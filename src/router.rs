@@ -170,6 +170,9 @@ pub struct Decision {
     /// chosen pod (and, PD, prefill pod) when the binding is new, moved or due for renewal
     /// ([`crate::session::RENEW_MS`]).
     pub session_bindings: Vec<(String, Vec<u8>)>,
+    /// sessionSticky: what to rebind the session with if another pod than the chosen one
+    /// answers ([`SessionFollow`]).
+    pub session_follow: Option<SessionFollow>,
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin
@@ -606,7 +609,7 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
 
 mod pick;
 mod sticky;
-pub use sticky::StoreBinding;
+pub use sticky::{SessionFollow, StoreBinding};
 #[cfg(test)]
 mod sticky_tests;
 #[cfg(test)]

@@ -167,6 +167,11 @@ impl Binding {
         self.slot.store_key(scope)
     }
 
+    /// The session's slot.
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
     /// The slot's key and new record when binding the session to `pod` (its [`pod_id`])
     /// changes or renews what it held ([`Slot::rebind`]).
     pub fn rebind(self, pod: u64, now_ms: u64) -> Option<(String, Vec<u8>)> {

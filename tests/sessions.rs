@@ -115,9 +115,21 @@ fn a_sticky_routes_sessions_stay_on_their_pods_until_a_filter_drops_one() {
     }
 }
 
+/// Session alice's request `i` through gateway `s`: the pod that served it.
+fn alice(s: &Stack, i: usize) -> String {
+    let body =
+        serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
+    let r = s.post(
+        "/v1/completions",
+        &body.to_string(),
+        &[("x-session-id", "alice")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.pod()
+}
+
 /// The seed's resources with the pool's route sticky (the session in `X-Session-ID`, bound
-/// for 30 s), the store's gateway options picking by least-request (filter and score), and
-/// a request of session alice through a gateway (the pod that served it).
+/// for 30 s), and the store's gateway options picking by least-request (filter and score).
 struct StickyStore {
     redis: test_support::RedisServer,
     service: test_support::RateLimitService,
@@ -139,18 +151,6 @@ impl StickyStore {
         shared_store_options(&self.service, &self.redis, least_request)
     }
 
-    fn send(s: &Stack, i: usize) -> String {
-        let body =
-            serde_json::json!({"model": "pool", "prompt": format!("hello {i}"), "max_tokens": 4});
-        let r = s.post(
-            "/v1/completions",
-            &body.to_string(),
-            &[("x-session-id", "alice")],
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.pod()
-    }
-
     /// The session's key in Redis (the only one).
     fn key(&self) -> String {
         self.redis
@@ -161,7 +161,7 @@ impl StickyStore {
 #[test]
 fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
     let store = StickyStore::new();
-    let (redis, send) = (&store.redis, StickyStore::send);
+    let (redis, send) = (&store.redis, alice);
     let a = Stack::start(&store.resources, pods(2), store.options());
     let b = a.another_gateway(store.options());
     let home = send(&a, 0);
@@ -197,7 +197,7 @@ fn two_gateways_keep_a_sticky_session_on_one_pod_through_the_shared_store() {
 #[test]
 fn a_gateway_moving_a_sticky_session_replaces_only_the_binding_it_saw() {
     let store = StickyStore::new();
-    let (redis, send) = (&store.redis, StickyStore::send);
+    let (redis, send) = (&store.redis, alice);
     let a = Stack::start(&store.resources, pods(3), store.options());
     // The session is free: A's claim binds it where A sends it.
     let home = send(&a, 0);
@@ -229,5 +229,40 @@ fn a_gateway_moving_a_sticky_session_replaces_only_the_binding_it_saw() {
     std::thread::sleep(Duration::from_millis(1100));
     for i in 2..=5 {
         assert_eq!(send(&a, i), *moved, "request {i}");
+    }
+}
+
+#[test]
+fn a_sticky_session_follows_the_pod_that_answered_when_its_own_died() {
+    let sticky = "  sessionSticky:\n    sources:\n    - {type: Header, name: X-Session-ID}\n";
+    let mut opts = options(scheduler(&["least-request"], &[("least-request", 1)]));
+    // Scrapes a second apart: the death is most likely noticed after the next request.
+    opts.controller_args = ["--metrics-interval-ms", "1000", "--metrics-stale-ms", "3000"]
+        .map(String::from)
+        .to_vec();
+    let s = Stack::start(&sticky_resources(sticky), pods(3), opts);
+    let home = alice(&s, 0);
+    let others: Vec<String> = (0..3)
+        .map(|i| format!("pod-{i}"))
+        .filter(|p| *p != home)
+        .collect();
+    let (fallback, third) = (&others[0], &others[1]);
+    // After the session's pod, the ranking puts `fallback` (idle) before `third` (busy).
+    s.hold_metrics(third, r#"{"running": 3}"#);
+    s.wait_for_scrapes(2);
+    // The session's pod dies: Envoy tries it, then the next pod of the ranking, which
+    // answers, and the session follows that pod (as Kthena binds a session to the pod that
+    // handled its request). (Should the collector notice the death first, the session is
+    // placed anew on the same pod.) Envoy first sees its pooled connections to the pod close
+    // (a request sent on one as it closes is not retried).
+    s.kill_pod(&home);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(alice(&s, 1), *fallback);
+    // The load turns; once the dead pod is marked down, the session stays where it went.
+    s.hold_metrics(third, r#"{"running": null}"#);
+    s.hold_metrics(fallback, r#"{"running": 3}"#);
+    s.wait_for_scrapes(3);
+    for i in 2..=6 {
+        assert_eq!(alice(&s, i), *fallback, "request {i}");
     }
 }

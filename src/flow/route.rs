@@ -112,7 +112,7 @@ impl Flow {
             &[("model", self.model_label())],
         );
         self.hold_gauge(host, name);
-        let decision = match decision {
+        let mut decision = match decision {
             Ok(d) => d,
             Err(e) => return self.fail(host, &ErrorReply::from_route(&e, &model)),
         };
@@ -129,6 +129,7 @@ impl Flow {
         if let Some(write) = &decision.session_store_write {
             Flow::share_session(router, host, write);
         }
+        self.session_follow = decision.session_follow.take().map(|f| (decision.server, f));
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
         let stream_options =

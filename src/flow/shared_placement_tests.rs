@@ -417,6 +417,47 @@ fn two_gateways_meeting_a_new_session_at_once_send_it_to_one_pod() {
 }
 
 #[test]
+fn a_sticky_session_follows_the_pod_that_answered_when_envoy_tried_another() {
+    use filter_config::placement_store::SESSION_EXPECT_HEADER;
+    let mut g = sticky_gateway();
+    let mut shared = Default::default();
+    let h = sticky_send(&mut g, &mut shared, [0, 5, 5, 5], Some(Store::Free));
+    assert_eq!(pod(&h), PODS[0]);
+    // The session's next requests go to pod 0, which refuses the connection; Envoy tries the
+    // next pod of the ranking, pod 2. Its 503 binds nothing; its answer moves the session.
+    for (status, moved) in [(503, false), (200, true)] {
+        let body = r#"{"model":"chat","prompt":"hello"}"#;
+        let mut h = FakeHost::post("/v1/completions", body, &[("x-session-id", "alice")]);
+        h.shared = std::mem::take(&mut shared);
+        let (mut f, _in_flight, action) = start(&mut g, &mut h, body, [0, 5, 5, 5]);
+        assert_eq!((action, pod(&h).as_str()), (Action::Continue, PODS[0]));
+        assert!(f.follows_session());
+        h.upstream = Some(PODS[2].to_string());
+        f.on_session_answered(&mut h, Some(&g), Some(status));
+        let writes: Vec<(String, String)> = h
+            .calls
+            .iter()
+            .map(|(_, _, headers, body, _)| {
+                let expect = headers.iter().find(|(k, _)| k == SESSION_EXPECT_HEADER);
+                let pod = String::from_utf8(body.clone()).unwrap();
+                (pod, expect.map(|e| e.1.clone()).unwrap_or_default())
+            })
+            .collect();
+        match moved {
+            false => assert!(writes.is_empty(), "{writes:?}"),
+            true => assert_eq!(writes, [(PODS[2].to_string(), PODS[0].to_string())]),
+        }
+        shared = std::mem::take(&mut h.shared);
+    }
+    let h = sticky_send(&mut g, &mut shared, [0, 5, 5, 5], None);
+    assert_eq!(
+        pod(&h),
+        PODS[2],
+        "the session follows the pod that answered"
+    );
+}
+
+#[test]
 fn a_weighted_target_is_chosen_once_per_request_whatever_the_store_is_asked() {
     // Two ModelServers 50/50 behind a sticky route: every request names a new session, so
     // each asks the store and is decided twice.

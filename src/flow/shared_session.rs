@@ -78,6 +78,41 @@ impl Flow {
         self.resume_routed(router, host, in_flight, parsed);
     }
 
+    /// Whether the request is a sticky session's: the glue then hands the answer's status
+    /// to [`Flow::on_session_answered`] (before [`Flow::on_response_headers`]).
+    pub fn follows_session(&self) -> bool {
+        self.session_follow.is_some()
+    }
+
+    /// A pod answered the sticky session's request (`status`: the answer's): when Envoy
+    /// sent it to another pod than the chosen one (that one refused the connection) and the
+    /// pod answered below 500, the session is bound to it, here and in the gateways' store
+    /// (replacing the chosen pod there), as Kthena binds a session to the pod that handled
+    /// its request.
+    pub fn on_session_answered(
+        &mut self,
+        host: &mut dyn Host,
+        router: Option<&Router>,
+        status: Option<u32>,
+    ) {
+        let Some((server, follow)) = self.session_follow.take() else {
+            return;
+        };
+        let (Some(router), Some(200..=499)) = (router, status) else {
+            return;
+        };
+        let Some((server, answered)) = router.server(server).zip(host.upstream_address()) else {
+            return;
+        };
+        let now = host.now_ms();
+        if let Some(moved) = follow.answered_by(server, &answered, now) {
+            host.shared_put(&moved.local.0, &moved.local.1);
+            if let Some(write) = &moved.store {
+                Flow::share_session(router, host, write);
+            }
+        }
+    }
+
     /// This Envoy bound (or moved) a sticky session: write the binding to the store; the
     /// answer is not awaited.
     pub(super) fn share_session(router: &Router, host: &mut dyn Host, write: &StoreBinding) {

@@ -313,6 +313,7 @@ fn decision(
         shared_keys: None,
         session_store_write: None,
         session_bindings: Vec::new(),
+        session_follow: None,
     }
 }
 

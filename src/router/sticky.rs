@@ -1,11 +1,12 @@
 //! A route's `sessionSticky` during one pick: the session's binding, the pod it pins, and
 //! (with the gateways' store) what the store holds and what to write there. The pick asks
 //! [`StickySession::of`] before ranking, [`StickySession::claim`] once it has ranked (before
-//! anything is learnt from the ranking), and [`StickySession::rebind`] once it has chosen.
+//! anything is learnt from the ranking), and [`StickySession::rebind`] once it has chosen;
+//! the flow asks [`SessionFollow::answered_by`] when the answer came from another pod.
 
 use super::{Decision, Request, Route, Server, SharedSession};
 use crate::session::source::session_key;
-use crate::session::{Binding, Role};
+use crate::session::{pod_id, Binding, Role, Slot};
 
 /// A sticky session's binding to set in the gateways' store: the session's key there, the
 /// binding's time to live there (the route's `sessionAffinitySeconds`), the pod's address,
@@ -17,6 +18,49 @@ pub struct StoreBinding {
     pub ttl_s: u64,
     pub pod: String,
     pub expect: String,
+}
+
+/// A sticky session's request as routed, for its answer: Envoy tries the next pod of the
+/// ranking when the chosen one refuses the connection, and the session then follows the pod
+/// that answered (as Kthena binds a session to the pod that handled its request), in this
+/// Envoy's shared data and the gateways' store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFollow {
+    slot: Slot,
+    /// The chosen pod's address.
+    chosen: String,
+    /// The session's key in the gateways' store and the binding's time to live there.
+    store: Option<(String, u64)>,
+}
+
+/// A sticky session's binding moved to the pod that answered: in this Envoy's shared data
+/// (key and record), and in the gateways' store (with one).
+#[derive(Debug)]
+pub struct Rebinding {
+    pub local: (String, Vec<u8>),
+    pub store: Option<StoreBinding>,
+}
+
+impl SessionFollow {
+    /// The pod at `answered` (its address) answered the request: when it is another of
+    /// `server`'s pods than the chosen one, the session's new binding (in the store,
+    /// replacing the chosen pod).
+    pub fn answered_by(&self, server: &Server, answered: &str, now_ms: u64) -> Option<Rebinding> {
+        if answered == self.chosen || server.endpoint_index(answered).is_none() {
+            return None;
+        }
+        let record = self.slot.rebind(None, pod_id(answered), now_ms)?;
+        let store = self.store.as_ref().map(|(key, ttl_s)| StoreBinding {
+            key: key.clone(),
+            ttl_s: *ttl_s,
+            pod: answered.to_string(),
+            expect: self.chosen.clone(),
+        });
+        Some(Rebinding {
+            local: (self.slot.key.clone(), record),
+            store,
+        })
+    }
 }
 
 /// A request's session on a route with sessionSticky: its binding in this Envoy's shared
@@ -107,6 +151,11 @@ impl StickySession {
         let Some(&pod) = server.pod_ids.get(index) else {
             return;
         };
+        d.session_follow = Some(SessionFollow {
+            slot: self.binding.slot().clone(),
+            chosen: chosen.to_string(),
+            store: self.store.as_ref().map(|s| (s.key.clone(), s.ttl_s)),
+        });
         if let Some(store) = self.store {
             if store.stored != u32::try_from(index).ok() {
                 let stored = store.stored.and_then(|s| server.endpoints.get(s as usize));
