@@ -96,7 +96,18 @@ impl Flow {
                 span,
             };
             return match decision {
-                Err(RouteError::SessionUnknown(claim, _)) => {
+                Err(RouteError::SessionUnknown(claim, t)) => {
+                    // Counted on the pod it claims while it waits (most likely where it
+                    // goes): new sessions claimed at once are then proposed apart.
+                    if let Some(server) = router.server(t.server).filter(|_| router.scheduling()) {
+                        let n = server.endpoint_count();
+                        let idx = server.endpoint_index(&claim.pod);
+                        let read = last_read.take();
+                        let key = &server.in_flight_key;
+                        if idx.is_some_and(|i| in_flight.acquire(host, key, n, i, read)) {
+                            self.counted = idx.map(|i| (key.clone(), n, i));
+                        }
+                    }
                     self.ask_shared_session(router, host, in_flight, parsed, claim)
                 }
                 Err(RouteError::PlacementUnknown(key, _)) => {
@@ -156,8 +167,16 @@ impl Flow {
         };
         if let Some(idx) = decision.pod_index {
             let n = server.endpoint_count();
-            if in_flight.acquire(host, &server.in_flight_key, n, idx, last_read.take()) {
-                self.counted = Some((server.in_flight_key.clone(), n, idx));
+            let key = &server.in_flight_key;
+            let counted = Some((key.clone(), n, idx));
+            if self.counted != counted {
+                // Counted elsewhere while a claim was waiting: the store sent it on.
+                if let Some((key, n, idx)) = self.counted.take() {
+                    in_flight.release(host, &key, n, idx);
+                }
+                if in_flight.acquire(host, key, n, idx, last_read.take()) {
+                    self.counted = counted;
+                }
             }
             // The scheduler picked it: ask a vLLM pod for its load with the answer, unless
             // it reported a moment ago.

@@ -458,6 +458,70 @@ fn a_sticky_session_follows_the_pod_that_answered_when_envoy_tried_another() {
 }
 
 #[test]
+fn new_sessions_claimed_at_once_are_proposed_apart_and_counted_once() {
+    // A new session's request is counted in flight on the pod it claims while it waits, so
+    // a second new session claimed meanwhile is proposed elsewhere; decided again on the
+    // same pod, it is not counted twice.
+    let mut g = sticky_gateway();
+    let body = r#"{"model":"chat","prompt":"hello"}"#;
+    let key = g.server(0).map(|s| s.in_flight_key.clone()).unwrap();
+    let counts = |h: &FakeHost| crate::in_flight::read_counts(h, &key, PODS.len());
+    let session = |name: &str| FakeHost::post("/v1/completions", body, &[("x-session-id", name)]);
+    let mut ha = session("alice");
+    let (mut fa, mut ia, action) = start(&mut g, &mut ha, body, [0, 0, 5, 5]);
+    assert_eq!(action, Action::Pause);
+    let (token_a, claimed_a) = take_claim(&mut ha);
+    let a = PODS.iter().position(|p| *p == claimed_a).unwrap();
+    assert_eq!(counts(&ha)[a], 1, "counted on the pod claimed");
+    // Bob's session arrives while alice's claim waits (the same shared data).
+    let mut hb = session("bob");
+    hb.shared = ha.shared.clone();
+    let (mut fb, mut ib) = (Flow::new(), InFlight::default());
+    fb.on_request_headers(Some(&g), &mut hb, false);
+    let action = fb.on_request_body(Some(&mut g), &mut hb, &mut ib, body.len(), true);
+    assert_eq!(action, Action::Pause);
+    let (token_b, claimed_b) = take_claim(&mut hb);
+    assert_ne!(claimed_a, claimed_b, "proposed apart");
+    // Both granted: each goes where it claimed, counted once.
+    ha.shared = hb.shared.clone();
+    ha.call_answer = Some((Some(200), claimed_a.clone().into_bytes()));
+    assert!(fa.on_store_answer(Some(&mut g), &mut ha, &mut ia, token_a, claimed_a.len()));
+    assert_eq!(pod(&ha), claimed_a);
+    hb.shared = ha.shared.clone();
+    hb.call_answer = Some((Some(200), claimed_b.clone().into_bytes()));
+    assert!(fb.on_store_answer(Some(&mut g), &mut hb, &mut ib, token_b, claimed_b.len()));
+    assert_eq!(pod(&hb), claimed_b);
+    let b = PODS.iter().position(|p| *p == claimed_b).unwrap();
+    let after = counts(&hb);
+    assert_eq!((after[a], after[b]), (1, 1), "{after:?}");
+    // Carol's claim is answered with another gateway's pod: her count moves there.
+    let mut hc = session("carol");
+    hc.shared = hb.shared.clone();
+    let (mut fc, mut ic) = (Flow::new(), InFlight::default());
+    fc.on_request_headers(Some(&g), &mut hc, false);
+    fc.on_request_body(Some(&mut g), &mut hc, &mut ic, body.len(), true);
+    let (token_c, claimed_c) = take_claim(&mut hc);
+    let c = PODS.iter().position(|p| *p == claimed_c).unwrap();
+    assert_eq!(counts(&hc)[c], after[c] + 1);
+    let elsewhere = if c == 3 { 2 } else { 3 };
+    hc.call_answer = Some((Some(200), PODS[elsewhere].as_bytes().to_vec()));
+    assert!(fc.on_store_answer(
+        Some(&mut g),
+        &mut hc,
+        &mut ic,
+        token_c,
+        PODS[elsewhere].len()
+    ));
+    assert_eq!(pod(&hc), PODS[elsewhere]);
+    let moved = counts(&hc);
+    assert_eq!(
+        (moved[c], moved[elsewhere]),
+        (after[c], after[elsewhere] + 1),
+        "{moved:?}"
+    );
+}
+
+#[test]
 fn a_weighted_target_is_chosen_once_per_request_whatever_the_store_is_asked() {
     // Two ModelServers 50/50 behind a sticky route: every request names a new session, so
     // each asks the store and is decided twice.

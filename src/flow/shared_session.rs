@@ -85,7 +85,8 @@ impl Flow {
     }
 
     /// A pod answered the sticky session's request (`status`: the answer's): when Envoy
-    /// sent it to another pod than the chosen one (that one refused the connection) and the
+    /// sent it to another pod than the chosen one (that one refused or reset the connection
+    /// before the request was sent: the route's retry policy) and the
     /// pod answered below 500, the session is bound to it, here and in the gateways' store
     /// (replacing the chosen pod there), as Kthena binds a session to the pod that handled
     /// its request.

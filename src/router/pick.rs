@@ -54,6 +54,8 @@ impl Router {
         if !self.scheduling {
             let first = server.round_robin_first(pinned);
             if let Some(claim) = sticky.as_ref().and_then(|s| s.claim(server, Some(first))) {
+                // The claim takes the turn: new sessions claimed at once go round too.
+                server.take_turn(first);
                 return Err(RouteError::SessionUnknown(claim, target));
             }
             let (endpoints, pairs) = match server.pd.as_mut() {
@@ -341,16 +343,21 @@ fn join_addresses(endpoints: &[String], indices: impl Iterator<Item = usize>) ->
 impl Server {
     /// Round robin over the ready pods: the next one, followed by the ones after it, `take`
     /// in all (at most every pod once). A `pinned` pod (a session's) goes first instead,
-    /// taking the turn only if it is the turn's pod (a session claimed in the gateways' store
-    /// for the next turn's pod is pinned to it when decided again).
+    /// taking the turn only if it is the turn's pod.
     fn round_robin(&mut self, take: usize, pinned: Option<u32>) -> String {
         let n = self.endpoints.len().max(1);
         let take = self.endpoints.len().min(take);
         let start = self.round_robin_first(pinned);
-        if start == self.next % n {
-            self.next = (start + 1) % n;
-        }
+        self.take_turn(start);
         join_addresses(&self.endpoints, (0..take).map(|k| (start + k) % n))
+    }
+
+    /// Moves the rotation past pod `first` when it is the next turn's.
+    fn take_turn(&mut self, first: usize) {
+        let n = self.endpoints.len().max(1);
+        if first == self.next % n {
+            self.next = (first + 1) % n;
+        }
     }
 
     /// The pod [`Server::round_robin`] puts first: the `pinned` one (a pod index), else the

@@ -80,6 +80,10 @@ struct InStore {
     /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
     /// (not asked) what this Envoy confirmed lately.
     stored: Option<u32>,
+    /// That pod's address, which a move replaces (compare-and-set): the store's answer as it
+    /// came, also when it names no pod of the server (one that left; else the binding there
+    /// could never be replaced), or the confirmed pod's; empty for none known.
+    held: String,
     /// Not confirmed lately and not asked yet: the store is to be claimed first.
     ask: bool,
 }
@@ -95,10 +99,11 @@ impl StickySession {
         let binding = session_key(&cfg.sources, req.header, req.query)
             .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))?;
         let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-        let in_store = |stored, ask| InStore {
+        let in_store = |stored: Option<u32>, held: Option<&str>, ask| InStore {
             key: binding.store_key(&route.name),
             ttl_s: cfg.ttl_ms.div_ceil(1000),
             stored,
+            held: held.unwrap_or_default().to_string(),
             ask,
         };
         let (pinned, store) = match req.session_store {
@@ -106,13 +111,17 @@ impl StickySession {
             SharedSession::Unasked => {
                 let confirmed = binding.confirmed(req.now_ms);
                 let stored = if confirmed { local } else { None };
-                (local, Some(in_store(stored, !confirmed)))
+                let held = stored.and_then(|i| server.endpoints.get(i as usize));
+                (
+                    local,
+                    Some(in_store(stored, held.map(String::as_str), !confirmed)),
+                )
             }
             SharedSession::Answered(pod) => {
                 let stored = pod
                     .and_then(|a| server.endpoint_index(a))
                     .and_then(|i| u32::try_from(i).ok());
-                (stored.or(local), Some(in_store(stored, false)))
+                (stored.or(local), Some(in_store(stored, pod, false)))
             }
         };
         Some(StickySession {
@@ -158,12 +167,11 @@ impl StickySession {
         });
         if let Some(store) = self.store {
             if store.stored != u32::try_from(index).ok() {
-                let stored = store.stored.and_then(|s| server.endpoints.get(s as usize));
                 d.session_store_write = Some(StoreBinding {
                     key: store.key,
                     ttl_s: store.ttl_s,
                     pod: chosen.to_string(),
-                    expect: stored.cloned().unwrap_or_default(),
+                    expect: store.held,
                 });
             }
         }

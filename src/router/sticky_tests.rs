@@ -210,7 +210,7 @@ fn a_binding_survives_other_pods_joining_and_leaving() {
 }
 
 #[test]
-fn round_robin_pins_a_session_without_taking_its_turn() {
+fn round_robin_pins_a_session_and_the_rotation_goes_on() {
     let mut g = Gateway::new(config(&PODS, true, false));
     let home = g.send(&ALICE, "", 0);
     let others: Vec<String> = (1..4).map(|t| g.send(&[], "", t)).collect();
@@ -323,8 +323,8 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_clai
     assert_ne!(moved, PODS[3]);
     let write = d.session_store_write.unwrap();
     assert_eq!((write.pod, write.expect.as_str()), (moved, PODS[3]));
-    // A pod the store names that is not one of this server's: placed by load, and written
-    // where the store holds no pod this Envoy knows.
+    // A pod the store names that is not one of this server's (it left): placed by load, and
+    // written replacing that one (an empty expectation would never replace it).
     let mut fresh = Gateway::new(config(&PODS, true, true));
     fresh.in_flight.insert(PODS[3].to_string(), 50);
     fresh.store = SharedSession::Answered(Some("10.9.9.9:8000"));
@@ -332,29 +332,40 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_clai
     assert!(!d.endpoints.starts_with(PODS[3]));
     assert!(d
         .session_store_write
-        .is_some_and(|w| w.key == claim.key && w.expect.is_empty()));
+        .is_some_and(|w| w.key == claim.key && w.expect == "10.9.9.9:8000"));
 }
 
 #[test]
-fn a_claim_made_before_the_pick_counts_leaves_no_trace_of_the_pick() {
-    // Round robin: the claim proposes the next turn without taking it; the request decided
-    // again with the store's answer takes it once.
+fn round_robin_gives_new_sessions_claimed_at_once_one_turn_each() {
+    // Two new sessions claimed before either answer is back take one turn each; decided
+    // again with the store's answers they take none more.
     let mut g = Gateway::new(config(&PODS, true, false));
     g.store = SharedSession::Unasked;
-    let Err(RouteError::SessionUnknown(claim, _)) = g.decide(&ALICE, "", 0) else {
+    let bob = [("x-session-id", "bob")];
+    let Err(RouteError::SessionUnknown(alice, _)) = g.decide(&ALICE, "", 0) else {
         panic!("the store is claimed first");
     };
-    let Err(RouteError::SessionUnknown(again, _)) = g.decide(&ALICE, "", 0) else {
+    let Err(RouteError::SessionUnknown(bob_claim, _)) = g.decide(&bob, "", 0) else {
         panic!("the store is claimed first");
     };
-    assert_eq!(claim.pod, again.pod, "no turn taken by a claim");
-    let answer: &'static str = claim.pod.clone().leak();
-    g.store = SharedSession::Answered(Some(answer));
-    let d = g.decide(&ALICE, "", 0).unwrap();
-    assert!(d.endpoints.starts_with(&claim.pod));
+    assert_ne!(alice.pod, bob_claim.pod, "one turn each");
+    for (headers, claim) in [(&ALICE, &alice), (&bob, &bob_claim)] {
+        let answer: &'static str = claim.pod.clone().leak();
+        g.store = SharedSession::Answered(Some(answer));
+        let d = g.decide(headers, "", 0).unwrap();
+        assert!(d.endpoints.starts_with(&claim.pod));
+    }
     g.store = SharedSession::Off;
-    let next = g.send(&[], "", 1);
-    assert_ne!(next, claim.pod, "the pinned session took no turn either");
+    let rotation: Vec<String> = (1..=4).map(|t| g.send(&[], "", t)).collect();
+    assert_eq!(
+        rotation
+            .iter()
+            .filter(|p| **p == alice.pod || **p == bob_claim.pod)
+            .count(),
+        2,
+        "the rotation goes on past both: {rotation:?}"
+    );
+    assert!(!rotation[..2].contains(&alice.pod) && !rotation[..2].contains(&bob_claim.pod));
 }
 
 #[test]
