@@ -504,6 +504,8 @@ mod session_tests;
 #[cfg(test)]
 mod shared_placement_tests;
 #[cfg(test)]
+mod shared_session_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod usage_tests;

@@ -8,8 +8,8 @@
 //! route none of whose rules match is skipped. Everything that can be computed from the config
 //! is computed once here (indexes, compiled regexes, the `/v1/models` answer), never per
 //! request. Owns: matching (`router/rule.rs`), target choice; pod choice lives in
-//! `router/pick.rs` (a sticky session's pin in `router/sticky.rs`). Must not touch
-//! the host.
+//! `router/pick.rs` (a sticky session's pin in `router/sticky.rs`, the rotation without
+//! plugins in `router/round_robin.rs`). Must not touch the host.
 
 use std::collections::HashMap;
 
@@ -608,6 +608,7 @@ fn models_list(names: &[&str], owned_by: &str) -> String {
 }
 
 mod pick;
+mod round_robin;
 mod sticky;
 pub use sticky::{SessionFollow, StoreBinding};
 #[cfg(test)]
