@@ -82,10 +82,13 @@ pub enum Counter {
     ScrapeFailed,
     /// Scrapes not made: the pod reported its load in-band within the interval.
     ScrapeSkipped,
+    /// A sticky session moved off its pod: the filters dropped it, or another pod answered
+    /// (Kthena logs these failovers).
+    SessionMoved,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::PrefillOk,
         Counter::PrefillFailed,
         Counter::PrefillUnreachable,
@@ -98,6 +101,7 @@ impl Counter {
         Counter::ScrapeOk,
         Counter::ScrapeFailed,
         Counter::ScrapeSkipped,
+        Counter::SessionMoved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +118,7 @@ impl Counter {
             Counter::ScrapeOk => "modelroute.metrics.scrape_ok",
             Counter::ScrapeFailed => "modelroute.metrics.scrape_failed",
             Counter::ScrapeSkipped => "modelroute.metrics.scrape_skipped_in_band",
+            Counter::SessionMoved => "modelroute.session.moved",
         }
     }
 }

@@ -173,6 +173,8 @@ pub struct Decision {
     /// sessionSticky: what to rebind the session with if another pod than the chosen one
     /// answers ([`SessionFollow`]).
     pub session_follow: Option<SessionFollow>,
+    /// sessionSticky: the session was bound to a pod the filters dropped, and moved.
+    pub session_moved: bool,
 }
 
 /// Compiled configuration plus the per-worker state decisions need (weights, round-robin

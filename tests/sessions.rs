@@ -104,15 +104,19 @@ fn a_sticky_routes_sessions_stay_on_their_pods_until_a_filter_drops_one() {
     assert!(share(&counts, other) >= 0.9, "placed by load: {counts:?}");
     // Past maxWaitingRequests the filter drops the pod: the session moves, and stays where it
     // went once the queue is gone.
+    let moved = "wasmcustom.modelroute.session.moved";
+    assert_eq!(s.stat(moved), 0);
     s.hold_metrics(&home, r#"{"running": 3, "waiting": 20}"#);
     s.wait_for_scrapes(3);
     assert_eq!(send("/v1/completions", &alice, 20), other);
+    assert_eq!(s.stat(moved), 1, "the failover is counted");
     s.hold_metrics(&home, r#"{"running": null, "waiting": null}"#);
     s.hold_metrics(other, r#"{"running": 3}"#);
     s.wait_for_scrapes(3);
     for i in 21..=30 {
         assert_eq!(send("/v1/completions", &alice, i), other, "request {i}");
     }
+    assert_eq!(s.stat(moved), 1);
 }
 
 /// Session alice's request `i` through gateway `s`: the pod that served it.

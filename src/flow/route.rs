@@ -15,7 +15,7 @@ use super::{
 };
 use crate::accounting;
 use crate::errors::ErrorReply;
-use crate::host::{Action, Host};
+use crate::host::{Action, Counter, Host};
 use crate::in_flight::InFlight;
 use crate::load_report;
 use crate::prompt::prompt_text;
@@ -141,6 +141,9 @@ impl Flow {
             Flow::share_session(router, host, write);
         }
         self.session_follow = decision.session_follow.take().map(|f| (decision.server, f));
+        if decision.session_moved {
+            host.count(Counter::SessionMoved);
+        }
         // Clients streaming without usage still get counted: ask the engine for it (the
         // usage-only chunk that adds is removed from the answer).
         let stream_options =

@@ -14,7 +14,7 @@ use filter_config::SharedPlacements;
 
 use super::shared_placement::{Parsed, Waiting};
 use super::Flow;
-use crate::host::{Action, Host};
+use crate::host::{Action, Counter, Host};
 use crate::in_flight::InFlight;
 use crate::router::{Router, SharedSession, StoreBinding};
 
@@ -107,6 +107,7 @@ impl Flow {
         };
         let now = host.now_ms();
         if let Some(moved) = follow.answered_by(server, &answered, now) {
+            host.count(Counter::SessionMoved);
             host.shared_put(&moved.local.0, &moved.local.1);
             if let Some(write) = &moved.store {
                 Flow::share_session(router, host, write);

@@ -220,6 +220,8 @@ fn a_sticky_session_follows_the_pod_that_answered_when_envoy_tried_another() {
             false => assert!(writes.is_empty(), "{writes:?}"),
             true => assert_eq!(writes, [(PODS[2].to_string(), PODS[0].to_string())]),
         }
+        let counted = h.counters.contains(&crate::host::Counter::SessionMoved);
+        assert_eq!(counted, moved, "{:?}", h.counters);
         shared = std::mem::take(&mut h.shared);
     }
     let h = sticky_send(&mut g, &mut shared, [0, 5, 5, 5], None);

@@ -316,6 +316,7 @@ fn decision(
         session_store_write: None,
         session_bindings: Vec::new(),
         session_follow: None,
+        session_moved: false,
     }
 }
 

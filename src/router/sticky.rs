@@ -160,6 +160,7 @@ impl StickySession {
         let Some(&pod) = server.pod_ids.get(index) else {
             return;
         };
+        d.session_moved = self.pinned.is_some_and(|p| p as usize != index);
         d.session_follow = Some(SessionFollow {
             slot: self.binding.slot().clone(),
             chosen: chosen.to_string(),

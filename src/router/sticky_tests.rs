@@ -287,6 +287,7 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_clai
     let d = g.decide(&ALICE, "", 0).unwrap();
     assert!(d.endpoints.starts_with(PODS[3]), "{}", d.endpoints);
     assert_eq!(d.session_store_write, None);
+    assert!(!d.session_moved);
     // Confirmed here within a second: not claimed again, nothing written.
     g.store = SharedSession::Unasked;
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS - 1).unwrap();
@@ -321,6 +322,7 @@ fn with_the_gateways_store_a_session_this_envoy_has_not_confirmed_lately_is_clai
     let d = g.decide(&ALICE, "", crate::session::RENEW_MS + 1).unwrap();
     let moved = d.endpoints.split(',').next().unwrap().to_string();
     assert_ne!(moved, PODS[3]);
+    assert!(d.session_moved, "counted as a failover");
     let write = d.session_store_write.unwrap();
     assert_eq!((write.pod, write.expect.as_str()), (moved, PODS[3]));
     // A pod the store names that is not one of this server's (it left): placed by load, and
