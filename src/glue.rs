@@ -286,18 +286,16 @@ impl HttpContext for Request {
             let headers = header_map(MapType::HttpResponseHeaders);
             let status = headers.get(":status").and_then(|s| s.parse().ok());
             let content_type = headers.get("content-type").unwrap_or_default();
+            let router = self.router.try_borrow().ok();
+            let router = router.as_deref().and_then(Option::as_ref);
             // The pod's load report is for the scheduler, not the client.
             if self.flow.wants_load_report() {
                 if let Some(report) = headers.get(load_report::REPORT_HEADER) {
                     self.set_http_response_header(load_report::REPORT_HEADER, None);
-                    let router = self.router.try_borrow().ok();
-                    let router = router.as_deref().and_then(Option::as_ref);
                     self.flow.on_load_report(&mut EnvoyHost, router, report);
                 }
             }
             if self.flow.follows_session() {
-                let router = self.router.try_borrow().ok();
-                let router = router.as_deref().and_then(Option::as_ref);
                 self.flow
                     .on_session_answered(&mut EnvoyHost, router, status);
             }

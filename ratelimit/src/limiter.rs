@@ -69,8 +69,6 @@ pub enum Mode {
 
 /// The service's state: a client per Redis address.
 pub struct Limiter {
-    /// Every budget's Redis, whatever its descriptor says (`--redis`).
-    redis_override: Option<String>,
     clients: Clients,
 }
 
@@ -86,8 +84,7 @@ pub enum Verdict {
 impl Limiter {
     pub fn new(redis_override: Option<String>, timeout: Duration) -> Limiter {
         Limiter {
-            redis_override,
-            clients: Clients::new(SCRIPT, timeout),
+            clients: Clients::new(SCRIPT, timeout, redis_override),
         }
     }
 
@@ -132,8 +129,8 @@ impl Limiter {
         if mode == Mode::Debit && (hits == 0 || budget.output_per_unit.is_none()) {
             return Verdict::Allowed;
         }
-        let addr = self.redis_override.as_deref().unwrap_or(budget.redis);
-        let reply = match self.clients.get(addr).await {
+        let addr = self.clients.address(budget.redis);
+        let reply = match self.clients.get(budget.redis).await {
             Some(redis) => {
                 let [input, output] = keys(budget);
                 redis

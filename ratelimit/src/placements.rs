@@ -32,16 +32,13 @@ return {kept or '', redis.call('HGETALL', KEYS[2])}
 
 /// The store's state: a client per Redis address.
 pub struct Placements {
-    /// Every record's Redis, whatever the call names (`--redis`).
-    redis_override: Option<String>,
     clients: Clients,
 }
 
 impl Placements {
     pub fn new(redis_override: Option<String>, timeout: Duration) -> Placements {
         Placements {
-            redis_override,
-            clients: Clients::new(SCRIPT, timeout),
+            clients: Clients::new(SCRIPT, timeout, redis_override),
         }
     }
 
@@ -61,8 +58,8 @@ impl Placements {
         {
             return None;
         }
-        let addr = self.redis_override.as_deref().unwrap_or(redis);
-        let client = self.clients.get(addr).await?;
+        let addr = self.clients.address(redis);
+        let client = self.clients.get(redis).await?;
         let args = [hex(record), ttl_s.max(1).to_string()];
         match client.eval(&[key, placed_blocks], &args).await {
             Ok(Reply::Array(reply)) => answer(&reply),

@@ -23,20 +23,30 @@ const MAX_REDIS: usize = 64;
 pub struct Clients {
     script: &'static str,
     timeout: Duration,
+    /// The Redis every call goes to, whatever address it names (`--redis`).
+    redis_override: Option<String>,
     by_addr: Mutex<HashMap<String, Arc<Redis>>>,
 }
 
 impl Clients {
-    pub fn new(script: &'static str, timeout: Duration) -> Clients {
+    pub fn new(script: &'static str, timeout: Duration, redis_override: Option<String>) -> Clients {
         Clients {
             script,
             timeout,
+            redis_override,
             by_addr: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The client of the Redis at `addr`; None past [`MAX_REDIS`] addresses.
-    pub async fn get(&self, addr: &str) -> Option<Arc<Redis>> {
+    /// The address a call naming the Redis at `named` goes to.
+    pub fn address<'a>(&'a self, named: &'a str) -> &'a str {
+        self.redis_override.as_deref().unwrap_or(named)
+    }
+
+    /// The client of the Redis a call naming `named` goes to ([`Clients::address`]); None
+    /// past [`MAX_REDIS`] addresses.
+    pub async fn get(&self, named: &str) -> Option<Arc<Redis>> {
+        let addr = self.address(named);
         let mut clients = self.by_addr.lock().await;
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());

@@ -24,16 +24,13 @@ return bound or ''
 
 /// The bindings' state: a client per Redis address.
 pub struct Sessions {
-    /// Every binding's Redis, whatever the call names (`--redis`).
-    redis_override: Option<String>,
     clients: Clients,
 }
 
 impl Sessions {
     pub fn new(redis_override: Option<String>, timeout: Duration) -> Sessions {
         Sessions {
-            redis_override,
-            clients: Clients::new(SCRIPT, timeout),
+            clients: Clients::new(SCRIPT, timeout, redis_override),
         }
     }
 
@@ -56,8 +53,8 @@ impl Sessions {
         if !address(pod) || !expect.is_none_or(address) {
             return None;
         }
-        let addr = self.redis_override.as_deref().unwrap_or(redis);
-        let client = self.clients.get(addr).await?;
+        let addr = self.clients.address(redis);
+        let client = self.clients.get(redis).await?;
         let args = [
             pod.to_string(),
             ttl_s.max(1).to_string(),

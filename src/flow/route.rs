@@ -16,11 +16,11 @@ use super::{
 use crate::accounting;
 use crate::errors::ErrorReply;
 use crate::host::{Action, Counter, Host};
-use crate::in_flight::InFlight;
+use crate::in_flight::{InFlight, Read};
 use crate::load_report;
 use crate::prompt::prompt_text;
 use crate::rewrite::{json_string, splice_string};
-use crate::router::{Request, RouteError, Router};
+use crate::router::{Request, RouteError, Router, Server};
 use crate::scan::{Key, Scan};
 use crate::tally::metric_name;
 
@@ -99,14 +99,11 @@ impl Flow {
                 Err(RouteError::SessionUnknown(claim, t)) => {
                     // Counted on the pod it claims while it waits (most likely where it
                     // goes): new sessions claimed at once are then proposed apart.
-                    if let Some(server) = router.server(t.server).filter(|_| router.scheduling()) {
-                        let n = server.endpoint_count();
-                        let idx = server.endpoint_index(&claim.pod);
-                        let read = last_read.take();
-                        let key = &server.in_flight_key;
-                        if idx.is_some_and(|i| in_flight.acquire(host, key, n, i, read)) {
-                            self.counted = idx.map(|i| (key.clone(), n, i));
-                        }
+                    let server = router.server(t.server).filter(|_| router.scheduling());
+                    if let Some((server, idx)) =
+                        server.and_then(|s| Some((s, s.endpoint_index(&claim.pod)?)))
+                    {
+                        self.count_in_flight(host, in_flight, server, idx, last_read.take());
                     }
                     self.ask_shared_session(router, host, in_flight, parsed, claim)
                 }
@@ -170,17 +167,7 @@ impl Flow {
         };
         if let Some(idx) = decision.pod_index {
             let n = server.endpoint_count();
-            let key = &server.in_flight_key;
-            let counted = Some((key.clone(), n, idx));
-            if self.counted != counted {
-                // Counted elsewhere while a claim was waiting: the store sent it on.
-                if let Some((key, n, idx)) = self.counted.take() {
-                    in_flight.release(host, &key, n, idx);
-                }
-                if in_flight.acquire(host, key, n, idx, last_read.take()) {
-                    self.counted = counted;
-                }
-            }
+            self.count_in_flight(host, in_flight, server, idx, last_read.take());
             // The scheduler picked it: ask a vLLM pod for its load with the answer, unless
             // it reported a moment ago.
             let last = last_reports.borrow().get(idx).copied().flatten();
@@ -275,6 +262,29 @@ impl Flow {
             host.set_header(ENVOY_MAX_RETRIES_HEADER, &n.to_string());
         }
         Action::Continue
+    }
+
+    /// Counts the request in flight on pod `idx` of `server` (`read`: the scheduler's read of
+    /// the counts), once: a count there already stays, one on another pod (made while a
+    /// sticky session's claim waited, and the store sent the request on) moves.
+    fn count_in_flight(
+        &mut self,
+        host: &mut dyn Host,
+        in_flight: &mut InFlight,
+        server: &Server,
+        idx: usize,
+        read: Option<Read>,
+    ) {
+        let (key, n) = (&server.in_flight_key, server.endpoint_count());
+        if matches!(&self.counted, Some((k, m, i)) if k == key && *m == n && *i == idx) {
+            return;
+        }
+        if let Some((key, n, idx)) = self.counted.take() {
+            in_flight.release(host, &key, n, idx);
+        }
+        if in_flight.acquire(host, key, n, idx, read) {
+            self.counted = Some((key.clone(), n, idx));
+        }
     }
 }
 

@@ -91,6 +91,24 @@ pub(super) struct PlacementAsk {
     answer: Option<store::Answer>,
 }
 
+impl PlacementAsk {
+    /// For the answer to side call `token`: None when it is not this ask's call; else the
+    /// request that waited (None if it no longer does), the store's answer recorded.
+    fn take_answer(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        body_size: usize,
+    ) -> Option<Option<Parsed>> {
+        let max = 4 + store::MAX_RECORD + 4 * store::MAX_PODS;
+        let waited = self.call.answer(host, token, body_size, max)?;
+        Some(waited.map(|(parsed, answer)| {
+            self.answer = answer.and_then(|a| store::Answer::decode(&a));
+            parsed
+        }))
+    }
+}
+
 impl Flow {
     /// Where the store of placements stands for this request.
     pub(super) fn placement_store(&self, router: &Router) -> SharedPlacement<'_> {
@@ -150,42 +168,21 @@ impl Flow {
         token: u32,
         body_size: usize,
     ) -> bool {
-        let session = self.session_ask.as_mut().map(|a| &mut a.call);
-        let session_answer = store::MAX_SESSION_POD;
-        if let Some(waited) = session.and_then(|c| c.answer(host, token, body_size, session_answer))
-        {
-            if let Some((parsed, answer)) = waited {
-                self.on_shared_session(router, host, in_flight, parsed, answer);
-            }
-            return true;
-        }
-        let placement = self.placement_ask.as_mut().map(|a| &mut a.call);
-        let placement_answer = 4 + store::MAX_RECORD + 4 * store::MAX_PODS;
-        let Some(waited) =
-            placement.and_then(|c| c.answer(host, token, body_size, placement_answer))
-        else {
+        let waited = self
+            .session_ask
+            .as_mut()
+            .and_then(|ask| ask.take_answer(host, token, body_size))
+            .or_else(|| {
+                let ask = self.placement_ask.as_mut()?;
+                ask.take_answer(host, token, body_size)
+            });
+        let Some(waited) = waited else {
             return false;
         };
-        if let Some((parsed, answer)) = waited {
-            self.on_shared_placement(router, host, in_flight, parsed, answer);
+        if let Some(parsed) = waited {
+            self.resume_routed(router, host, in_flight, parsed);
         }
         true
-    }
-
-    /// The store answered about this request's prompt (None: it did not): route it with
-    /// the answer and resume it.
-    fn on_shared_placement(
-        &mut self,
-        router: Option<&mut Router>,
-        host: &mut dyn Host,
-        in_flight: &mut InFlight,
-        parsed: Parsed,
-        answer: Option<Vec<u8>>,
-    ) {
-        if let Some(ask) = self.placement_ask.as_mut() {
-            ask.answer = answer.and_then(|a| store::Answer::decode(&a));
-        }
-        self.resume_routed(router, host, in_flight, parsed);
     }
 
     /// Routes a request that waited for the store and resumes it (unless it waits for the
@@ -242,15 +239,31 @@ fn dispatch(
     record: &[u8],
 ) -> Option<u32> {
     let ttl = shared.ttl_s.to_string();
-    let headers = [
-        (":method", "POST"),
-        (":path", store::PATH),
-        (":authority", "modelroute-placements"),
-        ("content-type", "application/octet-stream"),
-        (store::REDIS_HEADER, shared.redis.as_str()),
+    let named = [
         (store::KEY_HEADER, key.record.as_str()),
         (store::PLACED_BLOCKS_HEADER, key.placed_blocks.as_str()),
         (store::TTL_HEADER, ttl.as_str()),
     ];
-    host.dispatch(&shared.cluster, &headers, record, shared.timeout_ms)
+    call_store(host, shared, store::PATH, &named, record)
+}
+
+/// A call to the store (`modelroute-ratelimit` in front of Redis) at `path`: the headers
+/// every call carries, then `named` (what the call is about), and `body`; its token.
+pub(super) fn call_store(
+    host: &mut dyn Host,
+    shared: &SharedPlacements,
+    path: &str,
+    named: &[(&str, &str)],
+    body: &[u8],
+) -> Option<u32> {
+    let mut headers = Vec::with_capacity(5 + named.len());
+    headers.extend([
+        (":method", "POST"),
+        (":path", path),
+        (":authority", "modelroute-placements"),
+        ("content-type", "application/octet-stream"),
+        (store::REDIS_HEADER, shared.redis.as_str()),
+    ]);
+    headers.extend_from_slice(named);
+    host.dispatch(&shared.cluster, &headers, body, shared.timeout_ms)
 }

@@ -12,7 +12,7 @@
 use filter_config::placement_store as store;
 use filter_config::SharedPlacements;
 
-use super::shared_placement::{Parsed, Waiting};
+use super::shared_placement::{call_store, Parsed, Waiting};
 use super::Flow;
 use crate::host::{Action, Counter, Host};
 use crate::in_flight::InFlight;
@@ -24,6 +24,26 @@ use crate::router::{Router, SharedSession, StoreBinding};
 pub(super) struct SessionAsk {
     pub call: Waiting,
     answer: Option<Option<String>>,
+}
+
+impl SessionAsk {
+    /// For the answer to side call `token`: None when it is not this ask's call; else the
+    /// request that waited (None if it no longer does), the store's answer recorded (the
+    /// pod address bound; empty: none).
+    pub(super) fn take_answer(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        body_size: usize,
+    ) -> Option<Option<Parsed>> {
+        let waited = self
+            .call
+            .answer(host, token, body_size, store::MAX_SESSION_POD)?;
+        Some(waited.map(|(parsed, answer)| {
+            self.answer = answer.map(|a| String::from_utf8(a).ok().filter(|a| !a.is_empty()));
+            parsed
+        }))
+    }
 }
 
 impl Flow {
@@ -60,22 +80,6 @@ impl Flow {
             None => Action::Pause,
             Some(parsed) => self.route(router, host, in_flight, parsed),
         }
-    }
-
-    /// The store answered about this request's session (the pod address bound, empty for
-    /// none; None: it did not answer): route it with the answer and resume it.
-    pub(super) fn on_shared_session(
-        &mut self,
-        router: Option<&mut Router>,
-        host: &mut dyn Host,
-        in_flight: &mut InFlight,
-        parsed: Parsed,
-        answer: Option<Vec<u8>>,
-    ) {
-        if let Some(ask) = self.session_ask.as_mut() {
-            ask.answer = answer.map(|a| String::from_utf8(a).ok().filter(|a| !a.is_empty()));
-        }
-        self.resume_routed(router, host, in_flight, parsed);
     }
 
     /// Whether the request is a sticky session's: the glue then hands the answer's status
@@ -128,20 +132,10 @@ impl Flow {
 /// address bound after it.
 fn dispatch(host: &mut dyn Host, shared: &SharedPlacements, b: &StoreBinding) -> Option<u32> {
     let ttl = b.ttl_s.to_string();
-    let headers = [
-        (":method", "POST"),
-        (":path", store::SESSION_PATH),
-        (":authority", "modelroute-placements"),
-        ("content-type", "application/octet-stream"),
-        (store::REDIS_HEADER, shared.redis.as_str()),
+    let named = [
         (store::KEY_HEADER, b.key.as_str()),
         (store::TTL_HEADER, ttl.as_str()),
         (store::SESSION_EXPECT_HEADER, b.expect.as_str()),
     ];
-    host.dispatch(
-        &shared.cluster,
-        &headers,
-        b.pod.as_bytes(),
-        shared.timeout_ms,
-    )
+    call_store(host, shared, store::SESSION_PATH, &named, b.pod.as_bytes())
 }

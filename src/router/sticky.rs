@@ -20,6 +20,26 @@ pub struct StoreBinding {
     pub expect: String,
 }
 
+/// A sticky session's key in the gateways' store and how long a binding lives there (the
+/// route's `sessionAffinitySeconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoreEntry {
+    key: String,
+    ttl_s: u64,
+}
+
+impl StoreEntry {
+    /// The call binding the session to `pod` where the store holds `expect` or nothing.
+    fn bind(&self, pod: &str, expect: &str) -> StoreBinding {
+        StoreBinding {
+            key: self.key.clone(),
+            ttl_s: self.ttl_s,
+            pod: pod.to_string(),
+            expect: expect.to_string(),
+        }
+    }
+}
+
 /// A sticky session's request as routed, for its answer: Envoy tries the next pod of the
 /// ranking when the chosen one refuses the connection, and the session then follows the pod
 /// that answered (as Kthena binds a session to the pod that handled its request), in this
@@ -29,8 +49,7 @@ pub struct SessionFollow {
     slot: Slot,
     /// The chosen pod's address.
     chosen: String,
-    /// The session's key in the gateways' store and the binding's time to live there.
-    store: Option<(String, u64)>,
+    store: Option<StoreEntry>,
 }
 
 /// A sticky session's binding moved to the pod that answered: in this Envoy's shared data
@@ -50,12 +69,7 @@ impl SessionFollow {
             return None;
         }
         let record = self.slot.rebind(None, pod_id(answered), now_ms)?;
-        let store = self.store.as_ref().map(|(key, ttl_s)| StoreBinding {
-            key: key.clone(),
-            ttl_s: *ttl_s,
-            pod: answered.to_string(),
-            expect: self.chosen.clone(),
-        });
+        let store = self.store.as_ref().map(|e| e.bind(answered, &self.chosen));
         Some(Rebinding {
             local: (self.slot.key.clone(), record),
             store,
@@ -75,14 +89,11 @@ pub(super) struct StickySession {
 
 /// A sticky session in the gateways' store, as this request sees it.
 struct InStore {
-    key: String,
-    ttl_s: u64,
-    /// The pod the store holds for the session, as far as this Envoy knows: its answer, or
-    /// (not asked) what this Envoy confirmed lately.
-    stored: Option<u32>,
-    /// That pod's address, which a move replaces (compare-and-set): the store's answer as it
+    entry: StoreEntry,
+    /// The address of the pod the store holds for the session, as far as this Envoy knows
+    /// (empty: none), which a move replaces (compare-and-set): the store's answer as it
     /// came, also when it names no pod of the server (one that left; else the binding there
-    /// could never be replaced), or the confirmed pod's; empty for none known.
+    /// could never be replaced), or (not asked) the pod this Envoy confirmed lately.
     held: String,
     /// Not confirmed lately and not asked yet: the store is to be claimed first.
     ask: bool,
@@ -99,10 +110,11 @@ impl StickySession {
         let binding = session_key(&cfg.sources, req.header, req.query)
             .and_then(|key| Binding::read(&route.name, Role::Sticky, &key, req.shared_data))?;
         let local = binding.pod(&server.pod_ids, req.now_ms, cfg.ttl_ms);
-        let in_store = |stored: Option<u32>, held: Option<&str>, ask| InStore {
-            key: binding.store_key(&route.name),
-            ttl_s: cfg.ttl_ms.div_ceil(1000),
-            stored,
+        let in_store = |held: Option<&str>, ask| InStore {
+            entry: StoreEntry {
+                key: binding.store_key(&route.name),
+                ttl_s: cfg.ttl_ms.div_ceil(1000),
+            },
             held: held.unwrap_or_default().to_string(),
             ask,
         };
@@ -110,18 +122,16 @@ impl StickySession {
             SharedSession::Off | SharedSession::Unanswered => (local, None),
             SharedSession::Unasked => {
                 let confirmed = binding.confirmed(req.now_ms);
-                let stored = if confirmed { local } else { None };
-                let held = stored.and_then(|i| server.endpoints.get(i as usize));
-                (
-                    local,
-                    Some(in_store(stored, held.map(String::as_str), !confirmed)),
-                )
+                let held = local
+                    .filter(|_| confirmed)
+                    .and_then(|i| server.endpoints.get(i as usize));
+                (local, Some(in_store(held.map(String::as_str), !confirmed)))
             }
             SharedSession::Answered(pod) => {
                 let stored = pod
                     .and_then(|a| server.endpoint_index(a))
                     .and_then(|i| u32::try_from(i).ok());
-                (stored.or(local), Some(in_store(stored, pod, false)))
+                (stored.or(local), Some(in_store(pod, false)))
             }
         };
         Some(StickySession {
@@ -139,12 +149,7 @@ impl StickySession {
     pub(super) fn claim(&self, server: &Server, proposed: Option<usize>) -> Option<StoreBinding> {
         let store = self.store.as_ref().filter(|s| s.ask)?;
         let pod = server.endpoints.get(proposed?)?;
-        Some(StoreBinding {
-            key: store.key.clone(),
-            ttl_s: store.ttl_s,
-            pod: pod.clone(),
-            expect: pod.clone(),
-        })
+        Some(store.entry.bind(pod, pod))
     }
 
     /// Binds the session to the pod `d` goes to (the first of its endpoints) when it moved
@@ -164,18 +169,12 @@ impl StickySession {
         d.session_follow = Some(SessionFollow {
             slot: self.binding.slot().clone(),
             chosen: chosen.to_string(),
-            store: self.store.as_ref().map(|s| (s.key.clone(), s.ttl_s)),
+            store: self.store.as_ref().map(|s| s.entry.clone()),
         });
-        if let Some(store) = self.store {
-            if store.stored != u32::try_from(index).ok() {
-                d.session_store_write = Some(StoreBinding {
-                    key: store.key,
-                    ttl_s: store.ttl_s,
-                    pod: chosen.to_string(),
-                    expect: store.held,
-                });
-            }
-        }
+        d.session_store_write = self
+            .store
+            .filter(|s| s.held != chosen)
+            .map(|s| s.entry.bind(chosen, &s.held));
         if let Some(record) = self.binding.rebind(pod, now_ms) {
             d.session_bindings.push(record);
         }
