@@ -8,8 +8,9 @@
 #                      and a short fuzzing run of every parser (MODELROUTE_FUZZ_SECONDS, 10 each)
 #   ./build.sh bench [--quick]   load benchmark vs plain Envoy and peer routers -> bench/RESULTS.md,
 #                                memory -> bench/MEMORY.md, routing quality -> bench/quality-results.md
-#                                (and, without --quick, on a skewed workload -> bench/skewed/ and
-#                                with two gateways -> bench/two-gateways/)
+#                                (and, without --quick, on a skewed workload -> bench/skewed/,
+#                                with two gateways -> bench/two-gateways/, and on a mixed fleet
+#                                -> bench/mixed-fleet/)
 #   ./build.sh package [TAG]     the filter as an OCI image layout in target/oci/modelroute (Istio oci://)
 #
 # Environment: MODELROUTE_PORT (router port, default 8080), MODELROUTE_ADMIN_PORT (default 9901),
@@ -319,6 +320,9 @@ bench() {
     log "routing quality with two gateways in front of the same pods (bench/two-gateways)"
     MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py --gateways 2 \
       --out bench/two-gateways
+    log "routing quality on a mixed fleet: one pod of four half as fast (bench/mixed-fleet)"
+    MODELROUTE_BIN_DIR="$ROOT/target/release" "$VENV/bin/python" bench/quality.py --slow-pods 1 \
+      --out bench/mixed-fleet
   fi
 }
 

@@ -31,9 +31,12 @@ Variants (each a bootstrap rendered by `modelroute-controller bootstrap`, then e
   timed       `metrics` with the timing build (target/timing): also prints the VM's own time
               per callback (host calls included), from its modelroute.timing.* counters
   affinity    `filter` picking with examples/scheduler/cache-affinity.yaml without boundedLoad
-  bounded     `filter` picking with examples/scheduler/cache-affinity.yaml as shipped
-              (boundedLoad 1.5): what bounded-load placement costs (with --fresh-endings every
-              request is a new branch, placed under the bound and published)
+              and podSpeed
+  bounded     the same with boundedLoad 1.5: what bounded-load placement costs (with
+              --fresh-endings every request is a new branch, placed under the bound and
+              published)
+  speed       `filter` picking with examples/scheduler/cache-affinity.yaml as shipped (also
+              podSpeed): what weighing pods by speed costs (busy pods scraped for their TPOT)
   leastreq    `filter` picking by least-request alone
   session     `leastreq` with Kthena's session-affinity (weight 10) before it: with
               --sessions, what reading (and renewing) a session's binding costs a request
@@ -173,7 +176,9 @@ def main():
         with open(os.path.join(work, "pods.yaml"), "w") as f:
             f.write(L.pods_yaml(ips, pod_port))
         profile = open(os.path.join(L.ROOT, "examples", "scheduler", "cache-affinity.yaml")).read()
-        profiles = {"bounded": profile, "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", profile),
+        bounded = re.sub(r"(?m)^.*podSpeed:.*\n", "", profile)
+        profiles = {"speed": profile, "bounded": bounded,
+                    "affinity": re.sub(r"(?m)^.*boundedLoad:.*\n", "", bounded),
                     "leastreq": LEAST_REQUEST, "session": SESSION, "sticky": LEAST_REQUEST,
                     "stickyshared": LEAST_REQUEST}
         for name, text in profiles.items():
@@ -200,7 +205,7 @@ def main():
                                 "--wasm", wasm, "--out", conf] + service + shared + picking, check=True, capture_output=True)
                 access_log = os.path.join(work, f"{name}-access.log") if name == "all" else "off"
                 boot = bootstrap(port, admin, conf, access_log, service)
-                keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0, "leastreq": 0,
+                keep = {"old": 0, "filter": 0, "main": 1, "affinity": 0, "bounded": 0, "speed": 0, "leastreq": 0,
                         "session": 0, "sticky": 0, "stickyshared": 0}.get(name)
                 if keep is not None:
                     boot = set_loggers(boot, keep)

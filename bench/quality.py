@@ -2,7 +2,7 @@
 """Routing quality: the same seeded workload, on the same simulated engines, through each
 router; how often the engines' prefix caches hit and what clients wait.
 
-usage: quality.py [--quick] [--requests 1800] [--rates 60,120] [--pods 4] [--seeds 7,8,9]
+usage: quality.py [--quick] [--requests 1800] [--rates 60,120] [--pods 4] [--slow-pods 0] [--seeds 7,8,9]
                   [--routers a,b,...] [--gateways 1] [--workload even|skewed] [--out bench]
                   [--requests-out DIR]
 
@@ -41,6 +41,20 @@ SIM = ["--max-running", "4", "--sim-kv-blocks", "400", "--sim-prefill-us-per-blo
 # MODELROUTE_TUNED_PROFILE: another profile to measure under this name.
 SCHEDULER_TUNED = (os.environ.get("MODELROUTE_TUNED_PROFILE")
                    or os.path.join(ROOT, "examples", "scheduler", "cache-affinity.yaml"))
+# --slow-pods: the last pods run at half speed (prefill and decode), as an older GPU or a
+# throttled one in the same fleet would.
+SLOW = 2
+
+
+def sim_flags(slow=False):
+    """The simulated engine's flags; `slow`: SLOW times slower to prefill and to decode."""
+    out = list(SIM)
+    for flag in ("--sim-prefill-us-per-block", "--sim-decode-ms-per-token") if slow else ():
+        i = out.index(flag) + 1
+        out[i] = str(int(out[i]) * SLOW)
+    return out
+
+
 ROUTERS = ["round-robin", "modelroute", "modelroute-tuned", "modelroute-tuned-shared", "sglang-router",
            "vllm-router"]
 
@@ -311,8 +325,13 @@ def run_router(name, args, trace):
     procs = L.Procs()
     try:
         pod_port = L.free_port()
-        procs.start([os.path.join(L.BIN, "mock-llm"), "fleet", "--count", str(args.pods), "--listen",
-                     f"{ip(0)}:{pod_port}", "--model", L.MODEL, *SIM], open(os.path.join(work, "fleet.log"), "w"))
+        fast = args.pods - args.slow_pods
+        for first, count, slow in ((0, fast, False), (fast, args.slow_pods, True)):
+            if count:
+                procs.start([os.path.join(L.BIN, "mock-llm"), "fleet", "--count", str(count), "--listen",
+                             f"{ip(first)}:{pod_port}", "--model", L.MODEL, *sim_flags(slow),
+                             "--pod", "default/slow" if slow else "default/fleet"],
+                            open(os.path.join(work, f"fleet-{first}.log"), "w"))
         for i in range(args.pods):
             L.wait_http(f"http://{ip(i)}:{pod_port}/health", 30)
         store = start_store(procs, work) if name.endswith("-shared") else None
@@ -371,6 +390,8 @@ def markdown(args, table, command):
              "",
              f"{args.requests} requests per run, workload `{args.workload}` (bench/QUALITY.md), "
              f"{args.pods} simulated pods ({' '.join(SIM)}), "
+             + (f"the last {args.slow_pods} of them {SLOW} times slower ({' '.join(sim_flags(True))}), "
+                if args.slow_pods else "")
              + (f"{args.gateways} instances of each router, requests spread over them at random, "
                 if args.gateways > 1 else "") + "seeds "
              f"{args.seeds}; each cell the median over the seeds [lowest, highest]. Analysis: bench/QUALITY.md.",
@@ -400,6 +421,8 @@ def main():
     ap.add_argument("--requests", type=int, default=None, help="per run (default 1800; 300 with --quick)")
     ap.add_argument("--rates", default=None, help="arrivals a second, comma-separated (default 60,120; 60 with --quick)")
     ap.add_argument("--pods", type=int, default=4)
+    ap.add_argument("--slow-pods", type=int, default=0,
+                    help=f"the last N pods {SLOW} times slower to prefill and decode (a mixed fleet)")
     ap.add_argument("--seeds", default=None, help="comma-separated (default 7,8,9; 7 with --quick)")
     ap.add_argument("--routers", default=",".join(ROUTERS))
     ap.add_argument("--gateways", type=int, default=1,
@@ -413,6 +436,8 @@ def main():
     args.requests = args.requests or (300 if args.quick else 1800)
     args.rates = args.rates or ("60" if args.quick else "60,120")
     args.seeds = args.seeds or ("7" if args.quick else "7,8,9")
+    if not 0 <= args.slow_pods < args.pods:
+        ap.error("--slow-pods must leave at least one pod at full speed")
     args.out = args.out or os.path.join(ROOT, "bench", "quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     rows = []

@@ -1,8 +1,9 @@
 //! Criterion benches of the filter's hot paths (native build of the pure core):
 //! pod picking at 8/64/512 pods (Kthena's default plugins; the cache-affinity profile with and
-//! without boundedLoad, for a new conversation), prefix hashing of 1 KB / 100 KB prompts, chat prompt
-//! rendering, body scanning, the model rewrite, the full routing decision, route lookup among
-//! 1,000 routes and parsing a 10,000-pod / 1,000-route configuration. Results: bench/MICRO.md.
+//! without boundedLoad, and with podSpeed too, for a new conversation), prefix hashing of
+//! 1 KB / 100 KB prompts, chat prompt rendering, body scanning, the model rewrite, the full
+//! routing decision, route lookup among 1,000 routes and parsing a 10,000-pod / 1,000-route
+//! configuration. Results: bench/MICRO.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +29,8 @@ fn stats(i: usize) -> PodStats {
         kv: (i % 10) as f64 / 10.0,
         ttft: 0.1 + (i % 5) as f64 / 10.0,
         tpot: 0.01 + (i % 4) as f64 / 100.0,
+        // Engines' means since start: every fourth pod decodes twice as slowly (podSpeed).
+        totals: [0.0, 0.0, if i % 4 == 3 { 20.0 } else { 10.0 }, 1000.0],
         ..Default::default()
     }
 }
@@ -90,6 +93,11 @@ fn pick(c: &mut Criterion) {
             prefix_bounded_load: 1.5,
             ..affinity.clone()
         };
+        // And podSpeed, the profile as shipped.
+        let speed = Scheduler {
+            prefix_pod_speed: true,
+            ..bounded.clone()
+        };
         let opening = block_hashes(
             "m",
             &[prompt(4096), b"a new question".to_vec()].concat(),
@@ -105,6 +113,7 @@ fn pick(c: &mut Criterion) {
         for (name, cfg) in [
             ("cache-affinity", &affinity),
             ("cache-affinity-bounded", &bounded),
+            ("cache-affinity-bounded-speed", &speed),
         ] {
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {

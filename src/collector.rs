@@ -46,6 +46,9 @@ pub fn take_lease(current: Option<&[u8]>, me: u64, now_ms: u64, ttl_ms: u64) -> 
 pub enum Kind {
     Metrics,
     Models,
+    /// `/metrics` of a pod whose load comes in-band, read for its latency histograms only
+    /// (prefix-cache's `podSpeed`): its load and the scrape's age stay the reports'.
+    Latencies,
 }
 
 /// One pod to scrape.
@@ -96,6 +99,12 @@ pub struct Collector {
     /// This Envoy's in-flight counts by in-flight key, as last read (host ms, counts): one
     /// entry per server.
     own_counts: HashMap<String, (u64, Vec<u32>)>,
+    /// With prefix-cache's `podSpeed`: a pod that reports its load in-band is still scraped
+    /// for its latencies ([`Kind::Latencies`]) once its last scrape is this old, as only a
+    /// scrape gives its engine's time per output token.
+    latencies_max_age_ms: Option<u64>,
+    /// Per target, when its latencies were last asked for alone (host ms).
+    latencies_asked_ms: Vec<u64>,
 }
 
 impl Collector {
@@ -115,7 +124,15 @@ impl Collector {
             collecting: false,
             next_publish_ms: 0,
             own_counts: HashMap::new(),
+            latencies_max_age_ms: None,
+            latencies_asked_ms: vec![0; n],
         }
+    }
+
+    /// Keeps every pod's latencies at most `ms` old, busy pods included (see the field).
+    pub fn with_latencies_at_most(mut self, ms: u64) -> Self {
+        self.latencies_max_age_ms = Some(ms);
+        self
     }
 
     /// Run by every VM on each root tick. Once per interval: take or renew the lease, and if
@@ -179,12 +196,22 @@ impl Collector {
                     .copied()
                     .flatten()
                     .is_some_and(|r| now_ms.saturating_sub(r.at_ms) < self.interval_ms);
-                let models_known = self
-                    .stats
-                    .get(&t.address)
-                    .is_some_and(|s| s.models.is_some());
+                let known = self.stats.get(&t.address);
+                let models_known = known.is_some_and(|s| s.models.is_some());
+                let asked = self.latencies_asked_ms.get(i).copied().unwrap_or(0);
+                let latencies_due = self.latencies_max_age_ms.is_some_and(|age| {
+                    let read = known.map_or(0, |s| s.scraped_ms).max(asked);
+                    now_ms.saturating_sub(read) >= age
+                });
                 if fresh && models_known {
-                    host.count(Counter::ScrapeSkipped);
+                    if latencies_due {
+                        if let Some(at) = self.latencies_asked_ms.get_mut(i) {
+                            *at = now_ms;
+                        }
+                        self.dispatch(host, i, &[(Kind::Latencies, "/metrics")], timeout);
+                    } else {
+                        host.count(Counter::ScrapeSkipped);
+                    }
                     continue;
                 }
             }
@@ -202,18 +229,26 @@ impl Collector {
             } else {
                 &[(Kind::Metrics, "/metrics")]
             };
-            for &(kind, path) in kinds {
-                let headers = [
-                    (":method", "GET"),
-                    (":path", path),
-                    (":authority", "modelroute-collector"),
-                    (self.endpoint_header.as_str(), t.address.as_str()),
-                ];
-                if let Some(token) = host.dispatch(&t.cluster, &headers, b"", timeout) {
-                    self.calls.insert(token, (i, kind));
-                    if let Some(p) = self.pending.get_mut(i) {
-                        *p += 1;
-                    }
+            self.dispatch(host, i, kinds, timeout);
+        }
+    }
+
+    /// Sends target `i` a side call per (kind, path), pinned to the pod.
+    fn dispatch(&mut self, host: &mut dyn Host, i: usize, kinds: &[(Kind, &str)], timeout: u64) {
+        let Some(t) = self.targets.get(i) else {
+            return;
+        };
+        for &(kind, path) in kinds {
+            let headers = [
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "modelroute-collector"),
+                (self.endpoint_header.as_str(), t.address.as_str()),
+            ];
+            if let Some(token) = host.dispatch(&t.cluster, &headers, b"", timeout) {
+                self.calls.insert(token, (i, kind));
+                if let Some(p) = self.pending.get_mut(i) {
+                    *p += 1;
                 }
             }
         }
@@ -280,6 +315,10 @@ impl Collector {
                 if let Some(m) = parse_models(body) {
                     entry.models = Some(m);
                 }
+            }
+            Kind::Latencies => {
+                let text = String::from_utf8_lossy(body);
+                entry.fold_latencies(&parse_prometheus(&text, t.engine));
             }
         }
         true

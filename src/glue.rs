@@ -25,6 +25,7 @@ use crate::host::{Action, Counter, Host, MetricKind};
 use crate::in_flight::InFlight;
 use crate::load_report;
 use crate::router::Router;
+use crate::scheduler::SPEED_MAX_AGE_MS;
 use crate::tally::{PrefixReport, Tally};
 use std::collections::HashMap;
 
@@ -112,12 +113,17 @@ impl RootContext for Root {
                 );
                 self.interval_ms = router.settings.scheduler.metrics_interval_ms.max(100);
                 self.collector = router.scheduling().then(|| {
-                    Collector::new(
+                    let scheduler = &router.settings.scheduler;
+                    let collector = Collector::new(
                         router.scrape_targets(),
                         seed | 1,
                         self.interval_ms,
                         &router.settings.endpoint_header,
-                    )
+                    );
+                    match scheduler.prefix_pod_speed {
+                        true => collector.with_latencies_at_most(SPEED_MAX_AGE_MS),
+                        false => collector,
+                    }
                 });
                 self.snapshot_cas = None;
                 self.next_collect_ms = 0;

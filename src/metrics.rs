@@ -172,6 +172,20 @@ impl PodStats {
     /// Folds a new scrape into the stats: gauges replace, latencies become the mean over
     /// the interval since the previous scrape (or the all-time mean on the first one).
     pub fn update(&mut self, g: &EngineGauges, now_ms: u64) {
+        self.fold_latencies(g);
+        self.running = g.running;
+        self.waiting = g.waiting;
+        self.others = 0.0;
+        self.kv = g.kv_usage;
+        self.up = true;
+        self.at_ms = now_ms;
+        self.scraped_ms = now_ms;
+    }
+
+    /// Folds a scrape's latency histograms only: TTFT and TPOT become the means since the
+    /// previous scrape, the totals move on. (A pod whose load comes in-band keeps its load
+    /// and its scrape's age: [`crate::collector::Kind::Latencies`].)
+    pub fn fold_latencies(&mut self, g: &EngineGauges) {
         let mean = |sum: f64, count: f64, prev_sum: f64, prev_count: f64, last: f64| {
             let (ds, dc) = (sum - prev_sum, count - prev_count);
             finite(if dc > 0.0 && ds >= 0.0 {
@@ -186,13 +200,18 @@ impl PodStats {
         self.ttft = mean(g.ttft.0, g.ttft.1, ps, pc, self.ttft);
         self.tpot = mean(g.tpot.0, g.tpot.1, qs, qc, self.tpot);
         self.totals = [g.ttft.0, g.ttft.1, g.tpot.0, g.tpot.1];
-        self.running = g.running;
-        self.waiting = g.waiting;
-        self.others = 0.0;
-        self.kv = g.kv_usage;
-        self.up = true;
-        self.at_ms = now_ms;
-        self.scraped_ms = now_ms;
+    }
+
+    /// The engine's mean time per output token since it started (its histogram's sum over
+    /// count as of the last scrape), seconds, once it observed at least `samples`; else 0. A
+    /// pod's speed: load swings move it little, an in-band report does not age it, and a
+    /// few requests say little of it.
+    pub fn lifetime_tpot(&self, samples: f64) -> f64 {
+        let [.., sum, count] = self.totals;
+        match sum / count {
+            t if count > 0.0 && count >= samples && t.is_finite() && t > 0.0 => t,
+            _ => 0.0,
+        }
     }
 
     /// Counts what the scrape just folded in reported beyond `own`, this Envoy's requests in
@@ -256,6 +275,24 @@ vllm:request_success_total{model_name="m"} 7
         assert_eq!((g.running, g.waiting, g.kv_usage), (3.0, 12.0, 0.75));
         assert_eq!(g.ttft, (2.0, 4.0));
         assert_eq!(g.tpot, (1.0, 20.0));
+    }
+
+    #[test]
+    fn a_pods_lifetime_tpot_is_its_histograms_mean_since_start_whatever_the_last_interval() {
+        let mut s = PodStats::default();
+        assert_eq!(s.lifetime_tpot(0.0), 0.0);
+        let gauges = |tpot: (f64, f64)| EngineGauges {
+            tpot,
+            ..Default::default()
+        };
+        s.update(&gauges((1.0, 100.0)), 1);
+        s.update(&gauges((3.0, 200.0)), 2);
+        // The last interval: 2 s over 100 tokens; since start: 3 s over 200.
+        assert_eq!((s.tpot, s.lifetime_tpot(200.0)), (0.02, 0.015));
+        // Too few observed yet.
+        assert_eq!(s.lifetime_tpot(201.0), 0.0);
+        s.update(&gauges((f64::NAN, 200.0)), 3);
+        assert_eq!(s.lifetime_tpot(0.0), 0.0);
     }
 
     #[test]

@@ -24,6 +24,16 @@
 //! spreads its new conversations to a second pod (which then holds it too) once its pod takes
 //! more than its share, instead of queueing every conversation on one pod; a prompt nobody
 //! shares still goes where it is cached.
+//!
+//! Also beyond Kthena, prefix-cache's `podSpeed`, for fleets of mixed hardware: a pod's
+//! slowness is its engine's mean time per output token (since it started) over the fastest
+//! pod's among those that would take the request at once (no queue reported), 1 within
+//! [`SAME_SPEED`] or when not measured ([`slowness`]). prefix-cache then scores the prefill
+//! time a pod would save, not only the blocks it holds: 100 x (matched - (slowness - 1) x
+//! unmatched), in shares of the prompt, so a prompt nobody holds goes to a fast pod, and a
+//! pod twice as slow must hold over half of a prompt to beat a fast pod holding none of it.
+//! `boundedLoad`'s share follows each pod's speed (a pod half as fast, half the share). With
+//! equal pods, nothing changes.
 
 use filter_config::{Plugin, Scheduler};
 
@@ -209,14 +219,20 @@ pub fn rank(
         }
         _ => Vec::new(),
     };
+    // podSpeed: each pod's slowness, by position in `pods` (all 1 without).
+    let mut slow = match prefix_on && cfg.prefix_pod_speed {
+        true => slowness(&pods),
+        false => vec![1.0; pods.len()],
+    };
     if let Some(idx) = prefix.filter(|_| cfg.prefix_bounded_load > 0.0 && !matched.is_empty()) {
-        bound_load(cfg.prefix_bounded_load, &mut pods, &mut matched, ask, idx);
+        let in_step = (&mut matched, &mut slow);
+        bound_load(cfg.prefix_bounded_load, &mut pods, in_step, ask, idx);
     }
 
     let mut total = vec![0.0f64; pods.len()];
     for s in cfg.scores.iter().filter(|s| s.weight > 0) {
         let w = f64::from(s.weight);
-        let scores = score(s.name, cfg, &pods, ask, &matched, rng);
+        let scores = score(s.name, cfg, &pods, ask, (&matched, &slow), rng);
         for (t, v) in total.iter_mut().zip(scores) {
             *t += w * v;
         }
@@ -256,12 +272,12 @@ pub fn rank(
 }
 
 /// `boundedLoad`: keeps the pods a prompt may go to (see the module header); `matched`
-/// (leading blocks served, by position in `pods`) is kept in step. Never leaves none: the
-/// best-matched pods, and the pods at or below the mean share, always remain.
+/// (leading blocks served) and `slow` (slowness), by position in `pods`, are kept in step.
+/// Never leaves none: the best-matched pods, and the pods at or below their share, remain.
 fn bound_load(
     factor: f64,
     pods: &mut Vec<Candidate<'_>>,
-    matched: &mut Vec<usize>,
+    (matched, slow): (&mut Vec<usize>, &mut Vec<f64>),
     ask: &Ask<'_>,
     idx: &PrefixIndex,
 ) {
@@ -273,17 +289,67 @@ fn bound_load(
         // One pick's worth of slack: a pod is not over its share for its very first pick.
         // A pod whose engine queues nothing keeps its share whatever it is: below its batch
         // limit a request waits for nobody, and balancing would only cost cache misses.
-        let bound = factor * mean + recent.one;
+        // podSpeed: a pod's share in proportion to its speed (1 / slowness) over the mean.
+        let speed = slow.iter().map(|s| 1.0 / s).sum::<f64>() / slow.len().max(1) as f64;
         pods.iter()
-            .map(|c| recent.of(c.id) <= bound || !c.queues())
+            .zip(slow.iter())
+            .map(|(c, s)| {
+                recent.of(c.id) <= factor * mean / (s * speed) + recent.one || !c.queues()
+            })
             .collect()
     } else {
         return;
     };
+    keep_in_step(pods, &keep);
+    keep_in_step(matched, &keep);
+    keep_in_step(slow, &keep);
+}
+
+/// Keeps the items whose flag (by position) is set.
+fn keep_in_step<T>(items: &mut Vec<T>, keep: &[bool]) {
     let mut flags = keep.iter();
-    pods.retain(|_| flags.next().copied().unwrap_or(true));
-    let mut flags = keep.iter();
-    matched.retain(|_| flags.next().copied().unwrap_or(true));
+    items.retain(|_| flags.next().copied().unwrap_or(true));
+}
+
+/// Pods within this factor of the fastest pod's time per output token count as fast as it
+/// (`podSpeed`): noise in the measure, and an engine's time growing with its batch, change no
+/// pick, and equal pods rank exactly as without.
+pub const SAME_SPEED: f64 = 1.25;
+/// How old a pod's speed may get (`podSpeed`): a pod that reports its load in-band is not
+/// scraped, so its latencies are read alone this often ([`crate::collector::Kind::Latencies`]);
+/// a speed changes slowly, and every gateway reads it.
+pub const SPEED_MAX_AGE_MS: u64 = 30_000;
+/// Requests a pod's engine must have timed before its speed counts (`podSpeed`): the first
+/// few of a cold pod vary too much.
+pub const SPEED_SAMPLES: f64 = 16.0;
+/// No pod counts slower than this (`podSpeed`): a pod reporting absurd times still gets
+/// scores of a sane size.
+pub const MAX_SLOWNESS: f64 = 8.0;
+
+/// `podSpeed`: per pod, its engine's mean time per output token since it started
+/// ([`PodStats::lifetime_tpot`], after [`SPEED_SAMPLES`]) over the fastest pod's among those
+/// that report no queue (all pods when every one does): a fast pod that queues is no faster for the next request
+/// than a slower one with room. 1 for pods not measured and within [`SAME_SPEED`]; at most
+/// [`MAX_SLOWNESS`].
+fn slowness(pods: &[Candidate<'_>]) -> Vec<f64> {
+    let tpot = |c: &Candidate<'_>| c.stats.map_or(0.0, |s| s.lifetime_tpot(SPEED_SAMPLES));
+    let fastest = |room_only: bool| {
+        pods.iter()
+            .filter(|c| !(room_only && c.queues()))
+            .map(tpot)
+            .filter(|t| *t > 0.0)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let fastest = match fastest(true) {
+        t if t.is_finite() => t,
+        _ => fastest(false),
+    };
+    pods.iter()
+        .map(|c| match tpot(c) / fastest {
+            r if r >= SAME_SPEED => r.min(MAX_SLOWNESS),
+            _ => 1.0,
+        })
+        .collect()
 }
 
 fn score(
@@ -291,7 +357,7 @@ fn score(
     cfg: &Scheduler,
     pods: &[Candidate<'_>],
     ask: &Ask<'_>,
-    matched: &[usize],
+    (matched, slow): (&[usize], &[f64]),
     rng: &mut Rng,
 ) -> Vec<f64> {
     match plugin {
@@ -352,7 +418,15 @@ fn score(
         }
         Plugin::PrefixCache if !matched.is_empty() => {
             let n = ask.hashes.len() as f64;
-            matched.iter().map(|m| *m as f64 / n * 100.0).collect()
+            matched
+                .iter()
+                .zip(slow)
+                .map(|(m, s)| {
+                    // podSpeed: less the extra time the pod takes for what it lacks.
+                    let share = *m as f64 / n;
+                    100.0 * (share - (s - 1.0) * (1.0 - share))
+                })
+                .collect()
         }
         Plugin::PrefixCache => vec![0.0; pods.len()],
         Plugin::Random => pods.iter().map(|_| rng.below(101) as f64).collect(),

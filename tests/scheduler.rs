@@ -83,12 +83,7 @@ fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_once_i
     // report a queue, no pod takes much more than its share of the new ones (with
     // prefix-cache alone all forty would go to one pod, as in the test above), and every
     // conversation's next turn still goes back to the pod that holds it.
-    let profile = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/scheduler/cache-affinity.yaml"
-    ))
-    .unwrap();
-    let s = start(pods(4), profile);
+    let s = start(pods(4), cache_affinity_profile());
     s.wait_for_scrapes(2);
     let system = "You are the support assistant of a bicycle shop; answer precisely. ".repeat(30);
     let opening = |i: usize| {
@@ -136,6 +131,39 @@ fn the_cache_affinity_profile_spreads_a_popular_prompts_new_conversations_once_i
             "conversation {i} moved; openings {counts:?}"
         );
     }
+}
+
+/// The scheduler profile the README recommends.
+fn cache_affinity_profile() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/scheduler/cache-affinity.yaml"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_cache_affinity_profile_keeps_new_prompts_off_a_pod_that_decodes_slowly() {
+    // podSpeed: pod-0's engine takes twice the others' time per output token (an older GPU).
+    // Prompts no pod holds go to the two fast pods; without podSpeed they spread over all
+    // three, as distinct prefixes do.
+    let s = start(pods(3), cache_affinity_profile());
+    s.hold_metrics("pod-0", r#"{"tpot_seconds": 0.02}"#);
+    for pod in ["pod-1", "pod-2"] {
+        s.hold_metrics(pod, r#"{"tpot_seconds": 0.01}"#);
+    }
+    // A pod's speed counts once its engine timed 16 requests (a held value: one a scrape).
+    s.wait_for_scrapes(10);
+    let counts = spread(&s, 30, "pool", |i| {
+        format!(
+            "question {i}, asked by nobody before: {}",
+            "why? ".repeat(20 + i)
+        )
+    });
+    assert!(
+        !counts.contains_key("pod-0") && counts.len() == 2,
+        "{counts:?}"
+    );
 }
 
 #[test]

@@ -28,8 +28,9 @@
 //!   `topKMatches` >= 1; missing arguments keep their defaults; unknown ones are warned about.
 //!   `session-affinity`'s `headerName` (a header name) and `ttl` (a Go duration above zero;
 //!   Kthena falls back to its defaults on bad values, here they are errors).
-//!   Beyond Kthena: `prefix-cache`'s `boundedLoad` (0: off, else a number >= 1.0; Kthena's
-//!   router ignores an argument it does not know, so the YAML stays Kthena's).
+//!   Beyond Kthena: `prefix-cache`'s `boundedLoad` (0: off, else a number >= 1.0) and
+//!   `podSpeed` (true or false; Kthena's router ignores arguments it does not know, so the
+//!   YAML stays Kthena's).
 //! - other top-level keys of routerConfiguration (`auth`, ...) are warned about and ignored; a
 //!   routerConfiguration without `scheduler` keeps the defaults (with a warning).
 

@@ -38,7 +38,7 @@ impl Scheduler {
         }
     }
 
-    /// examples/scheduler/cache-affinity.yaml without `boundedLoad`: prefix-cache weight 3,
+    /// examples/scheduler/cache-affinity.yaml without `boundedLoad` and `podSpeed`: prefix-cache weight 3,
     /// least-request 1, no filter.
     pub fn cache_affinity() -> Self {
         Scheduler {

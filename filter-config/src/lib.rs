@@ -178,6 +178,11 @@ pub struct Scheduler {
     /// server's recent requests.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prefix_bounded_load: f64,
+    /// prefix-cache, modelroute's `podSpeed`: the prompt's uncached part (and `boundedLoad`'s
+    /// share) weighed by how much slower each pod decodes than the fastest, from its engine's
+    /// mean time per output token; for fleets of mixed hardware.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefix_pod_speed: bool,
     /// session-affinity's arguments (None: its defaults, [`SessionAffinity::default`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinity>,
@@ -207,6 +212,7 @@ impl Default for Scheduler {
             prefix_max_hashes: 50_000,
             prefix_top_k: 5,
             prefix_bounded_load: 0.0,
+            prefix_pod_speed: false,
             session_affinity: None,
             metrics_interval_ms: 1000,
             metrics_stale_ms: 5000,

@@ -238,6 +238,87 @@ fn a_pod_that_reported_in_band_within_the_interval_is_not_scraped() {
 }
 
 #[test]
+fn with_pod_speed_a_pod_reporting_in_band_is_still_scraped_for_its_latencies() {
+    use crate::load_report::{record, LoadReport};
+    let busy = LoadReport {
+        kv: Some(0.5),
+        waiting: Some(4.0),
+    };
+    // Scrapes of pod 0, which reports in-band all the time, over ten intervals.
+    let scrapes = |latencies_at_most: Option<u64>| {
+        let mut host = FakeHost::default();
+        let c = Collector::new(pods(2), 7, 1000, "x-pod");
+        let mut c = match latencies_at_most {
+            Some(ms) => c.with_latencies_at_most(ms),
+            None => c,
+        };
+        let mut n = 0;
+        for interval in 0..10 {
+            let at = interval * 1000;
+            assert!(record(&mut host, "modelroute.load.s", 2, 0, busy, at));
+            ticks(&mut c, &mut host, at, at + 900);
+            n += scraped(&host)
+                .iter()
+                .filter(|s| *s == "/metrics 127.0.0.2:8000")
+                .count();
+            answer_all(&mut c, &mut host, MODELS);
+        }
+        n
+    };
+    // Without: only the first scrape (its models unknown until then).
+    assert_eq!(scrapes(None), 1);
+    // Latencies at most 2.5 s old: the first, then every third interval (only the latencies).
+    assert_eq!(scrapes(Some(2500)), 4);
+}
+
+#[test]
+fn a_busy_pods_latencies_scrape_moves_its_speed_not_its_load() {
+    use crate::load_report::{record, LoadReport};
+    let busy = LoadReport {
+        kv: Some(0.5),
+        waiting: Some(4.0),
+    };
+    let mut host = FakeHost::default();
+    let mut c = Collector::new(pods(1), 7, 1000, "x-pod").with_latencies_at_most(2500);
+    let metrics = |running: u32, tpot_sum: f64, tpot_count: u32| {
+        format!(
+            "vllm:num_requests_running {running}\n\
+             vllm:time_per_output_token_seconds_sum {tpot_sum}\n\
+             vllm:time_per_output_token_seconds_count {tpot_count}\n"
+        )
+    };
+    // Answers each call: /metrics with `body`, /v1/models with the models.
+    let answer = |c: &mut Collector, host: &mut FakeHost, body: &str| {
+        for (token, _, headers, ..) in std::mem::take(&mut host.calls) {
+            let models = headers
+                .iter()
+                .any(|(k, v)| k == ":path" && v == "/v1/models");
+            let body = if models { MODELS } else { body.as_bytes() };
+            host.call_answer = Some((Some(200), body.to_vec()));
+            c.on_call_response(host, token, body.len());
+        }
+    };
+    // The first scrape, everything: 3 running, 10 ms a token.
+    ticks(&mut c, &mut host, 0, 900);
+    answer(&mut c, &mut host, &metrics(3, 1.0, 100));
+    let first = c.stats["127.0.0.2:8000"].clone();
+    assert_eq!((first.running, first.lifetime_tpot(0.0)), (3.0, 0.01));
+    // Reporting in-band since: later scrapes read its latencies only.
+    let mut latencies = 0;
+    for interval in 1..5 {
+        let at = interval * 1000;
+        assert!(record(&mut host, "modelroute.load.s", 1, 0, busy, at));
+        ticks(&mut c, &mut host, at, at + 900);
+        latencies += host.calls.len();
+        answer(&mut c, &mut host, &metrics(9, 3.0, 200));
+    }
+    assert_eq!(latencies, 1);
+    let now = &c.stats["127.0.0.2:8000"];
+    assert_eq!((now.running, now.scraped_ms), (3.0, first.scraped_ms));
+    assert_eq!(now.lifetime_tpot(0.0), 0.015);
+}
+
+#[test]
 fn one_vm_collects_and_pins_each_scrape_to_its_pod() {
     let mut host = FakeHost::default();
     let mut a = Collector::new(pods(2), 7, 1000, "x-pod");

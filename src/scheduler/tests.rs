@@ -670,3 +670,5 @@ fn a_sticky_sessions_pod_leads_the_ranking_even_where_bounded_load_leaves_it_out
     assert_eq!(ranked.len(), 3, "then the retry order: {ranked:?}");
     assert!(!ranked[1..].contains(&0));
 }
+
+mod speed;

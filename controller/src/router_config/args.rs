@@ -1,5 +1,5 @@
 //! `scheduler.pluginConfig`: each plugin's arguments, checked and applied to the
-//! [`Scheduler`] (Kthena's arguments and ranges, and modelroute's `boundedLoad`).
+//! [`Scheduler`] (Kthena's arguments and ranges, and modelroute's `boundedLoad` and `podSpeed`).
 
 use filter_config::{Plugin, Scheduler};
 use serde_json::{Map, Value};
@@ -48,6 +48,14 @@ fn load_factor(v: &Value) -> Result<f64, String> {
             type_name(v)
         )),
     }
+}
+
+/// modelroute's other argument of `prefix-cache`: true weighs each pod's part by its speed.
+const POD_SPEED: &str = "podSpeed";
+
+fn switch(v: &Value) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("must be true or false, got {}", type_name(v)))
 }
 
 /// session-affinity's `headerName`: a header name ([`crate::kthena::is_header_name`]), kept
@@ -154,6 +162,13 @@ fn plugin_args(
                 };
                 if let Err(msg) = set {
                     r.error(&at, &msg);
+                }
+                continue;
+            }
+            (Plugin::PrefixCache, POD_SPEED) => {
+                match switch(value) {
+                    Ok(on) => out.prefix_pod_speed = on,
+                    Err(msg) => r.error(&at, &msg),
                 }
                 continue;
             }

@@ -392,6 +392,33 @@ fn bounded_load_is_off_or_a_factor_of_at_least_1() {
 }
 
 #[test]
+fn pod_speed_is_true_or_false() {
+    let with = |v: &str| {
+        format!("scheduler:\n  pluginConfig:\n  - name: prefix-cache\n    args: {{podSpeed: {v}}}\n  plugins:\n    Score: {{enabled: [{{name: prefix-cache}}]}}\n")
+    };
+    assert!(
+        !ok(&plugins("    Score: {enabled: [{name: prefix-cache}]}\n"))
+            .0
+            .prefix_pod_speed
+    );
+    for (good, on) in [("true", true), ("false", false)] {
+        let (s, warnings) = ok(&with(good));
+        assert!(warnings.is_empty(), "{good}: {warnings:?}");
+        assert_eq!(s.prefix_pod_speed, on, "{good}");
+    }
+    for bad in ["1", "yes please", "~"] {
+        let e = errors(&with(bad));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with(
+                "s.yaml: scheduler.pluginConfig[0].args.podSpeed: must be true or false"
+            ),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn integer_arguments_must_be_at_least_1() {
     let e = errors(
         "scheduler:\n  pluginConfig:\n  - name: least-request\n    args: {maxWaitingRequests: 0}\n  - name: prefix-cache\n    args: {blockSizeToHash: 0, maxBlocksToMatch: -3, maxHashCacheSize: 2.5, topKMatches: 0}\n",
