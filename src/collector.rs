@@ -293,6 +293,11 @@ impl Collector {
         let Some(t) = self.targets.get(target) else {
             return false;
         };
+        if kind == Kind::Latencies && !matches!(status, Some(200..=299)) {
+            // The pod's in-band reports say whether it is up: a refresh that failed (or
+            // timed out behind a busy engine) marks nothing.
+            return false;
+        }
         let entry = self.stats.entry(t.address.clone()).or_default();
         let unreachable = status.is_none()
             || (status == Some(503)

@@ -203,9 +203,9 @@ impl PodStats {
     }
 
     /// The engine's mean time per output token since it started (its histogram's sum over
-    /// count as of the last scrape), seconds, once it observed at least `samples`; else 0. A
-    /// pod's speed: load swings move it little, an in-band report does not age it, and a
-    /// few requests say little of it.
+    /// count as of the last scrape), seconds, once it timed at least `samples` (vLLM and
+    /// SGLang time every token, so the first request or two); else 0. A pod's speed: load
+    /// swings move it little, and an in-band report does not age it.
     pub fn lifetime_tpot(&self, samples: f64) -> f64 {
         let [.., sum, count] = self.totals;
         match sum / count {
@@ -281,17 +281,19 @@ vllm:request_success_total{model_name="m"} 7
     fn a_pods_lifetime_tpot_is_its_histograms_mean_since_start_whatever_the_last_interval() {
         let mut s = PodStats::default();
         assert_eq!(s.lifetime_tpot(0.0), 0.0);
-        let gauges = |tpot: (f64, f64)| EngineGauges {
+        // `requests` timed (TTFT, one a request), `tokens` timed (TPOT, one a token).
+        let gauges = |requests: f64, tpot: (f64, f64)| EngineGauges {
+            ttft: (requests * 0.05, requests),
             tpot,
             ..Default::default()
         };
-        s.update(&gauges((1.0, 100.0)), 1);
-        s.update(&gauges((3.0, 200.0)), 2);
+        s.update(&gauges(10.0, (1.0, 100.0)), 1);
+        s.update(&gauges(20.0, (3.0, 200.0)), 2);
         // The last interval: 2 s over 100 tokens; since start: 3 s over 200.
         assert_eq!((s.tpot, s.lifetime_tpot(200.0)), (0.02, 0.015));
-        // Too few observed yet.
+        // Too few timed.
         assert_eq!(s.lifetime_tpot(201.0), 0.0);
-        s.update(&gauges((f64::NAN, 200.0)), 3);
+        s.update(&gauges(30.0, (f64::NAN, 200.0)), 3);
         assert_eq!(s.lifetime_tpot(0.0), 0.0);
     }
 

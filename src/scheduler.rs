@@ -319,8 +319,10 @@ pub const SAME_SPEED: f64 = 1.25;
 /// scraped, so its latencies are read alone this often ([`crate::collector::Kind::Latencies`]);
 /// a speed changes slowly, and every gateway reads it.
 pub const SPEED_MAX_AGE_MS: u64 = 30_000;
-/// Requests a pod's engine must have timed before its speed counts (`podSpeed`): the first
-/// few of a cold pod vary too much.
+/// Times per output token a pod's engine must have observed before its speed counts
+/// (`podSpeed`): engines time every token, so this is a cold pod's first request or two. (A
+/// gate of 16 *requests* delayed the speed past where a burst had placed prompts on the slow
+/// pod: bench/QUALITY.md, item 9.)
 pub const SPEED_SAMPLES: f64 = 16.0;
 /// No pod counts slower than this (`podSpeed`): a pod reporting absurd times still gets
 /// scores of a sane size.

@@ -152,7 +152,8 @@ fn the_cache_affinity_profile_keeps_new_prompts_off_a_pod_that_decodes_slowly() 
     for pod in ["pod-1", "pod-2"] {
         s.hold_metrics(pod, r#"{"tpot_seconds": 0.01}"#);
     }
-    // A pod's speed counts once its engine timed 16 requests (a held value: one a scrape).
+    // A pod's speed counts once its engine timed 16 tokens (the mock's held value: one a
+    // scrape).
     s.wait_for_scrapes(10);
     let counts = spread(&s, 30, "pool", |i| {
         format!(

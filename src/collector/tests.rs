@@ -313,9 +313,24 @@ fn a_busy_pods_latencies_scrape_moves_its_speed_not_its_load() {
         answer(&mut c, &mut host, &metrics(9, 3.0, 200));
     }
     assert_eq!(latencies, 1);
-    let now = &c.stats["127.0.0.2:8000"];
+    let now = c.stats["127.0.0.2:8000"].clone();
     assert_eq!((now.running, now.scraped_ms), (3.0, first.scraped_ms));
     assert_eq!(now.lifetime_tpot(0.0), 0.015);
+    // A refresh that fails (timed out behind the busy engine) marks nothing: the reports
+    // say the pod is up.
+    let mut failed = 0;
+    for interval in 5..9 {
+        let at = interval * 1000;
+        assert!(record(&mut host, "modelroute.load.s", 1, 0, busy, at));
+        ticks(&mut c, &mut host, at, at + 900);
+        for (token, ..) in std::mem::take(&mut host.calls) {
+            host.call_answer = Some((None, Vec::new()));
+            c.on_call_response(&mut host, token, 0);
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1);
+    assert_eq!(c.stats["127.0.0.2:8000"], now);
 }
 
 #[test]

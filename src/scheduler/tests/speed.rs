@@ -11,12 +11,12 @@ fn speed_aware(bounded_load: f64) -> Scheduler {
 }
 
 /// Engine stats of a pod with `waiting` requests queued (four running), whose engine has
-/// decoded a token every `tpot` seconds on average since it started (its histogram's
-/// totals). The last interval's mean is the same 10 ms for every pod: a pod's speed is not
+/// decoded a token every `tpot` seconds on average since it started (its histograms' totals:
+/// 1,000 requests of 16 tokens). The last interval's mean is the same 10 ms for every pod: a pod's speed is not
 /// judged by one interval, in which its load moves the time as much as its hardware does.
 fn decoding(tpot: f64, waiting: f64) -> PodStats {
     PodStats {
-        totals: [0.0, 0.0, tpot * 1000.0, 1000.0],
+        totals: [50.0, 1000.0, tpot * 16_000.0, 16_000.0],
         ..stats(4.0, waiting, 0.0, 0.0, 0.01)
     }
 }
@@ -47,7 +47,8 @@ fn a_prompt_no_pod_holds_goes_to_a_fast_pod_though_a_slow_one_is_idler() {
 fn a_pod_timed_on_a_few_requests_counts_as_fast_as_any() {
     let fast = with_room(0.004);
     let barely_timed = PodStats {
-        totals: [0.0, 0.0, 0.008 * 15.0, 15.0],
+        // 15 tokens timed: too few.
+        totals: [0.05, 1.0, 0.008 * 15.0, 15.0],
         ..with_room(0.008)
     };
     let mut pods = pods_with(&[&fast, &barely_timed]);
